@@ -1,0 +1,331 @@
+"""Backend-neutral intermediate form of a checked model (sympy expressions).
+
+Built by walking the checked syntax tree (`nimm_dsl.compiler.lower`), never by parsing strings.
+Conventions every back end relies on:
+
+* Numbers are in declared units. A state's value is in its declared unit, time is in the model's
+  time unit, a param in its declared unit. Unit scale factors are already folded into the
+  expressions: `derivatives[X]` is d(X)/dt in [unit of X / time unit]; an observe's expression is in
+  the observe's unit; a let's in `LetIR.unit`.
+* Lets stay symbols in the other expressions; evaluate `lets` in list order (topological) first.
+* `set` overrides are folded in: wherever a set may change a param/const/input, the expression
+  holds `Piecewise((override, flag > 0.5), (previous, True))` with one 0/1 flag symbol per SetIR.
+  Flags are runtime parameters that the protocol switches per segment.
+* Inputs of a dynamic model are folded in as `a + b*t` with two coefficient symbols per input,
+  set per segment by the protocol (step: b = 0). In a static model the input symbol stays.
+* Neural calls appear as applications of `NeuralIR.function` (a sympy undefined function); the
+  value of a call is the MLP output in the neural's declared unit (conversions are outside it).
+* Event times (dose times, set windows) are plain floats in the time unit.
+
+The full runtime parameter vector, in this order, is `ModelIR.runtime_symbols()`:
+params and consts (declaration order), then set flags (SetIR order), then input coefficients
+(a0, b0, a1, b1, ... per input). Neural weights are separate flat vectors, one per neural term,
+laid out as described in `NeuralIR`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import sympy as sp
+
+ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "gelu")
+
+
+@dataclass
+class ParamIR:
+    name: str
+    symbol: sp.Symbol
+    default: float  # declared unit
+    lo: float  # -inf when unbounded
+    hi: float
+    unit: str
+    estimate: bool  # True for `param`, False for `const`
+    doc: Optional[str] = None
+
+
+@dataclass
+class StateIR:
+    name: str
+    symbol: sp.Symbol
+    init: sp.Expr  # declared unit; may use params/consts/flags/input coefficients and the time symbol (= start time)
+    lo: float
+    hi: float
+    unit: str
+    doc: Optional[str] = None
+
+
+@dataclass
+class InputIR:
+    name: str
+    symbol: sp.Symbol  # the input as declared (static models use it directly)
+    coef: tuple[sp.Symbol, sp.Symbol]  # (a, b): value = a + b*t within a segment (dynamic models)
+    default: Optional[float]  # declared unit; None: the data must supply it
+    interp: str  # 'step' | 'linear'
+    unit: str
+    scale: float = 1.0  # value in declared unit * scale = value in base units (for data conversion)
+
+
+@dataclass
+class LetIR:
+    name: str
+    symbol: sp.Symbol
+    expr: sp.Expr
+    unit: str  # declared, else inferred
+
+
+@dataclass
+class FlowIR:
+    source: Optional[str]
+    target: Optional[str]
+    rate: sp.Expr  # in the source/target state's unit per time unit
+
+
+@dataclass
+class ObserveIR:
+    name: str
+    symbol: sp.Symbol
+    expr: sp.Expr  # declared unit
+    unit: str
+    noise: str  # 'normal' | 'lognormal' | 'poisson' | 'lsq' (no `~`: least squares)
+    sigma: Optional[sp.Expr] = None  # normal: observe unit; lognormal: dimensionless; may use params
+
+
+@dataclass
+class NeuralIR:
+    """An MLP R^n_inputs -> R. Weight layout (shared by every back end, flat float64 vector):
+    for each layer l with sizes (n_in -> n_out) in order [n_inputs, *hidden, 1]:
+    W_l as n_out x n_in row-major, then b_l (n_out). Hidden layers apply `activation`; the output
+    layer is linear. `init == 'zero'` zeroes the last layer's W and b."""
+
+    name: str
+    function: sp.FunctionClass  # sympy undefined function; calls look like resid(x, y)
+    n_inputs: int
+    hidden: list[int]
+    activation: str
+    init: str  # 'zero' | 'random'
+    penalty: float
+    unit: str
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        return [self.n_inputs, *self.hidden, 1]
+
+    @property
+    def n_weights(self) -> int:
+        s = self.layer_sizes
+        return sum(s[i + 1] * s[i] + s[i + 1] for i in range(len(s) - 1))
+
+    def unpack(self, w):
+        """Split a flat weight vector into [(W, b), ...]; works for numpy and torch 1-D arrays
+        (and casadi column vectors, using reshape-free row slicing done by the caller)."""
+        s = self.layer_sizes
+        out, k = [], 0
+        for i in range(len(s) - 1):
+            n_in, n_out = s[i], s[i + 1]
+            W = w[k:k + n_in * n_out].reshape(n_out, n_in)
+            k += n_in * n_out
+            b = w[k:k + n_out]
+            k += n_out
+            out.append((W, b))
+        return out
+
+    def initial_weights(self, seed: int = 0) -> np.ndarray:
+        """Deterministic Glorot-uniform init (same numbers for every back end)."""
+        rng = np.random.default_rng(seed)
+        s = self.layer_sizes
+        parts = []
+        for i in range(len(s) - 1):
+            n_in, n_out = s[i], s[i + 1]
+            lim = np.sqrt(6.0 / (n_in + n_out))
+            W = rng.uniform(-lim, lim, size=(n_out, n_in))
+            b = np.zeros(n_out)
+            if self.init == "zero" and i == len(s) - 2:
+                W = np.zeros_like(W)
+            parts += [W.ravel(), b]
+        return np.concatenate(parts)
+
+
+@dataclass
+class DoseIR:
+    name: str
+    state: str
+    op: str  # '+' (add amount, state unit) | '*' (multiply by dimensionless factor)
+    amount: sp.Expr  # may use params/consts (evaluated at the dose time)
+    times: list[float]  # time unit, sorted
+
+
+@dataclass
+class SetIR:
+    target: str  # a param, const or input name
+    flag: sp.Symbol  # 0/1 runtime parameter
+    expr: sp.Expr  # declared unit of the target; the target's own symbol means its baseline
+    start: Optional[float]  # None: from the start of the run
+    end: Optional[float]  # None: to the end; the window is start <= t < end
+    scenario: Optional[str]  # None for the baseline protocol
+
+
+@dataclass
+class ScenarioIR:
+    name: str
+    doc: Optional[str]
+    doses: list[DoseIR]  # replace baseline doses of the same name, or add new ones
+    removed: list[str]  # baseline dose names dropped
+
+
+@dataclass
+class ModelIR:
+    name: str
+    doc: Optional[str]
+    time: Optional[sp.Symbol]  # None for a static model
+    time_name: Optional[str]
+    time_unit: Optional[str]
+    states: list[StateIR] = field(default_factory=list)
+    params: list[ParamIR] = field(default_factory=list)  # params then consts, declaration order
+    inputs: list[InputIR] = field(default_factory=list)
+    lets: list[LetIR] = field(default_factory=list)  # topological order
+    derivatives: dict[str, sp.Expr] = field(default_factory=dict)  # state name -> expr
+    flows: list[FlowIR] = field(default_factory=list)  # informational (already in derivatives)
+    observes: list[ObserveIR] = field(default_factory=list)
+    neurals: list[NeuralIR] = field(default_factory=list)
+    doses: list[DoseIR] = field(default_factory=list)  # baseline protocol
+    sets: list[SetIR] = field(default_factory=list)  # baseline and scenario sets
+    scenarios: dict[str, ScenarioIR] = field(default_factory=dict)
+
+    @property
+    def is_static(self) -> bool:
+        return self.time is None
+
+    def runtime_symbols(self) -> list[sp.Symbol]:
+        syms: list[sp.Symbol] = [p.symbol for p in self.params]
+        syms += [s.flag for s in self.sets]
+        for u in self.inputs:
+            syms += list(u.coef)
+        return syms
+
+    def param(self, name: str) -> ParamIR:
+        return next(p for p in self.params if p.name == name)
+
+    def state_index(self, name: str) -> int:
+        return next(i for i, s in enumerate(self.states) if s.name == name)
+
+    def doses_for(self, scenario: Optional[str]) -> list[DoseIR]:
+        """The dose list in force for a scenario (None: baseline)."""
+        if scenario is None:
+            return list(self.doses)
+        sc = self.scenarios[scenario]
+        by_name = {d.name: d for d in self.doses if d.name not in sc.removed}
+        for d in sc.doses:
+            by_name[d.name] = d
+        return list(by_name.values())
+
+    def sets_for(self, scenario: Optional[str]) -> list[int]:
+        """Indices (into `sets`) of the set lines in force for a scenario (None: baseline)."""
+        return [i for i, s in enumerate(self.sets) if s.scenario is None or s.scenario == scenario]
+
+
+# ---------------------------------------------------------------- walking expressions
+@dataclass
+class Ops:
+    """How a back end spells each operation. Every callable takes and returns backend values."""
+
+    const: Callable[[float], object]
+    add: Callable
+    mul: Callable
+    pow: Callable
+    funcs: dict[str, Callable]  # exp log sin cos tan tanh abs sqrt min max
+    where: Callable  # where(cond, a, b)
+    compare: dict[str, Callable]  # '<' '<=' '>' '>=' '==' '!='
+    and_: Callable
+    or_: Callable
+    not_: Callable
+
+
+_SYMPY_FUNCS = {
+    sp.exp: "exp", sp.log: "log", sp.sin: "sin", sp.cos: "cos", sp.tan: "tan", sp.tanh: "tanh",
+    sp.Abs: "abs",
+}
+_REL = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
+        sp.GreaterThan: ">=", sp.Equality: "==", sp.Unequality: "!="}
+
+
+def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, memo: Optional[dict] = None):
+    """Evaluate a sympy expression with backend operations, by structural recursion.
+
+    env maps sympy Symbols to backend values. neural(name, [args]) evaluates a neural call.
+    memo caches shared sub-expressions (pass one dict for several expressions that share lets).
+    """
+    memo = {} if memo is None else memo
+
+    def go(e):
+        hit = memo.get(e)
+        if hit is not None:
+            return hit
+        v = _eval(e)
+        memo[e] = v
+        return v
+
+    def _eval(e):
+        if isinstance(e, sp.Symbol):
+            try:
+                return env[e]
+            except KeyError:
+                raise KeyError(f"no value for symbol {e}") from None
+        if e is sp.true or e == sp.true:
+            return ops.const(1.0)
+        if e is sp.false or e == sp.false:
+            return ops.const(0.0)
+        if e.is_Number or e is sp.pi or e.is_NumberSymbol:
+            return ops.const(float(e))
+        if isinstance(e, sp.Add):
+            acc = go(e.args[0])
+            for a in e.args[1:]:
+                acc = ops.add(acc, go(a))
+            return acc
+        if isinstance(e, sp.Mul):
+            acc = go(e.args[0])
+            for a in e.args[1:]:
+                acc = ops.mul(acc, go(a))
+            return acc
+        if isinstance(e, sp.Pow):
+            base, ex = e.args
+            if ex == sp.Rational(1, 2):
+                return ops.funcs["sqrt"](go(base))
+            return ops.pow(go(base), go(ex))
+        if isinstance(e, sp.Piecewise):
+            # Piecewise((a, c1), (b, c2), ..., (z, True)) -> nested where
+            pieces = list(e.args)
+            acc = go(pieces[-1][0])
+            for val, cond in reversed(pieces[:-1]):
+                acc = ops.where(go(cond), go(val), acc)
+            return acc
+        if type(e) in _REL:
+            return ops.compare[_REL[type(e)]](go(e.args[0]), go(e.args[1]))
+        if isinstance(e, sp.And):
+            acc = go(e.args[0])
+            for a in e.args[1:]:
+                acc = ops.and_(acc, go(a))
+            return acc
+        if isinstance(e, sp.Or):
+            acc = go(e.args[0])
+            for a in e.args[1:]:
+                acc = ops.or_(acc, go(a))
+            return acc
+        if isinstance(e, sp.Not):
+            return ops.not_(go(e.args[0]))
+        if isinstance(e, (sp.Min, sp.Max)):
+            f = ops.funcs["min" if isinstance(e, sp.Min) else "max"]
+            acc = go(e.args[0])
+            for a in e.args[1:]:
+                acc = f(acc, go(a))
+            return acc
+        if e.func in _SYMPY_FUNCS:
+            return ops.funcs[_SYMPY_FUNCS[e.func]](go(e.args[0]))
+        if isinstance(e, sp.core.function.AppliedUndef):
+            if neural is None:
+                raise ValueError(f"neural call {e.func} without a neural evaluator")
+            return neural(str(e.func), [go(a) for a in e.args])
+        raise NotImplementedError(f"IR node {type(e).__name__} is not supported by the walker")
+
+    return go(expr)

@@ -1,0 +1,122 @@
+"""The symbol table: every model-level name with its kind and declaring statement.
+
+Built once from the syntax tree and shared by the name, structure and unit checks, and by the IR
+builder. Duplicate (E202) and reserved (E203) names are reported here, once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..grammar import ast as A
+from .diagnostics import Diagnostic
+
+KEYWORDS = frozenset(
+    "model time unit param const state input let neural der flow observe dose set scenario end "
+    "remove in at every times from to and or not".split()
+)
+# name -> number of positional arguments
+BUILTIN_FUNCTIONS: dict[str, int] = {
+    "exp": 1, "log": 1, "log10": 1, "sqrt": 1, "abs": 1, "sin": 1, "cos": 1, "tan": 1,
+    "tanh": 1, "min": 2, "max": 2, "ifelse": 3,
+}
+BUILTIN_CONSTANTS = frozenset({"pi"})
+# Words with a meaning in fixed positions (noise models, neural kinds and options). They are
+# not reserved; declaring them is allowed.
+RESERVED = KEYWORDS | frozenset(BUILTIN_FUNCTIONS) | BUILTIN_CONSTANTS | {"inf"}
+
+
+@dataclass(eq=False)
+class Symbol:
+    name: str
+    kind: str  # time | const | param | state | input | let | neural | observe | dose
+    decl: object  # the declaring statement (an ast node)
+    ident: A.Ident  # the name token in the declaration
+
+
+@dataclass
+class SymbolTable:
+    symbols: dict[str, Symbol]
+    doses: dict[str, A.DoseStmt]  # baseline (top-level) doses by name
+    scenarios: dict[str, A.ScenarioBlock]
+    units: dict[str, A.UnitDecl]  # the model's own units (a separate namespace)
+    model: Optional[A.ModelDecl]
+    time: Optional[A.TimeDecl]
+
+    def kind(self, name: str) -> Optional[str]:
+        s = self.symbols.get(name)
+        return s.kind if s else None
+
+    def of_kind(self, *kinds: str) -> list[Symbol]:
+        return [s for s in self.symbols.values() if s.kind in kinds]
+
+
+def build_symbol_table(program: A.Program, file: str = "<model>") -> tuple[SymbolTable, list[Diagnostic]]:
+    diags: list[Diagnostic] = []
+    table = SymbolTable({}, {}, {}, {}, None, None)
+
+    def reserved(ident: A.Ident) -> bool:
+        if ident.name in RESERVED:
+            what = "keyword" if ident.name in KEYWORDS else "built-in name"
+            diags.append(Diagnostic("E203", ident.span,
+                                    f"`{ident.name}` is a reserved {what} and cannot be declared",
+                                    "choose another name", file))
+            return True
+        return False
+
+    def declare(ident: A.Ident, kind: str, decl) -> None:
+        if reserved(ident):
+            return
+        prior = table.symbols.get(ident.name)
+        if prior is not None:
+            diags.append(Diagnostic(
+                "E202", ident.span,
+                f"`{ident.name}` is already declared as a {prior.kind} on line {prior.ident.span.line}",
+                "rename one of them", file))
+            return
+        table.symbols[ident.name] = Symbol(ident.name, kind, decl, ident)
+
+    for stmt in program.statements:
+        if isinstance(stmt, A.ModelDecl):
+            if table.model is None:
+                table.model = stmt
+        elif isinstance(stmt, A.TimeDecl):
+            if table.time is None:
+                table.time = stmt
+                declare(stmt.name, "time", stmt)
+        elif type(stmt) in A.DECLARATION_KINDS:
+            declare(stmt.name, A.DECLARATION_KINDS[type(stmt)], stmt)
+        elif isinstance(stmt, A.DoseStmt):
+            declare(stmt.name, "dose", stmt)
+            if stmt.name.name not in RESERVED:
+                table.doses.setdefault(stmt.name.name, stmt)
+        elif isinstance(stmt, A.UnitDecl):
+            if reserved(stmt.name):
+                continue
+            if stmt.name.name in table.units:
+                prior = table.units[stmt.name.name]
+                diags.append(Diagnostic("E202", stmt.name.span,
+                                        f"unit `{stmt.name.name}` is already declared on line {prior.name.span.line}",
+                                        None, file))
+            else:
+                table.units[stmt.name.name] = stmt
+        elif isinstance(stmt, A.ScenarioBlock):
+            if reserved(stmt.name):
+                continue
+            if stmt.name.name in table.scenarios:
+                prior = table.scenarios[stmt.name.name]
+                diags.append(Diagnostic("E202", stmt.name.span,
+                                        f"scenario `{stmt.name.name}` is already declared on line {prior.name.span.line}",
+                                        None, file))
+            else:
+                table.scenarios[stmt.name.name] = stmt
+            seen: dict[str, A.DoseStmt] = {}
+            for inner in stmt.body:
+                if isinstance(inner, A.DoseStmt):
+                    reserved(inner.name)
+                    if inner.name.name in seen:
+                        diags.append(Diagnostic("E202", inner.name.span,
+                                                f"dose `{inner.name.name}` appears twice in scenario `{stmt.name.name}`",
+                                                None, file))
+                    seen[inner.name.name] = inner
+    return table, diags

@@ -1,0 +1,334 @@
+"""Typed syntax tree of a `.nimm` file.
+
+Every node carries the source span of the text it came from, so any later phase can point a
+diagnostic at the exact token. Nodes compare by identity (``eq=False``) so that phases can key
+side tables (inferred units, resolved symbols) by node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Optional, Union
+
+
+@dataclass(frozen=True)
+class Span:
+    """1-based line/column of the first character; end_column is one past the last character."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def to(self, other: "Span") -> "Span":
+        """The span from the start of self to the end of other."""
+        return Span(self.line, self.column, other.end_line, other.end_column)
+
+
+def node(cls):
+    return dataclass(eq=False)(cls)
+
+
+@node
+class Ident:
+    """A name as written, with its own span (used for declaration names and references)."""
+
+    name: str
+    span: Span
+
+
+# ---------------------------------------------------------------- unit expressions
+@node
+class UnitName:
+    name: str
+    span: Span
+
+
+@node
+class UnitOne:
+    """The dimensionless unit `[1]`."""
+
+    span: Span
+
+
+@node
+class UnitMul:
+    left: "UnitExpr"
+    right: "UnitExpr"
+    span: Span
+
+
+@node
+class UnitDiv:
+    left: "UnitExpr"
+    right: "UnitExpr"
+    span: Span
+
+
+@node
+class UnitPow:
+    base: "UnitExpr"
+    exponent: Fraction  # exact: `m^(1/2)`, `s^-1`
+    span: Span
+
+
+UnitExpr = Union[UnitName, UnitOne, UnitMul, UnitDiv, UnitPow]
+
+
+# ---------------------------------------------------------------- expressions
+@node
+class Number:
+    value: float  # `inf` is float('inf')
+    text: str
+    unit: Optional[UnitExpr]  # `5 [day]`; None when the literal carries no annotation
+    span: Span
+
+
+@node
+class Name:
+    name: str
+    span: Span
+
+
+@node
+class Call:
+    func: Ident
+    args: list["Expr"]
+    span: Span
+
+
+@node
+class BinOp:
+    op: str  # one of + - * / ^
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@node
+class UnaryOp:
+    op: str  # '-' or 'not'
+    operand: "Expr"
+    span: Span
+
+
+@node
+class Compare:
+    op: str  # < <= > >= == !=
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@node
+class BoolOp:
+    op: str  # 'and' | 'or'
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+Expr = Union[Number, Name, Call, BinOp, UnaryOp, Compare, BoolOp]
+
+
+# ---------------------------------------------------------------- option lists
+@node
+class ListValue:
+    """`[16, 16]` in `mlp(hidden = [16, 16])`."""
+
+    items: list[Expr]
+    span: Span
+
+
+@node
+class Option:
+    """`name = value` inside `mlp(...)`, `normal(...)` and friends."""
+
+    name: Ident
+    value: Union[Expr, ListValue]  # a bare word such as `tanh` is a Name
+    span: Span
+
+
+@node
+class Noise:
+    """`normal(sigma = 10 [person])`, `lognormal(sigma = s)`, `poisson`."""
+
+    kind: Ident
+    options: list[Option]
+    span: Span
+
+
+@node
+class Bounds:
+    lo: Expr
+    hi: Expr
+    span: Span
+
+
+# ---------------------------------------------------------------- statements
+@node
+class ModelDecl:
+    name: Ident
+    doc: Optional[str]
+    span: Span
+
+
+@node
+class TimeDecl:
+    name: Ident
+    unit: UnitExpr
+    span: Span
+
+
+@node
+class UnitDecl:
+    """`unit person` (new base dimension) or `unit kcell = 1000 [cell]` (derived)."""
+
+    name: Ident
+    value: Optional[Number]  # the factor, with its unit annotation; None for a base unit
+    doc: Optional[str]
+    span: Span
+
+
+@node
+class ConstDecl:
+    name: Ident
+    unit: UnitExpr
+    value: Expr
+    doc: Optional[str]
+    span: Span
+
+
+@node
+class ParamDecl:
+    name: Ident
+    unit: UnitExpr
+    value: Expr
+    bounds: Optional[Bounds]
+    doc: Optional[str]
+    span: Span
+
+
+@node
+class StateDecl:
+    name: Ident
+    unit: UnitExpr
+    init: Expr
+    bounds: Optional[Bounds]
+    doc: Optional[str]
+    span: Span
+
+
+@node
+class InputDecl:
+    name: Ident
+    unit: UnitExpr
+    default: Optional[Expr]
+    interp: str  # 'step' | 'linear'
+    doc: Optional[str]
+    span: Span
+
+
+@node
+class LetDecl:
+    name: Ident
+    unit: Optional[UnitExpr]
+    value: Expr
+    doc: Optional[str]
+    span: Span
+
+
+@node
+class NeuralDecl:
+    name: Ident
+    args: list[Ident]
+    unit: UnitExpr
+    kind: Ident  # `mlp`
+    options: list[Option]
+    span: Span
+
+
+@node
+class DerEq:
+    state: Ident
+    value: Expr
+    span: Span
+
+
+@node
+class FlowEq:
+    source: Optional[Ident]
+    target: Optional[Ident]
+    rate: Expr
+    arrow_span: Span  # for E307 "neither end"
+    span: Span
+
+
+@node
+class ObserveDecl:
+    name: Ident
+    unit: UnitExpr
+    value: Expr
+    noise: Optional[Noise]  # None: least squares
+    span: Span
+
+
+@node
+class DoseStmt:
+    name: Ident
+    state: Ident
+    op: str  # '+=' | '*='
+    amount: Expr
+    at: Expr
+    every: Optional[Expr]
+    times: Optional[Expr]
+    span: Span
+
+
+@node
+class SetStmt:
+    target: Ident
+    value: Expr
+    start: Optional[Expr]  # `from`
+    end: Optional[Expr]  # `to`
+    span: Span
+
+
+@node
+class RemoveStmt:
+    name: Ident
+    span: Span
+
+
+@node
+class ScenarioBlock:
+    name: Ident
+    doc: Optional[str]
+    body: list[Union[DoseStmt, SetStmt, RemoveStmt]]
+    span: Span  # the header line
+    end_span: Optional[Span]  # the `end` line; None when the block was never closed (E100)
+
+
+Statement = Union[
+    ModelDecl, TimeDecl, UnitDecl, ConstDecl, ParamDecl, StateDecl, InputDecl, LetDecl,
+    NeuralDecl, DerEq, FlowEq, ObserveDecl, DoseStmt, SetStmt, ScenarioBlock,
+]
+
+# Statements that introduce a model-level name (and the `kind` the checker gives it).
+DECLARATION_KINDS = {
+    TimeDecl: "time",
+    ConstDecl: "const",
+    ParamDecl: "param",
+    StateDecl: "state",
+    InputDecl: "input",
+    LetDecl: "let",
+    NeuralDecl: "neural",
+    ObserveDecl: "observe",
+}
+
+
+@node
+class Program:
+    """A parsed file: the statements that parsed, in source order (scenario blocks nested)."""
+
+    statements: list[Statement] = field(default_factory=list)
