@@ -1,0 +1,315 @@
+"""Data tables for fitting (LANGUAGE.md §7): read a CSV (or a DataFrame), match its columns to the
+model, validate every value, and split the rows into independent series.
+
+Row numbers in messages: "row R" is the 1-based data row, counting every line after the header
+(blank lines included, so "row R" is always line R + 1 of a CSV file; the message gives both).
+Missing values are empty cells or NaN/NA (any case).
+
+Decisions beyond the language reference:
+* poisson data must be non-negative; non-integer counts are allowed with a warning (the
+  likelihood uses lgamma(y + 1), defined for any y >= 0).
+* lognormal data must be strictly positive (log y is compared with log of the prediction).
+* A time value must be present in every row of a dynamic model; within a series times strictly
+  increase (a repeated or decreasing time is an error naming both rows).
+* Static models have no time column; a `series` column there is ignored like any other unknown.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..compiler.diagnostics import did_you_mean
+from ..compiler.ir import ModelIR
+from ..errors import DataError
+
+SERIES_COLUMN = "series"
+_MISSING = {"", "nan", "na", "n/a", "null", "none"}
+
+
+@dataclass
+class Series:
+    """One independent experiment: simulated from its first time with its own initial state.
+
+    Dynamic models: `times` sorted; `observed[name]` aligned with `times` (NaN = not observed);
+    `inputs[name] = (times, values)` for `protocol.build_protocol(..., inputs=...)`, rows where the
+    input is missing left out. Static models: `times` is None, `observed[name]` and
+    `inputs[name]` (a plain value array) are aligned with the table's rows.
+    """
+
+    label: Optional[str]
+    times: Optional[np.ndarray]
+    observed: dict[str, np.ndarray]
+    inputs: dict
+    rows: np.ndarray  # 1-based data row of each point (see module docstring)
+
+    @property
+    def n_points(self) -> int:
+        return int(len(self.rows))
+
+    def input_frame(self):
+        """Static models: the inputs as a DataFrame, for `simulator.simulate(inputs=...)`."""
+        import pandas as pd
+
+        return pd.DataFrame({k: np.asarray(v) for k, v in self.inputs.items()})
+
+
+@dataclass
+class Dataset:
+    file: str
+    series: list[Series]
+    observed_names: list[str]  # observes with a column in the table (model order)
+    input_names: list[str]  # inputs with a column in the table (model order)
+    ignored_columns: list[str]
+    time_name: Optional[str]
+    static: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_observations(self) -> int:
+        return int(sum(np.isfinite(s.observed[o]).sum() for s in self.series for o in s.observed))
+
+    def split(self, holdout: float) -> tuple["Dataset", "Dataset"]:
+        """Time-ordered hold-out: the last `holdout` fraction of each series' points (by time;
+        by row for static models) go to the validation set. Every series keeps its first point
+        in the training set so the validation part is simulated from the same start."""
+        if not 0.0 <= holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+        train, valid = [], []
+        for s in self.series:
+            n_valid = int(round(holdout * s.n_points))
+            n_valid = min(n_valid, s.n_points - 1)
+            cut = s.n_points - n_valid
+            train.append(_take(s, slice(0, cut)))
+            if n_valid:
+                valid.append(_validation_part(s, cut))
+        mk = lambda ss: Dataset(self.file, ss, self.observed_names, self.input_names,
+                                self.ignored_columns, self.time_name, self.static, list(self.warnings))
+        return mk(train), mk(valid)
+
+
+def _take(s: Series, sl: slice) -> Series:
+    return Series(s.label, None if s.times is None else s.times[sl],
+                  {k: v[sl] for k, v in s.observed.items()},
+                  s.inputs if s.times is not None else {k: v[sl] for k, v in s.inputs.items()},
+                  s.rows[sl])
+
+
+def _validation_part(s: Series, cut: int) -> Series:
+    """Validation points of a dynamic series still start at the series' first time (the initial
+    state applies there); the training points before `cut` are kept with NaN observations."""
+    if s.times is None:
+        return _take(s, slice(cut, None))
+    observed = {}
+    for k, v in s.observed.items():
+        masked = v.copy()
+        masked[:cut] = np.nan
+        observed[k] = masked
+    return Series(s.label, s.times, observed, s.inputs, s.rows)
+
+
+# ---------------------------------------------------------------- reading
+def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None) -> Dataset:
+    """Read and validate a data table for `ir`. Raises DataError naming file, column and row."""
+    frame, file, has_lines = _read(path_or_frame, file)
+    columns = [str(c).strip() for c in frame.columns]
+    frame.columns = columns
+    _check_duplicate_columns(columns, file)
+    # Blank lines are kept while reading so row numbers match the file; drop them now.
+    blank = frame.apply(lambda col: col.map(_is_missing)).all(axis=1)
+    row_numbers = np.arange(1, len(frame) + 1)[~blank.to_numpy()]
+    frame = frame[~blank.to_numpy()]
+
+    observe_names = [o.name for o in ir.observes]
+    input_names = [u.name for u in ir.inputs]
+    used = set(observe_names) | set(input_names)
+    if not ir.is_static:
+        used |= {ir.time_name, SERIES_COLUMN}
+    ignored = [c for c in columns if c not in used]
+    present_obs = [o for o in observe_names if o in columns]
+    if not present_obs:
+        msg = (f"{file}: no column matches an observation of the model; expected "
+               f"{_names(observe_names)}" if observe_names else
+               f"{file}: the model has no `observe` line, so there is nothing to fit")
+        hints = [f"`{c}` ({h})" for c in ignored
+                 if (h := did_you_mean(c, observe_names))]
+        if hints:
+            msg += "; found " + ", ".join(hints)
+        raise DataError(msg)
+    present_inputs = [u for u in input_names if u in columns]
+    where = _RowNamer(file, row_numbers, has_lines)
+
+    values = {c: _numeric_column(frame[c], c, where) for c in present_obs + present_inputs}
+    warnings: list[str] = []
+    if ignored:
+        warnings.append(f"{file}: ignored column(s) that match nothing in the model: "
+                        + ", ".join(f"`{c}`" for c in ignored))
+    _check_noise_domains(ir, values, present_obs, where, warnings)
+
+    if ir.is_static:
+        series = [_static_series(ir, values, present_obs, present_inputs, row_numbers, where)]
+        return Dataset(file, series, present_obs, present_inputs, ignored, None, True, warnings)
+
+    if ir.time_name not in columns:
+        hint = did_you_mean(ir.time_name, columns)
+        raise DataError(f"{file}: no time column `{ir.time_name}` (the model's time variable, in "
+                        f"{ir.time_unit}); the columns are {_names(columns)}"
+                        + (f"; {hint} (rename the column)" if hint else ""))
+    times = _numeric_column(frame[ir.time_name], ir.time_name, where)
+    for i in np.flatnonzero(~np.isfinite(times)):
+        raise DataError(f"{file}: column `{ir.time_name}`, {where(i)}: the time is missing or not "
+                        "finite (every row needs a time)")
+    labels = (frame[SERIES_COLUMN].map(lambda v: str(v).strip()).to_numpy()
+              if SERIES_COLUMN in columns else np.array([None] * len(frame)))
+    if SERIES_COLUMN in columns:
+        for i in np.flatnonzero([_is_missing(v) for v in frame[SERIES_COLUMN]]):
+            raise DataError(f"{file}: column `{SERIES_COLUMN}`, {where(i)}: the series label is missing")
+
+    series = []
+    for label in dict.fromkeys(labels):  # first-appearance order
+        idx = np.flatnonzero(labels == label) if label is not None else np.arange(len(frame))
+        _check_increasing(times[idx], idx, ir.time_name, label, where)
+        t = times[idx]
+        observed = {o: values[o][idx] for o in present_obs}
+        inputs = {}
+        for u in present_inputs:
+            v = values[u][idx]
+            keep = np.isfinite(v)
+            if keep.any():
+                inputs[u] = (t[keep], v[keep])
+        if not any(np.isfinite(v).any() for v in observed.values()):
+            warnings.append(f"{file}: series `{label}` has no observed value; it does not affect the fit")
+        series.append(Series(label, t, observed, inputs, row_numbers[idx]))
+    return Dataset(file, series, present_obs, present_inputs, ignored, ir.time_name, False, warnings)
+
+
+def _read(path_or_frame, file):
+    import pandas as pd
+
+    if isinstance(path_or_frame, pd.DataFrame):
+        frame = path_or_frame.copy()
+        frame = frame.astype(object).where(frame.notna(), "")
+        return frame, file or "<data>", False
+    path = os.fspath(path_or_frame)
+    file = file or path
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False,
+                            skipinitialspace=True)
+    except FileNotFoundError:
+        raise DataError(f"{file}: cannot read the data file: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{file}: cannot read the data file: {e}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{file}: the data file is empty (a CSV with a header line is expected)") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"{file}: not a readable CSV table: {str(e).strip()}") from None
+    return frame, file, True
+
+
+def _check_duplicate_columns(columns, file):
+    # pandas renames a repeated header `x` to `x.1`; report it under its written name.
+    for c in columns:
+        m = re.fullmatch(r"(.+)\.(\d+)", c)
+        if m and m.group(1) in columns:
+            raise DataError(f"{file}: column `{m.group(1)}` appears more than once in the header")
+
+
+class _RowNamer:
+    """Formats the place of a table row for messages (see the module docstring)."""
+
+    def __init__(self, file, row_numbers, has_lines):
+        self.file, self.rows, self.has_lines = file, row_numbers, has_lines
+
+    def __call__(self, i: int) -> str:
+        r = int(self.rows[i])
+        return f"row {r} (line {r + 1})" if self.has_lines else f"row {r}"
+
+
+def _is_missing(v) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float):
+        return np.isnan(v)
+    return isinstance(v, str) and v.strip().lower() in _MISSING
+
+
+def _numeric_column(col, name, where) -> np.ndarray:
+    out = np.empty(len(col))
+    for i, v in enumerate(col.to_numpy()):
+        if _is_missing(v):
+            out[i] = np.nan
+            continue
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+            out[i] = float(v)
+            continue
+        try:
+            out[i] = float(str(v).strip())
+        except ValueError:
+            raise DataError(f"{where.file}: column `{name}`, {where(i)}: `{v}` is not a number") from None
+        if np.isinf(out[i]):
+            raise DataError(f"{where.file}: column `{name}`, {where(i)}: `{v}` is not a finite number")
+    return out
+
+
+def _check_noise_domains(ir, values, present_obs, where, warnings):
+    for o in ir.observes:
+        if o.name not in present_obs:
+            continue
+        v = values[o.name]
+        if o.noise == "lognormal":
+            bad = np.flatnonzero(np.isfinite(v) & (v <= 0))
+            if bad.size:
+                i = bad[0]
+                raise DataError(f"{where.file}: column `{o.name}`, {where(i)}: {v[i]:g} is not positive, "
+                                "but lognormal noise needs values > 0 (leave the cell empty if unobserved)")
+        elif o.noise == "poisson":
+            bad = np.flatnonzero(np.isfinite(v) & (v < 0))
+            if bad.size:
+                i = bad[0]
+                raise DataError(f"{where.file}: column `{o.name}`, {where(i)}: {v[i]:g} is negative, "
+                                "but poisson noise models counts >= 0")
+            frac = np.flatnonzero(np.isfinite(v) & (v != np.round(v)))
+            if frac.size:
+                warnings.append(f"{where.file}: column `{o.name}`: {frac.size} non-integer count(s) "
+                                f"under poisson noise, first at {where(frac[0])}")
+
+
+def _check_increasing(t, idx, time_name, label, where):
+    steps = np.diff(t)
+    bad = np.flatnonzero(steps <= 0)
+    if not bad.size:
+        return
+    k = bad[0]
+    what = "repeats" if steps[k] == 0 else "is earlier than"
+    in_series = f" in series `{label}`" if label is not None else ""
+    raise DataError(f"{where.file}: column `{time_name}`, {where(idx[k + 1])}: time {t[k + 1]:g} {what} "
+                    f"the time {t[k]:g} at {where(idx[k])}{in_series}; times must increase within a series")
+
+
+def _static_series(ir, values, present_obs, present_inputs, row_numbers, where) -> Series:
+    n = len(row_numbers)
+    inputs = {}
+    for u in ir.inputs:
+        if u.name in present_inputs:
+            v = values[u.name].copy()
+            gaps = np.flatnonzero(~np.isfinite(v))
+            if gaps.size:
+                if u.default is None:
+                    raise DataError(f"{where.file}: column `{u.name}`, {where(gaps[0])}: the input is "
+                                    "missing and has no default value")
+                v[gaps] = u.default
+            inputs[u.name] = v
+        elif u.default is not None:
+            inputs[u.name] = np.full(n, float(u.default))
+        else:
+            raise DataError(f"{where.file}: no column `{u.name}` for the input `{u.name}`, which has no "
+                            "default value")
+    observed = {o: values[o] for o in present_obs}
+    return Series(None, None, observed, inputs, row_numbers)
+
+
+def _names(names) -> str:
+    return ", ".join(f"`{n}`" for n in names) if names else "(none)"
