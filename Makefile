@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make demo` (set up + fit the Hudson Bay example) and
+# `make test` (set up + run the tests). The CPU build of PyTorch is installed first on purpose:
+# a bare `torch` requirement would pull several GB of CUDA packages.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	mkdir -p out
+	$(BIN)/nimm check examples/lotka_volterra.nimm
+	$(BIN)/nimm fit examples/lotka_volterra.nimm examples/data/hudson_bay_lynx_hare.csv \
+		--output out/lotka_volterra_fit.json --plot out/lotka_volterra_fit.png
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/check_speed.py
+	$(BIN)/python benchmarks/simulate_speed.py
+	$(BIN)/python benchmarks/batch_speed.py
+	$(BIN)/python benchmarks/fit_speed.py
+
+.PHONY: setup demo test bench

@@ -1,0 +1,112 @@
+"""The public Python surface: `check`, `load`, and the `Model` they return.
+
+Everything heavy (sympy lowering, CasADi, Torch) is imported on first use, so that checking a
+model stays fast and light.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from .compiler.diagnostics import Diagnostic
+from .errors import ModelError
+
+BACKENDS = ("casadi", "torch")
+
+
+def read_model_text(path) -> str:
+    """Model files are read as UTF-8; undecodable bytes become U+FFFD and then E100 diagnostics."""
+    return Path(path).read_bytes().decode("utf-8", errors="replace")
+
+
+def check(source: str, file: str = "<model>") -> list[Diagnostic]:
+    """Parse and check model text; returns every diagnostic (errors and warnings), never raises."""
+    from .compiler.check import check_source
+
+    try:
+        return check_source(source, file).diagnostics
+    except RecursionError:  # a last line of defence; the parser limits nesting first
+        from .grammar.ast import Span
+
+        return [Diagnostic("E100", Span(1, 1, 1, 2), "the model is nested too deeply to check",
+                           None, file)]
+
+
+def load_source(source: str, file: str = "<model>") -> "Model":
+    """Parse, check and lower model text; raises ModelError (with .diagnostics) on errors."""
+    from .compiler.check import check_source
+
+    checked = check_source(source, file)
+    if not checked.ok:
+        raise ModelError(checked.diagnostics, source)
+    return Model(checked)
+
+
+def load(path) -> "Model":
+    """Load a `.nimm` file; raises ModelError on errors (OSError if it cannot be read)."""
+    return load_source(read_model_text(path), str(path))
+
+
+class Model:
+    """A checked model. `ir` is built on first use; back ends compile from it."""
+
+    def __init__(self, checked):
+        self.checked = checked
+        self._ir = None
+
+    @property
+    def name(self) -> str:
+        m = self.checked.table.model
+        return m.name.name if m else "model"
+
+    @property
+    def file(self) -> str:
+        return self.checked.file
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.checked.diagnostics if not d.is_error]
+
+    @property
+    def ir(self):
+        if self._ir is None:
+            from .compiler.lower import LoweringError, lower
+
+            try:
+                self._ir = lower(self.checked)
+            except LoweringError as e:
+                raise ModelError([Diagnostic(e.code, e.span, e.message, None, self.file)],
+                                 self.checked.source) from None
+        return self._ir
+
+    @property
+    def scenarios(self) -> list[str]:
+        return list(self.ir.scenarios)
+
+    def compile(self, backend: str = "casadi", **options):
+        """A simulator for this model: `.simulate(times, params=None, scenario=None, inputs=None)`."""
+        if backend == "casadi":
+            from .compiler.backends.casadi_backend import compile_casadi
+
+            return compile_casadi(self.ir, **options)
+        if backend == "torch":
+            from .compiler.backends.torch_backend import compile_torch
+
+            return compile_torch(self.ir, **options)
+        raise ValueError(f"unknown backend `{backend}`: choose one of {', '.join(BACKENDS)}")
+
+    def simulate(self, times=None, backend: str = "casadi", **kwargs):
+        return self.compile(backend).simulate(times, **kwargs)
+
+    def fit(self, data, backend: str = "casadi", **kwargs):
+        """Fit params (and neural weights) to a CSV file or DataFrame; returns a FitResult."""
+        from .runtime.fit import fit
+
+        return fit(self.ir, data, backend=backend, **kwargs)
+
+    def latex(self) -> str:
+        from .compiler.lower import to_latex
+
+        return to_latex(self.ir)
+
+    def __repr__(self) -> str:
+        return f"<nimm Model {self.name!r} from {self.file}>"
+

@@ -1,0 +1,214 @@
+"""The `nimm` command: check, simulate, fit, show.
+
+Exit status (LANGUAGE.md §9): 0 ok, 1 model/data/run error, 2 usage or unreadable file. Errors go to
+standard error as diagnostics or one-line messages; bad input never ends in a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nimm", description="Check, simulate and fit .nimm models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="parse and check model files")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--format", choices=("text", "json"), default="text")
+
+    s = sub.add_parser("simulate", help="simulate a model (optionally a fitted one, under a scenario)")
+    s.add_argument("model", metavar="MODEL")
+    s.add_argument("--fit", metavar="FIT.json", help="params (and neural weights) from `nimm fit`")
+    s.add_argument("--scenario", metavar="NAME")
+    s.add_argument("--data", metavar="DATA.csv", help="inputs and output times from a data table")
+    s.add_argument("--times", metavar="T0:T1:N", help="N evenly spaced output times from T0 to T1")
+    s.add_argument("--backend", choices=("casadi", "torch"), default="casadi")
+    s.add_argument("--output", metavar="OUT.csv", help="write the table here (default: stdout)")
+    s.add_argument("--plot", metavar="PLOT.png", help="plot the run (baseline vs scenario with --scenario)")
+
+    f = sub.add_parser("fit", help="fit params (and neural weights) to data")
+    f.add_argument("model", metavar="MODEL")
+    f.add_argument("data", metavar="DATA.csv")
+    f.add_argument("--backend", choices=("casadi", "torch"), default="casadi")
+    f.add_argument("--output", metavar="FIT.json")
+    f.add_argument("--plot", metavar="FIT.png")
+    f.add_argument("--starts", type=int, default=1, help="multi-start: N Latin-hypercube starts")
+    f.add_argument("--holdout", type=float, default=0.0,
+                   help="fraction of each series' last times held out for early stopping (torch)")
+    f.add_argument("--seed", type=int, default=0)
+
+    w = sub.add_parser("show", help="show the compiled equations")
+    w.add_argument("model", metavar="MODEL")
+    w.add_argument("--latex", action="store_true", help="LaTeX (the default and only format for now)")
+    return p
+
+
+def _read(path: str) -> str:
+    from .api import read_model_text
+
+    try:
+        return read_model_text(path)
+    except OSError as e:
+        raise UsageError(f"nimm: cannot read `{path}`: {e.strerror or e}") from None
+
+
+def cmd_check(args) -> int:
+    from .compiler.diagnostics import has_errors, render_json, render_text
+    from .api import check
+
+    all_diags, texts = [], []
+    for path in args.files:
+        source = _read(path)
+        diags = [d.with_file(path) for d in check(source, path)]
+        all_diags += diags
+        if args.format == "text" and diags:
+            texts.append(render_text(diags, source))
+    if args.format == "json":
+        print(render_json(all_diags))
+    elif texts:
+        print("\n".join(texts))
+    n_err = sum(d.is_error for d in all_diags)
+    n_warn = len(all_diags) - n_err
+    if args.format == "text":
+        print(f"{len(args.files)} file(s) checked: {n_err} error(s), {n_warn} warning(s)", file=sys.stderr)
+    return EXIT_ERROR if has_errors(all_diags) else EXIT_OK
+
+
+def _load(path: str):
+    from .api import load_source
+
+    return load_source(_read(path), path)
+
+
+def _parse_times(spec: str):
+    import numpy as np
+
+    try:
+        t0, t1, n = spec.split(":")
+        t0, t1, n = float(t0), float(t1), int(n)
+    except ValueError:
+        raise UsageError(f"nimm: --times expects T0:T1:N (e.g. 0:30:301), got `{spec}`") from None
+    if n < 1 or not t1 >= t0:
+        raise UsageError(f"nimm: --times needs N >= 1 and T1 >= T0, got `{spec}`")
+    return np.linspace(t0, t1, n)
+
+
+def default_times(ir, n: int = 201):
+    """A sensible grid when neither --times nor data give one: to the last event, or 100 time units."""
+    import numpy as np
+
+    events = [t for d in ir.doses for t in d.times]
+    events += [t for s in ir.sets for t in (s.start, s.end) if t is not None]
+    for sc in ir.scenarios.values():
+        events += [t for d in sc.doses for t in d.times]
+    end = max([t * 1.5 for t in events if t > 0] or [100.0])
+    return np.linspace(0.0, end, n)
+
+
+def cmd_simulate(args) -> int:
+    model = _load(args.model)
+    ir = model.ir
+    if args.scenario is not None and args.scenario not in ir.scenarios:
+        known = ", ".join(ir.scenarios) or "none"
+        raise UsageError(f"nimm: unknown scenario `{args.scenario}` (this model declares: {known})")
+    params, weights = None, None
+    if args.fit:
+        from .runtime.fit import load_fit
+
+        restored = load_fit(args.fit)
+        params, weights = restored["params"], restored.get("weights") or None
+    sim = model.compile(args.backend)
+    times, inputs = None, None
+    if args.data:
+        from .runtime.data import load_data
+
+        dataset = load_data(args.data, ir)
+        times, inputs = dataset.simulation_request()
+    if args.times:
+        times = _parse_times(args.times)
+    if times is None and not ir.is_static:
+        times = default_times(ir)
+    result = sim.simulate(times, params=params, scenario=args.scenario, inputs=inputs, weights=weights)
+    for w in result.warnings:
+        print(f"nimm: warning: {w}", file=sys.stderr)
+    frame = result.to_frame()
+    if args.output:
+        frame.to_csv(args.output, index=False)
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    if args.plot:
+        from .runtime.plots import plot_scenario
+
+        baseline = None
+        if args.scenario is not None:
+            baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights)
+        plot_scenario(baseline if baseline is not None else result,
+                      result if baseline is not None else None, args.plot,
+                      title=f"{ir.name}" + (f": baseline vs {args.scenario}" if args.scenario else ""))
+        print(f"nimm: plot written to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_fit(args) -> int:
+    from .runtime.fit import format_report
+
+    model = _load(args.model)
+    result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
+                       seed=args.seed, progress=sys.stderr.isatty())
+    print(format_report(result))
+    for w in result.warnings:
+        print(f"nimm: warning: {w}", file=sys.stderr)
+    if args.output:
+        result.save(args.output)
+        print(f"nimm: fit written to {args.output}", file=sys.stderr)
+    if args.plot:
+        from .runtime.plots import plot_fit
+
+        plot_fit(model.ir, result, args.plot)
+        print(f"nimm: plot written to {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    print(_load(args.model).latex())
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .errors import ModelError, NimmError
+    from .compiler.diagnostics import render_text
+
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0)
+    commands = {"check": cmd_check, "simulate": cmd_simulate, "fit": cmd_fit, "show": cmd_show}
+    try:
+        return commands[args.command](args)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    except ModelError as e:
+        print(render_text(e.diagnostics, e.source), file=sys.stderr)
+        return EXIT_ERROR
+    except NimmError as e:
+        print(f"nimm: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as e:  # bad params / scenario names reported by the runtime
+        print(f"nimm: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("nimm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Lowering: a checked syntax tree -> ModelIR (sympy), by walking the tree.
+
+Unit scales are folded in here, once, so that back ends only see numbers in declared units:
+every name is read as `symbol * scale` (its value in base units), the expression is computed in
+base units, and the result is divided by the scale of the unit it is reported in. A names-free
+value in a position with a declared unit is a number in that unit (LANGUAGE.md §3).
+
+Model text never reaches sympify: every sympy object is built from tree nodes.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Optional
+
+import sympy as sp
+
+from ..grammar import ast as A
+from . import ir as I
+from .check import CheckedModel
+
+
+class LoweringError(Exception):
+    """A checked model that still cannot be lowered (e.g. a const defined through itself)."""
+
+    def __init__(self, code: str, span: A.Span, message: str):
+        super().__init__(message)
+        self.code, self.span, self.message = code, span, message
+
+
+def _rational(x) -> sp.Expr:
+    if isinstance(x, Fraction):
+        return sp.Rational(x.numerator, x.denominator)
+    return sp.Float(x) if isinstance(x, float) else sp.Integer(x)
+
+
+def _names_free(e) -> bool:
+    """True when an expression holds only plain numbers (no names, no unit annotations)."""
+    stack = [e]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, A.Name):
+            return False
+        if isinstance(n, A.Number):
+            if n.unit is not None:
+                return False
+        elif isinstance(n, A.Call):
+            if n.func.name != "ifelse" and n.func.name not in _FUNCS:
+                return False
+            stack.extend(n.args)
+        elif isinstance(n, (A.BinOp, A.Compare, A.BoolOp)):
+            stack += [n.left, n.right]
+        elif isinstance(n, A.UnaryOp):
+            stack.append(n.operand)
+    return True
+
+
+def _log10(x):
+    return sp.log(x) / sp.log(10)
+
+
+_FUNCS = {
+    "exp": sp.exp, "log": sp.log, "log10": _log10, "sqrt": sp.sqrt, "abs": sp.Abs,
+    "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "tanh": sp.tanh,
+    "min": lambda a, b: sp.Min(a, b), "max": lambda a, b: sp.Max(a, b),
+}
+_COMPARE = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}
+
+
+class _Lowerer:
+    def __init__(self, checked: CheckedModel):
+        self.m = checked
+        self.table = checked.table
+        self.units = checked.units  # UnitInfo
+        t = self.table.time
+        self.time_name = t.name.name if t else None
+        self.time = sp.Symbol(self.time_name, real=True) if t else None
+        self.sym: dict[str, sp.Symbol] = {}
+        for name, s in self.table.symbols.items():
+            if s.kind in ("const", "param", "state", "input", "let", "observe"):
+                self.sym[name] = sp.Symbol(name, real=True)
+        self.neural_fn = {
+            name: sp.Function(name) for name, s in self.table.symbols.items() if s.kind == "neural"
+        }
+        self.input_coef = {
+            name: (sp.Symbol(f"{name}#a", real=True), sp.Symbol(f"{name}#b", real=True))
+            for name, s in self.table.symbols.items() if s.kind == "input"
+        }
+        self.overrides: dict[str, sp.Expr] = {}  # name -> effective value (declared unit)
+
+    # -- units
+    def scale(self, name: str) -> sp.Expr:
+        return _rational(self.units.declared[name].scale)
+
+    def label(self, name: str) -> str:
+        u = self.units.declared.get(name)
+        return u.label if u is not None else "1"
+
+    def unit_scale(self, unit_expr) -> sp.Expr:
+        return _rational(self.units.system.resolve(unit_expr).scale)
+
+    # -- expressions (value in base units)
+    def base_value_of_name(self, name: str, baseline: bool) -> sp.Expr:
+        if name == "pi":
+            return sp.pi
+        if name == self.time_name:
+            return self.time * self.scale(name)
+        kind = self.table.kind(name)
+        if kind == "input" and self.time is not None:
+            a, b = self.input_coef[name]
+            raw = a + b * self.time
+        else:
+            raw = self.sym[name]
+        if not baseline and name in self.overrides:
+            raw = self.overrides[name]
+        return raw * self.scale(name)
+
+    def expr(self, e, baseline: bool = False) -> sp.Expr:
+        go = lambda x: self.expr(x, baseline)  # noqa: E731
+        if isinstance(e, A.Number):
+            v = _rational(Fraction(e.text)) if _is_plain_decimal(e.text) else sp.Float(e.value)
+            if e.value == float("inf"):
+                v = sp.oo
+            if e.unit is not None:
+                v = v * _rational(self.units.system.resolve(e.unit).scale)
+            return v
+        if isinstance(e, A.Name):
+            return self.base_value_of_name(e.name, baseline)
+        if isinstance(e, A.BinOp):
+            l, r = go(e.left), go(e.right)
+            return {"+": lambda: l + r, "-": lambda: l - r, "*": lambda: l * r,
+                    "/": lambda: l / r, "^": lambda: sp.Pow(l, r)}[e.op]()
+        if isinstance(e, A.UnaryOp):
+            v = go(e.operand)
+            return sp.Not(v) if e.op == "not" else -v
+        if isinstance(e, A.Compare):
+            return _COMPARE[e.op](go(e.left), go(e.right))
+        if isinstance(e, A.BoolOp):
+            return (sp.And if e.op == "and" else sp.Or)(go(e.left), go(e.right))
+        if isinstance(e, A.Call):
+            f = e.func.name
+            args = [go(a) for a in e.args]
+            if f == "ifelse":
+                return sp.Piecewise((args[1], args[0]), (args[2], True))
+            if f in _FUNCS:
+                return _FUNCS[f](*args)
+            if f in self.neural_fn:
+                return self.neural_fn[f](*args) * self.scale(f)
+        raise LoweringError("E204", getattr(e, "span", A.Span(1, 1, 1, 1)), f"cannot lower {e!r}")
+
+    def value(self, e, unit_name: Optional[str] = None, unit_scale=None, baseline=False) -> sp.Expr:
+        """A value in a declared-unit position, returned in that unit."""
+        scale = self.scale(unit_name) if unit_name is not None else (unit_scale if unit_scale is not None else 1)
+        if _names_free(e):
+            return self.expr(e, baseline)  # a bare number is already in the declared unit
+        return self.expr(e, baseline) / scale
+
+    # -- constants (defaults, bounds, event times) must become floats
+    def number(self, e, unit_name=None, unit_scale=None, consts: Optional[dict] = None) -> float:
+        v = self.value(e, unit_name, unit_scale, baseline=True)
+        if consts:
+            for _ in range(len(consts) + 1):
+                if not (v.free_symbols & set(consts)):
+                    break
+                v = v.xreplace(consts)
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise LoweringError("E306", e.span, "this value must be a constant number") from None
+
+
+def _is_plain_decimal(text: str) -> bool:
+    try:
+        Fraction(text)
+        return True
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+def lower(checked: CheckedModel) -> I.ModelIR:
+    """Build the ModelIR of a model that checked without errors."""
+    L = _Lowerer(checked)
+    table = checked.table
+    stmts = checked.program.statements
+    model = table.model
+    ir = I.ModelIR(
+        name=model.name.name if model else "model",
+        doc=model.doc if model else None,
+        time=L.time,
+        time_name=L.time_name,
+        time_unit=L.label(L.time_name) if L.time_name else None,
+    )
+    time_scale = L.scale(L.time_name) if L.time_name else 1
+
+    def of(cls):
+        return [s for s in stmts if isinstance(s, cls)]
+
+    # consts are resolved to numbers in order of need (they may refer to each other)
+    const_decls = of(A.ConstDecl)
+    const_values: dict[sp.Symbol, sp.Expr] = {}
+    for c in const_decls:
+        const_values[L.sym[c.name.name]] = L.value(c.value, c.name.name, baseline=True)
+    for _ in range(len(const_values) + 1):
+        pending = False
+        for k, v in const_values.items():
+            nv = v.xreplace(const_values)
+            if nv.free_symbols & set(const_values):
+                pending = True
+            const_values[k] = nv
+        if not pending:
+            break
+    for c in const_decls:
+        v = const_values[L.sym[c.name.name]]
+        if v.free_symbols:
+            raise LoweringError("E306", c.name.span, f"const `{c.name.name}` is defined through itself")
+
+    def bounds(decl) -> tuple[float, float]:
+        if decl.bounds is None:
+            return float("-inf"), float("inf")
+        n = decl.name.name
+        return (L.number(decl.bounds.lo, n, consts=const_values),
+                L.number(decl.bounds.hi, n, consts=const_values))
+
+    # params (estimated) then consts (fixed), declaration order
+    for p in of(A.ParamDecl):
+        lo, hi = bounds(p)
+        ir.params.append(I.ParamIR(p.name.name, L.sym[p.name.name],
+                                   L.number(p.value, p.name.name, consts=const_values),
+                                   lo, hi, L.label(p.name.name), True, p.doc))
+    for c in const_decls:
+        n = c.name.name
+        ir.params.append(I.ParamIR(n, L.sym[n], float(const_values[L.sym[n]]),
+                                   float("-inf"), float("inf"), L.label(n), False, c.doc))
+
+    for u in of(A.InputDecl):
+        n = u.name.name
+        default = L.number(u.default, n, consts=const_values) if u.default is not None else None
+        ir.inputs.append(I.InputIR(n, L.sym[n], L.input_coef[n], default, u.interp, L.label(n),
+                                   float(L.scale(n))))
+
+    # set overrides: every set line gets a flag; later lines wrap earlier ones (later wins)
+    set_lines: list[tuple[A.SetStmt, Optional[str]]] = [(s, None) for s in of(A.SetStmt)]
+    for sc in of(A.ScenarioBlock):
+        set_lines += [(s, sc.name.name) for s in sc.body if isinstance(s, A.SetStmt)]
+    for k, (s, scen) in enumerate(set_lines):
+        target = s.target.name
+        flag = sp.Symbol(f"set#{k}:{target}", real=True)
+        override = L.value(s.value, target, baseline=True)
+        start = L.number(s.start, L.time_name, consts=const_values) if s.start is not None else None
+        end = L.number(s.end, L.time_name, consts=const_values) if s.end is not None else None
+        ir.sets.append(I.SetIR(target, flag, override, start, end, scen))
+        if L.table.kind(target) == "input" and L.time is not None:
+            a, b = L.input_coef[target]
+            baseline = a + b * L.time
+        else:
+            baseline = L.sym[target]
+        previous = L.overrides.get(target, baseline)
+        L.overrides[target] = sp.Piecewise((override, flag > sp.Rational(1, 2)), (previous, True))
+
+    # neural terms
+    for nd in of(A.NeuralDecl):
+        opts = {o.name.name: o.value for o in nd.options}
+        hidden = [int(x.value) for x in opts["hidden"].items] if "hidden" in opts else [16, 16]
+        act = opts["activation"].name if "activation" in opts else "tanh"
+        init = opts["init"].name if "init" in opts else "zero"
+        penalty = L.number(opts["penalty"], unit_scale=1) if "penalty" in opts else 0.0
+        ir.neurals.append(I.NeuralIR(nd.name.name, L.neural_fn[nd.name.name], len(nd.args), hidden,
+                                     act, init, penalty, L.label(nd.name.name)))
+
+    # lets in dependency order
+    lets = {s.name.name: s for s in of(A.LetDecl)}
+    for name in checked.names.let_order:
+        if name in lets:
+            ir.lets.append(I.LetIR(name, L.sym[name], L.expr(lets[name].value) / L.scale(name),
+                                   L.label(name)))
+
+    # states and their dynamics (der lines, or the sum of flows, each end in its own unit)
+    derivatives: dict[str, sp.Expr] = {}
+    for d in of(A.DerEq):
+        n = d.state.name
+        derivatives[n] = L.expr(d.value) * time_scale / L.scale(n)
+    for f in of(A.FlowEq):
+        rate_base = L.expr(f.rate)
+        src = f.source.name if f.source else None
+        dst = f.target.name if f.target else None
+        unit_ref = src or dst
+        ir.flows.append(I.FlowIR(src, dst, rate_base * time_scale / L.scale(unit_ref)))
+        if src:
+            derivatives[src] = derivatives.get(src, 0) - rate_base * time_scale / L.scale(src)
+        if dst:
+            derivatives[dst] = derivatives.get(dst, 0) + rate_base * time_scale / L.scale(dst)
+    for s in of(A.StateDecl):
+        n = s.name.name
+        lo, hi = bounds(s)
+        init = L.value(s.init, n)
+        ir.states.append(I.StateIR(n, L.sym[n], init, lo, hi, L.label(n), s.doc))
+        ir.derivatives[n] = sp.Integer(0) + derivatives.get(n, 0)
+
+    for o in of(A.ObserveDecl):
+        n = o.name.name
+        noise, sigma = "lsq", None
+        if o.noise is not None:
+            noise = o.noise.kind.name
+            opts = {op.name.name: op.value for op in o.noise.options}
+            if "sigma" in opts:
+                sigma = L.value(opts["sigma"], n) if noise == "normal" else L.value(opts["sigma"], unit_scale=1)
+        ir.observes.append(I.ObserveIR(n, L.sym[n], L.expr(o.value) / L.scale(n), L.label(n), noise, sigma))
+
+    # doses: baseline, then scenarios
+    def dose_ir(d: A.DoseStmt) -> I.DoseIR:
+        state = d.state.name
+        amount = (L.value(d.amount, state, baseline=True) if d.op == "+="
+                  else L.value(d.amount, unit_scale=1, baseline=True))
+        at = L.number(d.at, L.time_name, consts=const_values)
+        every = L.number(d.every, L.time_name, consts=const_values) if d.every is not None else 0.0
+        count = int(round(L.number(d.times, unit_scale=1, consts=const_values))) if d.times is not None else 1
+        times = [at + k * every for k in range(count)]
+        return I.DoseIR(d.name.name, state, "+" if d.op == "+=" else "*", amount, times)
+
+    ir.doses = [dose_ir(d) for d in of(A.DoseStmt)]
+    for sc in of(A.ScenarioBlock):
+        ir.scenarios[sc.name.name] = I.ScenarioIR(
+            sc.name.name, sc.doc,
+            [dose_ir(d) for d in sc.body if isinstance(d, A.DoseStmt)],
+            [r.name.name for r in sc.body if isinstance(r, A.RemoveStmt)],
+        )
+    return ir
+
+
+def to_latex(ir: I.ModelIR) -> str:
+    """The model as LaTeX equations (aligned), for `nimm show --latex`."""
+    rows = []
+    t = ir.time
+    for let in ir.lets:
+        rows.append(rf"{sp.latex(let.symbol)} &= {sp.latex(let.expr)} && [\mathrm{{{let.unit}}}]")
+    for s in ir.states:
+        lhs = rf"\frac{{d{sp.latex(s.symbol)}}}{{d{sp.latex(t)}}}" if t is not None else sp.latex(s.symbol)
+        rows.append(rf"{lhs} &= {sp.latex(ir.derivatives[s.name])} && [\mathrm{{{s.unit}/{ir.time_unit}}}]")
+    for s in ir.states:
+        rows.append(rf"{sp.latex(s.symbol)}({sp.latex(t) if t is not None else ''}_0) &= {sp.latex(s.init)}")
+    for o in ir.observes:
+        noise = {"normal": r"\sim \mathcal{N}", "lognormal": r"\sim \log\mathcal{N}",
+                 "poisson": r"\sim \mathrm{Poisson}", "lsq": ""}[o.noise]
+        rows.append(rf"{sp.latex(o.symbol)} &= {sp.latex(o.expr)} && {noise}")
+    return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}\n"
