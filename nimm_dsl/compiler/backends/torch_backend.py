@@ -1,0 +1,469 @@
+"""PyTorch back end: batched, differentiable simulation with torchdiffeq.
+
+The IR's sympy trees are translated once, with `ir.walk` and a torch `Ops` table that records a
+straight-line program (`_Tape`): every distinct sub-expression becomes one register, computed by
+one torch call. Running a tape on tensors with a leading batch dimension evaluates a whole batch
+of parameter sets at once (values broadcast: time is a scalar, states and params are (B,)).
+
+Integration runs segment by segment over a `runtime.protocol.Protocol` (dose jumps, set flags,
+input coefficients), with `torchdiffeq.odeint` (`dopri5` by default; fixed-step `rk4` with
+`step_size`; `adjoint=True` uses `odeint_adjoint`). The adaptive error norm is the worst
+member's RMS norm, so each batch member is solved at least as accurately as it would be alone.
+
+Entry points: `compile_torch(ir)` -> `TorchSimulator` with `simulate(...)` (numpy in/out, the
+shared back-end contract) and `trajectory(protocol, P, weights)` (tensors in/out, autograd
+friendly, for the fitter), `neural_penalty(traj)` and `static_outputs(...)` for static models.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import numpy as np
+import sympy as sp
+import torch
+
+from ...errors import SimulationError
+from ...runtime.protocol import (Protocol, build_protocol, check_scenario, param_vector,
+                                 segment_tail)
+from ...runtime.results import SimulationResult
+from ..ir import ModelIR, Ops, walk
+from .neural import TorchMLP, check_weights, neural_penalty, torch_mlp
+
+DEFAULT_MAX_STEPS = 100_000  # per segment; integration fails loudly instead of hanging
+NEURAL_KEY = "neural:{}"  # trajectory key of a neural term's outputs (B, T, n_calls)
+
+
+# ------------------------------------------------------------------ straight-line programs
+class _Tape:
+    """A program recorded by walking sympy trees: registers are inputs, constants, then results."""
+
+    def __init__(self, inputs: list[sp.Symbol], dtype, device):
+        self.inputs = list(inputs)
+        self.dtype, self.device = dtype, device
+        self.consts: dict[int, float] = {}  # register -> python value of a constant
+        self.instrs: list[tuple] = []  # (torch function | neural name, argument registers)
+        self.neural_calls: list[tuple[str, int]] = []  # (neural name, register) per distinct call
+        self.outputs: list[int] = []
+
+    def _emit(self, fn, *args) -> int:
+        self.instrs.append((fn, args))
+        return len(self.inputs) + len(self.instrs) - 1
+
+    def const(self, value: float) -> int:
+        tensor = torch.tensor(float(value), dtype=self.dtype, device=self.device)
+        reg = self._emit(lambda: tensor)
+        self.consts[reg] = float(value)
+        return reg
+
+    def _pow(self, base: int, ex: int) -> int:
+        if ex in self.consts:  # a constant exponent: no gradient w.r.t. it, no log(base) needed
+            e = self.consts[ex]
+            return self._emit(lambda x: torch.pow(x, e), base)
+        return self._emit(torch.pow, base, ex)
+
+    def _where(self, cond: int, a: int, b: int) -> int:
+        return self._emit(lambda c, x, y: torch.where(_as_bool(c), x, y), cond, a, b)
+
+    def ops(self) -> Ops:
+        e = self._emit
+        unary = {"exp": torch.exp, "log": torch.log, "sin": torch.sin, "cos": torch.cos,
+                 "tan": torch.tan, "tanh": torch.tanh, "abs": torch.abs, "sqrt": torch.sqrt}
+        funcs = {k: (lambda f: lambda a: e(f, a))(f) for k, f in unary.items()}
+        funcs["min"] = lambda a, b: e(torch.minimum, a, b)
+        funcs["max"] = lambda a, b: e(torch.maximum, a, b)
+        cmp = {"<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge, "==": torch.eq, "!=": torch.ne}
+        return Ops(
+            const=self.const,
+            add=lambda a, b: e(torch.add, a, b),
+            mul=lambda a, b: e(torch.mul, a, b),
+            pow=self._pow,
+            funcs=funcs,
+            where=self._where,
+            compare={k: (lambda f: lambda a, b: e(f, a, b))(f) for k, f in cmp.items()},
+            and_=lambda a, b: e(lambda x, y: torch.logical_and(_as_bool(x), _as_bool(y)), a, b),
+            or_=lambda a, b: e(lambda x, y: torch.logical_or(_as_bool(x), _as_bool(y)), a, b),
+            not_=lambda a: e(lambda x: torch.logical_not(_as_bool(x)), a),
+        )
+
+    def neural(self, name: str, args: list[int]) -> int:
+        reg = self._emit(name, *args)
+        self.neural_calls.append((name, reg))
+        return reg
+
+    def run(self, values: list, nir: Mapping, weights: Mapping) -> list:
+        """All registers for input values (tensors that broadcast together)."""
+        regs = list(values)
+        for fn, args in self.instrs:
+            if isinstance(fn, str):
+                regs.append(torch_mlp(nir[fn], [regs[a] for a in args], weights[fn]))
+            else:
+                regs.append(fn(*[regs[a] for a in args]))
+        return regs
+
+
+def _as_bool(x):
+    return x if x.dtype == torch.bool else x > 0.5
+
+
+def _record(ir: ModelIR, inputs: list[sp.Symbol], exprs: list[sp.Expr], dtype, device,
+            with_lets: bool = True) -> tuple[_Tape, list[int], list[int]]:
+    """A tape computing the lets (in order) and then `exprs`; returns (tape, expr regs, let regs)."""
+    tape = _Tape(inputs, dtype, device)
+    env = {s: i for i, s in enumerate(inputs)}
+    ops, memo = tape.ops(), {}
+    let_regs = []
+    if with_lets:
+        for let in ir.lets:
+            env[let.symbol] = walk(let.expr, env, ops, tape.neural, memo)
+            let_regs.append(env[let.symbol])
+    out = [walk(x, env, ops, tape.neural, memo) for x in exprs]
+    return tape, out, let_regs
+
+
+# ------------------------------------------------------------------ the simulator
+class TorchSimulator(torch.nn.Module):
+    """A compiled model. Neural terms are `TorchMLP` modules in `self.mlps` (float64 weights,
+    initialised with `NeuralIR.initial_weights()`); weights passed to `simulate`/`trajectory`
+    take precedence over them."""
+
+    def __init__(self, ir: ModelIR, device="cpu", dtype=torch.float64, method: str = "dopri5",
+                 step_size: Optional[float] = None, adjoint: bool = False,
+                 max_num_steps: int = DEFAULT_MAX_STEPS):
+        super().__init__()
+        self.ir = ir
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.method, self.step_size, self.adjoint = method, step_size, adjoint
+        self.max_num_steps = int(max_num_steps)
+        self.nir = {n.name: n for n in ir.neurals}
+        self.mlps = torch.nn.ModuleDict(
+            {n.name: TorchMLP(n, dtype=dtype, device=self.device) for n in ir.neurals})
+        self.n_params = len(ir.params)
+        self.runtime_symbols = ir.runtime_symbols()
+        self.state_names = [s.name for s in ir.states]
+        self.let_names = [l.name for l in ir.lets]
+        self.observe_names = [o.name for o in ir.observes]
+        if ir.is_static:
+            # static model: inputs are plain symbols; evaluate lets and observes row-wise
+            inputs = [u.symbol for u in ir.inputs] + [p.symbol for p in ir.params]
+            self._static, self._static_obs, self._static_lets = _record(
+                ir, inputs, [o.expr for o in ir.observes], dtype, self.device)
+            return
+        t, runtime = ir.time, self.runtime_symbols
+        states = [s.symbol for s in ir.states]
+        derivs = [ir.derivatives[s.name] for s in ir.states]
+        # right-hand side: lets then derivatives
+        self._rhs, self._rhs_out, _ = _record(ir, [t, *states, *runtime], derivs, dtype, self.device)
+        # outputs at the reported times: lets, observes, and (for penalties) every neural call
+        self._out, self._out_obs, self._out_lets = _record(
+            ir, [t, *states, *runtime], [*derivs, *[o.expr for o in ir.observes]], dtype, self.device)
+        self._out_obs = self._out_obs[len(derivs):]
+        # events: initial values and dose amounts, functions of (time, runtime vector)
+        self._doses = {}
+        for dose in [*ir.doses, *(d for sc in ir.scenarios.values() for d in sc.doses)]:
+            self._doses.setdefault(id(dose), (len(self._doses), dose))
+        event_exprs = [s.init for s in ir.states] + [d.amount for _, d in self._doses.values()]
+        self._events, self._event_out, _ = _record(ir, [t, *runtime], event_exprs, dtype, self.device,
+                                                   with_lets=False)
+
+    # ------------------------------------------------------------ inputs to tensors
+    def _tensor(self, x) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=self.dtype, device=self.device)
+
+    def _weights(self, weights: Optional[Mapping], batch: int) -> dict[str, torch.Tensor]:
+        """Every neural term's weights as a tensor (n_w,) or (B, n_w); unknown names -> ValueError."""
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(self.nir))
+        if unknown:
+            raise ValueError(f"unknown neural term(s) {', '.join(unknown)}; the model declares: "
+                             f"{', '.join(self.nir) or 'none'}")
+        out = {}
+        for name, nir in self.nir.items():
+            w = weights.get(name)
+            if w is None:
+                out[name] = self.mlps[name].weight
+                continue
+            if not torch.is_tensor(w):
+                arr = np.asarray(w, dtype=np.float64)
+                w = self._tensor(check_weights(nir, arr) if arr.ndim == 1 else arr)
+            if w.shape[-1] != nir.n_weights or w.dim() > 2 or (w.dim() == 2 and w.shape[0] != batch):
+                raise ValueError(f"neural {name}: weights must have shape ({nir.n_weights},) or "
+                                 f"({batch}, {nir.n_weights}), got {tuple(w.shape)}")
+            out[name] = w
+        return out
+
+    def _columns(self, P: torch.Tensor) -> list[torch.Tensor]:
+        return [P[:, j] for j in range(P.shape[1])]
+
+    def _segment_P(self, P_params: torch.Tensor, segment) -> torch.Tensor:
+        tail = self._tensor(segment_tail(segment)).expand(P_params.shape[0], -1)
+        return torch.cat([P_params, tail], dim=1)
+
+    # ------------------------------------------------------------ differentiable core
+    def trajectory(self, protocol: Protocol, P: torch.Tensor, weights: Optional[Mapping] = None,
+                   rtol: float = 1e-8, atol: float = 1e-8) -> dict[str, torch.Tensor]:
+        """Simulate a batch along a protocol, keeping the autograd graph.
+
+        P: (B, n_params) values of `ir.params` in order, or (B, n_runtime) (then only the first
+        n_params columns are used: flags and input coefficients come from the protocol).
+        weights: {neural name: (n_w,) shared or (B, n_w)}; missing names use `self.mlps`.
+        Returns {name: (B, T)} for every state, let and observe, and under
+        `NEURAL_KEY.format(name)` the neural term's outputs (B, T, n_calls) for penalties.
+        """
+        if self.ir.is_static:
+            raise ValueError("a static model has no trajectory; use static_outputs()")
+        P = self._tensor(P) if not torch.is_tensor(P) else P
+        if P.dim() != 2 or P.shape[1] not in (self.n_params, len(self.runtime_symbols)):
+            raise ValueError(f"P must have shape (B, {self.n_params}), got {tuple(P.shape)}")
+        B = P.shape[0]
+        P_params = P[:, :self.n_params]
+        W = self._weights(weights, B)
+        out_times = protocol.output_times
+        t_dev = lambda v: self._tensor(float(v))  # noqa: E731
+
+        segments = protocol.segments
+        P_seg = self._segment_P(P_params, segments[0])
+        ev = self._events.run([t_dev(protocol.t_start), *self._columns(P_seg)], self.nir, W)
+        y = torch.stack([ev[r].expand(B) for r in self._event_out[:len(self.ir.states)]], dim=1)
+
+        pieces: list[dict[str, torch.Tensor]] = []
+        for seg in segments:
+            P_seg = self._segment_P(P_params, seg)
+            if seg.doses:
+                y = self._apply_doses(y, seg, P_seg, W)
+            idx = np.asarray(seg.out_idx, dtype=int)
+            t_out = out_times[idx]
+            if seg.t1 > seg.t0:
+                grid, where = np.unique(np.r_[seg.t0, t_out, seg.t1], return_inverse=True)
+                sol = self._integrate(y, grid, P_seg, W, rtol, atol)  # (n_grid, B, n_s)
+                Y = sol[torch.as_tensor(where[1:1 + len(idx)], device=self.device)]
+                y = sol[-1]
+            else:
+                Y = y.unsqueeze(0).expand(len(idx), -1, -1)
+            if len(idx):
+                pieces.append(self._outputs(Y, t_out, P_seg, W))
+        if not pieces:
+            raise ValueError("no output times inside the protocol")
+        return {k: torch.cat([p[k] for p in pieces], dim=1) for k in pieces[0]}
+
+    def _apply_doses(self, y, seg, P_seg, W):
+        ev = self._events.run([self._tensor(seg.t0), *self._columns(P_seg)], self.nir, W)
+        n_s = len(self.ir.states)
+        cols = list(y.unbind(1))
+        for e in seg.doses:
+            amount = ev[self._event_out[n_s + self._doses[id(e.dose)][0]]]
+            k = e.state_index
+            cols[k] = cols[k] + amount if e.dose.op == "+" else cols[k] * amount
+        return torch.stack(cols, dim=1)
+
+    def _outputs(self, Y, t_out, P_seg, W) -> dict[str, torch.Tensor]:
+        """States, lets, observes and neural outputs at output times; Y: (T, B, n_s) -> (B, T)."""
+        T, B = Y.shape[0], Y.shape[1]
+        t = self._tensor(t_out).reshape(T, 1)
+        regs = self._out.run([t, *Y.unbind(2), *self._columns(P_seg)], self.nir, W)
+        full = lambda r: regs[r].expand(T, B).transpose(0, 1)  # noqa: E731
+        res = {n: Y[:, :, i].transpose(0, 1) for i, n in enumerate(self.state_names)}
+        res.update({n: full(r) for n, r in zip(self.let_names, self._out_lets)})
+        res.update({n: full(r) for n, r in zip(self.observe_names, self._out_obs)})
+        for name in self.nir:
+            calls = [full(r) for n, r in self._out.neural_calls if n == name]
+            res[NEURAL_KEY.format(name)] = (torch.stack(calls, dim=2) if calls
+                                            else torch.zeros(B, T, 0, dtype=Y.dtype, device=Y.device))
+        return res
+
+    def _integrate(self, y0, grid: np.ndarray, P_seg, W, rtol, atol):
+        import torchdiffeq
+
+        cols = self._columns(P_seg)
+        last = {}
+
+        def rhs(t, y):
+            last["t"], last["y"] = t, y
+            regs = self._rhs.run([t, *y.unbind(1), *cols], self.nir, W)
+            return torch.stack([regs[r].expand(y.shape[0]) for r in self._rhs_out], dim=1)
+
+        t = self._tensor(grid)
+        options = {}
+        if self.method in _FIXED_STEP:
+            h = self.step_size or (grid[-1] - grid[0]) / 1000.0
+            n_steps = int(np.sum(np.ceil(np.diff(grid) / h - 1e-9)))
+            if n_steps > self.max_num_steps:
+                raise SimulationError(f"rk step size {h:g} needs {n_steps} steps between t = {grid[0]:g} "
+                                      f"and {grid[-1]:g}, more than max_num_steps = {self.max_num_steps}")
+            options["grid_constructor"] = lambda func, y0, tt: _fine_grid(tt, h)
+        else:
+            options["max_num_steps"] = self.max_num_steps
+            options["norm"] = _worst_member_rms
+        try:
+            if self.adjoint:
+                params = tuple(x for x in (P_seg, *W.values()) if x.requires_grad)
+                sol = torchdiffeq.odeint_adjoint(rhs, y0, t, rtol=rtol, atol=atol, method=self.method,
+                                                 options=options, adjoint_params=params)
+            else:
+                sol = torchdiffeq.odeint(rhs, y0, t, rtol=rtol, atol=atol, method=self.method,
+                                        options=options)
+        except AssertionError as exc:  # torchdiffeq reports dt underflow / max steps by assert
+            raise self._failure(str(exc), last, grid, rhs) from None
+        bad = ~torch.isfinite(sol)
+        if bad.any():
+            first = int(bad.reshape(len(grid), -1).any(1).nonzero()[0])
+            last = {"t": t[max(first - 1, 0)], "y": sol[max(first - 1, 0)]}
+            raise self._failure(f"non-finite values by t = {grid[first]:g}", last, grid, rhs,
+                                bad_states=bad[first])
+        return sol
+
+    def _failure(self, why: str, last: dict, grid, rhs, bad_states=None) -> SimulationError:
+        """A SimulationError naming the time reached and the states that went wrong."""
+        t_reached = float(last["t"]) if "t" in last else float(grid[0])
+        names = []
+        if bad_states is not None:
+            names = [n for i, n in enumerate(self.state_names) if bool(bad_states[:, i].any())]
+        elif "y" in last:
+            with torch.no_grad():
+                y = last["y"]
+                dy = rhs(last["t"], y)
+                nonfinite = ~(torch.isfinite(y) & torch.isfinite(dy))
+                names = [n for i, n in enumerate(self.state_names) if bool(nonfinite[:, i].any())]
+                if not names:  # blow-up or stiffness: the state changing fastest relative to its size
+                    rel = (dy.abs() / (y.abs() + 1.0)).amax(0)
+                    names = [self.state_names[int(rel.argmax())]]
+        states = ", ".join(names) or "unknown"
+        return SimulationError(
+            f"integration failed at {self.ir.time_name} = {t_reached:g} (segment {grid[0]:g} to "
+            f"{grid[-1]:g}, method {self.method}): {why}; states involved: {states}")
+
+    def neural_penalty(self, traj: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Sum over neural terms of penalty * mean(output^2) along the trajectory: (B,)."""
+        total = None
+        for name, nir in self.nir.items():
+            term = neural_penalty(nir, traj[NEURAL_KEY.format(name)])
+            if traj[NEURAL_KEY.format(name)].numel() == 0:
+                continue
+            total = term if total is None else total + term
+        if total is None:
+            first = next(iter(traj.values()))
+            return torch.zeros(first.shape[0], dtype=first.dtype, device=first.device)
+        return total
+
+    # ------------------------------------------------------------ static models
+    def static_outputs(self, inputs: Mapping[str, torch.Tensor], P: torch.Tensor,
+                       weights: Optional[Mapping] = None) -> dict[str, torch.Tensor]:
+        """Static model: lets and observes for N input rows: {input: (N,)}, P (B, n_params) -> (B, N)."""
+        B = P.shape[0]
+        W = self._weights(weights, B)
+        rows = [inputs[u.name].reshape(-1, 1) for u in self.ir.inputs]
+        n = rows[0].shape[0] if rows else 1
+        regs = self._static.run([*rows, *self._columns(P[:, :self.n_params])], self.nir, W)
+        full = lambda r: regs[r].expand(n, B).transpose(0, 1)  # noqa: E731
+        res = {name: full(r) for name, r in zip(self.let_names, self._static_lets)}
+        res.update({name: full(r) for name, r in zip(self.observe_names, self._static_obs)})
+        return res
+
+    def _static_inputs(self, inputs) -> dict[str, torch.Tensor]:
+        table = inputs if inputs is not None else {}
+        columns = set(table.columns) if hasattr(table, "columns") else set(table)
+        n = None
+        for u in self.ir.inputs:
+            if u.name in columns:
+                n = len(np.atleast_1d(np.asarray(table[u.name], dtype=float)))
+        out = {}
+        for u in self.ir.inputs:
+            if u.name in columns:
+                out[u.name] = self._tensor(np.atleast_1d(np.asarray(table[u.name], dtype=float)))
+            elif u.default is not None:
+                out[u.name] = self._tensor(np.full(n or 1, float(u.default)))
+            else:
+                raise SimulationError(f"input `{u.name}` has no data and no default value; "
+                                      f"give a column `{u.name}`")
+        return out
+
+    # ------------------------------------------------------------ numpy-facing contract
+    def param_matrix(self, params: Optional[Mapping] = None) -> tuple[np.ndarray, bool]:
+        """(B, n_params) values of ir.params from {name: scalar or (B,) array}; and whether batched."""
+        params = dict(params or {})
+        arrays = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+        base = param_vector(self.ir, {k: (float(v) if v.ndim == 0 else 0.0) for k, v in arrays.items()})
+        sizes = {v.shape[0] for v in arrays.values() if v.ndim == 1}
+        if len(sizes) > 1 or any(v.ndim > 1 for v in arrays.values()):
+            raise ValueError(f"batched params must all be 1-D arrays of one length, got sizes {sorted(sizes)}")
+        B = sizes.pop() if sizes else 1
+        P = np.tile(base, (B, 1))
+        for k, v in arrays.items():
+            if v.ndim == 1:
+                P[:, [p.name for p in self.ir.params].index(k)] = v
+        return P, B > 1 or bool(sizes)
+
+    def simulate(self, times=None, params=None, scenario=None, inputs=None, rtol=1e-8, atol=1e-8,
+                 weights=None, t_start=None) -> SimulationResult:
+        """Simulate one parameter set, or a batch: params {name: (B,) array} and/or weights
+        {name: (B, n_w)} give results of shape (B, T). See the module docstring."""
+        P, batched = self.param_matrix(params)
+        batched = batched or any(np.ndim(w) == 2 for w in (weights or {}).values())
+        if batched and P.shape[0] == 1:
+            P = np.tile(P, (max(np.shape(w)[0] for w in weights.values() if np.ndim(w) == 2), 1))
+        units = {**{s.name: s.unit for s in self.ir.states}, **{l.name: l.unit for l in self.ir.lets},
+                 **{o.name: o.unit for o in self.ir.observes}}
+        with torch.no_grad():
+            if self.ir.is_static:
+                check_scenario(self.ir, scenario)
+                res = self.static_outputs(self._static_inputs(inputs), self._tensor(P), weights)
+                values = {k: v.cpu().numpy() for k, v in res.items()}
+                return SimulationResult(None, _unbatch(values, batched), units, warnings=[])
+            if times is None:
+                raise ValueError("simulate needs output times for a dynamic model")
+            protocol = build_protocol(self.ir, times, scenario, inputs, t_start)
+            traj = self.trajectory(protocol, self._tensor(P), weights, rtol, atol)
+        names = [*self.state_names, *self.let_names, *self.observe_names]
+        values = {n: traj[n].cpu().numpy() for n in names}
+        units[self.ir.time_name] = self.ir.time_unit
+        return SimulationResult(protocol.output_times, _unbatch(values, batched), units,
+                                time_name=self.ir.time_name,
+                                warnings=self._domain_warnings(values, protocol.output_times),
+                                scenario=scenario)
+
+    def _domain_warnings(self, values: Mapping[str, np.ndarray], times: np.ndarray) -> list[str]:
+        warnings = []
+        for s in self.ir.states:
+            v = values[s.name]  # (B, T)
+            outside = (v < s.lo) | (v > s.hi)
+            if outside.any():
+                first = int(np.argmax(outside.any(0)))
+                warnings.append(f"state {s.name} leaves its domain [{s.lo:g}, {s.hi:g}] at "
+                                f"{self.ir.time_name} = {times[first]:g} (value {v[:, first][outside[:, first]][0]:g})")
+        return warnings
+
+
+def _unbatch(values: Mapping[str, np.ndarray], batched: bool) -> dict[str, np.ndarray]:
+    return dict(values) if batched else {k: v[0] for k, v in values.items()}
+
+
+_FIXED_STEP = {"euler", "midpoint", "heun2", "heun3", "rk4"}
+
+
+def _fine_grid(t: torch.Tensor, h: float) -> torch.Tensor:
+    """The requested times with each gap cut into equal steps of at most h (outputs stay on the grid)."""
+    parts = []
+    for a, b in zip(t[:-1].tolist(), t[1:].tolist()):
+        n = max(1, math.ceil((b - a) / h - 1e-9))
+        parts.append(torch.linspace(a, b, n + 1, dtype=t.dtype, device=t.device)[:-1])
+    parts.append(t[-1:])
+    return torch.cat(parts)
+
+
+def _worst_member_rms(x: torch.Tensor) -> torch.Tensor:
+    """Error norm of a batch (B, n): the largest per-member RMS, so no member is under-resolved."""
+    return x.pow(2).mean(dim=-1).sqrt().max()
+
+
+def compile_torch(ir: ModelIR, device="cpu", dtype=torch.float64, method: str = "dopri5",
+                  **options) -> TorchSimulator:
+    """Compile a ModelIR for PyTorch. options: step_size (fixed-step methods such as rk4),
+    adjoint (bool), max_num_steps (per segment)."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; use device='cpu'")
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    if method not in SOLVERS:
+        raise ValueError(f"unknown ODE method `{method}`; use dopri5 (adaptive) or rk4 (fixed step)")
+    return TorchSimulator(ir, device=device, dtype=dtype, method=method, **options)
