@@ -72,7 +72,11 @@ def test_language_example_has_no_errors_and_only_the_true_warning():
     assert errors(model.diagnostics) == []
     # R is a sink nothing observed depends on: the only warning that truly applies.
     assert [(d.code, d.span.line, d.span.column) for d in model.diagnostics] == [("W702", 14, 7)]
-    info = model.names
+
+
+def test_language_example_dependency_graph():
+    info, found = names_of(FLU)
+    assert [(d.code, d.span.line, d.span.column) for d in found] == [("W702", 14, 7)]
     assert info.influences_observation >= {"S", "I", "N", "beta", "gamma", "I0"}
     assert "R" not in info.influences_observation
     assert [type(x).__name__ for x in info.dynamics["I"]] == ["FlowEq", "FlowEq"]
@@ -142,6 +146,12 @@ def test_undefined_remove_in_scenario_suggests_baseline_dose():
     assert (d.span.line, d.span.column, d.hint) == (7, 10, "did you mean `bolus`?")
 
 
+def test_unit_name_used_as_value_says_so():
+    d = only(diags("unit cell\nlet z = 2 * cell\n"), "E201")
+    assert (d.span.line, d.span.column) == (4, 13)
+    assert d.hint == "attach the unit to a number: `1 [cell]`"
+
+
 # ---------------------------------------------------------------- E204 wrong kind
 @pytest.mark.parametrize("line, column, snippet", [
     ("der(k) = 1", 5, "expects a state, found param"),
@@ -154,6 +164,8 @@ def test_undefined_remove_in_scenario_suggests_baseline_dose():
     ("let z = o + 1", 9, "observe `o` is an output"),
     ("flow k -> X = 1", 6, "flow connects states, found param"),
     ("remove d0", 1, "outside a scenario"),
+    ("let z = d0 + 1", 9, "is a dose"),
+    ("let z = sqrt", 9, "built-in function"),
 ])
 def test_wrong_kind(line, column, snippet):
     found = diags(f"""\
