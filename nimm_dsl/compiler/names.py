@@ -279,11 +279,11 @@ class _Checker:
         self.check_header(statements)
         self.check_time(statements)
         for stmt in statements:
-            self.check_statement(stmt, top_level=True)
+            self.check_statement(stmt)
         for stmt in statements:
             if isinstance(stmt, A.ScenarioBlock):
                 for inner in stmt.body:
-                    self.check_statement(inner, top_level=False, scenario=stmt)
+                    self.check_statement(inner, scenario=stmt)
         # A state's dependencies include the expressions of the dynamics that define it.
         for state, lines in self.info.dynamics.items():
             for line in lines:
@@ -340,7 +340,7 @@ class _Checker:
                         return inner.span, f"a `{'dose' if isinstance(inner, A.DoseStmt) else 'set'}` in scenario `{stmt.name.name}`"
         return None
 
-    def check_statement(self, stmt, top_level: bool, scenario: Optional[A.ScenarioBlock] = None) -> None:
+    def check_statement(self, stmt, scenario: Optional[A.ScenarioBlock] = None) -> None:
         depends = self.info.depends
         owns = lambda ident: self.table.symbols.get(ident.name) is not None and self.table.symbols[ident.name].decl is stmt
 
