@@ -312,6 +312,7 @@ class ScenarioBlock:
 Statement = Union[
     ModelDecl, TimeDecl, UnitDecl, ConstDecl, ParamDecl, StateDecl, InputDecl, LetDecl,
     NeuralDecl, DerEq, FlowEq, ObserveDecl, DoseStmt, SetStmt, ScenarioBlock,
+    RemoveStmt,  # only valid inside a scenario; at top level the checker reports it
 ]
 
 # Statements that introduce a model-level name (and the `kind` the checker gives it).

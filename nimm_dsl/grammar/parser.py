@@ -1,0 +1,652 @@
+"""Text -> typed syntax tree (`ast.Program`) plus E100 diagnostics; never raises.
+
+Three steps, each robust on its own:
+
+1. `split_statements` cuts the file into logical statements: one per line, except that newlines
+   inside ( ) and [ ] join lines. It tracks comments and strings, refuses absurd bracket nesting
+   and reports unclosed brackets at the opening bracket.
+2. Each logical statement is parsed on its own by a LALR parser (grammar in `nimm.lark`) whose
+   inline transformer (`_Builder`) builds AST nodes during reduction: no parse tree, no
+   recursion, and a syntax error in one statement never hides the others.
+3. `_assemble` groups `scenario` ... `end` into `ScenarioBlock`s.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+from lark import Lark, Token
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.lark import PostLex
+
+from . import ast as A
+from ..compiler.diagnostics import Diagnostic
+
+KEYWORDS = frozenset(
+    "model time unit param const state input let neural der flow observe dose set scenario end "
+    "remove in at every times from to and or not".split()
+)
+# Words that start a statement. A continuation line (inside an open bracket) that starts with
+# one of them means the bracket was never closed.
+STATEMENT_KEYWORDS = frozenset(
+    "model time unit param const state input let neural der flow observe dose set scenario end "
+    "remove".split()
+)
+SCENARIO_STATEMENTS = (A.DoseStmt, A.SetStmt, A.RemoveStmt)
+
+MAX_BRACKET_DEPTH = 100  # deeper nesting is refused before parsing
+MAX_EXPRESSION_DEPTH = 200  # keeps every later recursive tree walk far from Python's limit
+MAX_STATEMENT_CHARS = 20_000  # a logical statement longer than this is refused unparsed
+MAX_DIAGNOSTICS = 200  # then one final "too many errors; stopping"
+
+_GRAMMAR_PATH = Path(__file__).with_name("nimm.lark")
+
+
+class _Problem(Exception):
+    """A syntax error found while building nodes (raised inside the LALR reductions)."""
+
+    def __init__(self, span: A.Span, message: str, hint: Optional[str] = None):
+        super().__init__(message)
+        self.span, self.message, self.hint = span, message, hint
+
+
+# ---------------------------------------------------------------- step 1: logical statements
+@dataclass
+class LogicalStatement:
+    """The text of one statement: `source[line_offset:end]`, starting at a line start so that
+    Lark's columns are the file's columns."""
+
+    first_line: int  # 1-based line of the first character
+    line_offset: int  # offset of the start of that physical line
+    start: int  # offset of the first character of the statement
+    end: int  # offset one past its last non-blank, non-comment character
+    end_line: int
+    end_column: int  # one past the last character (1-based)
+    first_word: str  # the leading word (`param`, `scenario`, `end`, ...) or ''
+    problems: list[Diagnostic] = field(default_factory=list)  # found while splitting: not parsed
+
+    @property
+    def span(self) -> A.Span:
+        return A.Span(self.first_line, self.start - self.line_offset + 1, self.end_line, self.end_column)
+
+
+_INTERESTING = re.compile(r'[()\[\]"#]')
+_FIRST_WORD = re.compile(r"[ \t\r]*([A-Za-z_][A-Za-z0-9_]*)?")
+_CLOSERS = {")": "(", "]": "["}
+
+
+def split_statements(source: str, file: str = "<model>") -> list[LogicalStatement]:
+    """Cut `source` into logical statements (see the module docstring)."""
+    statements: list[LogicalStatement] = []
+    current: Optional[LogicalStatement] = None
+    open_brackets: list[tuple[str, int, int]] = []  # (char, line, column)
+    line_no = 0
+    line_start = 0
+    length = len(source)
+
+    def unclosed(stmt: LogicalStatement) -> None:
+        char, line, column = open_brackets[-1]
+        stmt.problems.append(Diagnostic(
+            "E100", A.Span(line, column, line, column + 1), f"`{char}` is never closed",
+            f"add the matching `{')' if char == '(' else ']'}`", file))
+        open_brackets.clear()
+
+    while line_start <= length:
+        line_no += 1
+        newline = source.find("\n", line_start)
+        line_end = length if newline < 0 else newline
+        first = _FIRST_WORD.match(source, line_start, line_end)
+        word = first.group(1) or ""
+        if current is not None and open_brackets and word in STATEMENT_KEYWORDS:
+            unclosed(current)
+            current = None
+        # Scan the line: brackets outside strings and comments, and where its code ends.
+        code_end = line_end
+        position = line_start
+        while True:
+            match = _INTERESTING.search(source, position, line_end)
+            if match is None:
+                break
+            char = match.group()
+            position = match.end()
+            if char == "#":
+                code_end = match.start()
+                break
+            if char == '"':
+                closing = source.find('"', position, line_end)
+                position = line_end if closing < 0 else closing + 1
+                continue
+            if current is None:  # the statement starts on this line
+                current = _begin(source, line_no, line_start, line_end, word)
+            if char in "([":
+                open_brackets.append((char, line_no, match.start() - line_start + 1))
+                if len(open_brackets) == MAX_BRACKET_DEPTH + 1 and not current.problems:
+                    column = match.start() - line_start + 1
+                    current.problems.append(Diagnostic(
+                        "E100", A.Span(line_no, column, line_no, column + 1),
+                        f"expression nested too deeply (more than {MAX_BRACKET_DEPTH} levels of brackets)",
+                        "split it into several `let` lines", file))
+            elif open_brackets:
+                open_brackets.pop()
+        stripped_end = len(source[line_start:code_end].rstrip(" \t\r")) + line_start
+        if stripped_end > line_start and source[line_start:stripped_end].strip(" \t\r"):
+            if current is None:
+                current = _begin(source, line_no, line_start, line_end, word)
+            current.end = stripped_end
+            current.end_line = line_no
+            current.end_column = stripped_end - line_start + 1
+        if current is not None and not open_brackets:
+            statements.append(current)
+            current = None
+        if newline < 0:
+            break
+        line_start = newline + 1
+    if current is not None:
+        if open_brackets:
+            unclosed(current)
+        statements.append(current)
+    return statements
+
+
+def _begin(source: str, line_no: int, line_start: int, line_end: int, word: str) -> LogicalStatement:
+    text = source[line_start:line_end]
+    indent = len(text) - len(text.lstrip(" \t\r"))
+    start = line_start + indent
+    return LogicalStatement(line_no, line_start, start, start, line_no, indent + 1, word)
+
+
+# ---------------------------------------------------------------- step 2: one statement
+class _NamesEverywhere(PostLex):
+    """Lets the contextual lexer see NAME in every state, so keywords are whole words only
+    (`modelx` is a name, never `model` + `x`) and a misplaced word lexes as a name."""
+
+    always_accept = ("NAME",)
+
+    def process(self, stream):
+        return stream
+
+
+@dataclass
+class _End:
+    """The `end` line of a scenario block."""
+
+    span: A.Span
+
+
+class _Builder:
+    """Inline transformer: Lark calls one method per reduction, bottom-up, without recursion.
+
+    `line_offset` and `statement_span` are set by `_parse_statement` before each parse (under
+    `_LOCK`), so node spans are file positions.
+    """
+
+    line_offset = 0
+    statement_span = A.Span(1, 1, 1, 1)
+
+    def _span(self, tok: Token) -> A.Span:
+        off = self.line_offset
+        return A.Span(tok.line + off, tok.column, tok.end_line + off, tok.end_column)
+
+    # --- names and small pieces
+    def ident(self, c):
+        return A.Ident(str(c[0]), self._span(c[0]))
+
+    def ref(self, c):
+        return self._reference(c[0])
+
+    def _reference(self, tok: Token) -> A.Ident:
+        if tok in KEYWORDS:
+            raise _Problem(self._span(tok), f"unexpected keyword `{tok}`: expected a name",
+                           "keywords are reserved and cannot be used as names")
+        return A.Ident(str(tok), self._span(tok))
+
+    def doc(self, c):
+        return str(c[0])[1:-1]
+
+    def parameters(self, c):
+        return list(c)
+
+    def arguments(self, c):
+        return list(c)
+
+    def options(self, c):
+        return list(c)
+
+    # --- statements
+    def model_decl(self, c):
+        return A.ModelDecl(c[0], c[1], self.statement_span)
+
+    def time_decl(self, c):
+        return A.TimeDecl(c[0], c[1], self.statement_span)
+
+    def unit_decl(self, c):
+        return A.UnitDecl(c[0], c[1], c[2], self.statement_span)
+
+    def const_decl(self, c):
+        return A.ConstDecl(c[0], c[1], c[2], c[3], self.statement_span)
+
+    def param_decl(self, c):
+        return A.ParamDecl(c[0], c[1], c[2], c[3], c[4], self.statement_span)
+
+    def state_decl(self, c):
+        return A.StateDecl(c[0], c[1], c[2], c[3], c[4], self.statement_span)
+
+    def input_decl(self, c):
+        return A.InputDecl(c[0], c[1], c[2], c[3] or "step", c[4], self.statement_span)
+
+    def interp(self, c):
+        return str(c[0])
+
+    def let_decl(self, c):
+        return A.LetDecl(c[0], c[1], c[2], c[3], self.statement_span)
+
+    def neural_decl(self, c):
+        name, _lpar, params, _rpar, unit, kind, options = c
+        return A.NeuralDecl(name, params or [], unit, kind, options[0] if options else [],
+                            self.statement_span)
+
+    def der_eq(self, c):
+        return A.DerEq(c[0], c[1], self.statement_span)
+
+    def flow_eq(self, c):
+        return A.FlowEq(c[0], c[2], c[3], self._span(c[1]), self.statement_span)
+
+    def observe_decl(self, c):
+        return A.ObserveDecl(c[0], c[1], c[2], c[3], self.statement_span)
+
+    def dose_stmt(self, c):
+        name, state, op, amount, at, every, times = c
+        return A.DoseStmt(name, state, str(op), amount, at, every, times, self.statement_span)
+
+    def set_stmt(self, c):
+        return A.SetStmt(c[0], c[1], c[2], c[3], self.statement_span)
+
+    def remove_stmt(self, c):
+        return A.RemoveStmt(c[0], self.statement_span)
+
+    def scenario_head(self, c):
+        return A.ScenarioBlock(c[0], c[1], [], self.statement_span, None)
+
+    def scenario_end(self, c):
+        return _End(self.statement_span)
+
+    # --- parts of statements
+    def bounds(self, c):
+        lsqb, lo, hi, rsqb = c
+        return A.Bounds(lo, hi, self._span(lsqb).to(self._span(rsqb)))
+
+    def option_list(self, c):
+        lpar, options, rpar = c
+        return options or [], self._span(rpar)
+
+    def noise(self, c):
+        kind, options = c
+        if options is None:
+            return A.Noise(kind, [], kind.span)
+        return A.Noise(kind, options[0], kind.span.to(options[1]))
+
+    def option(self, c):
+        name, value = c
+        return A.Option(name, value, name.span.to(value.span))
+
+    def list_value(self, c):
+        lsqb, items, rsqb = c
+        return A.ListValue(items or [], self._span(lsqb).to(self._span(rsqb)))
+
+    # --- units
+    def unit(self, c):
+        return c[0]
+
+    def unit_mul(self, c):
+        return A.UnitMul(c[0], c[1], c[0].span.to(c[1].span))
+
+    def unit_div(self, c):
+        return A.UnitDiv(c[0], c[1], c[0].span.to(c[1].span))
+
+    def unit_pow(self, c):
+        base, (exponent, end) = c
+        return A.UnitPow(base, exponent, base.span.to(end))
+
+    def unit_name(self, c):
+        return A.UnitName(str(c[0]), self._span(c[0]))
+
+    def unit_one(self, c):
+        tok = c[0]
+        if _fraction(tok) != 1:
+            raise _Problem(self._span(tok), f"unexpected number `{tok}` in a unit: only `1` (dimensionless) may stand alone",
+                           f"put the factor before the unit, as in `{tok} [cell]`")
+        return A.UnitOne(self._span(tok))
+
+    def unit_group(self, c):
+        lpar, inner, rpar = c
+        inner.span = self._span(lpar).to(self._span(rpar))
+        return inner
+
+    def unit_exponent(self, c):
+        if c[0] is not None and c[0].type == "LPAR":
+            _lpar, minus, numerator, denominator, rpar = c
+            end = rpar
+        else:
+            minus, numerator = c
+            denominator = None
+            end = numerator
+        value = _fraction(numerator)
+        if denominator is not None:
+            if _fraction(denominator) == 0:
+                raise _Problem(self._span(denominator), "division by zero in a unit exponent")
+            value /= _fraction(denominator)
+        if minus is not None:
+            value = -value
+        if abs(value.numerator) > 1000 or value.denominator > 1000:
+            raise _Problem(self._span(numerator), f"unit exponent `{value}` is out of range")
+        return value, self._span(end)
+
+    # --- expressions
+    def bool_or(self, c):
+        return A.BoolOp("or", c[0], c[1], c[0].span.to(c[1].span))
+
+    def bool_and(self, c):
+        return A.BoolOp("and", c[0], c[1], c[0].span.to(c[1].span))
+
+    def unary(self, c):
+        op, operand = c
+        return A.UnaryOp(str(op), operand, self._span(op).to(operand.span))
+
+    def unary_plus(self, c):
+        plus, operand = c
+        operand.span = self._span(plus).to(operand.span)
+        return operand
+
+    def compare(self, c):
+        return A.Compare(str(c[1]), c[0], c[2], c[0].span.to(c[2].span))
+
+    def binop(self, c):
+        return A.BinOp(str(c[1]), c[0], c[2], c[0].span.to(c[2].span))
+
+    def name(self, c):
+        ident = self._reference(c[0])
+        return A.Name(ident.name, ident.span)
+
+    def call(self, c):
+        func, _lpar, args, rpar = c
+        ident = self._reference(func)
+        return A.Call(ident, args or [], ident.span.to(self._span(rpar)))
+
+    def group(self, c):
+        lpar, inner, rpar = c
+        inner.span = self._span(lpar).to(self._span(rpar))
+        return inner
+
+    def number(self, c):
+        tok, _lsqb, unit, rsqb = c
+        span = self._span(tok)
+        value = float("inf") if tok.type == "INF" else float(tok)
+        return A.Number(value, str(tok), unit, span.to(self._span(rsqb)) if rsqb is not None else span)
+
+
+def _fraction(tok: Token) -> Fraction:
+    return Fraction(str(tok))
+
+
+_parser: Optional[Lark] = None
+_builder = _Builder()
+_LOCK = threading.Lock()  # `_builder` carries per-statement positions
+
+
+def get_parser() -> Lark:
+    """The LALR parser, built once per process (about 30 ms; cached on disk by Lark)."""
+    global _parser
+    if _parser is None:
+        _parser = Lark(
+            _GRAMMAR_PATH.read_text(encoding="utf-8"),
+            parser="lalr",
+            lexer="contextual",
+            postlex=_NamesEverywhere(),
+            transformer=_builder,
+            maybe_placeholders=True,
+            cache=True,  # grammar analysis costs ~70 ms; loading Lark's cache ~10 ms
+        )
+    return _parser
+
+
+def _parse_statement(stmt: LogicalStatement, source: str, file: str):
+    """One logical statement -> (node or None, diagnostics)."""
+    if stmt.problems:
+        return None, stmt.problems
+    if stmt.end - stmt.start > MAX_STATEMENT_CHARS:
+        span = A.Span(stmt.first_line, stmt.span.column, stmt.first_line, stmt.span.column + 1)
+        return None, [Diagnostic("E100", span, f"statement too long ({stmt.end - stmt.start} characters; "
+                                               f"the limit is {MAX_STATEMENT_CHARS})",
+                                 "split it into several `let` lines", file)]
+    text = source[stmt.line_offset:stmt.end]
+    parser = get_parser()
+    try:
+        with _LOCK:
+            _builder.line_offset = stmt.first_line - 1
+            _builder.statement_span = stmt.span
+            node = parser.parse(text)
+    except _Problem as problem:
+        return None, [Diagnostic("E100", problem.span, problem.message, problem.hint, file)]
+    except UnexpectedInput as error:
+        return None, [_describe(error, stmt, file)]
+    except LarkError as error:  # defensive: any other parser failure is still a diagnostic
+        return None, [Diagnostic("E100", stmt.span, f"cannot parse this statement ({error})", None, file)]
+    deep = _too_deep(node)
+    if deep is not None:
+        return None, [Diagnostic("E100", deep, f"expression nested too deeply (more than {MAX_EXPRESSION_DEPTH} levels)",
+                                 "split it into several `let` lines", file)]
+    return node, []
+
+
+def _too_deep(root) -> Optional[A.Span]:
+    """The span of the first node deeper than MAX_EXPRESSION_DEPTH, without recursion."""
+    stack = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_EXPRESSION_DEPTH:
+            return node.span
+        for value in vars(node).values():
+            if isinstance(value, list):
+                stack.extend((item, depth + 1) for item in value if hasattr(item, "__dataclass_fields__"))
+            elif hasattr(value, "__dataclass_fields__") and not isinstance(value, A.Span):
+                stack.append((value, depth + 1))
+    return None
+
+
+# ---------------------------------------------------------------- readable syntax errors
+_READABLE = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a description in quotes",
+    "COMPARE": "a comparison (`<`, `<=`, ...)",
+    "DOSE_OP": "`+=` or `*=`",
+    "ADD_OP": "`+` or `-`",
+    "MUL_OP": "`*` or `/`",
+    "$END": "the end of the statement",
+}
+# Order in "expected ..." lists: values first, then punctuation, then keywords.
+_VALUE_TERMINALS = ("NAME", "NUMBER", "INF", "LPAR", "MINUS", "NOT")
+_MAX_EXPECTED = 6
+
+
+def _terminal_text(name: str) -> str:
+    if name in _READABLE:
+        return _READABLE[name]
+    term = get_parser().get_terminal(name) if name in _terminal_names() else None
+    if term is not None and term.pattern.type == "str":
+        return f"`{term.pattern.value}`"
+    return name.lower()
+
+
+_TERMINAL_NAMES: Optional[frozenset] = None
+
+
+def _terminal_names() -> frozenset:
+    global _TERMINAL_NAMES
+    if _TERMINAL_NAMES is None:
+        _TERMINAL_NAMES = frozenset(t.name for t in get_parser().terminals)
+    return _TERMINAL_NAMES
+
+
+def _expected_text(expected) -> str:
+    names = sorted(set(expected), key=lambda n: (n not in _VALUE_TERMINALS,
+                                                 _VALUE_TERMINALS.index(n) if n in _VALUE_TERMINALS else 0,
+                                                 _terminal_text(n).strip("`").isalpha(), n))
+    texts = list(dict.fromkeys(_terminal_text(n) for n in names))
+    if len(texts) > _MAX_EXPECTED:
+        texts = texts[:_MAX_EXPECTED - 1] + ["..."]
+    if len(texts) == 1:
+        return texts[0]
+    return ", ".join(texts[:-1]) + " or " + texts[-1]
+
+
+def _show(text: str, limit: int = 40) -> str:
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
+
+
+def _found_text(tok: Token) -> str:
+    if tok.type == "NAME":
+        return f"keyword `{tok}`" if tok in KEYWORDS else f"name `{_show(tok)}`"
+    if tok.type == "NUMBER":
+        return f"number `{_show(tok)}`"
+    if tok.type == "STRING":
+        return f"description `{_show(tok)}`"
+    return f"`{_show(tok)}`"
+
+
+def _describe(error: UnexpectedInput, stmt: LogicalStatement, file: str) -> Diagnostic:
+    offset = stmt.first_line - 1
+    if isinstance(error, UnexpectedCharacters):
+        line, column = error.line + offset, error.column
+        char = error.char
+        span = A.Span(line, column, line, column + 1)
+        if char == '"':
+            return Diagnostic("E100", span, "unterminated string: a description must end with `\"` on the same line",
+                              None, file)
+        shown = _show(char)
+        code = f" (U+{ord(char):04X})" if not char.isprintable() or char != shown else ""
+        return Diagnostic("E100", span, f"unexpected character `{shown}`{code}", None, file)
+    assert isinstance(error, UnexpectedToken)
+    tok = error.token
+    expected = error.expected
+    if tok.type == "$END":
+        span = A.Span(stmt.end_line, stmt.end_column, stmt.end_line, stmt.end_column + 1)
+        return Diagnostic("E100", span, f"unexpected end of statement: expected {_expected_text(expected)}",
+                          None, file)
+    span = A.Span(tok.line + offset, tok.column, tok.end_line + offset, tok.end_column)
+    found = _found_text(tok)
+    if tok.start_pos == stmt.start - stmt.line_offset:  # the statement's first word
+        return Diagnostic("E100", span, f"unexpected {found}: a statement starts with a keyword such as "
+                                        "`param`, `state`, `let`, `der` or `flow`",
+                          f"did you mean `let {tok} = ...`?" if tok.type == "NAME" and tok not in KEYWORDS else None,
+                          file)
+    hint = None
+    if tok.type == "COMPARE" and "COMPARE" not in expected:
+        hint = "comparisons cannot be chained: combine them with `and`"
+    return Diagnostic("E100", span, f"unexpected {found}: expected {_expected_text(expected)}", hint, file)
+
+
+# ---------------------------------------------------------------- step 3: the whole file
+def parse(source: str, file: str = "<model>") -> tuple[A.Program, list[Diagnostic]]:
+    """Parse a whole `.nimm` text. Never raises: syntax errors come back as E100 diagnostics,
+    and the Program holds every statement that parsed."""
+    diagnostics: list[Diagnostic] = []
+    parsed: list[tuple[LogicalStatement, object]] = []
+    for stmt in split_statements(source, file):
+        node, problems = _parse_statement(stmt, source, file)
+        diagnostics += problems
+        parsed.append((stmt, node))
+        if len(diagnostics) >= MAX_DIAGNOSTICS:
+            break
+    program = _assemble(parsed, diagnostics, file)
+    if len(diagnostics) >= MAX_DIAGNOSTICS:
+        diagnostics = diagnostics[:MAX_DIAGNOSTICS]
+        last = diagnostics[-1].span
+        diagnostics.append(Diagnostic("E100", last, "too many errors; stopping", None, file))
+    return program, diagnostics
+
+
+def _assemble(parsed, diagnostics: list[Diagnostic], file: str) -> A.Program:
+    """Nest the statements between `scenario` and `end` into their ScenarioBlock.
+
+    The block structure follows each statement's first word, so a header or `end` line with a
+    syntax error still opens or closes its block. A statement that may not stand in a scenario
+    closes an unterminated block if no `end` follows before the next header (a forgotten `end`);
+    otherwise it is reported as misplaced.
+    """
+    program = A.Program()
+    # For each position: does an `end` come before the next `scenario` header (or the file end)?
+    end_follows = [False] * len(parsed)
+    seen_end = False
+    for i in range(len(parsed) - 1, -1, -1):
+        word = parsed[i][0].first_word
+        if word == "end":
+            seen_end = True
+        elif word == "scenario":
+            seen_end = False
+        end_follows[i] = seen_end
+
+    block: Optional[A.ScenarioBlock] = None
+    header: Optional[LogicalStatement] = None  # the open block's header line
+
+    def never_closed() -> None:
+        name = f" `{block.name.name}`" if block is not None else ""
+        span = _first_word_span(header)
+        diagnostics.append(Diagnostic("E100", span, f"scenario{name} is never closed with `end`",
+                                      "add a line `end` after its last `dose`/`set`/`remove` line", file))
+
+    for i, (stmt, node) in enumerate(parsed):
+        word = stmt.first_word
+        if word == "scenario":
+            if header is not None:
+                never_closed()
+            header, block = stmt, node if isinstance(node, A.ScenarioBlock) else None
+            if block is not None:
+                program.statements.append(block)
+            continue
+        if word == "end":
+            if header is None:
+                diagnostics.append(Diagnostic("E100", _first_word_span(stmt), "`end` without an open `scenario`",
+                                              None, file))
+            elif block is not None and isinstance(node, _End):
+                block.end_span = node.span
+            elif block is not None:  # an `end` line with trailing garbage (already reported)
+                block.end_span = _first_word_span(stmt)
+            header = block = None
+            continue
+        if header is not None and not isinstance(node, SCENARIO_STATEMENTS) and word not in ("dose", "set", "remove"):
+            if end_follows[i]:
+                what = f"`{word}`" if word else "this statement"
+                name = f" `{block.name.name}`" if block is not None else ""
+                diagnostics.append(Diagnostic(
+                    "E100", _first_word_span(stmt),
+                    f"{what} is not allowed inside scenario{name}: a scenario holds only `dose`, `set` and `remove` lines",
+                    "move it above the `scenario` line", file))
+            else:
+                never_closed()
+                header = block = None
+        if node is None or isinstance(node, _End):
+            continue
+        if header is not None:
+            if block is not None and isinstance(node, SCENARIO_STATEMENTS):
+                block.body.append(node)
+            elif block is None and isinstance(node, SCENARIO_STATEMENTS):
+                pass  # the header did not parse: its body has no block to join
+            else:
+                program.statements.append(node)
+        else:
+            program.statements.append(node)
+    if header is not None:
+        never_closed()
+    return program
+
+
+def _first_word_span(stmt: LogicalStatement) -> A.Span:
+    column = stmt.start - stmt.line_offset + 1
+    width = max(1, len(stmt.first_word))
+    return A.Span(stmt.first_line, column, stmt.first_line, column + width)
