@@ -72,6 +72,14 @@ class Dataset:
     def n_observations(self) -> int:
         return int(sum(np.isfinite(s.observed[o]).sum() for s in self.series for o in s.observed))
 
+    def simulation_request(self) -> tuple:
+        """(times, inputs) for `simulator.simulate` from the table (`nimm simulate --data`):
+        the first series' times and inputs (static models: None and the input table)."""
+        first = self.series[0]
+        if self.static:
+            return None, first.input_frame()
+        return first.times, (dict(first.inputs) or None)
+
     def split(self, holdout: float) -> tuple["Dataset", "Dataset"]:
         """Time-ordered hold-out: the last `holdout` fraction of each series' points (by time;
         by row for static models) go to the validation set. Every series keeps its first point
@@ -112,8 +120,12 @@ def _validation_part(s: Series, cut: int) -> Series:
 
 
 # ---------------------------------------------------------------- reading
-def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None) -> Dataset:
-    """Read and validate a data table for `ir`. Raises DataError naming file, column and row."""
+def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
+              require_observed: bool = True) -> Dataset:
+    """Read and validate a data table for `ir`. Raises DataError naming file, column and row.
+
+    require_observed=False accepts a table without any observed column (e.g. inputs only, for
+    `nimm simulate --data`)."""
     frame, file, has_lines = _read(path_or_frame, file)
     columns = [str(c).strip() for c in frame.columns]
     frame.columns = columns
@@ -130,7 +142,7 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None) -> Dataset
         used |= {ir.time_name, SERIES_COLUMN}
     ignored = [c for c in columns if c not in used]
     present_obs = [o for o in observe_names if o in columns]
-    if not present_obs:
+    if not present_obs and require_observed:
         msg = (f"{file}: no column matches an observation of the model; expected "
                f"{_names(observe_names)}" if observe_names else
                f"{file}: the model has no `observe` line, so there is nothing to fit")
@@ -180,7 +192,7 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None) -> Dataset
             keep = np.isfinite(v)
             if keep.any():
                 inputs[u] = (t[keep], v[keep])
-        if not any(np.isfinite(v).any() for v in observed.values()):
+        if observed and not any(np.isfinite(v).any() for v in observed.values()):
             warnings.append(f"{file}: series `{label}` has no observed value; it does not affect the fit")
         series.append(Series(label, t, observed, inputs, row_numbers[idx]))
     return Dataset(file, series, present_obs, present_inputs, ignored, ir.time_name, False, warnings)

@@ -1,0 +1,635 @@
+"""Fitting params (and neural weights) to data: the loss, the CasADi and Torch fits, FIT.json.
+
+The loss (LANGUAGE.md §7) is the negative log-likelihood of every observed (non-NaN) data point
+of every series under its observe's noise model, plus the neural penalties:
+
+    normal(sigma):    0.5 * ((y - f) / sigma)^2 + log(sigma) + 0.5 * log(2 pi)
+    lognormal(sigma): 0.5 * ((log y - log f) / sigma)^2 + log(sigma) + log(y) + 0.5 * log(2 pi)
+    poisson:          f - y * log(f) + lgamma(y + 1)
+    least squares:    0.5 * (y - f)^2                         (an observe without `~`)
+    neural penalty:   penalty * mean(output^2) over the data times of every series
+
+It is written once (`observation_nll`, `dataset_nll`) against a tiny `LossOps` table, so numpy
+(reference values and tests), CasADi and Torch compute the same numbers.
+
+Back ends: "casadi" (default) is single shooting with IPOPT, gradients exact through CVODES;
+"torch" (hybrid models) runs Adam then L-BFGS on transformed params and the network weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..compiler.ir import ModelIR, ParamIR
+from ..errors import DataError, FitError, SimulationError
+from .data import Dataset, load_data
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+NOISE_KINDS = ("normal", "lognormal", "poisson", "lsq")
+
+
+# ---------------------------------------------------------------- the loss, once for every back end
+@dataclass(frozen=True)
+class LossOps:
+    """The few array operations the loss needs, spelled for one array library.
+
+    const(np.ndarray) -> a backend constant; take(vector, index array) -> the selected entries
+    as a vector the data constant combines with elementwise; log, sum: elementwise log, total."""
+
+    const: Callable
+    take: Callable
+    log: Callable
+    sum: Callable
+
+
+NUMPY_OPS = LossOps(const=lambda a: np.asarray(a, dtype=float), take=lambda v, i: np.asarray(v)[i],
+                    log=np.log, sum=np.sum)
+
+
+def casadi_loss_ops() -> LossOps:
+    import casadi as ca
+
+    return LossOps(const=lambda a: ca.DM(np.asarray(a, dtype=float)),
+                   take=lambda v, i: ca.vec(v)[[int(k) for k in i]],
+                   log=ca.log, sum=lambda v: ca.sum1(ca.vec(v)))
+
+
+def torch_loss_ops() -> LossOps:
+    import torch
+
+    return LossOps(const=lambda a: torch.as_tensor(np.asarray(a, dtype=float), dtype=torch.float64),
+                   take=lambda v, i: v.reshape(-1)[torch.as_tensor(np.asarray(i), dtype=torch.long)],
+                   log=torch.log, sum=torch.sum)
+
+
+def observation_nll(noise: str, y: np.ndarray, pred, sigma, ops: LossOps = NUMPY_OPS):
+    """NLL of data `y` (numpy, all finite) given predictions `pred` (same length, backend values).
+
+    sigma: scalar (backend value or float) for normal/lognormal, ignored otherwise. Data-only
+    constants are computed in numpy; the backend object is always the left operand."""
+    y = np.asarray(y, dtype=float)
+    n = y.size
+    if n == 0:
+        return 0.0
+    if noise == "lsq":
+        r = pred - ops.const(y)
+        return 0.5 * ops.sum(r * r)
+    if noise == "normal":
+        r = (pred - ops.const(y)) / sigma
+        return 0.5 * ops.sum(r * r) + n * ops.log(sigma) + n * HALF_LOG_2PI
+    if noise == "lognormal":
+        r = (ops.log(pred) - ops.const(np.log(y))) / sigma
+        return 0.5 * ops.sum(r * r) + n * ops.log(sigma) + float(np.sum(np.log(y))) + n * HALF_LOG_2PI
+    if noise == "poisson":
+        from scipy.special import gammaln
+
+        return ops.sum(pred - ops.log(pred) * ops.const(y)) + float(np.sum(gammaln(y + 1.0)))
+    raise ValueError(f"unknown noise model {noise!r} (expected one of {', '.join(NOISE_KINDS)})")
+
+
+def dataset_nll(ir: ModelIR, dataset: Dataset, predictions: Sequence[Mapping], sigmas: Mapping,
+                ops: LossOps = NUMPY_OPS):
+    """Sum of `observation_nll` over the observed points of every series.
+
+    predictions[k][observe name]: backend vector over series k's times (static: its rows);
+    sigmas[observe name]: backend scalar for normal/lognormal observes."""
+    total = 0.0
+    noise = {o.name: o.noise for o in ir.observes}
+    for series, pred in zip(dataset.series, predictions):
+        for name in dataset.observed_names:
+            y = series.observed[name]
+            idx = np.flatnonzero(np.isfinite(y))
+            if idx.size == 0:
+                continue
+            total = total + observation_nll(noise[name], y[idx], ops.take(pred[name], idx),
+                                            sigmas.get(name), ops)
+    return total
+
+
+def sigma_values(ir: ModelIR, param_values: Mapping, walk_ops, names: Sequence[str]) -> dict:
+    """Evaluate each normal/lognormal sigma expression with a back end's `ir.Ops` table.
+
+    param_values: {ParamIR.symbol: backend value} for every param and const."""
+    from ..compiler.ir import walk
+
+    out = {}
+    for o in ir.observes:
+        if o.name in names and o.noise in ("normal", "lognormal"):
+            if o.sigma is None:
+                raise FitError(f"observe `{o.name}`: {o.noise} noise without a sigma")
+            try:
+                out[o.name] = walk(o.sigma, param_values, walk_ops)
+            except KeyError as e:
+                raise FitError(f"observe `{o.name}`: its sigma may use only params and consts ({e})") from None
+    return out
+
+
+def rmse_by_observe(dataset: Dataset, predictions: Sequence[Mapping]) -> dict:
+    out = {}
+    for name in dataset.observed_names:
+        sq, n = 0.0, 0
+        for series, pred in zip(dataset.series, predictions):
+            y = series.observed[name]
+            ok = np.isfinite(y)
+            sq += float(np.sum((np.asarray(pred[name], dtype=float)[ok] - y[ok]) ** 2))
+            n += int(ok.sum())
+        out[name] = math.sqrt(sq / n) if n else None
+    return out
+
+
+# ---------------------------------------------------------------- results
+@dataclass
+class FitResult:
+    """What a fit found. `params`: every param and const (declared units), estimated ones fitted.
+    `stderr`: approximate standard errors of the estimated params (None where the data cannot
+    determine them). `weights`: {neural name: flat float64 vector}."""
+
+    model: str
+    backend: str
+    params: dict
+    loss: float
+    metrics: dict
+    stderr: dict
+    warnings: list = field(default_factory=list)
+    weights: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
+    estimated: list = field(default_factory=list)
+    n_observations: int = 0
+    seconds: float = 0.0
+    dataset: Optional[Dataset] = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        from .weights import weights_to_json
+
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "params": {k: float(v) for k, v in self.params.items()},
+            "estimated": list(self.estimated),
+            "units": dict(self.units),
+            "loss": float(self.loss),
+            "metrics": _jsonable(self.metrics),
+            "stderr": {k: (None if v is None else float(v)) for k, v in self.stderr.items()},
+            "weights": weights_to_json(self.weights),
+            "n_observations": int(self.n_observations),
+            "seconds": round(float(self.seconds), 3),
+            "warnings": list(self.warnings),
+        }
+
+    def save(self, path) -> Path:
+        """Write FIT.json (plain JSON, weights as lists; never pickle)."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
+        return path
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if x is None:
+        return None
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
+def load_fit(path) -> dict:
+    """{"params": {name: float}, "weights": {name: np.ndarray}} from a FIT.json (FitError if unusable)."""
+    from .weights import weights_from_fit_entry
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise FitError(f"{path}: cannot read the fit file ({e.strerror or e})") from None
+    except ValueError as e:
+        raise FitError(f"{path}: not a JSON fit file ({e})") from None
+    params = data.get("params") if isinstance(data, dict) else None
+    if not isinstance(params, dict):
+        raise FitError(f"{path}: expected a JSON object with a \"params\" object")
+    clean = {}
+    for k, v in params.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise FitError(f"{path}: params.{k} is not a finite number: {v!r}")
+        clean[str(k)] = float(v)
+    weights = {}
+    if data.get("weights"):
+        try:
+            weights = weights_from_fit_entry(data["weights"], path)
+        except DataError as e:
+            raise FitError(str(e)) from None
+    return {"params": clean, "weights": weights}
+
+
+def format_report(result: FitResult) -> str:
+    """A short human summary: params with standard errors and units, loss, RMSE per observe."""
+    lines = [f"fit of {result.model} ({result.backend}, {result.n_observations} observations, "
+             f"{result.seconds:.1f} s)", f"  loss (negative log-likelihood): {result.loss:.6g}"]
+    for name in result.estimated:
+        se = result.stderr.get(name)
+        se_text = f" ± {se:.3g}" if se is not None else " (not determined)"
+        unit = result.units.get(name) or ""
+        lines.append(f"  {name:<12} = {result.params[name]:.6g}{se_text} {unit}".rstrip())
+    for name, v in result.metrics.get("rmse", {}).items():
+        if v is not None:
+            lines.append(f"  rmse {name}: {v:.4g}")
+    for name, v in (result.metrics.get("holdout_rmse") or {}).items():
+        if v is not None:
+            lines.append(f"  hold-out rmse {name}: {v:.4g}")
+    for nname, w in result.weights.items():
+        lines.append(f"  neural {nname}: {len(w)} weights")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- starts, bounds, diagnostics
+def _scale(p: ParamIR) -> float:
+    """A typical magnitude for a param, so optimisers see numbers near 1."""
+    for v in (p.default, p.hi, p.lo):
+        if np.isfinite(v) and v != 0:
+            return abs(float(v))
+    return 1.0
+
+
+def start_points(params: Sequence[ParamIR], starts: int, seed: int = 0) -> np.ndarray:
+    """(starts, n) starting values: the defaults first, then a Latin hypercube within the bounds
+    (log-uniform for positive ranges spanning more than a decade; around the default, within a
+    decade, for an open side)."""
+    n = len(params)
+    defaults = np.array([p.default for p in params], dtype=float)
+    if starts <= 1 or n == 0:
+        return defaults[None, :]
+    from scipy.stats import qmc
+
+    u = qmc.LatinHypercube(d=n, seed=seed).random(starts - 1)
+    points = np.empty_like(u)
+    for j, p in enumerate(params):
+        lo, hi, d = float(p.lo), float(p.hi), float(p.default)
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            if d > 0 and (lo >= 0 or not np.isfinite(lo)):
+                lo2, hi2 = (max(d / 10, lo) if np.isfinite(lo) else d / 10), min(d * 10, hi)
+            else:
+                width = max(1.0, abs(d))
+                lo2, hi2 = max(d - width, lo), min(d + width, hi)
+            lo, hi = lo2, hi2
+        if lo > 0 and hi / lo > 10:
+            points[:, j] = np.exp(np.log(lo) + u[:, j] * (np.log(hi) - np.log(lo)))
+        else:
+            points[:, j] = lo + u[:, j] * (hi - lo)
+    return np.vstack([defaults, points])
+
+
+def bound_warnings(params: Sequence[ParamIR], values: Mapping) -> list[str]:
+    out = []
+    for p in params:
+        v = values[p.name]
+        for side, b in (("lower", p.lo), ("upper", p.hi)):
+            if np.isfinite(b) and abs(v - b) <= 1e-6 * max(1.0, abs(b)) + 1e-9 * abs(p.hi - p.lo if
+                                                                                    np.isfinite(p.hi - p.lo) else 0):
+                out.append(f"param `{p.name}` ended on its {side} bound {b:g} [{p.unit}]; the data may "
+                           "prefer a value outside the declared range")
+    return out
+
+
+def finite_difference_hessian(grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                              scale: np.ndarray) -> np.ndarray:
+    """Central differences of an exact gradient; symmetrised. Steps are relative to `scale`."""
+    n = x.size
+    H = np.empty((n, n))
+    for i in range(n):
+        h = 1e-5 * scale[i]
+        e = np.zeros(n)
+        e[i] = h
+        H[:, i] = (np.asarray(grad(x + e)) - np.asarray(grad(x - e))) / (2 * h)
+    return 0.5 * (H + H.T)
+
+
+def standard_errors(H: np.ndarray, names: Sequence[str], values: np.ndarray, loss: float,
+                    n_obs: int, least_squares_only: bool) -> tuple[dict, list[str]]:
+    """Standard errors from the Hessian of the NLL (inverse observed information), and warnings
+    for params the data cannot determine. With least squares only, the residual variance scales
+    the covariance (the loss is then 0.5 * SSR, not a likelihood)."""
+    stderr = {name: None for name in names}
+    warnings = []
+    if len(names) == 0:
+        return stderr, warnings
+    if not np.all(np.isfinite(H)):
+        return stderr, ["the loss curvature could not be computed; no standard errors"]
+    # relative to the params' own size, so that the test below does not depend on units
+    D = np.diag(np.maximum(np.abs(values), 1e-12))
+    Hs = D @ H @ D
+    eig, vec = np.linalg.eigh(Hs)
+    top = max(float(np.max(np.abs(eig))), 1e-300)
+    weak = eig <= 1e-9 * top
+    if np.any(weak):
+        for k in np.flatnonzero(weak):
+            involved = [names[j] for j in np.argsort(-np.abs(vec[:, k]))[:3] if abs(vec[:, k][j]) > 0.3]
+            warnings.append("the data cannot determine " + ", ".join(f"`{n}`" for n in involved)
+                            + " (singular or indefinite curvature of the loss)")
+    ok = ~weak
+    cov_s = (vec[:, ok] / eig[ok]) @ vec[:, ok].T
+    cov = D @ cov_s @ D
+    if least_squares_only:
+        dof = max(n_obs - len(names), 1)
+        cov = cov * (2.0 * loss / dof)
+    weak_params = set()
+    for k in np.flatnonzero(weak):
+        weak_params |= {j for j in range(len(names)) if abs(vec[j, k]) > 0.3}
+    for j, name in enumerate(names):
+        var = cov[j, j]
+        if j in weak_params or not np.isfinite(var) or var < 0:
+            continue
+        se = math.sqrt(var)
+        stderr[name] = se
+        if se > 10 * max(abs(values[j]), 1e-12):
+            warnings.append(f"param `{name}` is poorly determined by the data (standard error "
+                            f"{se:.3g} against a value of {values[j]:.3g})")
+    return stderr, warnings
+
+
+# ---------------------------------------------------------------- entry point
+def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: float = 0.0,
+        seed: int = 0, rtol: float = 1e-8, atol: float = 1e-8, max_iter: Optional[int] = None,
+        progress: bool = True, file: Optional[str] = None, **options) -> FitResult:
+    """Fit the estimated params (ParamIR.estimate) and neural weights of `ir` to `data` (a CSV
+    path, a DataFrame or a Dataset). holdout: fraction of each series' last points kept out of
+    the fit (validation; the Torch fit also stops early on it). See the module docstring."""
+    t0 = time.perf_counter()
+    dataset = data if isinstance(data, Dataset) else load_data(data, ir, file=file)
+    if not dataset.observed_names:
+        raise FitError(f"{dataset.file}: no observed column to fit")
+    if dataset.n_observations == 0:
+        raise FitError(f"{dataset.file}: every observed value is missing; nothing to fit")
+    if starts < 1:
+        raise ValueError(f"starts must be at least 1, got {starts}")
+    train, valid = dataset.split(holdout) if holdout > 0 else (dataset, None)
+    if backend == "casadi":
+        raw = _fit_casadi(ir, train, starts, seed, rtol, atol, max_iter or 500, progress, **options)
+    elif backend == "torch":
+        raw = _fit_torch(ir, train, valid, starts, seed, rtol, atol, max_iter, progress, **options)
+    else:
+        raise ValueError(f"unknown backend `{backend}`: choose casadi or torch")
+    return _finish(ir, dataset, train, valid, raw, backend, rtol, atol, time.perf_counter() - t0)
+
+
+@dataclass
+class _RawFit:
+    """What a back end hands back: fitted values and a gradient of the training loss."""
+
+    values: dict  # every param and const, declared units
+    weights: dict  # {neural name: np.ndarray}
+    loss: float
+    grad: Optional[Callable]  # natural-unit estimated params -> gradient of the loss (weights fixed)
+    simulator: object
+    warnings: list = field(default_factory=list)
+
+
+def _finish(ir, dataset, train, valid, raw: _RawFit, backend, rtol, atol, seconds) -> FitResult:
+    est = [p for p in ir.params if p.estimate]
+    names = [p.name for p in est]
+    x = np.array([raw.values[n] for n in names], dtype=float)
+    warnings = list(dataset.warnings) + list(raw.warnings) + bound_warnings(est, raw.values)
+    stderr = {n: None for n in names}
+    if raw.grad is not None and names:
+        try:
+            H = finite_difference_hessian(raw.grad, x, np.maximum(np.abs(x), 1e-8))
+            lsq_only = all(o.noise == "lsq" for o in ir.observes if o.name in train.observed_names)
+            stderr, w = standard_errors(H, names, x, raw.loss, train.n_observations, lsq_only)
+            warnings += w
+        except (SimulationError, RuntimeError) as e:
+            warnings.append(f"no standard errors: the loss curvature could not be computed ({e})")
+    metrics = {"rmse": rmse_by_observe(train, _predict(raw.simulator, train, raw.values, raw.weights,
+                                                        rtol, atol))}
+    if valid is not None and valid.series:
+        preds = _predict(raw.simulator, valid, raw.values, raw.weights, rtol, atol)
+        metrics["holdout_rmse"] = rmse_by_observe(valid, preds)
+        metrics["holdout_loss"] = float(_numpy_nll(ir, valid, preds, raw.values))
+    return FitResult(model=ir.name, backend=backend, params=dict(raw.values), loss=float(raw.loss),
+                     metrics=metrics, stderr=stderr, warnings=_unique(warnings), weights=raw.weights,
+                     units={p.name: p.unit for p in ir.params}, estimated=names,
+                     n_observations=train.n_observations, seconds=seconds, dataset=dataset)
+
+
+def _unique(items):
+    return list(dict.fromkeys(items))
+
+
+def _predict(simulator, dataset: Dataset, values, weights, rtol, atol) -> list[dict]:
+    """Numeric predictions of every observed quantity per series, with the given params."""
+    out = []
+    for s in dataset.series:
+        if dataset.static:
+            res = simulator.simulate(None, params=values, inputs=s.input_frame(), weights=weights or None)
+        else:
+            res = simulator.simulate(s.times, params=values, inputs=s.inputs or None, rtol=rtol,
+                                     atol=atol, weights=weights or None)
+        out.append({name: np.asarray(res[name], dtype=float) for name in dataset.observed_names})
+    return out
+
+
+class _NumpyWalkOps:
+    """`ir.Ops` for plain floats (sigma expressions of fitted values)."""
+
+    @staticmethod
+    def table():
+        from ..compiler.ir import Ops
+
+        return Ops(const=float, add=lambda a, b: a + b, mul=lambda a, b: a * b, pow=lambda a, b: a ** b,
+                   funcs={"exp": np.exp, "log": np.log, "log10": np.log10, "sin": np.sin, "cos": np.cos,
+                          "tan": np.tan, "tanh": np.tanh, "abs": np.abs, "sqrt": np.sqrt,
+                          "min": np.minimum, "max": np.maximum},
+                   where=lambda c, a, b: a if c else b,
+                   compare={"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
+                            "==": np.equal, "!=": np.not_equal},
+                   and_=np.logical_and, or_=np.logical_or, not_=np.logical_not)
+
+
+def _numpy_nll(ir, dataset, predictions, values) -> float:
+    """The NLL in numpy (no neural penalty): hold-out loss and a cross-check of the back ends."""
+    env = {p.symbol: float(values[p.name]) for p in ir.params}
+    sigmas = sigma_values(ir, env, _NumpyWalkOps.table(), dataset.observed_names)
+    return float(dataset_nll(ir, dataset, predictions, sigmas, NUMPY_OPS))
+
+
+def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backend: str = "casadi",
+        rtol: float = 1e-8, atol: float = 1e-8) -> float:
+    """The negative log-likelihood of `data` at `params` (defaults elsewhere), neural penalties not
+    included: what a fit minimises, for checks and profiles."""
+    from ..api import BACKENDS  # noqa: F401  (keeps the back-end names in one place)
+
+    dataset = data if isinstance(data, Dataset) else load_data(data, ir)
+    values = {p.name: p.default for p in ir.params}
+    values.update(params or {})
+    sim = _compile(ir, backend, rtol, atol)
+    return _numpy_nll(ir, dataset, _predict(sim, dataset, values, weights, rtol, atol), values)
+
+
+def _compile(ir, backend, rtol, atol):
+    if backend == "casadi":
+        from ..compiler.backends.casadi_backend import compile_casadi
+
+        return compile_casadi(ir, rtol=rtol, atol=atol)
+    from ..compiler.backends.torch_backend import compile_torch
+
+    return compile_torch(ir)
+
+
+def _progress(total, desc, progress):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not (progress and sys.stderr.isatty()), leave=False)
+
+
+# ---------------------------------------------------------------- CasADi: single shooting + IPOPT
+def _casadi_neural_outputs(ir: ModelIR):
+    """A CasADi function (t, x, P, W) -> every neural call's output (one row per call site), and
+    the neural name of each row: the penalty's "neural output along the trajectory"."""
+    import casadi as ca
+    import sympy as sp
+
+    from ..compiler.backends.casadi_backend import CASADI_OPS
+    from ..compiler.backends.neural import casadi_mlp
+    from ..compiler.ir import walk
+
+    calls = []
+    for e in list(ir.derivatives.values()) + [l.expr for l in ir.lets] + [o.expr for o in ir.observes]:
+        for c in sorted(e.atoms(sp.core.function.AppliedUndef), key=str):
+            if c not in calls:
+                calls.append(c)
+    by_name = {n.name: n for n in ir.neurals}
+    n_w = sum(n.n_weights for n in ir.neurals)
+    offsets, k = {}, 0
+    for n in ir.neurals:
+        offsets[n.name] = slice(k, k + n.n_weights)
+        k += n.n_weights
+    t, x = ca.SX.sym("t"), ca.SX.sym("x", len(ir.states))
+    P, W = ca.SX.sym("P", len(ir.runtime_symbols())), ca.SX.sym("W", n_w)
+    env = {s: P[i] for i, s in enumerate(ir.runtime_symbols())}
+    env.update({s.symbol: x[i] for i, s in enumerate(ir.states)})
+    env[ir.time] = t
+
+    def neural(name, args):
+        return casadi_mlp(by_name[name], args, W[offsets[name]])
+
+    memo: dict = {}
+    for let in ir.lets:
+        env[let.symbol] = walk(let.expr, env, CASADI_OPS, neural, memo)
+    outs = [walk(c, env, CASADI_OPS, neural, memo) for c in calls]
+    fn = ca.Function("neural_outputs", [t, x, P, W], [ca.vertcat(*outs)])
+    return fn, [str(c.func) for c in calls]
+
+
+def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress,
+                ipopt_options: Optional[dict] = None) -> _RawFit:
+    import casadi as ca
+
+    from ..compiler.backends.casadi_backend import CASADI_OPS, compile_casadi
+    from .protocol import segment_tail
+
+    sim = compile_casadi(ir, rtol=rtol, atol=atol)
+    est = [p for p in ir.params if p.estimate]
+    scale = np.array([_scale(p) for p in est])
+    xs = ca.MX.sym("x", len(est))
+    w = ca.MX.sym("w", sim.n_weights)
+    col = {p.name: j for j, p in enumerate(est)}
+    p_full = ca.vertcat(*[xs[col[p.name]] * scale[col[p.name]] if p.estimate else ca.MX(p.default)
+                          for p in ir.params]) if ir.params else ca.MX(0, 1)
+    names = train.observed_names
+    obs_row = {o.name: i for i, o in enumerate(ir.observes)}
+    neural_fn, call_names = _casadi_neural_outputs(ir) if ir.neurals else (None, [])
+    neural_sq = {n.name: 0 for n in ir.neurals}
+    neural_count = {n.name: 0 for n in ir.neurals}
+    predictions = []
+    for s in train.series:
+        if train.static:
+            U = np.array([s.inputs[u.name] for u in ir.inputs]).reshape(len(ir.inputs), s.n_points)
+            Y = sim._static.map(s.n_points)(U, p_full, w)[len(ir.lets):, :]  # rows: lets, observes
+        else:
+            proto = sim.protocol(s.times, inputs=s.inputs or None)
+            Y, Z = sim.trajectory_function(proto, rtol, atol)(p_full, w)
+            if neural_fn is not None:
+                # the runtime vector per output time: fitted params, then that segment's flags/inputs
+                tails = np.zeros((len(ir.runtime_symbols()) - len(ir.params), len(s.times)))
+                for seg in proto.segments:
+                    tails[:, seg.out_idx] = segment_tail(seg)[:, None]
+                Pcols = ca.vertcat(ca.repmat(p_full, 1, len(s.times)), ca.DM(tails))
+                outs = neural_fn.map(len(s.times))(ca.DM(s.times).T, Z[:len(ir.states), :], Pcols, w)
+                for r, name in enumerate(call_names):
+                    neural_sq[name] = neural_sq[name] + ca.sumsqr(outs[r, :])
+                    neural_count[name] += len(s.times)
+        predictions.append({n: Y[obs_row[n], :].T for n in names})
+
+    # sigma expressions see only params and consts: an SX function of the param vector
+    P_sx = ca.SX.sym("p", len(ir.params))
+    sig = sigma_values(ir, {p.symbol: P_sx[i] for i, p in enumerate(ir.params)}, CASADI_OPS, names)
+    sig_names = list(sig)
+    sig_fn = ca.Function("sigmas", [P_sx], [ca.vertcat(*[sig[n] for n in sig_names])])
+    sig_mx = sig_fn(p_full)
+    sigmas = {n: sig_mx[i] for i, n in enumerate(sig_names)}
+
+    loss = dataset_nll(ir, train, predictions, sigmas, casadi_loss_ops())
+    for n in ir.neurals:
+        if n.penalty and neural_count[n.name]:
+            loss = loss + n.penalty * neural_sq[n.name] / neural_count[n.name]
+    z = ca.vertcat(xs, w)
+    opts = {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": False,
+            "ipopt.hessian_approximation": "limited-memory", "ipopt.max_iter": int(max_iter),
+            "ipopt.tol": 1e-8}
+    opts.update(ipopt_options or {})
+    solver = ca.nlpsol("fit", "ipopt", {"x": z, "f": loss}, opts)
+    lbx = np.r_[[p.lo for p in est] / scale, np.full(sim.n_weights, -np.inf)]
+    ubx = np.r_[[p.hi for p in est] / scale, np.full(sim.n_weights, np.inf)]
+    w0 = sim.weight_vector(None)
+
+    best, notes, failures = None, [], []
+    starts_at = start_points(est, starts, seed)
+    bar = _progress(len(starts_at), f"fitting {ir.name}", progress)
+    for k, start in enumerate(starts_at):
+        z0 = np.r_[np.clip(start / scale, lbx[:len(est)], ubx[:len(est)]), w0]
+        try:
+            sol = solver(x0=z0, lbx=lbx, ubx=ubx)
+        except RuntimeError as e:
+            failures.append(f"start {k + 1}: {str(e).splitlines()[-1]}")
+            bar.update()
+            continue
+        stats = solver.stats()
+        f = float(sol["f"])
+        status = stats.get("return_status", "")
+        if not np.isfinite(f) or status in ("Invalid_Number_Detected", "Error_In_Step_Computation",
+                                            "Restoration_Failed", "Infeasible_Problem_Detected"):
+            failures.append(f"start {k + 1}: IPOPT {status}")
+        elif best is None or f < best[0]:
+            best = (f, np.asarray(sol["x"], dtype=float).ravel(), status)
+        bar.update()
+    bar.close()
+    if best is None:
+        raise FitError(f"the fit of {ir.name} failed from every starting point: " + "; ".join(failures[:3])
+                       + (" ..." if len(failures) > 3 else "")
+                       + ". Check the data units, the params' defaults and bounds")
+    f, z_opt, status = best
+    if status not in ("Solve_Succeeded", "Solved_To_Acceptable_Level"):
+        notes.append(f"the optimiser stopped before converging ({status}); the estimates may be rough")
+    if failures and starts > 1:
+        notes.append(f"{len(failures)} of {len(starts_at)} starting points failed")
+    x_opt, w_opt = z_opt[:len(est)], z_opt[len(est):]
+    values = {p.name: float(p.default) for p in ir.params}
+    values.update({p.name: float(x_opt[j] * scale[j]) for j, p in enumerate(est)})
+    weights = {n.name: w_opt[sim.weight_slices[n.name]].copy() for n in ir.neurals}
+
+    grad_fn = ca.Function("grad", [xs, w], [ca.gradient(loss, xs)])
+
+    def grad(x_natural):
+        return np.asarray(grad_fn(x_natural / scale, w_opt), dtype=float).ravel() / scale
+
+    return _RawFit(values, weights, f, grad, sim, notes)
+
+
+# ---------------------------------------------------------------- Torch: Adam then L-BFGS
+def _fit_torch(ir, train, valid, starts, seed, rtol, atol, max_iter, progress, **options) -> _RawFit:
+    raise FitError("the torch fit is not available yet")

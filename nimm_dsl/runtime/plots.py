@@ -1,0 +1,139 @@
+"""Figures for fits and scenarios (matplotlib, Agg back end, imported only when a plot is made)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+MAX_SERIES_PLOTTED = 6  # more series would make an unreadable grid; the first ones are shown
+FINE_GRID = 400
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(name: str, unit: Optional[str]) -> str:
+    return f"{name} [{unit}]" if unit else name
+
+
+def hidden_states(ir, observed_names: Sequence[str]) -> list[str]:
+    """States that no observed quantity reports directly (`observe y = X` makes X visible)."""
+    shown = {o.expr for o in ir.observes if o.name in observed_names}
+    return [s.name for s in ir.states if s.symbol not in shown]
+
+
+def plot_fit(ir, dataset, fit_result, simulator, path) -> str:
+    """Data points against the fitted model: per series (rows) one panel per observed quantity,
+    then one per hidden state. The trajectory is simulated on a fine grid from each series' start.
+    Static models get predicted-versus-observed panels. Returns the path written."""
+    plt = _pyplot()
+    params = dict(fit_result.params)
+    weights = getattr(fit_result, "weights", None) or None
+    series = dataset.series[:MAX_SERIES_PLOTTED]
+    obs_units = {o.name: o.unit for o in ir.observes}
+    if dataset.static:
+        return _plot_static_fit(plt, ir, dataset, params, weights, simulator, path)
+
+    hidden = hidden_states(ir, dataset.observed_names)
+    columns = list(dataset.observed_names) + hidden
+    state_units = {s.name: s.unit for s in ir.states}
+    fig, axes = plt.subplots(len(series), len(columns), squeeze=False,
+                             figsize=(3.6 * len(columns), 2.8 * len(series)))
+    time_label = _label(ir.time_name, ir.time_unit)
+    for r, s in enumerate(series):
+        grid = np.linspace(s.times[0], s.times[-1], FINE_GRID)
+        grid = np.union1d(grid, s.times)  # exact values at the data times (dose jumps stay sharp)
+        res = simulator.simulate(grid, params=params, inputs=s.inputs or None, weights=weights)
+        for c, name in enumerate(columns):
+            ax = axes[r][c]
+            ax.plot(grid, res[name], color="C0", lw=1.6, label="fit")
+            if name in s.observed:
+                y = s.observed[name]
+                ok = np.isfinite(y)
+                ax.plot(s.times[ok], y[ok], "o", color="C1", ms=4, label="data")
+                ax.set_ylabel(_label(name, obs_units.get(name)))
+            else:
+                ax.set_ylabel(_label(name, state_units.get(name)) + " (hidden)")
+            ax.set_xlabel(time_label)
+            title = name if s.label is None else f"{name} — series {s.label}"
+            ax.set_title(title, fontsize=9)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=8)
+    more = len(dataset.series) - len(series)
+    suptitle = f"{ir.name}: fit" + (f" (first {len(series)} of {len(dataset.series)} series)" if more > 0 else "")
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _plot_static_fit(plt, ir, dataset, params, weights, simulator, path) -> str:
+    s = dataset.series[0]
+    res = simulator.simulate(None, params=params, inputs=s.input_frame(), weights=weights)
+    names = list(dataset.observed_names)
+    units = {o.name: o.unit for o in ir.observes}
+    fig, axes = plt.subplots(1, len(names), squeeze=False, figsize=(3.8 * len(names), 3.4))
+    for c, name in enumerate(names):
+        ax = axes[0][c]
+        y, pred = s.observed[name], np.asarray(res[name])
+        ok = np.isfinite(y)
+        ax.plot(y[ok], pred[ok], "o", ms=4, color="C1")
+        lo, hi = np.nanmin(np.r_[y[ok], pred[ok]]), np.nanmax(np.r_[y[ok], pred[ok]])
+        ax.plot([lo, hi], [lo, hi], "--", color="gray", lw=1)
+        ax.set_xlabel("observed " + _label(name, units.get(name)))
+        ax.set_ylabel("fitted " + _label(name, units.get(name)))
+    fig.suptitle(f"{ir.name}: fitted against observed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_scenario(baseline_result, scenario_result, path, names: Optional[Sequence[str]] = None,
+                  title: Optional[str] = None, scenario: Optional[str] = None) -> str:
+    """Baseline against counterfactual, one panel per name (default: every observe and state of
+    the result, as listed by `result.names`). Returns the path written."""
+    plt = _pyplot()
+    names = list(names) if names else list(baseline_result.names)
+    units = getattr(baseline_result, "units", {}) or {}
+    time_name, time_unit = _time_axis(baseline_result)
+    n = len(names)
+    ncol = min(n, 3)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(3.8 * ncol, 2.9 * nrow))
+    for k, name in enumerate(names):
+        ax = axes[k // ncol][k % ncol]
+        ax.plot(baseline_result.times, np.asarray(baseline_result[name]).T, color="C0", label="baseline")
+        ax.plot(scenario_result.times, np.asarray(scenario_result[name]).T, color="C3", ls="--",
+                label=scenario or "scenario")
+        ax.set_ylabel(_label(name, units.get(name)))
+        ax.set_xlabel(_label(time_name, time_unit))
+        if k == 0:
+            handles, labels = ax.get_legend_handles_labels()
+            ax.legend(handles[:1] + handles[-1:], labels[:1] + labels[-1:], fontsize=8)
+    for k in range(n, nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    fig.suptitle(title or (f"{getattr(baseline_result, 'model', '') or 'model'}: baseline vs "
+                           f"{scenario or 'scenario'}"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _time_axis(result) -> tuple[str, Optional[str]]:
+    name = getattr(result, "time_name", None)
+    if name is None:
+        try:
+            name = str(result.to_frame().columns[0])
+        except Exception:  # a result without a frame still gets a plain axis
+            name = "time"
+    unit = getattr(result, "time_unit", None) or (getattr(result, "units", {}) or {}).get(name)
+    return name, unit
