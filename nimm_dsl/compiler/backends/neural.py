@@ -78,8 +78,7 @@ def torch_mlp(nir: NeuralIR, args: Sequence, w):
     _check_activation(nir)
     if len(args) != nir.n_inputs:
         raise ValueError(f"neural {nir.name} takes {nir.n_inputs} arguments, got {len(args)}")
-    ref = w
-    xs = [a if torch.is_tensor(a) else torch.as_tensor(a, dtype=ref.dtype, device=ref.device) for a in args]
+    xs = [torch.as_tensor(a, dtype=w.dtype, device=w.device) for a in args]  # no copy when they match
     shape = torch.broadcast_shapes(*(a.shape for a in xs))
     if w.dim() == 2:  # one weight set per batch member: the batch is the last argument dimension
         shape = torch.broadcast_shapes(shape, (w.shape[0],))
