@@ -161,6 +161,7 @@ class UnitError(Exception):
                  span: Optional[A.Span] = None):
         super().__init__(message)
         self.code, self.message, self.hint, self.span = code, message, hint, span
+        self.name: Optional[str] = None  # the unit name at fault, when there is one
 
 
 # ---------------------------------------------------------------- the common-name table
@@ -374,7 +375,7 @@ class UnitSystem:
                 try:
                     return self.lookup(e.name)
                 except UnitError as err:
-                    err.span = e.span
+                    err.span, err.name = e.span, e.name
                     errors.append(err)
                     return None
             if isinstance(e, A.UnitPow):
