@@ -28,10 +28,21 @@ def hidden_states(ir, observed_names: Sequence[str]) -> list[str]:
     return [s.name for s in ir.states if s.symbol not in shown]
 
 
-def plot_fit(ir, dataset, fit_result, simulator, path) -> str:
+def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
     """Data points against the fitted model: per series (rows) one panel per observed quantity,
     then one per hidden state. The trajectory is simulated on a fine grid from each series' start.
-    Static models get predicted-versus-observed panels. Returns the path written."""
+    Static models get predicted-versus-observed panels. Returns the path written.
+
+    Also callable as `plot_fit(ir, fit_result, path)`: the data are then the fit's own
+    (`fit_result.dataset`) and the simulator a CasADi one."""
+    if hasattr(dataset, "params") and hasattr(dataset, "dataset"):  # plot_fit(ir, fit_result, path)
+        dataset, fit_result, path = dataset.dataset, dataset, fit_result
+    if dataset is None or fit_result is None or path is None:
+        raise ValueError("plot_fit needs the data, the fit result and an output path")
+    if simulator is None:
+        from ..compiler.backends.casadi_backend import compile_casadi
+
+        simulator = compile_casadi(ir)
     plt = _pyplot()
     params = dict(fit_result.params)
     weights = getattr(fit_result, "weights", None) or None
@@ -98,12 +109,14 @@ def _plot_static_fit(plt, ir, dataset, params, weights, simulator, path) -> str:
 
 def plot_scenario(baseline_result, scenario_result, path, names: Optional[Sequence[str]] = None,
                   title: Optional[str] = None, scenario: Optional[str] = None) -> str:
-    """Baseline against counterfactual, one panel per name (default: every observe and state of
-    the result, as listed by `result.names`). Returns the path written."""
+    """Baseline against counterfactual, one panel per name (default: every name of the result:
+    states, lets, observes). scenario_result None plots the baseline alone. Returns the path."""
     plt = _pyplot()
     names = list(names) if names else list(baseline_result.names)
     units = getattr(baseline_result, "units", {}) or {}
     time_name, time_unit = _time_axis(baseline_result)
+    if scenario is None and scenario_result is not None:
+        scenario = getattr(scenario_result, "scenario", None)
     n = len(names)
     ncol = min(n, 3)
     nrow = -(-n // ncol)
@@ -111,17 +124,18 @@ def plot_scenario(baseline_result, scenario_result, path, names: Optional[Sequen
     for k, name in enumerate(names):
         ax = axes[k // ncol][k % ncol]
         ax.plot(baseline_result.times, np.asarray(baseline_result[name]).T, color="C0", label="baseline")
-        ax.plot(scenario_result.times, np.asarray(scenario_result[name]).T, color="C3", ls="--",
-                label=scenario or "scenario")
+        if scenario_result is not None:
+            ax.plot(scenario_result.times, np.asarray(scenario_result[name]).T, color="C3", ls="--",
+                    label=scenario or "scenario")
         ax.set_ylabel(_label(name, units.get(name)))
         ax.set_xlabel(_label(time_name, time_unit))
-        if k == 0:
+        if k == 0 and scenario_result is not None:
             handles, labels = ax.get_legend_handles_labels()
             ax.legend(handles[:1] + handles[-1:], labels[:1] + labels[-1:], fontsize=8)
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].axis("off")
-    fig.suptitle(title or (f"{getattr(baseline_result, 'model', '') or 'model'}: baseline vs "
-                           f"{scenario or 'scenario'}"))
+    default_title = "simulation" if scenario_result is None else f"baseline vs {scenario or 'scenario'}"
+    fig.suptitle(title or default_title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -129,11 +143,6 @@ def plot_scenario(baseline_result, scenario_result, path, names: Optional[Sequen
 
 
 def _time_axis(result) -> tuple[str, Optional[str]]:
-    name = getattr(result, "time_name", None)
-    if name is None:
-        try:
-            name = str(result.to_frame().columns[0])
-        except Exception:  # a result without a frame still gets a plain axis
-            name = "time"
-    unit = getattr(result, "time_unit", None) or (getattr(result, "units", {}) or {}).get(name)
+    name = getattr(result, "time_name", None) or "time"
+    unit = (getattr(result, "units", {}) or {}).get(name)
     return name, unit
