@@ -191,10 +191,8 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
         edges.update(t for t in (s.start, s.end) if t is not None)
     for sig in signals:
         edges.update(sig.breakpoints().tolist())
-    bounds = [t_start] + sorted(t for t in edges if t_start < t <= t_end)
-    if bounds[-1] != t_end:
-        bounds.append(t_end)
-    if len(bounds) == 1:  # a single output time: one zero-length segment
+    bounds = [t_start] + sorted(t for t in edges if t_start < t < t_end) + [t_end]
+    if t_end in edges and t_end > t_start:  # an event at the end: a final zero-length segment
         bounds.append(t_end)
 
     segments = []

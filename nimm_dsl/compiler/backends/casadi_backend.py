@@ -363,7 +363,8 @@ class CasadiSimulator:
             else:
                 raise SimulationError(f"input `{u.name}` has no data and no default value; "
                                       f"give a column `{u.name}`")
-        P = self.param_vector(params)
+        # a static model has no set flags; its input coefficients are unused
+        P = np.r_[self.param_vector(params), np.zeros(self.n_runtime - self.n_params)]
         Y = np.asarray(self._static.map(n)(U, P, w), dtype=float).reshape(-1, n)
         values, units = {}, {}
         for i, u in enumerate(ir.inputs):
