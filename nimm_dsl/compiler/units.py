@@ -228,15 +228,11 @@ def pint_registry():
 def pint_name_index(registry) -> tuple[frozenset, frozenset, frozenset, frozenset]:
     """(unit symbols, unit long names, prefix symbols, prefix long names) known to pint.
 
-    Aliases count as both forms (pint mixes `hr` and `litre` among them).
+    Aliases count as both forms (pint mixes `hr` and `litre` among them). Prefixed units that pint
+    cached while parsing (`kilometer`, `km`) are left out: the prefix rule accepts them anyway,
+    and the index must not depend on what a registry happened to parse.
     """
-    unit_short, unit_long, prefix_short, prefix_long = set(), set(), set(), set()
-    for d in set(registry._units.values()):
-        unit_long.add(d.name)
-        if d.symbol and d.symbol != d.name:  # pint gives symbol-less units their name as symbol
-            unit_short.add(d.symbol)
-        unit_short.update(d.aliases)
-        unit_long.update(d.aliases)
+    prefix_short, prefix_long = set(), set()
     for d in set(registry._prefixes.values()):
         if d.name:
             prefix_long.add(d.name)
@@ -244,6 +240,21 @@ def pint_name_index(registry) -> tuple[frozenset, frozenset, frozenset, frozense
             prefix_short.add(d.symbol)
         prefix_short.update(d.aliases)
         prefix_long.update(d.aliases)
+    definitions = set(registry._units.values())
+    names = {d.name for d in definitions}
+
+    def prefixed(name: str) -> bool:
+        return any(name.startswith(p) and name[len(p):] in names for p in prefix_long if p)
+
+    unit_short, unit_long = set(), set()
+    for d in definitions:
+        if prefixed(d.name):
+            continue
+        unit_long.add(d.name)
+        if d.symbol and d.symbol != d.name:  # pint gives symbol-less units their name as symbol
+            unit_short.add(d.symbol)
+        unit_short.update(d.aliases)
+        unit_long.update(d.aliases)
     return frozenset(unit_short), frozenset(unit_long), frozenset(prefix_short), frozenset(prefix_long)
 
 
@@ -423,17 +434,17 @@ G G_0 Gal Gb Gy H H_90 Hz J K K_J K_J90 Ly M Mx N N_A Ne Nm Np Oe P PPCM PSH Pa 
 R_∞ Rd Ry S SPL St Sv T Ta Td Tj Tt U UK_cwt US_cwt V VA V_90 V_US V_it W W_90 Wb Wh Xu_Cu Xu_Mo
 Z_0 a a_0 a_u_current a_u_efg a_u_electric_field a_u_force a_u_intensity a_u_temp a_u_time abA
 abC abF abH abS abV abΩ ap_dr ap_lb ap_oz arcmin arcsec at atm atm_l au b bbl beer_bbl blob bpp
-bu c cP c_1 c_2 cal cal_15 cal_it cc cd cm cm_1 cmil cp cps ct cu_ft cu_in cu_yd cwt d dB dBW
-dBm dBu dTt deg den dgal dm dots_per_inch dpi dqt dr dwt dyn e eV eu fldr floz fm fps ft ftH2O
-ftH2O_4C ftH2O_60F ftHg ftHg_0C ftHg_32F ftHg_60F ft_lb fur g g_0 g_e gal gf gi gr grad h ha hp
+bu c c_1 c_2 cal cal_15 cal_it cc cd cm_1 cmil cp cps ct cu_ft cu_in cu_yd cwt d dB dBW dBm dBu
+deg den dgal dots_per_inch dpi dqt dr dwt dyn e eV eu fldr floz fm fps ft ftH2O ftH2O_4C
+ftH2O_60F ftHg ftHg_0C ftHg_32F ftHg_60F ft_lb fur g g_0 g_e gal gf gi gr grad h ha hp
 imperial_bbl imperial_bu imperial_cp imperial_fldr imperial_floz imperial_gal imperial_gi
 imperial_pk imperial_pt imperial_qt in inH2O inH2O_4C inH2O_60F inHg inHg_0C inHg_32F inHg_60F
-jig k k_C kat kg kgf km kn kph kps ksi l lb lbf li lm lx ly m mH2O mH2O_4C mH2O_60F mHg mHg_0C
-mHg_32F mHg_60F m_e m_n m_p m_u mas mg mi min mol mph mps nmi oct oil_bbl oz ozf pc pdl pk pp
-psi pt px qt quad r_e rad rd rpm rps s sft slpm smi sq_deg sq_ft sq_in sq_mi sq_rod sq_yd sr
-statA statF statH statT statV statWb statΩ sv t tTNT tbsp tf th thm tlb toe toz tsp u yd °C °F
-°R °Re µ µ_0 µ_B µ_N µg µl µm µmol Å Å_star ħ Δ°C Δ°F Δ°Re Φ_0 Ω Ω_90 Ω_US Ω_it α γ ε ε_0 ζ λ π
-ρH2O ρH2O_4C ρH2O_60F ρHg ρHg_0C ρHg_32F ρHg_60F σ σ_e ‰ ℎ
+jig k k_C kat kgf kn kph ksi l lb lbf li lm lx ly m mH2O mH2O_4C mH2O_60F mHg mHg_0C mHg_32F
+mHg_60F m_e m_n m_p m_u mi min mol mph mps nmi oct oil_bbl oz ozf pc pdl pk pp psi pt px qt quad
+r_e rad rd rpm rps s sft slpm smi sq_deg sq_ft sq_in sq_mi sq_rod sq_yd sr statA statF statH
+statT statV statWb statΩ sv t tTNT tbsp tf th thm tlb toe toz tsp u yd °C °F °R °Re µ µ_0 µ_B
+µ_N Å Å_star ħ Δ°C Δ°F Δ°Re Φ_0 Ω Ω_90 Ω_US Ω_it α γ ε ε_0 ζ λ π ρH2O ρH2O_4C ρH2O_60F ρHg
+ρHg_0C ρHg_32F ρHg_60F σ σ_e ‰ ℎ
 """
 _PINT_UNIT_NAMES = """
 LMH RKM UK_force_ton UK_hundredweight UK_ton US_force_ton US_hundredweight
@@ -445,50 +456,48 @@ atomic_unit_of_current atomic_unit_of_electric_field atomic_unit_of_electric_fie
 atomic_unit_of_force atomic_unit_of_intensity atomic_unit_of_temperature atomic_unit_of_time
 avogadro_constant avogadro_number bag bar barn barrel barye baud becquerel beer_barrel biot
 biot_turn bit bits_per_pixel board_foot bohr bohr_magneton boiler_horsepower boltzmann_constant
-british_thermal_unit buckingham bushel byte cables_length calorie candela carat centimeter
-centipoise century chain cicero circular_mil classical_electron_radius clausius common_year
-conductance_quantum conventional_ampere_90 conventional_coulomb_90 conventional_farad_90
-conventional_henry_90 conventional_josephson_constant conventional_mercury_density
-conventional_ohm_90 conventional_volt_90 conventional_von_klitzing_constant
-conventional_water_density conventional_watt_90 cooling_tower_ton coulomb coulomb_constant count
-counts_per_second css_pixel cubic_centimeter cubic_foot cubic_inch cubic_yard cup curie dalton
-darcy day debye decade decibel decibelmicrowatt decibelmilliwatt decibelwatt decimeter decitex
-degree degree_Celsius degree_Fahrenheit degree_Rankine degree_Reaumur delta_degree_Celsius
-delta_degree_Fahrenheit delta_degree_Reaumur denier didot dirac_constant dram dry_barrel
-dry_gallon dry_pint dry_quart dtex dyne electrical_horsepower electron_g_factor electron_mass
-electron_volt elementary_charge entropy_unit enzyme_unit eon erg eulers_number farad faraday
-faraday_constant fathom femtometer fermi fifteen_degree_calorie fifth fine_structure_constant
-first_radiation_constant fluid_dram fluid_ounce foot foot_H2O foot_H2O_4C foot_H2O_60F foot_Hg
-foot_Hg_0C foot_Hg_32F foot_Hg_60F foot_per_second foot_pound force_gram force_kilogram
-force_long_ton force_metric_ton force_ounce force_pound force_ton fortnight franklin furlong
-galileo gallon gamma gamma_mass gauss gilbert gill grade grain gram gray gregorian_year hand
-hartree hectare henry hertz hogshead horsepower hour hundredweight impedance_of_free_space
-imperial_barrel imperial_bushel imperial_cup imperial_fluid_drachm imperial_fluid_ounce
-imperial_fluid_scruple imperial_gallon imperial_gill imperial_minim imperial_peck imperial_pint
-imperial_quart inch inch_H2O inch_H2O_4C inch_H2O_60F inch_Hg inch_Hg_0C inch_Hg_32F inch_Hg_60F
-international_british_thermal_unit international_calorie josephson_constant joule jute katal
-kelvin kilogram kilometer kilometer_per_hour kilometer_per_second kip kip_per_square_inch knot
-lambda lambert langley league leap_year light_year link liter ln10 long_hundredweight long_ton
-lumen lux magnetic_flux_quantum maxwell mean_international_ampere mean_international_ohm
-mean_international_volt mercury_density_0C mercury_density_32F mercury_density_60F meter
-meter_H2O meter_H2O_4C meter_H2O_60F meter_Hg meter_Hg_0C meter_Hg_32F meter_Hg_60F
-meter_per_second meter_per_second_squared metric_horsepower metric_ton microgram microliter
-micrometer micromole micron mil mile mile_per_hour millennium milliarcsecond milligram minim
-minute molar molar_gas_constant mole month nautical_mile neper neutron_mass newton
-newtonian_constant_of_gravitation nit nuclear_magneton number_english number_meter octave
-oersted ohm oil_barrel ounce parsec particle pascal peak_sun_hour peck pennyweight percent
-permille pi pica pint pixel pixels_per_centimeter pixels_per_inch planck_constant planck_current
-planck_length planck_mass planck_temperature planck_time point poise pound
-pound_force_per_square_inch poundal ppm proton_mass quadrillion_Btu quart quarter radian rads
-reciprocal_centimeter refractive_index_unit refrigeration_ton rem revolutions_per_minute
-revolutions_per_second reyn rhe rod roentgen rutherford rydberg rydberg_constant scaled_point
-scruple second second_radiation_constant shake shot sidereal_day sidereal_month sidereal_year
-siemens sievert slinch slug sound_pressure_level speed_of_light square_degree square_foot
-square_inch square_league square_mile square_rod square_survey_mile square_yard
-standard_atmosphere standard_gravity standard_liter_per_minute statampere statfarad stathenry
-statmho statohm stattesla statvolt statweber stefan_boltzmann_constant steradian stere stilb
-stokes stone strain survey_foot survey_mile svedberg sverdrup synodic_month tablespoon tansec
-teaspoon technical_atmosphere tesla tex tex_cicero tex_didot tex_pica tex_point therm
+british_thermal_unit buckingham bushel byte cables_length calorie candela carat century chain
+cicero circular_mil classical_electron_radius clausius common_year conductance_quantum
+conventional_ampere_90 conventional_coulomb_90 conventional_farad_90 conventional_henry_90
+conventional_josephson_constant conventional_mercury_density conventional_ohm_90
+conventional_volt_90 conventional_von_klitzing_constant conventional_water_density
+conventional_watt_90 cooling_tower_ton coulomb coulomb_constant count counts_per_second
+css_pixel cubic_centimeter cubic_foot cubic_inch cubic_yard cup curie dalton darcy day debye
+decade decibel decibelmicrowatt decibelmilliwatt decibelwatt degree degree_Celsius
+degree_Fahrenheit degree_Rankine degree_Reaumur delta_degree_Celsius delta_degree_Fahrenheit
+delta_degree_Reaumur denier didot dirac_constant dram dry_barrel dry_gallon dry_pint dry_quart
+dtex dyne electrical_horsepower electron_g_factor electron_mass electron_volt elementary_charge
+entropy_unit enzyme_unit eon erg eulers_number farad faraday faraday_constant fathom fermi
+fifteen_degree_calorie fifth fine_structure_constant first_radiation_constant fluid_dram
+fluid_ounce foot foot_H2O foot_H2O_4C foot_H2O_60F foot_Hg foot_Hg_0C foot_Hg_32F foot_Hg_60F
+foot_per_second foot_pound force_gram force_kilogram force_long_ton force_metric_ton force_ounce
+force_pound force_ton fortnight franklin furlong galileo gallon gamma gamma_mass gauss gilbert
+gill grade grain gram gray gregorian_year hand hartree hectare henry hertz hogshead horsepower
+hour hundredweight impedance_of_free_space imperial_barrel imperial_bushel imperial_cup
+imperial_fluid_drachm imperial_fluid_ounce imperial_fluid_scruple imperial_gallon imperial_gill
+imperial_minim imperial_peck imperial_pint imperial_quart inch inch_H2O inch_H2O_4C inch_H2O_60F
+inch_Hg inch_Hg_0C inch_Hg_32F inch_Hg_60F international_british_thermal_unit
+international_calorie josephson_constant joule jute katal kelvin kilometer_per_hour kip
+kip_per_square_inch knot lambda lambert langley league leap_year light_year link liter ln10
+long_hundredweight long_ton lumen lux magnetic_flux_quantum maxwell mean_international_ampere
+mean_international_ohm mean_international_volt mercury_density_0C mercury_density_32F
+mercury_density_60F meter meter_H2O meter_H2O_4C meter_H2O_60F meter_Hg meter_Hg_0C meter_Hg_32F
+meter_Hg_60F meter_per_second meter_per_second_squared metric_horsepower metric_ton micron mil
+mile mile_per_hour millennium minim minute molar molar_gas_constant mole month nautical_mile
+neper neutron_mass newton newtonian_constant_of_gravitation nit nuclear_magneton number_english
+number_meter octave oersted ohm oil_barrel ounce parsec particle pascal peak_sun_hour peck
+pennyweight percent permille pi pica pint pixel pixels_per_centimeter pixels_per_inch
+planck_constant planck_current planck_length planck_mass planck_temperature planck_time point
+poise pound pound_force_per_square_inch poundal ppm proton_mass quadrillion_Btu quart quarter
+radian rads reciprocal_centimeter refractive_index_unit refrigeration_ton rem
+revolutions_per_minute revolutions_per_second reyn rhe rod roentgen rutherford rydberg
+rydberg_constant scaled_point scruple second second_radiation_constant shake shot sidereal_day
+sidereal_month sidereal_year siemens sievert slinch slug sound_pressure_level speed_of_light
+square_degree square_foot square_inch square_league square_mile square_rod square_survey_mile
+square_yard standard_atmosphere standard_gravity standard_liter_per_minute statampere statfarad
+stathenry statmho statohm stattesla statvolt statweber stefan_boltzmann_constant steradian stere
+stilb stokes stone strain survey_foot survey_mile svedberg sverdrup synodic_month tablespoon
+tansec teaspoon technical_atmosphere tesla tex tex_cicero tex_didot tex_pica tex_point therm
 thermochemical_british_thermal_unit thomson_cross_section thou ton ton_TNT
 tonne_of_oil_equivalent torr townsend tropical_month tropical_year troy_ounce troy_pound turn
 unified_atomic_mass_unit unit_pole vacuum_permeability vacuum_permittivity volt volt_ampere
