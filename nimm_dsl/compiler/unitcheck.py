@@ -169,11 +169,11 @@ class _UnitChecker:
     def check_statement(self, stmt) -> None:
         unit = self.decl_units.get(id(stmt))
         if isinstance(stmt, (A.ConstDecl, A.ParamDecl)):
-            self.check_value(stmt.value, unit, f"the value of `{stmt.name.name}`")
-            self.check_bounds(stmt, stmt.value, getattr(stmt, "bounds", None), unit)
+            if self.check_value(stmt.value, unit, f"the value of `{stmt.name.name}`"):
+                self.check_bounds(stmt, stmt.value, getattr(stmt, "bounds", None), unit)
         elif isinstance(stmt, A.StateDecl):
-            self.check_value(stmt.init, unit, f"the initial value of `{stmt.name.name}`")
-            self.check_bounds(stmt, stmt.init, stmt.bounds, unit)
+            if self.check_value(stmt.init, unit, f"the initial value of `{stmt.name.name}`"):
+                self.check_bounds(stmt, stmt.init, stmt.bounds, unit)
         elif isinstance(stmt, A.InputDecl):
             if stmt.default is not None:
                 self.check_value(stmt.default, unit, f"the default of `{stmt.name.name}`")
@@ -287,9 +287,9 @@ class _UnitChecker:
         if bounds is None:
             return
         name = stmt.name.name
-        self.check_value(bounds.lo, unit, f"the lower bound of `{name}`")
-        self.check_value(bounds.hi, unit, f"the upper bound of `{name}`")
-        if unit is None:
+        lo_ok = self.check_value(bounds.lo, unit, f"the lower bound of `{name}`")
+        hi_ok = self.check_value(bounds.hi, unit, f"the upper bound of `{name}`")
+        if unit is None or not (lo_ok and hi_ok):
             return
         v, lo, hi = (self.value_in(e, unit) for e in (value, bounds.lo, bounds.hi))
         if v is None or lo is None or hi is None or lo >= hi:  # lo >= hi is E501, names.py's
@@ -300,16 +300,21 @@ class _UnitChecker:
                         f"the {what} of `{name}` is {v:g} {unit}, outside its bounds [{lo:g}, {hi:g}]",
                         "choose a value inside the bounds, or widen them")
 
-    def check_value(self, expr: A.Expr, expected: Optional[Unit], what: str) -> None:
-        """A value in a position with a known unit: the bare-number rule, else E405 on dimensions."""
+    def check_value(self, expr: A.Expr, expected: Optional[Unit], what: str) -> bool:
+        """A value in a position with a known unit: the bare-number rule, else E405 on dimensions.
+        False when an error was reported."""
         ty = self.infer(expr)
-        if not self.expect_number(expr, ty) or expected is None:
-            return
+        if not self.expect_number(expr, ty):
+            return False
+        if expected is None:
+            return True
         if self.is_bare(expr):
             self.info.expr_units[expr] = expected
         elif isinstance(ty, Unit) and not ty.same_dims(expected):
             self.report("E405", expr.span, f"{what} has unit {ty}, expected {expected}",
                         self.fix_hint(expected, ty, expr))
+            return False
+        return True
 
     def expect_number(self, expr: A.Expr, ty: Ty) -> bool:
         if ty is BOOL:
