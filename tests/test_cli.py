@@ -1,0 +1,102 @@
+"""The `nimm` command: exit codes, text and JSON diagnostics, simulate output."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nimm_dsl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+THREE_FAULTS = """model sir
+time t [day]
+unit person
+const N [person] = 100
+param beta [1/day] = 0.3 in [0, 1]
+param gamma [1/day] = 0.1 in [0, 1]
+state S [person] = 99
+state I [person] = 1
+state R [person] = 0
+der(S) = -beta * S * I / N
+der(I) = beta * S * I / N - gamma
+observe cases [person] = I + R + S
+observe x [person] = gama * I * 1 [day]
+"""
+
+
+def run(args, tmp_path):
+    return subprocess.run([sys.executable, "-m", "nimm_dsl.cli", *args], capture_output=True,
+                          text=True, cwd=tmp_path)
+
+
+def test_three_faults_three_diagnostics_in_one_run(tmp_path):
+    f = tmp_path / "sir.nimm"
+    f.write_text(THREE_FAULTS)
+    p = run(["check", "--format", "json", str(f)], tmp_path)
+    assert p.returncode == 1
+    diags = {d["code"]: d for d in json.loads(p.stdout)}
+    assert {"E201", "E401", "E301"} <= set(diags)
+    assert (diags["E201"]["line"], diags["E201"]["column"]) == (13, 22)
+    assert "gamma" in diags["E201"]["hint"]
+    assert (diags["E401"]["line"], diags["E401"]["column"]) == (11, 29)
+    assert (diags["E301"]["line"], diags["E301"]["column"]) == (9, 7)
+    for d in diags.values():
+        assert set(d) == {"file", "code", "severity", "message", "line", "column", "end_line",
+                          "end_column", "hint"}
+        assert d["file"] == str(f) and d["severity"] == "error"
+
+
+def test_text_format_shows_source_line_and_caret(tmp_path, capsys):
+    f = tmp_path / "sir.nimm"
+    f.write_text(THREE_FAULTS)
+    assert main(["check", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert f"{f}:13:22: error[E201]:" in out
+    assert "   13 | observe x [person] = gama * I * 1 [day]" in out
+    assert "      |                      ^^^^" in out
+    assert "= hint: did you mean `gamma`?" in out
+
+
+def test_clean_file_exits_zero_and_bad_usage_two(tmp_path):
+    f = tmp_path / "ok.nimm"
+    f.write_text("model ok\ntime t [s]\nstate x [1] = 1\nder(x) = -x / 1 [s]\n")
+    assert run(["check", str(f)], tmp_path).returncode == 0
+    missing = run(["check", str(tmp_path / "nope.nimm")], tmp_path)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    assert run(["check"], tmp_path).returncode == 2
+    assert run(["frobnicate"], tmp_path).returncode == 2
+
+
+def test_binary_garbage_is_a_diagnostic_not_a_traceback(tmp_path):
+    f = tmp_path / "junk.nimm"
+    f.write_bytes(bytes(range(256)) * 40)
+    p = run(["check", str(f)], tmp_path)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr and "error[E100]" in p.stdout
+
+
+def test_simulate_writes_csv_with_time_states_lets_observes(tmp_path):
+    f = tmp_path / "decay.nimm"
+    f.write_text("model decay\ntime t [h]\nparam k [1/h] = 0.5 in [0, 2]\nstate x [mg] = 8 in [0, inf]\n"
+                 "let half [mg] = x / 2\nder(x) = -k * x\nobserve y [mg] = x\n")
+    out = tmp_path / "out.csv"
+    p = run(["simulate", str(f), "--times", "0:4:5", "--output", str(out)], tmp_path)
+    assert p.returncode == 0, p.stderr
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["t", "x", "half", "y"]
+    assert table["x"].to_numpy() == pytest.approx(8 * __import__("numpy").exp(-0.5 * table["t"].to_numpy()), rel=1e-6)
+    bad = run(["simulate", str(f), "--times", "0:4"], tmp_path)
+    assert bad.returncode == 2 and "T0:T1:N" in bad.stderr
+    unknown = run(["simulate", str(f), "--scenario", "nope"], tmp_path)
+    assert unknown.returncode == 2 and "unknown scenario" in unknown.stderr
+
+
+def test_model_errors_from_simulate_go_to_stderr_as_diagnostics(tmp_path):
+    f = tmp_path / "bad.nimm"
+    f.write_text(THREE_FAULTS)
+    p = run(["simulate", str(f)], tmp_path)
+    assert p.returncode == 1 and "error[E201]" in p.stderr and "Traceback" not in p.stderr
