@@ -12,12 +12,13 @@ Three steps, each robust on its own:
 """
 from __future__ import annotations
 
+import gc
 import re
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from lark import Lark, Token
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -42,6 +43,7 @@ MAX_BRACKET_DEPTH = 100  # deeper nesting is refused before parsing
 MAX_EXPRESSION_DEPTH = 200  # keeps every later recursive tree walk far from Python's limit
 MAX_STATEMENT_CHARS = 20_000  # a logical statement longer than this is refused unparsed
 MAX_DIAGNOSTICS = 200  # then one final "too many errors; stopping"
+MAX_SOURCE_CHARS = 500_000  # ~10,000 lines, far beyond any real model; keeps parse() to seconds
 
 _GRAMMAR_PATH = Path(__file__).with_name("nimm.lark")
 
@@ -79,9 +81,9 @@ _FIRST_WORD = re.compile(r"[ \t\r]*([A-Za-z_][A-Za-z0-9_]*)?")
 _CLOSERS = {")": "(", "]": "["}
 
 
-def split_statements(source: str, file: str = "<model>") -> list[LogicalStatement]:
-    """Cut `source` into logical statements (see the module docstring)."""
-    statements: list[LogicalStatement] = []
+def split_statements(source: str, file: str = "<model>") -> Iterator[LogicalStatement]:
+    """Cut `source` into logical statements (see the module docstring), lazily, so that a
+    caller that stops early does not pay for the rest of a huge file."""
     current: Optional[LogicalStatement] = None
     open_brackets: list[tuple[str, int, int]] = []  # (char, line, column)
     line_no = 0
@@ -103,6 +105,7 @@ def split_statements(source: str, file: str = "<model>") -> list[LogicalStatemen
         word = first.group(1) or ""
         if current is not None and open_brackets and word in STATEMENT_KEYWORDS:
             unclosed(current)
+            yield current
             current = None
         # Scan the line: brackets outside strings and comments, and where its code ends.
         code_end = line_end
@@ -133,14 +136,14 @@ def split_statements(source: str, file: str = "<model>") -> list[LogicalStatemen
             elif open_brackets:
                 open_brackets.pop()
         stripped_end = len(source[line_start:code_end].rstrip(" \t\r")) + line_start
-        if stripped_end > line_start and source[line_start:stripped_end].strip(" \t\r"):
+        if stripped_end > line_start:
             if current is None:
                 current = _begin(source, line_no, line_start, line_end, word)
             current.end = stripped_end
             current.end_line = line_no
             current.end_column = stripped_end - line_start + 1
         if current is not None and not open_brackets:
-            statements.append(current)
+            yield current
             current = None
         if newline < 0:
             break
@@ -148,8 +151,7 @@ def split_statements(source: str, file: str = "<model>") -> list[LogicalStatemen
     if current is not None:
         if open_brackets:
             unclosed(current)
-        statements.append(current)
-    return statements
+        yield current
 
 
 def _begin(source: str, line_no: int, line_start: int, line_end: int, word: str) -> LogicalStatement:
@@ -435,7 +437,8 @@ def _parse_statement(stmt: LogicalStatement, source: str, file: str):
         return None, [_describe(error, stmt, file)]
     except LarkError as error:  # defensive: any other parser failure is still a diagnostic
         return None, [Diagnostic("E100", stmt.span, f"cannot parse this statement ({error})", None, file)]
-    deep = _too_deep(node)
+    # Each tree level spans at least one character of its own, so short text cannot be deep.
+    deep = _too_deep(node) if len(text) > MAX_EXPRESSION_DEPTH else None
     if deep is not None:
         return None, [Diagnostic("E100", deep, f"expression nested too deeply (more than {MAX_EXPRESSION_DEPTH} levels)",
                                  "split it into several `let` lines", file)]
@@ -462,41 +465,61 @@ _READABLE = {
     "NAME": "a name",
     "NUMBER": "a number",
     "STRING": "a description in quotes",
-    "COMPARE": "a comparison (`<`, `<=`, ...)",
+    "COMPARE": "a comparison",
     "DOSE_OP": "`+=` or `*=`",
-    "ADD_OP": "`+` or `-`",
-    "MUL_OP": "`*` or `/`",
+    "ADD_OP": "`+`/`-`",
+    "MUL_OP": "`*`/`/`",
     "$END": "the end of the statement",
 }
-# Order in "expected ..." lists: values first, then punctuation, then keywords.
-_VALUE_TERMINALS = ("NAME", "NUMBER", "INF", "LPAR", "MINUS", "NOT")
+_VALUE_TERMINALS = ("NAME", "NUMBER", "INF", "LPAR", "MINUS", "PLUS", "NOT")
+_OPERATOR_TERMINALS = frozenset({"ADD_OP", "MUL_OP", "POW", "COMPARE", "AND", "OR"})
+_GROUPS = {"<expression>": "an expression (a number, a name or `(`)", "<operator>": "an operator"}
 _MAX_EXPECTED = 6
 
 
 def _terminal_text(name: str) -> str:
     if name in _READABLE:
         return _READABLE[name]
-    term = get_parser().get_terminal(name) if name in _terminal_names() else None
-    if term is not None and term.pattern.type == "str":
-        return f"`{term.pattern.value}`"
-    return name.lower()
+    pattern = _terminal_patterns().get(name)
+    return f"`{pattern}`" if pattern is not None else name.lower()
 
 
-_TERMINAL_NAMES: Optional[frozenset] = None
+_PATTERNS: Optional[dict] = None
 
 
-def _terminal_names() -> frozenset:
-    global _TERMINAL_NAMES
-    if _TERMINAL_NAMES is None:
-        _TERMINAL_NAMES = frozenset(t.name for t in get_parser().terminals)
-    return _TERMINAL_NAMES
+def _terminal_patterns() -> dict:
+    """Terminal name -> its literal text, for the terminals that are plain strings."""
+    global _PATTERNS
+    if _PATTERNS is None:
+        _PATTERNS = {t.name: t.pattern.value for t in get_parser().terminals if t.pattern.type == "str"}
+    return _PATTERNS
 
 
 def _expected_text(expected) -> str:
-    names = sorted(set(expected), key=lambda n: (n not in _VALUE_TERMINALS,
-                                                 _VALUE_TERMINALS.index(n) if n in _VALUE_TERMINALS else 0,
-                                                 _terminal_text(n).strip("`").isalpha(), n))
-    texts = list(dict.fromkeys(_terminal_text(n) for n in names))
+    """A readable, ordered, capped list: values, operators, punctuation, keywords, the end."""
+    expected = set(expected)
+    operators = expected & _OPERATOR_TERMINALS
+    if len(operators) > 1:
+        expected -= operators
+        expected.add("<operator>")
+    if {"NAME", "NUMBER", "LPAR"} <= expected:
+        expected -= set(_VALUE_TERMINALS)
+        expected.add("<expression>")
+
+    def rank(name: str):
+        if name in _VALUE_TERMINALS:
+            return (0, _VALUE_TERMINALS.index(name), name)
+        if name in _GROUPS:
+            return (1, 0, name)
+        if name == "$END":
+            return (5, 0, name)
+        if name == "STRING":
+            return (4, 0, name)
+        text = _terminal_text(name).strip("`")
+        return (3 if text.isalpha() else 2, 0, text)
+
+    texts = list(dict.fromkeys(_GROUPS.get(n) or _terminal_text(n)
+                               for n in sorted(expected, key=rank)))
     if len(texts) > _MAX_EXPECTED:
         texts = texts[:_MAX_EXPECTED - 1] + ["..."]
     if len(texts) == 1:
@@ -519,6 +542,16 @@ def _found_text(tok: Token) -> str:
     return f"`{_show(tok)}`"
 
 
+def _acceptable(error: UnexpectedToken) -> set:
+    """The terminals that could really come next. LALR merges states, so `error.expected` may
+    list tokens that no statement allows here; the interactive parser tries each one."""
+    try:
+        accepted = error.interactive_parser.accepts()
+    except (LarkError, AttributeError, KeyError):
+        accepted = set()
+    return accepted or set(error.expected)
+
+
 def _describe(error: UnexpectedInput, stmt: LogicalStatement, file: str) -> Diagnostic:
     offset = stmt.first_line - 1
     if isinstance(error, UnexpectedCharacters):
@@ -533,7 +566,7 @@ def _describe(error: UnexpectedInput, stmt: LogicalStatement, file: str) -> Diag
         return Diagnostic("E100", span, f"unexpected character `{shown}`{code}", None, file)
     assert isinstance(error, UnexpectedToken)
     tok = error.token
-    expected = error.expected
+    expected = _acceptable(error)
     if tok.type == "$END":
         span = A.Span(stmt.end_line, stmt.end_column, stmt.end_line, stmt.end_column + 1)
         return Diagnostic("E100", span, f"unexpected end of statement: expected {_expected_text(expected)}",
@@ -557,17 +590,32 @@ def parse(source: str, file: str = "<model>") -> tuple[A.Program, list[Diagnosti
     and the Program holds every statement that parsed."""
     diagnostics: list[Diagnostic] = []
     parsed: list[tuple[LogicalStatement, object]] = []
-    for stmt in split_statements(source, file):
-        node, problems = _parse_statement(stmt, source, file)
-        diagnostics += problems
-        parsed.append((stmt, node))
-        if len(diagnostics) >= MAX_DIAGNOSTICS:
-            break
-    program = _assemble(parsed, diagnostics, file)
-    if len(diagnostics) >= MAX_DIAGNOSTICS:
+    collecting = gc.isenabled()
+    gc.disable()  # the growing tree would be rescanned by every collection; it has no cycles
+    too_large = None
+    if len(source) > MAX_SOURCE_CHARS:  # read whole lines up to the limit, report the rest
+        source = source[:source.rfind("\n", 0, MAX_SOURCE_CHARS) + 1]
+        line = source.count("\n") + 1
+        too_large = Diagnostic("E100", A.Span(line, 1, line, 2),
+                               f"file too large: more than {MAX_SOURCE_CHARS} characters; "
+                               f"stopped reading at line {line}", "split the model", file)
+    try:
+        for stmt in split_statements(source, file):
+            node, problems = _parse_statement(stmt, source, file)
+            diagnostics += problems
+            parsed.append((stmt, node))
+            if len(diagnostics) >= MAX_DIAGNOSTICS:
+                break
+        program = _assemble(parsed, diagnostics, file)
+    finally:
+        if collecting:
+            gc.enable()
+    if len(diagnostics) > MAX_DIAGNOSTICS:
         diagnostics = diagnostics[:MAX_DIAGNOSTICS]
-        last = diagnostics[-1].span
-        diagnostics.append(Diagnostic("E100", last, "too many errors; stopping", None, file))
+    if len(diagnostics) == MAX_DIAGNOSTICS:
+        diagnostics.append(Diagnostic("E100", diagnostics[-1].span, "too many errors; stopping", None, file))
+    elif too_large is not None:
+        diagnostics.append(too_large)
     return program, diagnostics
 
 
