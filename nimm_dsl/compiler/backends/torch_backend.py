@@ -184,7 +184,9 @@ class TorchSimulator(torch.nn.Module):
             if w is None:
                 out[name] = self.mlps[name].weight
                 continue
-            if not torch.is_tensor(w):
+            if torch.is_tensor(w):
+                w = w.to(dtype=self.dtype, device=self.device)
+            else:
                 arr = np.asarray(w, dtype=np.float64)
                 w = self._tensor(check_weights(nir, arr) if arr.ndim == 1 else arr)
             if w.shape[-1] != nir.n_weights or w.dim() > 2 or (w.dim() == 2 and w.shape[0] != batch):
@@ -213,7 +215,7 @@ class TorchSimulator(torch.nn.Module):
         """
         if self.ir.is_static:
             raise ValueError("a static model has no trajectory; use static_outputs()")
-        P = self._tensor(P) if not torch.is_tensor(P) else P
+        P = torch.as_tensor(P).to(dtype=self.dtype, device=self.device)  # differentiable cast
         if P.dim() != 2 or P.shape[1] not in (self.n_params, len(self.runtime_symbols)):
             raise ValueError(f"P must have shape (B, {self.n_params}), got {tuple(P.shape)}")
         B = P.shape[0]
