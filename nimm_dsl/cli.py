@@ -77,6 +77,7 @@ def cmd_check(args) -> int:
         print("\n".join(texts))
     n_err = sum(d.is_error for d in all_diags)
     n_warn = len(all_diags) - n_err
+    sys.stdout.flush()  # keep the summary after the diagnostics when both streams share a terminal
     if args.format == "text":
         print(f"{len(args.files)} file(s) checked: {n_err} error(s), {n_warn} warning(s)", file=sys.stderr)
     return EXIT_ERROR if has_errors(all_diags) else EXIT_OK
