@@ -1,4 +1,4 @@
-"""The `nimm` command: check, simulate, fit, show.
+"""The `nimm` command: check, simulate, fit, show, generate.
 
 Exit status (LANGUAGE.md §9): 0 ok, 1 model/data/run error, 2 usage or unreadable file. Errors go to
 standard error as diagnostics or one-line messages; bad input never ends in a traceback.
@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of each series' last times held out for early stopping (torch)")
     f.add_argument("--seed", type=int, default=0)
+
+    g = sub.add_parser("generate", help="ask an LLM for a model, check it and repair it from the diagnostics")
+    g.add_argument("task", metavar="TASK", help="what the model should describe")
+    g.add_argument("--endpoint", required=True, metavar="URL",
+                   help="an OpenAI-compatible API base URL (key from $NIMM_LLM_API_KEY)")
+    g.add_argument("--llm", required=True, metavar="NAME", help="the model name at that endpoint")
+    g.add_argument("--rounds", type=int, default=3, help="at most this many versions (default 3)")
+    g.add_argument("--output", metavar="MODEL.nimm", help="write the last version here (default: stdout)")
 
     w = sub.add_parser("show", help="show the compiled equations")
     w.add_argument("model", metavar="MODEL")
@@ -178,6 +186,26 @@ def cmd_fit(args) -> int:
     return EXIT_OK
 
 
+def cmd_generate(args) -> int:
+    from .compiler.diagnostics import render_text
+    from .llm.client import OpenAICompatibleClient
+    from .llm.loop import generate_model
+
+    client = OpenAICompatibleClient(args.endpoint, args.llm)
+    result = generate_model(args.task, client, max_rounds=args.rounds,
+                            file=args.output or "<generated>")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(result.source)
+    else:
+        print(result.source, end="")
+    print(f"nimm: {len(result.rounds)} round(s); the last version "
+          f"{'checks clean' if result.ok else 'still has errors'}", file=sys.stderr)
+    if result.diagnostics:
+        print(render_text(result.diagnostics, result.source), file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_ERROR
+
+
 def cmd_show(args) -> int:
     print(_load(args.model).latex())
     return EXIT_OK
@@ -191,7 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
-    commands = {"check": cmd_check, "simulate": cmd_simulate, "fit": cmd_fit, "show": cmd_show}
+    commands = {"check": cmd_check, "simulate": cmd_simulate, "fit": cmd_fit, "show": cmd_show,
+                "generate": cmd_generate}
     try:
         return commands[args.command](args)
     except UsageError as e:
