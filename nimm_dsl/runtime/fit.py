@@ -386,6 +386,7 @@ class _RawFit:
     grad: Optional[Callable]  # natural-unit estimated params -> gradient of the loss (weights fixed)
     simulator: object
     warnings: list = field(default_factory=list)
+    hessian: Optional[Callable] = None  # natural-unit Hessian of the loss in the estimated params
 
 
 def _finish(ir, dataset, train, valid, raw: _RawFit, backend, rtol, atol, seconds) -> FitResult:
@@ -396,7 +397,8 @@ def _finish(ir, dataset, train, valid, raw: _RawFit, backend, rtol, atol, second
     stderr = {n: None for n in names}
     if raw.grad is not None and names:
         try:
-            H = finite_difference_hessian(raw.grad, x, np.maximum(np.abs(x), 1e-8))
+            H = (raw.hessian(x) if raw.hessian is not None
+                 else finite_difference_hessian(raw.grad, x, np.maximum(np.abs(x), 1e-8)))
             lsq_only = all(o.noise == "lsq" for o in ir.observes if o.name in train.observed_names)
             stderr, w = standard_errors(H, names, x, raw.loss, train.n_observations, lsq_only)
             warnings += w
@@ -578,9 +580,12 @@ def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress
         if n.penalty and neural_count[n.name]:
             loss = loss + n.penalty * neural_sq[n.name] / neural_count[n.name]
     z = ca.vertcat(xs, w)
-    opts = {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": False,
-            "ipopt.hessian_approximation": "limited-memory", "ipopt.max_iter": int(max_iter),
-            "ipopt.tol": 1e-8}
+    # The exact Hessian (second-order sensitivities through CVODES) is cheap for a few params and
+    # makes IPOPT take sensible first steps; with network weights L-BFGS is the affordable choice.
+    exact = sim.n_weights == 0
+    opts = {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": False, "show_eval_warnings": False,
+            "ipopt.hessian_approximation": "exact" if exact else "limited-memory",
+            "ipopt.max_iter": int(max_iter), "ipopt.tol": 1e-6, "ipopt.acceptable_iter": 5}
     opts.update(ipopt_options or {})
     solver = ca.nlpsol("fit", "ipopt", {"x": z, "f": loss}, opts)
     lbx = np.r_[[p.lo for p in est] / scale, np.full(sim.n_weights, -np.inf)]
@@ -622,12 +627,20 @@ def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress
     values.update({p.name: float(x_opt[j] * scale[j]) for j, p in enumerate(est)})
     weights = {n.name: w_opt[sim.weight_slices[n.name]].copy() for n in ir.neurals}
 
-    grad_fn = ca.Function("grad", [xs, w], [ca.gradient(loss, xs)])
+    grad_fn = ca.Function("loss_gradient", [xs, w], [ca.gradient(loss, xs)])
 
     def grad(x_natural):
         return np.asarray(grad_fn(x_natural / scale, w_opt), dtype=float).ravel() / scale
 
-    return _RawFit(values, weights, f, grad, sim, notes)
+    hessian = None
+    if exact:
+        hess_fn = ca.Function("loss_hessian", [xs, w], [ca.hessian(loss, xs)[0]])
+
+        def hessian(x_natural):
+            H = np.asarray(hess_fn(x_natural / scale, w_opt), dtype=float)
+            return H / np.outer(scale, scale)
+
+    return _RawFit(values, weights, f, grad, sim, notes, hessian)
 
 
 # ---------------------------------------------------------------- Torch: Adam then L-BFGS
