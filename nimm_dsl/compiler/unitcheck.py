@@ -3,7 +3,8 @@
 
 Conventions the back ends rely on (recorded in `UnitInfo.expr_units`):
 * `a + b`, `min`, `max`, `ifelse` take the unit of their first operand; the others are converted
-  into it (same dimension, possibly another scale).
+  into it (same dimension, possibly another scale). After an E401 the result is unknown (None), so
+  one mistake is reported once.
 * A dimensionless argument of `exp`, `log`, ..., of a neural call, or a non-constant exponent, is
   meant after conversion to scale 1 (`[h/day]` -> a plain number); the result is `[1]`.
 * A names-free value in a position with a known unit (`param k [1/day] = 1/7`) is a plain number in
@@ -371,9 +372,14 @@ class _UnitChecker:
         results = [self.expect_number(expr, ty) for expr, ty in pairs]
         return all(results)
 
-    def same_dimension(self, left: Ty, right: Ty, right_expr: A.Expr, message: str) -> None:
-        if isinstance(left, Unit) and isinstance(right, Unit) and not left.same_dims(right):
+    def same_dimension(self, left: Ty, right: Ty, right_expr: A.Expr, message: str) -> Ty:
+        """The common unit (the left one), or None: unknown, or E401 reported (no cascade)."""
+        if not (isinstance(left, Unit) and isinstance(right, Unit)):
+            return None
+        if not left.same_dims(right):
             self.report("E401", right_expr.span, message, self.fix_hint(left, right, right_expr))
+            return None
+        return left
 
     def infer_binop(self, e: A.BinOp) -> Ty:
         left, right = self.infer(e.left), self.infer(e.right)
@@ -382,8 +388,7 @@ class _UnitChecker:
         if e.op in "+-":
             message = (f"cannot add {left} and {right}" if e.op == "+"
                        else f"cannot subtract {right} from {left}")
-            self.same_dimension(left, right, e.right, message)
-            return left if isinstance(left, Unit) and isinstance(right, Unit) else None
+            return self.same_dimension(left, right, e.right, message)
         if left is None or right is None:
             return None
         if e.op == "*":
@@ -424,15 +429,15 @@ class _UnitChecker:
                 self.expect_condition(e.args[0], args[0])
                 if not self.numbers((e.args[1], args[1]), (e.args[2], args[2])):
                     return None
-                self.same_dimension(args[1], args[2], e.args[2],
-                                    f"the branches of `ifelse` have different dimensions: {args[1]} and {args[2]}")
-                return args[1] if isinstance(args[2], Unit) else None
+                return self.same_dimension(
+                    args[1], args[2], e.args[2],
+                    f"the branches of `ifelse` have different dimensions: {args[1]} and {args[2]}")
             if not self.numbers(*zip(e.args, args)):
                 return None
             if name in ("min", "max"):
-                self.same_dimension(args[0], args[1], e.args[1],
-                                    f"`{name}` needs arguments of one dimension, found {args[0]} and {args[1]}")
-                return args[0] if isinstance(args[1], Unit) else None
+                return self.same_dimension(
+                    args[0], args[1], e.args[1],
+                    f"`{name}` needs arguments of one dimension, found {args[0]} and {args[1]}")
             if args[0] is None:
                 return None
             if name == "sqrt":
