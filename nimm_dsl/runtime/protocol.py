@@ -66,6 +66,8 @@ class Protocol:
     segments: list[Segment]
     scenario: Optional[str] = None
     input_names: list[str] = field(default_factory=list)
+    # scratch space for a back end's per-protocol data (e.g. its integrator plan)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def t_end(self) -> float:
