@@ -405,6 +405,8 @@ class _Checker:
         if stmt.source is not None and stmt.target is not None and stmt.source.name == stmt.target.name:
             self.report("E307", stmt.target.span, f"a flow from state `{stmt.source.name}` to itself moves nothing",
                         "a flow needs two different states, or one end left out")
+            if stmt.source.name in self.info.dynamics:  # it still touches the state: no E301 on top
+                self.info.dynamics[stmt.source.name].append(stmt)
             return
         states = [s.name for s in self.table.of_kind("state")]
         for end in (stmt.source, stmt.target):
