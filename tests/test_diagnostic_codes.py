@@ -153,3 +153,11 @@ def test_e406_hint_suggests_the_library_unit():
 def test_syntax_error_does_not_hide_errors_on_other_lines():
     source = HEADER + DECAY + "let z = x + * 2\nconst c [1] = undefined_name\n"
     assert [(d.code, d.span.line) for d in nimm_dsl.check(source) if d.is_error] == [("E100", 7), ("E201", 8)]
+
+
+def test_e401_hint_never_divides_a_name_by_itself():
+    # `x + k` with x [1], k [1/day]: k is the only [1/day] name; `k / k` would be a useless fix.
+    d = only(HEADER + "param k [1/day] = 1 in [0, 2]\nstate x [1] = 1\nder(x) = -k * x\n"
+             "observe y [1] = x + k\n", "E401")
+    assert (d.span.line, d.span.column) == (6, 21)
+    assert "`k / k`" not in (d.hint or "")

@@ -488,7 +488,8 @@ class _UnitChecker:
             names.insert(0, self.current_state)
         if names:
             return f"did you mean `{expr.name} * {names[0]}`?"
-        inverse = self.candidates(ONE / missing, ("state", "const", "param", "input"))
+        # `k / k` is just 1: never suggest dividing a name by itself
+        inverse = [n for n in self.candidates(ONE / missing, ("state", "const", "param", "input")) if n != expr.name]
         return f"did you mean `{expr.name} / {inverse[0]}`?" if inverse else None
 
     # ------------------------------------------------------------ constants
