@@ -133,11 +133,13 @@ class CasadiSimulator:
             self._build_dynamic()
 
     # ------------------------------------------------------------ building the functions
-    def _symbolic_env(self, extra: dict):
+    def _symbolic_env(self, extra: dict, runtime: list):
+        """SX symbols P (for the `runtime` sympy symbols) and W, the walker environment with
+        `extra` and every let, and an evaluator of IR expressions sharing one memo."""
         ir = self.ir
-        P = ca.SX.sym("P", self.n_runtime)
+        P = ca.SX.sym("P", len(runtime))
         W = ca.SX.sym("W", self.n_weights)
-        env = {s: P[i] for i, s in enumerate(ir.runtime_symbols())}
+        env = {s: P[i] for i, s in enumerate(runtime)}
         env.update(extra)
         by_name = {n.name: n for n in ir.neurals}
 
@@ -160,7 +162,7 @@ class CasadiSimulator:
         x = ca.SX.sym("x", nx)
         extra = {s.symbol: x[i] for i, s in enumerate(ir.states)}
         extra[ir.time] = t
-        P, W, env, ev = self._symbolic_env(extra)
+        P, W, env, ev = self._symbolic_env(extra, ir.runtime_symbols())
         ode = ca.vertcat(*[ev(ir.derivatives[s.name]) for s in ir.states])
         lets = [env[let.symbol] for let in ir.lets]
         observes = [ev(o.expr) for o in ir.observes]
@@ -187,11 +189,20 @@ class CasadiSimulator:
     def _build_static(self):
         ir = self.ir
         U = ca.SX.sym("U", len(ir.inputs))
-        P, W, env, ev = self._symbolic_env({u.symbol: U[i] for i, u in enumerate(ir.inputs)})
+        # a static model has no flags or input coefficients: P holds only ir.params
+        P, W, env, ev = self._symbolic_env({u.symbol: U[i] for i, u in enumerate(ir.inputs)},
+                                           [p.symbol for p in ir.params])
         lets = [env[let.symbol] for let in ir.lets]
         observes = [ev(o.expr) for o in ir.observes]
+        # (U [n_inputs], p [n_params], w [n_weights]) -> lets then observes; .map(n) over rows
         self._static = ca.Function("static", [U, P, W], [ca.vertcat(*lets, *observes)],
-                                   ["U", "P", "W"], ["y"])
+                                   ["U", "p", "w"], ["y"])
+
+    @property
+    def static_function(self) -> ca.Function:
+        """Static models: `(U [n_inputs], p [n_params], w [n_weights]) -> [lets; observes]`, one
+        data row; use `.map(n_rows)` for a table (U as n_inputs x n_rows)."""
+        return self._static
 
     def _output_fn(self, n: int) -> ca.Function:
         fn = self._output_map.get(n)
@@ -427,9 +438,7 @@ class CasadiSimulator:
             else:
                 raise SimulationError(f"input `{u.name}` has no data and no default value; "
                                       f"give a column `{u.name}`")
-        # a static model has no set flags; its input coefficients are unused
-        P = np.r_[self.param_vector(params), np.zeros(self.n_runtime - self.n_params)]
-        Y = np.asarray(self._static.map(n)(U, P, w), dtype=float).reshape(-1, n)
+        Y = np.asarray(self._static.map(n)(U, self.param_vector(params), w), dtype=float).reshape(-1, n)
         values, units = {}, {}
         for i, u in enumerate(ir.inputs):
             values[u.name], units[u.name] = U[i], u.unit
