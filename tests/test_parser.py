@@ -316,6 +316,17 @@ def test_indentation_tabs_and_crlf():
     assert span(param) == (2, 2, 2, 17)
 
 
+def test_repeated_statements_get_fresh_nodes_at_their_own_lines():
+    source = "let x = a + 1\nlet x = a + 1\n  bad = 1\n  bad = 1\n"
+    program, diagnostics = parse(source, "m.nimm")
+    first, second = program.statements
+    assert first is not second and first.value is not second.value and first.name is not second.name
+    assert span(second.value.left) == (2, 9, 2, 10) and span(second) == (2, 1, 2, 14)
+    assert [(span(d), d.file) for d in diagnostics] == [((3, 3, 3, 6), "m.nimm"), ((4, 3, 4, 6), "m.nimm")]
+    again, _ = parse("\n" + source)
+    assert again.statements[0] is not first and span(again.statements[0].value) == (2, 9, 2, 14)
+
+
 # ---------------------------------------------------------------- syntax errors
 def test_several_errors_reported_in_one_run():
     program, diagnostics = errors(
@@ -351,6 +362,12 @@ def test_end_of_statement_and_unknown_words():
     assert d.message == "unexpected name `cubic`: expected `linear` or `step`"
     _, (d,) = errors("modelx foo")  # keywords are whole words only
     assert "unexpected name `modelx`" in d.message
+
+
+def test_continuation_outside_brackets_gets_a_hint():
+    _, (d,) = errors("param k [1] = 1\n    in [0, 1]")
+    assert d.message.startswith("unexpected keyword `in`: a statement starts with a keyword")
+    assert span(d) == (2, 5, 2, 7) and "inside ( ) or [ ]" in d.hint
 
 
 def test_keyword_used_as_a_reference():

@@ -9,6 +9,9 @@ Three steps, each robust on its own:
    inline transformer (`_Builder`) builds AST nodes during reduction: no parse tree, no
    recursion, and a syntax error in one statement never hides the others.
 3. `_assemble` groups `scenario` ... `end` into `ScenarioBlock`s.
+
+Parsed statements are cached by their text (see `_TEMPLATES`), so re-parsing an edited model
+costs little more than the lines that changed.
 """
 from __future__ import annotations
 
@@ -425,6 +428,66 @@ def _parse_statement(stmt: LogicalStatement, source: str, file: str):
                                                f"the limit is {MAX_STATEMENT_CHARS})",
                                  "split it into several `let` lines", file)]
     text = source[stmt.line_offset:stmt.end]
+    template = _TEMPLATES.get(text)
+    if template is None:
+        template = (stmt.first_line, *_parse_text(text, stmt, file))
+        if len(text) <= _MAX_TEMPLATE_CHARS:
+            if len(_TEMPLATES) >= _MAX_TEMPLATES:
+                _TEMPLATES.clear()
+            _TEMPLATES[text] = template
+    first_line, node, diagnostics = template
+    delta = stmt.first_line - first_line
+    return _relocated(node, delta), [
+        Diagnostic(d.code, _shifted(d.span, delta), d.message, d.hint, file) for d in diagnostics]
+
+
+# Parsed statements by their exact text (from the start of their first line). The same text
+# always gives the same tree up to a line shift, and Lark costs ~100 us per statement while a
+# relocated copy costs a few: re-checking an edited model (the LLM repair loop, check + load)
+# re-parses only the lines that changed. Callers always get fresh nodes.
+_TEMPLATES: dict[str, tuple] = {}
+_MAX_TEMPLATES = 4096  # bounds memory to a few MB
+_MAX_TEMPLATE_CHARS = 2000
+
+
+_NODE_TYPES = frozenset(
+    value for value in vars(A).values()
+    if isinstance(value, type) and hasattr(value, "__dataclass_fields__") and value is not A.Span
+) | {_End}
+
+
+def _shifted(span: A.Span, delta: int) -> A.Span:
+    return span if delta == 0 else A.Span(span.line + delta, span.column, span.end_line + delta, span.end_column)
+
+
+def _relocated(root, delta: int):
+    """A fresh copy of a statement's tree with every line moved by `delta`, without recursion."""
+    pending = []
+
+    def fresh(value):
+        kind = type(value)
+        if kind is A.Span:
+            return value if delta == 0 else A.Span(value.line + delta, value.column,
+                                                   value.end_line + delta, value.end_column)
+        if kind is list:
+            return [fresh(item) for item in value]
+        if kind in _NODE_TYPES:
+            copy = object.__new__(kind)
+            copy.__dict__.update(value.__dict__)
+            pending.append(copy)
+            return copy
+        return value  # str, float, Fraction, None
+
+    top = fresh(root)
+    while pending:
+        attributes = pending.pop().__dict__
+        for key, value in attributes.items():
+            attributes[key] = fresh(value)
+    return top
+
+
+def _parse_text(text: str, stmt: LogicalStatement, file: str):
+    """Lark on one statement's text -> (node or None, diagnostics)."""
     parser = get_parser()
     try:
         with _LOCK:
@@ -539,6 +602,8 @@ def _found_text(tok: Token) -> str:
         return f"number `{_show(tok)}`"
     if tok.type == "STRING":
         return f"description `{_show(tok)}`"
+    if tok in KEYWORDS:
+        return f"keyword `{tok}`"
     return f"`{_show(tok)}`"
 
 
@@ -574,10 +639,12 @@ def _describe(error: UnexpectedInput, stmt: LogicalStatement, file: str) -> Diag
     span = A.Span(tok.line + offset, tok.column, tok.end_line + offset, tok.end_column)
     found = _found_text(tok)
     if tok.start_pos == stmt.start - stmt.line_offset:  # the statement's first word
+        if tok.type == "NAME" and tok not in KEYWORDS:
+            hint = f"did you mean `let {tok} = ...`?"
+        else:  # most likely the rest of the previous line
+            hint = "a statement continues on the next line only inside ( ) or [ ]"
         return Diagnostic("E100", span, f"unexpected {found}: a statement starts with a keyword such as "
-                                        "`param`, `state`, `let`, `der` or `flow`",
-                          f"did you mean `let {tok} = ...`?" if tok.type == "NAME" and tok not in KEYWORDS else None,
-                          file)
+                                        "`param`, `state`, `let`, `der` or `flow`", hint, file)
     hint = None
     if tok.type == "COMPARE" and "COMPARE" not in expected:
         hint = "comparisons cannot be chained: combine them with `and`"
