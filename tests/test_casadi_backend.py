@@ -353,3 +353,38 @@ def test_every_example_simulates_under_every_scenario(path):
         y, _ = F(sim.param_vector(), sim.weight_vector())
         for i, o in enumerate(ir.observes):
             np.testing.assert_allclose(np.asarray(y)[i], res[o.name], rtol=1e-6, atol=1e-9)
+
+
+def test_inputs_from_a_data_frame_and_max_steps_cap():
+    import pandas as pd
+
+    x = sym("x")
+    u = InputIR("u", sym("u"), (sym("u_a"), sym("u_b")), None, "step", "1")
+    ir = model([S("x", 0)], [], {"x": u.coef[0] + u.coef[1] * t}, inputs=[u])
+    table = pd.DataFrame({"t": [0.0, 1.0, 2.0], "u": [1.0, -1.0, np.nan], "other": [5, 5, 5]})
+    res = compile_casadi(ir).simulate([0.0, 1.0, 2.0], inputs=table, **TIGHT)
+    np.testing.assert_allclose(res["x"], [0.0, 1.0, 0.0], atol=1e-10)
+    # a stiff decay with a tiny step budget stops with a message naming the cap, never hangs
+    stiff = model([S("x", 1)], [], {"x": -1e4 * (x - sp.cos(t))})
+    with pytest.raises(SimulationError, match="max_num_steps = 30"):
+        compile_casadi(stiff, method="cvodes", max_num_steps=30,
+                       integrator_options={"linear_multistep_method": "adams",
+                                           "nonlinear_solver_iteration": "functional"}
+                       ).simulate([0.0, 100.0])
+
+
+def test_flu_isolation_scenario_against_scipy():
+    sim = load_example("flu_sir.nimm").compile("casadi")
+    ts = np.linspace(0, 14, 29)
+    res = sim.simulate(ts, scenario="isolation", **TIGHT)
+
+    def rhs(tt, y):
+        s, i, r = y
+        beta = 1.73 * (0.5 if tt >= 3 else 1.0)
+        inf = beta * s * i / (s + i + r)
+        return [-inf, inf - 0.54 * i, 0.54 * i]
+
+    before = scipy_ref(rhs, [762.0, 1.0, 0.0], ts[ts <= 3])  # integrate across the switch in two pieces
+    after = scipy_ref(rhs, before[:, -1], ts[ts >= 3])
+    ref = np.hstack([before, after[:, 1:]])
+    np.testing.assert_allclose(res["in_bed"], ref[1], rtol=1e-6)

@@ -53,6 +53,7 @@ _FAILURE_REASONS = {
     "RESFUNC": "the right-hand side gave NaN or inf",
     "LSETUP_FAIL": "the linear solver setup failed (singular Jacobian?)",
     "LSOLVE_FAIL": "the linear solver failed (singular Jacobian?)",
+    "ILL_INPUT": "the solver met an invalid value (NaN or inf in the right-hand side?)",
 }
 
 
