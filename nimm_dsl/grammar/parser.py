@@ -490,8 +490,7 @@ def _relocated(root, delta: int):
     def fresh(value):
         kind = type(value)
         if kind is A.Span:
-            return value if delta == 0 else A.Span(value.line + delta, value.column,
-                                                   value.end_line + delta, value.end_column)
+            return _shifted(value, delta)
         if kind is list:
             return [fresh(item) for item in value]
         if kind in _NODE_TYPES:
