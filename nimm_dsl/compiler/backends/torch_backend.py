@@ -339,9 +339,10 @@ class TorchSimulator(torch.nn.Module):
         """Sum over neural terms of penalty * mean(output^2) along the trajectory: (B,)."""
         total = None
         for name, nir in self.nir.items():
-            term = neural_penalty(nir, traj[NEURAL_KEY.format(name)])
-            if traj[NEURAL_KEY.format(name)].numel() == 0:
+            outputs = traj[NEURAL_KEY.format(name)]
+            if outputs.numel() == 0:  # a declared term that no equation calls
                 continue
+            term = neural_penalty(nir, outputs)
             total = term if total is None else total + term
         if total is None:
             first = next(iter(traj.values()))
@@ -389,12 +390,13 @@ class TorchSimulator(torch.nn.Module):
         sizes = {v.shape[0] for v in arrays.values() if v.ndim == 1}
         if len(sizes) > 1 or any(v.ndim > 1 for v in arrays.values()):
             raise ValueError(f"batched params must all be 1-D arrays of one length, got sizes {sorted(sizes)}")
-        B = sizes.pop() if sizes else 1
-        P = np.tile(base, (B, 1))
+        batched = bool(sizes)
+        P = np.tile(base, (sizes.pop() if sizes else 1, 1))
+        names = [p.name for p in self.ir.params]
         for k, v in arrays.items():
             if v.ndim == 1:
-                P[:, [p.name for p in self.ir.params].index(k)] = v
-        return P, B > 1 or bool(sizes)
+                P[:, names.index(k)] = v
+        return P, batched
 
     def simulate(self, times=None, params=None, scenario=None, inputs=None, rtol=1e-8, atol=1e-8,
                  weights=None, t_start=None) -> SimulationResult:
