@@ -58,7 +58,7 @@ def bench_case(label, path, names, t_end, device, repeats, subset):
     rows = []
 
     batched = median_time(lambda: sim.simulate(times, params=params, weights=weights), repeats)
-    rows.append((f"batched Torch ({device}), 1 call", batched, None))
+    rows.append((f"batched Torch ({device}), 1 call", batched))
 
     def one(i):
         return {n: v[i] for n, v in params.items()}
@@ -66,12 +66,12 @@ def bench_case(label, path, names, t_end, device, repeats, subset):
     if device == "cpu":
         cpu_loop = median_time(lambda: [sim.simulate(times, params=one(i), weights=weights)
                                         for i in range(subset)], max(1, repeats // 2)) * BATCH / subset
-        rows.append((f"loop of single Torch solves ({subset} timed, x{BATCH // subset})", cpu_loop, None))
+        rows.append((f"loop of single Torch solves ({subset} timed, x{BATCH // subset})", cpu_loop))
         casadi = model.compile("casadi")
         casadi.simulate(times, params=one(0), weights=weights)  # integrator set-up once, as in a fit
         ca_loop = median_time(lambda: [casadi.simulate(times, params=one(i), weights=weights)
                                        for i in range(subset)], max(1, repeats // 2)) * BATCH / subset
-        rows.append((f"loop of CasADi/CVODES solves ({subset} timed, x{BATCH // subset})", ca_loop, None))
+        rows.append((f"loop of CasADi/CVODES solves ({subset} timed, x{BATCH // subset})", ca_loop))
 
     # one forward + backward pass of a batched loss, as the fitter runs it
     protocol = build_protocol(ir, times)
@@ -85,10 +85,9 @@ def bench_case(label, path, names, t_end, device, repeats, subset):
         loss = sum((traj[o.name] ** 2).mean() for o in ir.observes) + sim.neural_penalty(traj).sum()
         loss.backward()
 
-    rows.append((f"batched forward + backward ({device})", median_time(forward_backward, repeats), None))
-    speedups = {name: t for name, t, _ in rows}
-    loop_key = next((k for k in speedups if k.startswith("loop of single Torch")), None)
-    return [(label, name, t, (speedups[loop_key] / t if loop_key else None)) for name, t, _ in rows]
+    rows.append((f"batched forward + backward ({device})", median_time(forward_backward, repeats)))
+    loop = next((t for name, t in rows if name.startswith("loop of single Torch")), None)
+    return [(label, name, t, (loop / t if loop else None)) for name, t in rows]
 
 
 def main(argv=None) -> int:
