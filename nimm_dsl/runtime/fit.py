@@ -433,27 +433,26 @@ def _predict(simulator, dataset: Dataset, values, weights, rtol, atol) -> list[d
     return out
 
 
-class _NumpyWalkOps:
-    """`ir.Ops` for plain floats (sigma expressions of fitted values)."""
+def array_walk_ops(xp, const: Callable):
+    """`ir.Ops` for an array module with numpy's names (numpy itself, or torch): for sigma
+    expressions evaluated outside a compiled simulator."""
+    from ..compiler.ir import Ops
 
-    @staticmethod
-    def table():
-        from ..compiler.ir import Ops
-
-        return Ops(const=float, add=lambda a, b: a + b, mul=lambda a, b: a * b, pow=lambda a, b: a ** b,
-                   funcs={"exp": np.exp, "log": np.log, "log10": np.log10, "sin": np.sin, "cos": np.cos,
-                          "tan": np.tan, "tanh": np.tanh, "abs": np.abs, "sqrt": np.sqrt,
-                          "min": np.minimum, "max": np.maximum},
-                   where=lambda c, a, b: a if c else b,
-                   compare={"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-                            "==": np.equal, "!=": np.not_equal},
-                   and_=np.logical_and, or_=np.logical_or, not_=np.logical_not)
+    return Ops(const=const, add=lambda a, b: a + b, mul=lambda a, b: a * b, pow=lambda a, b: a ** b,
+               funcs={"exp": xp.exp, "log": xp.log, "log10": xp.log10, "sin": xp.sin, "cos": xp.cos,
+                      "tan": xp.tan, "tanh": xp.tanh, "abs": xp.abs, "sqrt": xp.sqrt,
+                      "min": xp.minimum, "max": xp.maximum},
+               where=lambda c, a, b: xp.where(c > 0.5, a, b) if not isinstance(c, bool) else (a if c else b),
+               compare={"<": lambda a, b: (a < b) * 1.0, "<=": lambda a, b: (a <= b) * 1.0,
+                        ">": lambda a, b: (a > b) * 1.0, ">=": lambda a, b: (a >= b) * 1.0,
+                        "==": lambda a, b: (a == b) * 1.0, "!=": lambda a, b: (a != b) * 1.0},
+               and_=lambda a, b: a * b, or_=lambda a, b: xp.maximum(a, b), not_=lambda a: 1.0 - a)
 
 
 def _numpy_nll(ir, dataset, predictions, values) -> float:
     """The NLL in numpy (no neural penalty): hold-out loss and a cross-check of the back ends."""
     env = {p.symbol: float(values[p.name]) for p in ir.params}
-    sigmas = sigma_values(ir, env, _NumpyWalkOps.table(), dataset.observed_names)
+    sigmas = sigma_values(ir, env, array_walk_ops(np, float), dataset.observed_names)
     return float(dataset_nll(ir, dataset, predictions, sigmas, NUMPY_OPS))
 
 
@@ -527,8 +526,33 @@ def _casadi_neural_outputs(ir: ModelIR):
     return fn, [str(c.func) for c in calls]
 
 
-def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress,
-                ipopt_options: Optional[dict] = None) -> _RawFit:
+@dataclass
+class _CasadiProblem:
+    """The training loss as a CasADi graph of the scaled estimated params `xs` (param = xs * scale)
+    and all neural weights `w`, single shooting through the simulator's trajectory functions."""
+
+    sim: object
+    est: list
+    scale: np.ndarray
+    xs: object
+    w: object
+    loss: object
+
+    def hessian(self) -> Callable:
+        """(natural-unit params, weight vector) -> exact Hessian of the loss in the params."""
+        import casadi as ca
+
+        fn = ca.Function("loss_hessian", [self.xs, self.w], [ca.hessian(self.loss, self.xs)[0]])
+        return lambda x, w: np.asarray(fn(x / self.scale, w), dtype=float) / np.outer(self.scale, self.scale)
+
+    def gradient(self) -> Callable:
+        import casadi as ca
+
+        fn = ca.Function("loss_gradient", [self.xs, self.w], [ca.gradient(self.loss, self.xs)])
+        return lambda x, w: np.asarray(fn(x / self.scale, w), dtype=float).ravel() / self.scale
+
+
+def _casadi_problem(ir, train: Dataset, rtol, atol) -> _CasadiProblem:
     import casadi as ca
 
     from ..compiler.backends.casadi_backend import CASADI_OPS, compile_casadi
@@ -579,26 +603,45 @@ def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress
     for n in ir.neurals:
         if n.penalty and neural_count[n.name]:
             loss = loss + n.penalty * neural_sq[n.name] / neural_count[n.name]
-    z = ca.vertcat(xs, w)
+    return _CasadiProblem(sim, est, scale, xs, w, loss)
+
+
+def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress,
+                ipopt_options: Optional[dict] = None, train_weights: bool = True,
+                weights: Optional[Mapping] = None) -> _RawFit:
+    """IPOPT from each start point; keeps the best. train_weights=False holds the neural weights
+    at `weights` (default: their initial values) and fits the params only."""
+    import casadi as ca
+
+    prob = _casadi_problem(ir, train, rtol, atol)
+    sim, est, scale, xs, w = prob.sim, prob.est, prob.scale, prob.xs, prob.w
+    w0 = sim.weight_vector(weights)
+    n_free_w = sim.n_weights if train_weights else 0
     # The exact Hessian (second-order sensitivities through CVODES) is cheap for a few params and
     # makes IPOPT take sensible first steps; with network weights L-BFGS is the affordable choice.
-    exact = sim.n_weights == 0
+    exact = n_free_w == 0
     opts = {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": False, "show_eval_warnings": False,
             "ipopt.hessian_approximation": "exact" if exact else "limited-memory",
             "ipopt.max_iter": int(max_iter), "ipopt.tol": 1e-6, "ipopt.acceptable_iter": 5}
     opts.update(ipopt_options or {})
-    solver = ca.nlpsol("fit", "ipopt", {"x": z, "f": loss}, opts)
-    lbx = np.r_[[p.lo for p in est] / scale, np.full(sim.n_weights, -np.inf)]
-    ubx = np.r_[[p.hi for p in est] / scale, np.full(sim.n_weights, np.inf)]
-    w0 = sim.weight_vector(None)
+    if train_weights:
+        nlp = {"x": ca.vertcat(xs, w), "f": prob.loss}
+    else:
+        nlp = {"x": xs, "p": w, "f": prob.loss}
+    solver = ca.nlpsol("fit", "ipopt", nlp, opts)
+    lbx = np.r_[[p.lo for p in est] / scale, np.full(n_free_w, -np.inf)]
+    ubx = np.r_[[p.hi for p in est] / scale, np.full(n_free_w, np.inf)]
 
     best, notes, failures = None, [], []
     starts_at = start_points(est, starts, seed)
     bar = _progress(len(starts_at), f"fitting {ir.name}", progress)
     for k, start in enumerate(starts_at):
-        z0 = np.r_[np.clip(start / scale, lbx[:len(est)], ubx[:len(est)]), w0]
+        x0 = np.clip(start / scale, lbx[:len(est)], ubx[:len(est)])
         try:
-            sol = solver(x0=z0, lbx=lbx, ubx=ubx)
+            if train_weights:
+                sol = solver(x0=np.r_[x0, w0], lbx=lbx, ubx=ubx)
+            else:
+                sol = solver(x0=x0, lbx=lbx, ubx=ubx, p=w0)
         except RuntimeError as e:
             failures.append(f"start {k + 1}: {str(e).splitlines()[-1]}")
             bar.update()
@@ -622,27 +665,258 @@ def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress
         notes.append(f"the optimiser stopped before converging ({status}); the estimates may be rough")
     if failures and starts > 1:
         notes.append(f"{len(failures)} of {len(starts_at)} starting points failed")
-    x_opt, w_opt = z_opt[:len(est)], z_opt[len(est):]
+    x_opt = z_opt[:len(est)]
+    w_opt = z_opt[len(est):] if train_weights else w0
     values = {p.name: float(p.default) for p in ir.params}
     values.update({p.name: float(x_opt[j] * scale[j]) for j, p in enumerate(est)})
-    weights = {n.name: w_opt[sim.weight_slices[n.name]].copy() for n in ir.neurals}
-
-    grad_fn = ca.Function("loss_gradient", [xs, w], [ca.gradient(loss, xs)])
-
-    def grad(x_natural):
-        return np.asarray(grad_fn(x_natural / scale, w_opt), dtype=float).ravel() / scale
-
-    hessian = None
-    if exact:
-        hess_fn = ca.Function("loss_hessian", [xs, w], [ca.hessian(loss, xs)[0]])
-
-        def hessian(x_natural):
-            H = np.asarray(hess_fn(x_natural / scale, w_opt), dtype=float)
-            return H / np.outer(scale, scale)
-
-    return _RawFit(values, weights, f, grad, sim, notes, hessian)
+    weights_out = {n.name: np.array(w_opt[sim.weight_slices[n.name]]) for n in ir.neurals}
+    grad, hess = prob.gradient(), prob.hessian()
+    return _RawFit(values, weights_out, f, lambda x: grad(x, w_opt), sim, notes,
+                   lambda x: hess(x, w_opt))
 
 
 # ---------------------------------------------------------------- Torch: Adam then L-BFGS
-def _fit_torch(ir, train, valid, starts, seed, rtol, atol, max_iter, progress, **options) -> _RawFit:
-    raise FitError("the torch fit is not available yet")
+class _BoundTransform:
+    """Unconstrained variables u <-> params within their bounds, smoothly:
+    two finite bounds: a sigmoid (in log space for positive ranges wider than a decade);
+    one finite bound: a softplus away from it; none: a plain scale."""
+
+    def __init__(self, params: Sequence[ParamIR]):
+        self.params = list(params)
+        self.scale = np.array([_scale(p) for p in params])
+
+    @staticmethod
+    def _log_range(p):
+        return np.isfinite(p.lo) and np.isfinite(p.hi) and p.lo > 0 and p.hi / p.lo > 10
+
+    def to_params(self, u):
+        import torch
+
+        out = []
+        for j, p in enumerate(self.params):
+            uj = u[..., j]
+            if np.isfinite(p.lo) and np.isfinite(p.hi):
+                if self._log_range(p):
+                    lo, hi = math.log(p.lo), math.log(p.hi)
+                    out.append(torch.exp(lo + (hi - lo) * torch.sigmoid(uj)))
+                else:
+                    out.append(p.lo + (p.hi - p.lo) * torch.sigmoid(uj))
+            elif np.isfinite(p.lo):
+                out.append(p.lo + self.scale[j] * torch.nn.functional.softplus(uj))
+            elif np.isfinite(p.hi):
+                out.append(p.hi - self.scale[j] * torch.nn.functional.softplus(uj))
+            else:
+                out.append(self.scale[j] * uj)
+        return torch.stack(out, dim=-1) if out else u
+
+    def to_unconstrained(self, x: np.ndarray) -> np.ndarray:
+        u = np.empty(len(self.params))
+        for j, p in enumerate(self.params):
+            if np.isfinite(p.lo) and np.isfinite(p.hi):
+                if self._log_range(p):
+                    f = (math.log(x[j]) - math.log(p.lo)) / (math.log(p.hi) - math.log(p.lo))
+                else:
+                    f = (x[j] - p.lo) / (p.hi - p.lo)
+                f = min(max(f, 1e-6), 1 - 1e-6)
+                u[j] = math.log(f / (1 - f))
+            elif np.isfinite(p.lo) or np.isfinite(p.hi):
+                d = max(abs(x[j] - (p.lo if np.isfinite(p.lo) else p.hi)) / self.scale[j], 1e-6)
+                u[j] = d + math.log(-math.expm1(-d))  # inverse softplus, overflow-free
+            else:
+                u[j] = x[j] / self.scale[j]
+        return u
+
+
+class _TorchObjective:
+    """The training loss of a subset of series as a function of (params, weights), in torch."""
+
+    def __init__(self, ir, sim, dataset: Dataset, rtol, atol):
+        import torch
+
+        self.ir, self.sim, self.dataset = ir, sim, dataset
+        self.rtol, self.atol = rtol, atol
+        self.est_index = [i for i, p in enumerate(ir.params) if p.estimate]
+        self.fixed = torch.tensor([p.default for p in ir.params], dtype=torch.float64)
+        self.protocols = (None if dataset.static else
+                          [build_protocol_for(ir, s) for s in dataset.series])
+        self.ops = torch_loss_ops()
+        self.walk_ops = array_walk_ops(torch, lambda v: torch.tensor(float(v), dtype=torch.float64))
+
+    def param_row(self, x):
+        """(1, n_params): estimated params from x, consts fixed."""
+        import torch
+
+        row = self.fixed.clone()
+        if self.est_index:
+            row = row.index_put((torch.tensor(self.est_index),), x)
+        return row.unsqueeze(0)
+
+    def __call__(self, x, weights: Mapping, subset: Optional[Sequence[int]] = None, rtol=None):
+        from dataclasses import replace
+
+        from ..compiler.backends.torch_backend import NEURAL_KEY
+
+        rtol = self.rtol if rtol is None else rtol
+        subset = range(len(self.dataset.series)) if subset is None else subset
+        P = self.param_row(x)
+        preds, series = [], []
+        sq = {n.name: 0.0 for n in self.ir.neurals}
+        count = {n.name: 0 for n in self.ir.neurals}
+        for k in subset:
+            s = self.dataset.series[k]
+            series.append(s)
+            if self.dataset.static:
+                inputs = {u: self.ops.const(v) for u, v in s.inputs.items()}
+                out = self.sim.static_outputs(inputs, P, weights)
+            else:
+                out = self.sim.trajectory(self.protocols[k], P, weights, rtol, self.atol)
+                for n in self.ir.neurals:
+                    values = out[NEURAL_KEY.format(n.name)]
+                    sq[n.name] = sq[n.name] + (values ** 2).sum()
+                    count[n.name] += values.numel()
+            preds.append({name: out[name][0] for name in self.dataset.observed_names})
+        env = {p.symbol: P[0, i] for i, p in enumerate(self.ir.params)}
+        sigmas = sigma_values(self.ir, env, self.walk_ops, self.dataset.observed_names)
+        total = dataset_nll(self.ir, replace(self.dataset, series=series), preds, sigmas, self.ops)
+        for n in self.ir.neurals:
+            if n.penalty and count[n.name]:
+                total = total + n.penalty * sq[n.name] / count[n.name]
+        return total
+
+
+def build_protocol_for(ir, series):
+    from .protocol import build_protocol
+
+    return build_protocol(ir, series.times, inputs=series.inputs or None)
+
+
+def _fit_torch(ir, train, valid, starts, seed, rtol, atol, max_iter, progress, lr: float = 0.05,
+               weight_lr: float = 0.01, lbfgs_iter: int = 50, batch_series: int = 8,
+               validate_every: int = 10, patience: int = 5, adam_rtol: float = 1e-6,
+               warm_start: bool = True) -> _RawFit:
+    """Adam (mini-batches of series; early stopping on the hold-out) then L-BFGS (all series).
+
+    A hybrid model whose networks all start at zero (`init = zero`) starts as its mechanistic
+    part: with warm_start its params are first fitted alone by CasADi (seconds), so the slow
+    stochastic phase is spent on what the networks add."""
+    import torch
+
+    from ..compiler.backends.torch_backend import compile_torch
+
+    torch.manual_seed(seed)
+    sim = compile_torch(ir)
+    est = [p for p in ir.params if p.estimate]
+    transform = _BoundTransform(est)
+    objective = _TorchObjective(ir, sim, train, rtol, atol)
+    validation = _TorchObjective(ir, sim, valid, rtol, atol) if valid is not None and valid.series else None
+    epochs = max_iter if max_iter is not None else (100 if ir.neurals else 50)
+    adam_rtol = max(rtol, adam_rtol)  # the stochastic phase needs no tighter solves
+    rng = np.random.default_rng(seed)
+    n_series = len(train.series)
+    notes: list[str] = []
+
+    def run_start(x0):
+        u = torch.tensor(transform.to_unconstrained(x0), dtype=torch.float64, requires_grad=True)
+        W = {n.name: torch.tensor(n.initial_weights(seed), dtype=torch.float64, requires_grad=True)
+             for n in ir.neurals}
+        groups = [{"params": [u], "lr": lr}]
+        if W:
+            groups.append({"params": list(W.values()), "lr": weight_lr})
+        adam = torch.optim.Adam(groups)
+        best_val, best_state, stale = math.inf, None, 0
+        bar = _progress(epochs, f"fitting {ir.name} (adam)", progress)
+        for epoch in range(epochs):
+            order = rng.permutation(n_series)
+            for b in range(0, n_series, batch_series):
+                adam.zero_grad()
+                loss = objective(transform.to_params(u), W, order[b:b + batch_series], rtol=adam_rtol)
+                loss.backward()
+                adam.step()
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            if validation is not None and (epoch + 1) % validate_every == 0:
+                with torch.no_grad():
+                    v = float(validation(transform.to_params(u), W, rtol=adam_rtol))
+                if v < best_val - 1e-9 * abs(best_val):
+                    best_val, stale = v, 0
+                    best_state = (u.detach().clone(), {k: w.detach().clone() for k, w in W.items()})
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        break
+        bar.close()
+        if best_state is not None:
+            with torch.no_grad():
+                u.copy_(best_state[0])
+                for k, w in W.items():
+                    w.copy_(best_state[1][k])
+        # L-BFGS on every series with the full tolerance; kept only if the hold-out agrees
+        variables = [u, *W.values()]
+        saved = [v.detach().clone() for v in variables]
+        lbfgs = torch.optim.LBFGS(variables, lr=1.0, max_iter=lbfgs_iter, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
+
+        def closure():
+            lbfgs.zero_grad()
+            value = objective(transform.to_params(u), W)
+            value.backward()
+            return value
+
+        try:
+            lbfgs.step(closure)
+        except SimulationError as e:
+            notes.append(f"L-BFGS stopped early: {e}")
+            with torch.no_grad():
+                for v, old in zip(variables, saved):
+                    v.copy_(old)
+        if validation is not None:
+            with torch.no_grad():
+                v = float(validation(transform.to_params(u), W))
+                if v > best_val and best_state is not None:
+                    for var, old in zip(variables, saved):
+                        var.copy_(old)
+        with torch.no_grad():
+            final = float(objective(transform.to_params(u), W))
+        x = transform.to_params(u).detach().numpy().astype(float)
+        return final, x, {k: w.detach().numpy().astype(float).copy() for k, w in W.items()}
+
+    points = start_points(est, starts, seed)
+    if warm_start and ir.neurals and all(n.init == "zero" for n in ir.neurals):
+        pre = _fit_casadi(ir, train, starts, seed, rtol, atol, 200, False, train_weights=False)
+        points = np.array([[pre.values[p.name] for p in est]])
+        notes += [f"mechanistic warm start: {m}" for m in pre.warnings]
+    best, failures = None, []
+    for k, x0 in enumerate(points):
+        try:
+            result = run_start(x0)
+        except SimulationError as e:
+            failures.append(f"start {k + 1}: {e}")
+            continue
+        if np.isfinite(result[0]) and (best is None or result[0] < best[0]):
+            best = result
+    if best is None:
+        raise FitError(f"the fit of {ir.name} failed from every starting point: " + "; ".join(failures[:2]))
+    if failures:
+        notes.append(f"{len(failures)} starting point(s) failed")
+    loss, x, weights = best
+    values = {p.name: float(p.default) for p in ir.params}
+    values.update({p.name: float(x[j]) for j, p in enumerate(est)})
+
+    def grad(x_natural):
+        xt = torch.tensor(x_natural, dtype=torch.float64, requires_grad=True)
+        Wt = {k: torch.tensor(w) for k, w in weights.items()}
+        value = objective(xt, Wt)
+        (g,) = torch.autograd.grad(value, xt)
+        return g.numpy()
+
+    # Both back ends compute the same loss; CasADi's exact Hessian is far cheaper than
+    # differentiating the Torch solver twice, so the standard errors come from there.
+    hessian = None
+    try:
+        prob = _casadi_problem(ir, train, rtol, atol)
+        w_vec = prob.sim.weight_vector(weights)
+        exact = prob.hessian()
+        hessian = lambda x: exact(x, w_vec)  # noqa: E731
+    except (ImportError, RuntimeError) as e:
+        notes.append(f"standard errors from finite differences (CasADi unavailable: {e})")
+    return _RawFit(values, weights, loss, grad, sim, notes, hessian)
