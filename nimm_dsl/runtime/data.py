@@ -195,6 +195,12 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
         if observed and not any(np.isfinite(v).any() for v in observed.values()):
             warnings.append(f"{file}: series `{label}` has no observed value; it does not affect the fit")
         series.append(Series(label, t, observed, inputs, row_numbers[idx]))
+        early = sorted({d.name for d in ir.doses for dt in d.times if dt < t[0]})
+        if early:
+            in_series = f"series `{label}`" if label is not None else "the data"
+            warnings.append(f"{file}: {in_series} starts at {ir.time_name} = {t[0]:g}, after dose(s) "
+                            f"{', '.join(early)}: a series is simulated from its first time, so earlier "
+                            f"doses are not applied (add a row at the dosing start with empty observations)")
     return Dataset(file, series, present_obs, present_inputs, ignored, ir.time_name, False, warnings)
 
 
