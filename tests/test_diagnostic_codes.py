@@ -161,3 +161,13 @@ def test_e401_hint_never_divides_a_name_by_itself():
              "observe y [1] = x + k\n", "E401")
     assert (d.span.line, d.span.column) == (6, 21)
     assert "`k / k`" not in (d.hint or "")
+
+
+@pytest.mark.parametrize("factor", ["0", "0.0", "inf", "1e-400", "1e400"])
+def test_derived_unit_factor_must_be_positive_and_finite(factor):
+    # Found by fuzzing: `unit z = 0 [person]` crashed the bounds check (division by zero) and
+    # `unit z = inf [person]` crashed building the exact factor.
+    source = (f"model m\nunit person\nunit z = {factor} [person]\n"
+              "param K [z] = 1 in [0, 2]\nobserve o [1] = K / (1 [person])\n")
+    diagnostics = nimm_dsl.check(source)
+    assert [(d.code, d.span.line, d.span.column) for d in diagnostics if d.is_error] == [("E306", 3, 10)]

@@ -130,8 +130,13 @@ class _UnitChecker:
                 if unit is None:
                     continue
                 self.info.expr_units[number] = unit
+                factor = _literal_fraction(number) if math.isfinite(number.value) and number.value > 0 else None
+                if factor is None:  # report, then go on with 1 so that uses of the unit check
+                    self.report("E306", number.span, f"the factor of unit `{decl.name.name}` must be a positive, "
+                                f"finite number, found {number.text}", None)
+                    factor = Fraction(1)
                 try:
-                    system.add_derived(decl.name.name, _literal_fraction(number), unit)
+                    system.add_derived(decl.name.name, factor, unit)
                 except UnitError as err:
                     self.report(err.code, decl.name.span, err.message, err.hint)
         for decl in pending:
