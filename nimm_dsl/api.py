@@ -13,8 +13,9 @@ BACKENDS = ("casadi", "torch")
 
 
 def read_model_text(path) -> str:
-    """Model files are read as UTF-8; undecodable bytes become U+FFFD and then E100 diagnostics."""
-    return Path(path).read_bytes().decode("utf-8", errors="replace")
+    """Model files are read as UTF-8 (a byte-order mark is dropped); undecodable bytes become
+    U+FFFD and then E100 diagnostics."""
+    return Path(path).read_bytes().decode("utf-8-sig", errors="replace")
 
 
 def check(source: str, file: str = "<model>") -> list[Diagnostic]:

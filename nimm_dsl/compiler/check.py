@@ -5,6 +5,7 @@ earlier ones found errors (so one run reports everything), but on the statements
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..grammar import ast as A
@@ -30,10 +31,51 @@ class CheckedModel:
         return not has_errors(self.diagnostics)
 
 
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DECLARED = re.compile(r"^\s*(?:const|param|state|input|let|neural|observe|unit|time|dose)\s+([A-Za-z_][A-Za-z0-9_]*)")
+# Diagnostics about a name that an unparsed statement may well define or use.
+_FOLLOW_ON_USE = {"W701", "W702", "W704", "E301"}
+
+
+def _without_follow_on(diags: list[Diagnostic], source: str) -> list[Diagnostic]:
+    """Drop what only follows from a statement that did not parse.
+
+    A line with a syntax error is left out of the tree, so the names it declares look undefined
+    and the names it uses look unused: reporting those too would send a reader (or an LLM) after
+    faults that are not there. The E100 itself says what to fix.
+    """
+    lines = source.splitlines()
+    failed = [lines[d.span.line - 1] for d in diags
+              if d.code == "E100" and 1 <= d.span.line <= len(lines)]
+    if not failed:
+        return diags
+    used = {w for text in failed for w in _WORD.findall(text)}
+    declared = {m.group(1) for text in failed if (m := _DECLARED.match(text))}
+    header_failed = any(text.lstrip().startswith("model") for text in failed)
+
+    def subject(d: Diagnostic) -> str:
+        if d.span.line != d.span.end_line or not 1 <= d.span.line <= len(lines):
+            return ""
+        return lines[d.span.line - 1][d.span.column - 1:d.span.end_column - 1]
+
+    kept = []
+    for d in diags:
+        if d.code in _FOLLOW_ON_USE and subject(d) in used:
+            continue
+        if d.code == "E201" and subject(d) in declared:
+            continue
+        if d.code == "E305" and header_failed and "found none" in d.message:
+            continue
+        kept.append(d)
+    return kept
+
+
 def check_source(source: str, file: str = "<model>") -> CheckedModel:
     from .names import check_names
     from .unitcheck import check_units
 
+    if source.startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the model
+        source = " " + source[1:]
     program, diags = parse(source, file)
     table, d = build_symbol_table(program, file)
     diags += d
@@ -43,6 +85,6 @@ def check_source(source: str, file: str = "<model>") -> CheckedModel:
     diags += d
     # One diagnostic per (code, place): phases may meet the same fault from two sides.
     unique: dict[tuple, Diagnostic] = {}
-    for x in diags:
+    for x in _without_follow_on(diags, source):
         unique.setdefault((x.code, x.span, x.message), x)
     return CheckedModel(source, file, program, table, names, units, sorted(unique.values(), key=sort_key))
