@@ -293,3 +293,20 @@ def test_hybrid_model_beats_its_mechanistic_part_on_a_held_out_segment():
     assert np.any(hybrid.weights["resid"] != 0)
     assert hybrid.loss < plain.loss  # training data
     assert hybrid.metrics["holdout_loss"] < plain.metrics["holdout_loss"]
+
+
+# ---------------------------------------------------------------- plots
+def test_fit_and_scenario_plots_are_written(tmp_path):
+    from nimm_dsl.runtime.plots import hidden_states, plot_fit, plot_scenario
+
+    model = nimm_dsl.load(EXAMPLES / "flu_sir.nimm")
+    res = model.fit(EXAMPLES / "data" / "influenza_england_1978_school.csv", progress=False)
+    assert hidden_states(model.ir, ["in_bed"]) == ["S", "R"]  # I is observed directly
+    out = plot_fit(model.ir, res, tmp_path / "fit.png")  # the CLI's short form
+    assert Path(out).stat().st_size > 10_000
+    sim = model.compile("casadi")
+    times = np.linspace(0, 14, 30)
+    base = sim.simulate(times, params=res.params)
+    alt = sim.simulate(times, params=res.params, scenario="isolation")
+    out = plot_scenario(base, alt, tmp_path / "scenario.png", names=["I", "in_bed"])
+    assert Path(out).stat().st_size > 10_000

@@ -794,8 +794,8 @@ def build_protocol_for(ir, series):
 
 def _fit_torch(ir, train, valid, starts, seed, rtol, atol, max_iter, progress, lr: float = 0.05,
                weight_lr: float = 0.01, lbfgs_iter: int = 50, batch_series: int = 8,
-               validate_every: int = 10, patience: int = 5, adam_rtol: float = 1e-6,
-               warm_start: bool = True) -> _RawFit:
+               validate_every: int = 10, patience: int = 5, adam_rtol: float = 1e-5,
+               lbfgs_rtol: Optional[float] = None, warm_start: bool = True) -> _RawFit:
     """Adam (mini-batches of series; early stopping on the hold-out) then L-BFGS (all series).
 
     A hybrid model whose networks all start at zero (`init = zero`) starts as its mechanistic
@@ -811,8 +811,12 @@ def _fit_torch(ir, train, valid, starts, seed, rtol, atol, max_iter, progress, l
     transform = _BoundTransform(est)
     objective = _TorchObjective(ir, sim, train, rtol, atol)
     validation = _TorchObjective(ir, sim, valid, rtol, atol) if valid is not None and valid.series else None
-    epochs = max_iter if max_iter is not None else (100 if ir.neurals else 50)
-    adam_rtol = max(rtol, adam_rtol)  # the stochastic phase needs no tighter solves
+    epochs = max_iter if max_iter is not None else (30 if ir.neurals else 50)
+    # the search phases need no tighter solves than these; the final loss uses `rtol`
+    # (hybrid models: the networks' own error dwarfs a 1e-6 solve; mechanistic ones get `rtol`)
+    if lbfgs_rtol is None:
+        lbfgs_rtol = 1e-6 if ir.neurals else rtol
+    adam_rtol, lbfgs_rtol = max(rtol, adam_rtol), max(rtol, lbfgs_rtol)
     rng = np.random.default_rng(seed)
     n_series = len(train.series)
     notes: list[str] = []
@@ -860,7 +864,7 @@ def _fit_torch(ir, train, valid, starts, seed, rtol, atol, max_iter, progress, l
 
         def closure():
             lbfgs.zero_grad()
-            value = objective(transform.to_params(u), W)
+            value = objective(transform.to_params(u), W, rtol=lbfgs_rtol)
             value.backward()
             return value
 
