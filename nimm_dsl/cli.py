@@ -135,33 +135,53 @@ def cmd_simulate(args) -> int:
         restored = load_fit(args.fit)
         params, weights = restored["params"], restored.get("weights") or None
     sim = model.compile(args.backend)
-    times, inputs = None, None
+    grid = _parse_times(args.times) if args.times else None
+
+    # One run per data series (a table without `series` is one run); no data: one run.
+    runs: list[tuple[object, object, object]] = []  # (series label, times, inputs)
     if args.data:
         from .runtime.data import load_data
 
-        dataset = load_data(args.data, ir)
-        times, inputs = dataset.simulation_request()
-    if args.times:
-        times = _parse_times(args.times)
-    if times is None and not ir.is_static:
-        times = default_times(ir)
-    result = sim.simulate(times, params=params, scenario=args.scenario, inputs=inputs, weights=weights)
-    for w in result.warnings:
-        print(f"nimm: warning: {w}", file=sys.stderr)
-    frame = result.to_frame()
-    if args.output:
-        frame.to_csv(args.output, index=False)
+        dataset = load_data(args.data, ir, require_observed=False)
+        for w in dataset.warnings:
+            print(f"nimm: warning: {w}", file=sys.stderr)
+        for series in dataset.series:
+            if dataset.static:
+                runs.append((series.label, None, series.input_frame()))
+            else:
+                runs.append((series.label, grid if grid is not None else series.times,
+                             dict(series.inputs) or None))
     else:
-        frame.to_csv(sys.stdout, index=False)
+        times = grid if grid is not None else (None if ir.is_static else default_times(ir))
+        runs.append((None, times, None))
+
+    import pandas as pd
+
+    frames, results = [], []
+    for label, times, inputs in runs:
+        result = sim.simulate(times, params=params, scenario=args.scenario, inputs=inputs,
+                              weights=weights)
+        for w in result.warnings:
+            print(f"nimm: warning: {w}", file=sys.stderr)
+        frame = result.to_frame()
+        if len(runs) > 1:
+            frame.insert(0, "series", label)
+        frames.append(frame)
+        results.append((result, times, inputs))
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    table.to_csv(args.output if args.output else sys.stdout, index=False)
+
     if args.plot:
         from .runtime.plots import plot_scenario
 
-        baseline = None
+        result, times, inputs = results[0]  # the first series
+        title = ir.name if len(runs) == 1 else f"{ir.name}, series {runs[0][0]}"
         if args.scenario is not None:
             baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights)
-        plot_scenario(baseline if baseline is not None else result,
-                      result if baseline is not None else None, args.plot,
-                      title=f"{ir.name}" + (f": baseline vs {args.scenario}" if args.scenario else ""))
+            plot_scenario(baseline, result, args.plot, title=f"{title}: baseline vs {args.scenario}",
+                          scenario=args.scenario)
+        else:
+            plot_scenario(result, None, args.plot, title=title)
         print(f"nimm: plot written to {args.plot}", file=sys.stderr)
     return EXIT_OK
 

@@ -100,3 +100,39 @@ def test_model_errors_from_simulate_go_to_stderr_as_diagnostics(tmp_path):
     f.write_text(THREE_FAULTS)
     p = run(["simulate", str(f)], tmp_path)
     assert p.returncode == 1 and "error[E201]" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_fit_then_simulate_the_fitted_model_under_a_scenario(tmp_path):
+    model = ROOT / "examples" / "flu_sir.nimm"
+    data = ROOT / "examples" / "data" / "influenza_england_1978_school.csv"
+    fit_json, png = tmp_path / "fit.json", tmp_path / "fit.png"
+    p = run(["fit", str(model), str(data), "--output", str(fit_json), "--plot", str(png)], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "beta" in p.stdout and png.stat().st_size > 10_000
+    fitted = json.loads(fit_json.read_text())
+    assert {"params", "loss", "metrics"} <= set(fitted) and "in_bed" in fitted["metrics"]["rmse"]
+    out, scenario_png = tmp_path / "sim.csv", tmp_path / "scenario.png"
+    p = run(["simulate", str(model), "--fit", str(fit_json), "--data", str(data), "--scenario",
+             "isolation", "--output", str(out), "--plot", str(scenario_png)], tmp_path)
+    assert p.returncode == 0, p.stderr
+    import numpy as np
+    import pandas as pd
+
+    import nimm_dsl
+
+    table = pd.read_csv(out)
+    source = pd.read_csv(data)
+    assert table["day"].tolist() == source["day"].astype(float).tolist()
+    direct = nimm_dsl.load(model).compile("casadi").simulate(
+        source["day"].to_numpy(float), params=fitted["params"], scenario="isolation")
+    assert np.allclose(table["I"], direct["I"], rtol=1e-9)
+    assert scenario_png.stat().st_size > 10_000
+
+
+def test_static_model_simulates_over_its_input_table(tmp_path):
+    model = ROOT / "examples" / "michaelis_menten.nimm"
+    data = ROOT / "examples" / "data" / "puromycin_treated.csv"
+    p = run(["simulate", str(model), "--data", str(data)], tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 1 + len(data.read_text().strip().splitlines()) - 1
