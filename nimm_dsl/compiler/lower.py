@@ -327,18 +327,44 @@ def lower(checked: CheckedModel) -> I.ModelIR:
 
 
 def to_latex(ir: I.ModelIR) -> str:
-    """The model as LaTeX equations (aligned), for `nimm show --latex`."""
-    rows = []
+    """The baseline model as LaTeX equations (aligned), for `nimm show --latex`.
+
+    Set lines are shown as windows beside the equations rather than as the Piecewise switches
+    the back ends use, and doses as jumps."""
+    baseline = {s.flag: 0 for s in ir.sets}
+
+    def tex(e) -> str:
+        return sp.latex(e.xreplace(baseline) if isinstance(e, sp.Basic) else e)
+
+    def text(name: str) -> str:  # a name inside \text{}: underscores must be escaped
+        return name.replace("_", r"\_")
+
     t = ir.time
+    dt = rf"\mathrm{{d}}{sp.latex(t)}" if t is not None else ""
+    rows = []
     for let in ir.lets:
-        rows.append(rf"{sp.latex(let.symbol)} &= {sp.latex(let.expr)} && [\mathrm{{{let.unit}}}]")
+        rows.append(rf"{sp.latex(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]")
     for s in ir.states:
-        lhs = rf"\frac{{d{sp.latex(s.symbol)}}}{{d{sp.latex(t)}}}" if t is not None else sp.latex(s.symbol)
-        rows.append(rf"{lhs} &= {sp.latex(ir.derivatives[s.name])} && [\mathrm{{{s.unit}/{ir.time_unit}}}]")
+        rows.append(rf"\frac{{\mathrm{{d}}{sp.latex(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
+                    rf" && [\mathrm{{{s.unit}/{ir.time_unit}}}]")
     for s in ir.states:
-        rows.append(rf"{sp.latex(s.symbol)}({sp.latex(t) if t is not None else ''}_0) &= {sp.latex(s.init)}")
+        rows.append(rf"{sp.latex(s.symbol)}({sp.latex(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]")
     for o in ir.observes:
-        noise = {"normal": r"\sim \mathcal{N}", "lognormal": r"\sim \log\mathcal{N}",
-                 "poisson": r"\sim \mathrm{Poisson}", "lsq": ""}[o.noise]
-        rows.append(rf"{sp.latex(o.symbol)} &= {sp.latex(o.expr)} && {noise}")
+        noise = {"normal": r"\mathcal{N}", "lognormal": r"\log\mathcal{N}",
+                 "poisson": r"\mathrm{Poisson}", "lsq": None}[o.noise]
+        rhs = tex(o.expr)
+        if noise:
+            rhs += rf" && \text{{data}} \sim {noise}" + (rf"(\sigma = {tex(o.sigma)})" if o.sigma is not None else "")
+        rows.append(rf"{sp.latex(o.symbol)} &= {rhs}")
+    for s in ir.sets:
+        window = " ".join(filter(None, [rf"{s.start:g} \le" if s.start is not None else "",
+                                        sp.latex(t) if t is not None else "",
+                                        rf"< {s.end:g}" if s.end is not None else ""]))
+        where = rf"\text{{scenario {text(s.scenario)}}}" if s.scenario else r"\text{baseline}"
+        rows.append(rf"{sp.latex(sp.Symbol(s.target))} &\leftarrow {sp.latex(s.expr)} && {where},\ {window}")
+    for d in ir.doses:
+        op = "+" if d.op == "+" else r"\times"
+        times = ", ".join(f"{x:g}" for x in d.times)
+        rows.append(rf"{sp.latex(sp.Symbol(d.state))} &\mathrel{{{op}}}= {sp.latex(d.amount)} && "
+                    rf"\text{{dose {text(d.name)} at }} {sp.latex(t)} \in \{{{times}\}}")
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}\n"
