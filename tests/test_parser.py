@@ -490,3 +490,57 @@ def test_any_text_gives_a_program_and_e100_only(text):
     assert isinstance(program, A.Program)
     for d in diagnostics:
         assert d.code == "E100" and d.span.line >= 1 and d.span.column >= 1
+
+
+# ---------------------------------------------------------------- the fast LALR driver
+def _structure(value):
+    """A comparable picture of a tree (nodes compare by identity)."""
+    if isinstance(value, list):
+        return [_structure(v) for v in value]
+    if hasattr(value, "__dataclass_fields__") and not isinstance(value, A.Span):
+        return (type(value).__name__, {k: _structure(v) for k, v in vars(value).items()})
+    return value
+
+
+def _both_drivers(text: str):
+    from nimm_dsl.grammar import parser as P
+
+    P.get_parser()
+    assert P._fast is not None, "the fast driver must be active with the installed Lark"
+    P._builder.line_offset, P._builder.statement_span = 0, A.Span(1, 1, 1, 1)
+    fast = P._fast.parse(text)
+    try:
+        slow = P.get_parser().parse(text)
+    except Exception:
+        slow = None
+    return fast, slow
+
+
+def test_fast_driver_builds_the_trees_lark_builds():
+    from pathlib import Path
+
+    from nimm_dsl.grammar.parser import split_statements
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    sources = [FLU] + [p.read_text() for p in sorted(examples.glob("*.nimm"))]
+    sources.append('input u [1] = 2 interp linear\nlet y = ifelse(-x^-2 + +1 < b or not c and d, 1, 2)\n'
+                   'neural f(a, b) [1/h] = mlp(hidden = [8, 8], act = tanh)\n'
+                   'unit kcell = 1e3 [cell]\nlet z [m^(1/2)*s^-1] = 2.5e-3 [m^(1/2)] / (1 [s])\n'
+                   'scenario s "doc"\ndose d: A += 5 [mg] at 0 every 24 times 3\nset k = 2 from 1 to 3\n'
+                   'remove A\nend\nlet w = f(\n  x,\n  y)  # comment\n')
+    compared = 0
+    for source in sources:
+        for stmt in split_statements(source):
+            text = source[stmt.line_offset:stmt.end]
+            fast, slow = _both_drivers(text)
+            assert fast is not None and slow is not None, text
+            assert _structure(fast) == _structure(slow), text
+            compared += 1
+    assert compared > 100
+
+
+@pytest.mark.parametrize("text", ["param k [1/h] = ", "flow A -> B = k * * A", "let x = 1 @ 2",
+                                  "der(A = 1", "state S [1] = 0 in [0 1]", "let x = 1 2", "param"])
+def test_fast_driver_leaves_errors_to_lark(text):
+    fast, slow = _both_drivers(text)
+    assert fast is None and slow is None
