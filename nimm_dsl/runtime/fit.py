@@ -89,7 +89,13 @@ def observation_nll(noise: str, y: np.ndarray, pred, sigma, ops: LossOps = NUMPY
     if noise == "poisson":
         from scipy.special import gammaln
 
-        return ops.sum(pred - ops.log(pred) * ops.const(y)) + float(np.sum(gammaln(y + 1.0)))
+        # Zero counts contribute just the rate: y*log(f) is 0 there even where f is 0 (an
+        # epidemic's first day), and writing it out would give 0*log(0) = NaN.
+        positive = np.flatnonzero(y > 0)
+        loss = ops.sum(pred)
+        if positive.size:
+            loss = loss - ops.sum(ops.log(ops.take(pred, positive)) * ops.const(y[positive]))
+        return loss + float(np.sum(gammaln(y + 1.0)))
     raise ValueError(f"unknown noise model {noise!r} (expected one of {', '.join(NOISE_KINDS)})")
 
 
