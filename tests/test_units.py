@@ -112,3 +112,18 @@ def test_products_are_associative_and_invertible(a, b, c):
     assert quotient.is_dimensionless and quotient.scale == 1
     assert (a * b) / b == a
     assert (a ** 2).sqrt() == a if a.scale > 0 else True
+
+
+def test_unit_arithmetic_is_remembered_by_operand_identity_without_mixing_labels():
+    from nimm_dsl.compiler import units as U
+
+    system = U.UnitSystem()
+    mg, L, g, m, h = (system.lookup(n) for n in ("mg", "L", "g", "m", "h"))
+    conc = mg / L
+    assert conc is mg / L  # the second quotient is the remembered one
+    other = g / m ** 3
+    assert conc == other and conc is not other
+    assert (conc / h).label == "mg/(L*h)" and (other / h).label == "g/(h*m^3)"
+    for i in range(U._MAX_ARITHMETIC + 10):  # the table is emptied, results stay right
+        assert (U.Unit.make({f"d{i}": 1}, 2, {f"d{i}": 1}) * h).scale == 2 * h.scale
+    assert (mg / L).label == "mg/L" and (mg / L) == conc

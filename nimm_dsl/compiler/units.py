@@ -38,10 +38,31 @@ def _clean(mapping: Mapping[str, Fraction]) -> tuple[tuple[str, Fraction], ...]:
 
 
 def _combine(a: Iterable[tuple[str, Fraction]], b: Iterable[tuple[str, Fraction]], sign: int):
+    """a * b (sign 1) or a / b (sign -1) of two sorted exponent tuples, as a sorted tuple.
+    Both hold Fractions already, so nothing is converted again."""
     out: dict[str, Fraction] = dict(a)
     for k, v in b:
-        out[k] = out.get(k, Fraction(0)) + sign * v
-    return out
+        if sign < 0:
+            v = -v
+        out[k] = out[k] + v if k in out else v
+    return tuple(sorted(item for item in out.items() if item[1]))
+
+
+# Results of Unit arithmetic by the identity of the operands. A check multiplies and divides the
+# same few unit objects over and over (`k * A1`, `A1 / V`, each rate per time unit), and exact
+# Fraction arithmetic costs ~10 us a product. Each entry keeps its operands alive, so an id is
+# never reused while its entry exists; the table is emptied when it grows large.
+_ARITHMETIC: dict[tuple, tuple] = {}
+_MAX_ARITHMETIC = 4096
+
+
+def _remembered(key: tuple, operands: tuple, compute) -> "Unit":
+    entry = _ARITHMETIC.get(key)
+    if entry is None:
+        if len(_ARITHMETIC) >= _MAX_ARITHMETIC:
+            _ARITHMETIC.clear()
+        entry = _ARITHMETIC[key] = (operands, compute(*operands))
+    return entry[1]
 
 
 def _integer_root(n: int, k: int) -> Optional[int]:
@@ -123,17 +144,14 @@ class Unit:
         return self.scale / other.scale
 
     def __mul__(self, other: "Unit") -> "Unit":
-        return Unit(_clean(_combine(self.dims, other.dims, 1)), self.scale * other.scale,
-                    _clean(_combine(self.names, other.names, 1)))
+        return _remembered(("*", id(self), id(other)), (self, other), _product)
 
     def __truediv__(self, other: "Unit") -> "Unit":
-        return Unit(_clean(_combine(self.dims, other.dims, -1)), self.scale / other.scale,
-                    _clean(_combine(self.names, other.names, -1)))
+        return _remembered(("/", id(self), id(other)), (self, other), _quotient)
 
     def __pow__(self, e: Exponent) -> "Unit":
         e = Fraction(e)
-        return Unit(_clean({k: v * e for k, v in self.dims}), fraction_power(self.scale, e),
-                    _clean({k: v * e for k, v in self.names}))
+        return _remembered(("^", id(self), e), (self, e), _power)
 
     def sqrt(self) -> "Unit":
         return self ** Fraction(1, 2)
@@ -149,6 +167,19 @@ class Unit:
 
     def __repr__(self) -> str:
         return f"Unit({self}, dims={dict(self.dims)}, scale={self.scale})"
+
+
+def _product(a: Unit, b: Unit) -> Unit:
+    return Unit(_combine(a.dims, b.dims, 1), a.scale * b.scale, _combine(a.names, b.names, 1))
+
+
+def _quotient(a: Unit, b: Unit) -> Unit:
+    return Unit(_combine(a.dims, b.dims, -1), a.scale / b.scale, _combine(a.names, b.names, -1))
+
+
+def _power(a: Unit, e: Fraction) -> Unit:
+    return Unit(_clean({k: v * e for k, v in a.dims}), fraction_power(a.scale, e),
+                _clean({k: v * e for k, v in a.names}))
 
 
 ONE = Unit((), Fraction(1), ())
