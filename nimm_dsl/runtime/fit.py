@@ -558,13 +558,13 @@ class _CasadiProblem:
         return lambda x, w: np.asarray(fn(x / self.scale, w), dtype=float).ravel() / self.scale
 
 
-def _casadi_problem(ir, train: Dataset, rtol, atol) -> _CasadiProblem:
+def _casadi_problem(ir, train: Dataset, rtol, atol, sim=None) -> _CasadiProblem:
     import casadi as ca
 
     from ..compiler.backends.casadi_backend import CASADI_OPS, compile_casadi
     from .protocol import segment_tail
 
-    sim = compile_casadi(ir, rtol=rtol, atol=atol)
+    sim = sim or compile_casadi(ir, rtol=rtol, atol=atol)
     est = [p for p in ir.params if p.estimate]
     scale = np.array([_scale(p) for p in est])
     xs = ca.MX.sym("x", len(est))
@@ -612,6 +612,294 @@ def _casadi_problem(ir, train: Dataset, rtol, atol) -> _CasadiProblem:
     return _CasadiProblem(sim, est, scale, xs, w, loss)
 
 
+# ---------------------------------------------------------------- CasADi: least squares with sensitivities
+def _total_derivative(expr, x, S, S2, theta):
+    """d expr / d theta along the trajectory: expr may use the states x, their sensitivities S
+    (nx x n) and theta; S2 (nx*n x n, None for first order) holds dS/dtheta."""
+    import casadi as ca
+
+    d = ca.jacobian(expr, x) @ S + ca.jacobian(expr, theta)
+    if S2 is not None:
+        d = d + ca.jacobian(expr, ca.vec(S)) @ S2
+    return d
+
+
+class _Sensitivities:
+    """Observes and their first (and second) derivatives in the dynamic params, from one plain
+    CVODES solve of the ODE augmented with its sensitivity equations. For a few params this is
+    several times cheaper than CasADi's integrator derivatives (no sensitivity machinery, no
+    adjoints), which is what makes the least-squares fit fast."""
+
+    def __init__(self, sim, columns: Sequence[int], order: int, rtol, atol):
+        import casadi as ca
+
+        t, x, P, W, ode = sim._ode
+        nx, n = x.shape[0], len(columns)
+        theta = ca.vertcat(*[P[c] for c in columns])
+        S = ca.SX.sym("S", nx, n)
+        S2 = ca.SX.sym("S2", nx * n, n) if order == 2 else None
+        dS = _total_derivative(ode, x, S, None, theta)
+        states, rates = [x, ca.vec(S)], [ode, ca.vec(dS)]
+        if S2 is not None:
+            states.append(ca.vec(S2))
+            rates.append(ca.vec(_total_derivative(ca.vec(dS), x, S, S2, theta)))
+        self.sim, self.order, self.nx, self.n, self.rtol, self.atol = sim, order, nx, n, rtol, atol
+        self.dae = {"x": ca.vertcat(*states), "p": ca.vertcat(P, W), "t": t, "ode": ca.vertcat(*rates)}
+        x0 = sim._init(t, P)  # SX in, SX out
+        S0 = ca.jacobian(x0, theta)
+        init = [x0, ca.vec(S0)] + ([ca.vec(ca.jacobian(ca.vec(S0), theta))] if S2 is not None else [])
+        self.init = ca.Function("init_sens", [t, P], [ca.vertcat(*init)])
+        a = ca.vertcat(*states)
+        y = sim._outputs(t, x, P, W)[len(sim.ir.lets):]
+        dy = _total_derivative(y, x, S, None, theta)
+        outs = [y, ca.vec(dy)]
+        if S2 is not None:
+            outs.append(ca.vec(_total_derivative(ca.vec(dy), x, S, S2, theta)))
+        self.outputs = ca.Function("outputs_sens", [t, a, P, W], [ca.vertcat(*outs)])
+        self.n_obs = y.shape[0]
+        self._integrators = {}
+
+    def __call__(self, protocol, p: np.ndarray):
+        """(y [n_obs x n_t], dy [n_t x n_obs x n], d2y [n_t x n_obs x n x n] or None) at the
+        output times of a one-segment protocol without doses; p: values of ir.params."""
+        import casadi as ca
+
+        from .protocol import segment_tail
+
+        seg = protocol.segments[0]
+        times = protocol.output_times
+        P = np.r_[p, segment_tail(seg)]
+        a0 = np.asarray(self.init(seg.t0, P), dtype=float).ravel()
+        later = times > seg.t0
+        grid = np.unique(np.r_[times[later], seg.t1])
+        A = np.repeat(a0[:, None], len(times), axis=1)
+        if grid.size and seg.t1 > seg.t0:
+            key = grid.tobytes() + np.float64(seg.t0).tobytes()
+            F = self._integrators.get(key)
+            if F is None:
+                F = self._integrators[key] = ca.integrator(
+                    "F_sens", self.sim.method, self.dae, float(seg.t0), grid.tolist(),
+                    self.sim._integrator_opts(self.rtol, self.atol))
+            X = np.asarray(F(x0=a0, p=P)["xf"], dtype=float)
+            A[:, later] = X[:, np.searchsorted(grid, times[later])]
+        if not np.all(np.isfinite(A)):
+            raise RuntimeError("the simulation produced non-finite values")
+        out = np.asarray(self.outputs.map(len(times))(ca.DM(times).T, A, P, np.zeros(0)), dtype=float)
+        m, n = self.n_obs, self.n
+        y = out[:m]
+        dy = out[m:m + m * n].T.reshape(len(times), n, m).transpose(0, 2, 1)
+        d2y = (out[m + m * n:].T.reshape(len(times), n, n, m).transpose(0, 3, 2, 1)
+               if self.order == 2 else None)
+        return y, dy, d2y
+
+
+def _least_squares_plan(ir: ModelIR, train: Dataset, sim):
+    """When the loss is a sum of squares with nothing but sigmas besides: every observed observe
+    least squares, normal or lognormal, each sigma either fixed (no estimated param) or one
+    estimated param used nowhere else (then profiled out analytically), no networks, and every
+    series one segment without doses. Returns (protocols, {observe: sigma param or float or
+    None}) or None."""
+    if ir.neurals or train.static or not train.series:
+        return None
+    est = {p.symbol: p for p in ir.params if p.estimate}
+    used = set()
+    for expr in (list(ir.derivatives.values()) + [l.expr for l in ir.lets] + [o.expr for o in ir.observes]
+                 + [s.init for s in ir.states]):
+        used |= expr.free_symbols
+    sigma = {}
+    for o in ir.observes:
+        if o.name not in train.observed_names:
+            continue
+        if o.noise == "lsq":
+            sigma[o.name] = None
+        elif o.noise in ("normal", "lognormal") and o.sigma is not None:
+            free = o.sigma.free_symbols & set(est)
+            if not free:
+                env = {p.symbol: float(p.default) for p in ir.params}
+                sigma[o.name] = float(sigma_values(ir, env, array_walk_ops(np, float), [o.name])[o.name])
+            elif o.sigma in est and o.sigma not in used:
+                sigma[o.name] = est[o.sigma].name
+            else:
+                return None
+        else:
+            return None
+    protocols = [sim.protocol(s.times, inputs=s.inputs or None) for s in train.series]
+    if any(len(pr.segments) != 1 or pr.segments[0].doses for pr in protocols):
+        return None
+    return protocols, sigma
+
+
+class _LeastSquaresProblem:
+    """NLL = sum over sigma groups g of S_g / (2 s_g^2) + n_g log s_g + const, S_g the sum of
+    squared residuals (log residuals for lognormal); least squares: s_g = 1 without the log.
+    With the sigmas fixed the dynamic params are a weighted least-squares problem (scipy's
+    trust-region reflective with exact Jacobians); a sigma param then has its closed form."""
+
+    def __init__(self, ir, train: Dataset, sim, protocols, sigma, rtol, atol):
+        self.ir, self.train, self.sim, self.protocols, self.sigma = ir, train, sim, protocols, sigma
+        self.est = [p for p in ir.params if p.estimate]
+        sigma_params = {v for v in sigma.values() if isinstance(v, str)}
+        self.dyn = [j for j, p in enumerate(self.est) if p.name not in sigma_params]
+        self.sigma_est = [j for j, p in enumerate(self.est) if p.name in sigma_params]
+        index = {p.name: i for i, p in enumerate(ir.params)}
+        columns = [index[self.est[j].name] for j in self.dyn]
+        self.rtol, self.atol, self.columns = rtol, atol, columns
+        self.first = _Sensitivities(sim, columns, 1, rtol, atol)
+        self.obs_row = {o.name: i for i, o in enumerate(ir.observes)}
+        self.noise = {o.name: o.noise for o in ir.observes}
+        self.groups = list(dict.fromkeys(self._group(n) for n in sigma))
+
+    def _group(self, name):
+        s = self.sigma[name]
+        return ("lsq",) if s is None else (("param", s) if isinstance(s, str) else ("fixed", s))
+
+    def residuals(self, values: Mapping, order: int = 1, sens: Optional[_Sensitivities] = None):
+        """{group: (r, dr, d2r or None)} of the unweighted residuals, and predictions per series."""
+        p = self.sim.param_vector(values)
+        blocks = {g: ([], [], []) for g in self.groups}
+        predictions = []
+        for s, proto in zip(self.train.series, self.protocols):
+            y, dy, d2y = (sens or self.first)(proto, p)
+            predictions.append({n: y[self.obs_row[n]] for n in self.train.observed_names})
+            for name in self.sigma:
+                data = s.observed[name]
+                idx = np.flatnonzero(np.isfinite(data))
+                f, df = y[self.obs_row[name], idx], dy[idx, self.obs_row[name], :]
+                d2f = d2y[idx, self.obs_row[name]] if d2y is not None else None
+                if self.noise[name] == "lognormal":
+                    r = np.log(f) - np.log(data[idx])
+                    if d2f is not None:
+                        d2f = d2f / f[:, None, None] - np.einsum("ij,ik->ijk", df, df) / (f ** 2)[:, None, None]
+                    df = df / f[:, None]
+                else:
+                    r = f - data[idx]
+                b = blocks[self._group(name)]
+                b[0].append(r), b[1].append(df), b[2].append(d2f)
+        out = {g: (np.concatenate(r), np.concatenate(dr), np.concatenate(d2r) if order == 2 else None)
+               for g, (r, dr, d2r) in blocks.items()}
+        return out, predictions
+
+    def sigma_of(self, g, values):
+        return 1.0 if g[0] == "lsq" else (values[g[1]] if g[0] == "param" else g[1])
+
+    def nll(self, values, predictions) -> float:
+        return _numpy_nll(self.ir, self.train, predictions, values)
+
+    def hessian_and_gradient(self, values):
+        """Exact NLL gradient and Hessian in the estimated params (natural units), from
+        second-order sensitivities: sum_g (J'J + sum r d2r) / s^2 plus the sigma terms."""
+        n_est = len(self.est)
+        second = _Sensitivities(self.sim, self.columns, 2, self.rtol, self.atol)
+        blocks, _ = self.residuals(values, order=2, sens=second)
+        H, g_out = np.zeros((n_est, n_est)), np.zeros(n_est)
+        dyn = np.array(self.dyn, dtype=int)
+        for g, (r, J, d2r) in blocks.items():
+            s = self.sigma_of(g, values)
+            Hd = (J.T @ J + np.einsum("i,ijk->jk", r, d2r)) / s ** 2
+            H[np.ix_(dyn, dyn)] += Hd
+            g_out[dyn] += J.T @ r / s ** 2
+            if g[0] == "param":
+                k = [p.name for p in self.est].index(g[1])
+                n, S = r.size, float(r @ r)
+                H[dyn, k] += -2 * (J.T @ r) / s ** 3
+                H[k, dyn] = H[dyn, k]
+                H[k, k] += 3 * S / s ** 4 - n / s ** 2
+                g_out[k] += -S / s ** 3 + n / s
+        return g_out, H
+
+    def solve(self, start: np.ndarray, max_nfev: int):
+        """Weighted least squares in the dynamic params, then the closed-form sigmas; repeated
+        while sigmas and params still move each other (never, with one sigma group)."""
+        from scipy.optimize import least_squares
+
+        values = {p.name: float(p.default) for p in self.ir.params}
+        values.update({p.name: float(v) for p, v in zip(self.est, start)})
+        dyn_params = [self.est[j] for j in self.dyn]
+        scale = np.array([_scale(p) for p in dyn_params])
+        lo = np.array([p.lo for p in dyn_params]) / scale
+        hi = np.array([p.hi for p in dyn_params]) / scale
+        cache = {}
+
+        def evaluate(z):
+            key = z.tobytes()
+            if key not in cache:
+                cache.clear()
+                trial = dict(values, **{p.name: float(v) for p, v in zip(dyn_params, z * scale)})
+                try:
+                    blocks, _ = self.residuals(trial)
+                except RuntimeError:
+                    blocks = None
+                cache[key] = blocks
+            return cache[key]
+
+        def weights():
+            return {g: 1.0 / self.sigma_of(g, values) for g in self.groups}
+
+        def fun(z):
+            blocks = evaluate(z)
+            if blocks is None:
+                return np.full(self.train.n_observations, np.nan)
+            w = weights()
+            return np.concatenate([blocks[g][0] * w[g] for g in self.groups])
+
+        def jac(z):
+            blocks = evaluate(z)
+            w = weights()
+            return np.concatenate([blocks[g][1] * w[g] for g in self.groups]) * scale
+
+        z = np.clip(np.array([values[p.name] for p in dyn_params]) / scale, lo, hi)
+        previous, status = np.inf, 0
+        for _ in range(50):
+            res = least_squares(fun, z, jac=jac, bounds=(lo, hi), x_scale="jac", method="trf",
+                                max_nfev=max_nfev)
+            z, status = res.x, res.status
+            values.update({p.name: float(v) for p, v in zip(dyn_params, z * scale)})
+            blocks, predictions = self.residuals(values)
+            for j in self.sigma_est:  # the sigma minimising S/(2 s^2) + n log s, within bounds
+                p = self.est[j]
+                r = blocks[("param", p.name)][0]
+                values[p.name] = float(np.clip(np.sqrt(r @ r / r.size), p.lo, p.hi))
+            loss = self.nll(values, predictions)
+            if len(self.groups) == 1 or previous - loss <= 1e-10 * max(1.0, abs(loss)):
+                break
+            previous = loss
+        return values, loss, status
+
+
+def _fit_least_squares(ir, train, sim, plan, starts, seed, rtol, atol, max_iter, progress) -> _RawFit:
+    """The sum-of-squares fit (see `_least_squares_plan`) from each start; keeps the best."""
+    problem = _LeastSquaresProblem(ir, train, sim, *plan, rtol, atol)
+    est = problem.est
+    best, failures = None, []
+    starts_at = start_points(est, starts, seed)
+    bar = _progress(len(starts_at), f"fitting {ir.name}", progress)
+    for k, start in enumerate(starts_at):
+        try:
+            values, loss, status = problem.solve(start, max_iter)
+        except (RuntimeError, ValueError) as e:
+            failures.append(f"start {k + 1}: {str(e).splitlines()[-1]}")
+        else:
+            if np.isfinite(loss) and (best is None or loss < best[1]):
+                best = (values, loss, status)
+        bar.update()
+    bar.close()
+    if best is None:
+        raise FitError(f"the fit of {ir.name} failed from every starting point: " + "; ".join(failures[:3])
+                       + ". Check the data units, the params' defaults and bounds")
+    values, loss, status = best
+    notes = [] if status > 0 else ["the optimiser stopped before converging (evaluation limit); "
+                                   "the estimates may be rough"]
+    if failures and starts > 1:
+        notes.append(f"{len(failures)} of {len(starts_at)} starting points failed")
+
+    def at(x):
+        return dict(values, **{p.name: float(v) for p, v in zip(est, x)})
+
+    # exact first and second derivatives, once, at the optimum (standard errors)
+    return _RawFit(values, {}, loss, lambda x: problem.hessian_and_gradient(at(x))[0], sim, notes,
+                   lambda x: problem.hessian_and_gradient(at(x))[1])
+
+
 def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress,
                 ipopt_options: Optional[dict] = None, train_weights: bool = True,
                 weights: Optional[Mapping] = None) -> _RawFit:
@@ -619,7 +907,13 @@ def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress
     at `weights` (default: their initial values) and fits the params only."""
     import casadi as ca
 
-    prob = _casadi_problem(ir, train, rtol, atol)
+    from ..compiler.backends.casadi_backend import compile_casadi
+
+    sim = compile_casadi(ir, rtol=rtol, atol=atol)
+    plan = _least_squares_plan(ir, train, sim) if ipopt_options is None else None
+    if plan is not None:
+        return _fit_least_squares(ir, train, sim, plan, starts, seed, rtol, atol, max_iter, progress)
+    prob = _casadi_problem(ir, train, rtol, atol, sim)
     sim, est, scale, xs, w = prob.sim, prob.est, prob.scale, prob.xs, prob.w
     w0 = sim.weight_vector(weights)
     n_free_w = sim.n_weights if train_weights else 0
