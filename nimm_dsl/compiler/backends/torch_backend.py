@@ -169,6 +169,8 @@ class TorchSimulator(torch.nn.Module):
 
     # ------------------------------------------------------------ inputs to tensors
     def _tensor(self, x) -> torch.Tensor:
+        if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. a pandas column view
+            x = x.copy()
         return torch.as_tensor(x, dtype=self.dtype, device=self.device)
 
     def _weights(self, weights: Optional[Mapping], batch: int) -> dict[str, torch.Tensor]:
@@ -411,9 +413,14 @@ class TorchSimulator(torch.nn.Module):
         with torch.no_grad():
             if self.ir.is_static:
                 check_scenario(self.ir, scenario)
-                res = self.static_outputs(self._static_inputs(inputs), self._tensor(P), weights)
+                rows = self._static_inputs(inputs)
+                res = self.static_outputs(rows, self._tensor(P), weights)
                 values = {k: v.cpu().numpy() for k, v in res.items()}
-                return SimulationResult(None, _unbatch(values, batched), units, warnings=[])
+                # like the CasADi back end: the input columns first, then lets and observes
+                table = {u.name: rows[u.name].cpu().numpy() for u in self.ir.inputs}
+                units.update({u.name: u.unit for u in self.ir.inputs})
+                return SimulationResult(None, {**table, **_unbatch(values, batched)}, units, "row",
+                                        warnings=[])
             if times is None:
                 raise ValueError("simulate needs output times for a dynamic model")
             protocol = build_protocol(self.ir, times, scenario, inputs, t_start)
