@@ -192,7 +192,7 @@ def cmd_fit(args) -> int:
     model = _load(args.model)
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
                        seed=args.seed, progress=sys.stderr.isatty())
-    print(format_report(result))
+    print(format_report(result), flush=True)  # before the notes on stderr
     for w in result.warnings:
         print(f"nimm: warning: {w}", file=sys.stderr)
     if args.output:
