@@ -10,31 +10,7 @@ from nimm_dsl.compiler.names import NameInfo, check_names
 from nimm_dsl.compiler.symbols import build_symbol_table
 from nimm_dsl.grammar.parser import parse
 
-FLU = textwrap.dedent("""\
-    # SIR outbreak in a boarding school, with reporting of the infectious only
-    model flu_sir "SIR model for the 1978 boarding-school influenza outbreak"
-
-    time t [day]
-    unit person                               # a new base unit, for counting
-
-    const N     [person] = 763
-    param beta  [1/day]  = 1.5  in [0.1, 5]     "transmission rate"
-    param gamma [1/day]  = 0.5  in [0.05, 2]    "recovery rate"
-    param I0    [person] = 1    in [0.1, 20]
-
-    state S [person] = N - I0     in [0, inf]
-    state I [person] = I0         in [0, inf]
-    state R [person] = 0          in [0, inf]
-
-    flow S -> I = beta * S * I / N
-    flow I -> R = gamma * I
-
-    observe in_bed [person] = I ~ normal(sigma = 10 [person])
-
-    scenario isolation "half the contacts from day 3"
-      set beta = 0.5 * beta from 3
-    end
-    """)
+from language_example import FLU  # noqa: E402  (LANGUAGE.md §1, verbatim)
 
 # Line 1 is the header, line 2 the time; a snippet's own lines start at line 3.
 HEADER = "model m\ntime t [day]\n"
