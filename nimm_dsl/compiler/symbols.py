@@ -76,6 +76,18 @@ def build_symbol_table(program: A.Program, file: str = "<model>") -> tuple[Symbo
             return
         table.symbols[ident.name] = Symbol(ident.name, kind, decl, ident)
 
+    def declare_apart(namespace: dict, what: str, stmt) -> None:
+        """Units and scenarios have namespaces of their own."""
+        if reserved(stmt.name):
+            return
+        prior = namespace.get(stmt.name.name)
+        if prior is not None:
+            diags.append(Diagnostic("E202", stmt.name.span,
+                                    f"{what} `{stmt.name.name}` is already declared on line {prior.name.span.line}",
+                                    None, file))
+        else:
+            namespace[stmt.name.name] = stmt
+
     for stmt in program.statements:
         if isinstance(stmt, A.ModelDecl):
             if table.model is None:
@@ -91,25 +103,9 @@ def build_symbol_table(program: A.Program, file: str = "<model>") -> tuple[Symbo
             if stmt.name.name not in RESERVED:
                 table.doses.setdefault(stmt.name.name, stmt)
         elif isinstance(stmt, A.UnitDecl):
-            if reserved(stmt.name):
-                continue
-            if stmt.name.name in table.units:
-                prior = table.units[stmt.name.name]
-                diags.append(Diagnostic("E202", stmt.name.span,
-                                        f"unit `{stmt.name.name}` is already declared on line {prior.name.span.line}",
-                                        None, file))
-            else:
-                table.units[stmt.name.name] = stmt
+            declare_apart(table.units, "unit", stmt)
         elif isinstance(stmt, A.ScenarioBlock):
-            if reserved(stmt.name):
-                continue
-            if stmt.name.name in table.scenarios:
-                prior = table.scenarios[stmt.name.name]
-                diags.append(Diagnostic("E202", stmt.name.span,
-                                        f"scenario `{stmt.name.name}` is already declared on line {prior.name.span.line}",
-                                        None, file))
-            else:
-                table.scenarios[stmt.name.name] = stmt
+            declare_apart(table.scenarios, "scenario", stmt)
             seen: dict[str, A.DoseStmt] = {}
             for inner in stmt.body:
                 if isinstance(inner, A.DoseStmt):
