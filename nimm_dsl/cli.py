@@ -111,14 +111,14 @@ def _parse_times(spec: str):
 
 
 def default_times(ir, n: int = 201):
-    """A sensible grid when neither --times nor data give one: to the last event, or 100 time units."""
+    """A grid when neither --times nor data give one: 100 time units, longer when events come later."""
     import numpy as np
 
     events = [t for d in ir.doses for t in d.times]
     events += [t for s in ir.sets for t in (s.start, s.end) if t is not None]
     for sc in ir.scenarios.values():
         events += [t for d in sc.doses for t in d.times]
-    end = max([t * 1.5 for t in events if t > 0] or [100.0])
+    end = max([100.0] + [t * 1.5 for t in events])
     return np.linspace(0.0, end, n)
 
 
