@@ -12,7 +12,12 @@ of every series under its observe's noise model, plus the neural penalties:
 It is written once (`observation_nll`, `dataset_nll`) against a tiny `LossOps` table, so numpy
 (reference values and tests), CasADi and Torch compute the same numbers.
 
-Back ends: "casadi" (default) is single shooting with IPOPT, gradients exact through CVODES;
+Back ends: "casadi" (default) is single shooting with IPOPT, gradients exact through CVODES.
+Where the loss is a sum of squares in the dynamic params (normal/lognormal/least-squares observes,
+sigmas that are params used nowhere else, no networks, one segment per series) it instead solves
+the ODE with its forward sensitivities in one CVODES call and runs scipy's trust-region least
+squares on that exact Jacobian, each sigma at its closed-form optimum: several times faster than
+IPOPT with exact Hessians (benchmarks/README.md); pass `ipopt_options={...}` to force IPOPT.
 "torch" (hybrid models) runs Adam then L-BFGS on transformed params and the network weights.
 """
 from __future__ import annotations
