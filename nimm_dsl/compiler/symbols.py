@@ -90,6 +90,7 @@ def build_symbol_table(program: A.Program, file: str = "<model>") -> tuple[Symbo
 
     for stmt in program.statements:
         if isinstance(stmt, A.ModelDecl):
+            reserved(stmt.name)  # the model's name is a declaration too (§2)
             if table.model is None:
                 table.model = stmt
         elif isinstance(stmt, A.TimeDecl):

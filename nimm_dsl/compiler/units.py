@@ -352,10 +352,15 @@ def _library_unit(name: str) -> Optional[Unit]:
     try:
         registry = pint_registry()
         canonical = _pint_canonical(name)
+        multiplicative = registry.Quantity(1, canonical)._is_multiplicative
         factor, _ = registry.get_base_units(canonical)
         dims = registry.get_dimensionality(canonical)
     except Exception:
         return None
+    if not multiplicative:  # degC, degF, dB: a factor alone would convert them wrongly
+        raise UnitError("E406", f"`{name}` is a unit with an offset or a logarithmic scale "
+                        "(0 degC is 273.15 K), which this language cannot convert",
+                        "use an absolute unit such as `K` (or `delta_degC` for differences)")
     return Unit.make({d: exact(float(e)) for d, e in dims.items()}, exact(float(factor)), {name: 1})
 
 
