@@ -502,6 +502,9 @@ class _Checker:
             else:
                 seen.add(name)
                 used |= self.resolve(opt.value, Position(f"the {name} of observe `{stmt.name.name}`"))
+                sigma = fold_number(opt.value, self.const_value)
+                if sigma is not None and not 0 < sigma < math.inf:
+                    self.report("E503", opt.value.span, f"`{name}` must be a positive number, found {sigma:g}")
         for name in allowed:
             if name not in seen:
                 self.report("E503", noise.kind.span, f"{kind} noise needs a `{name}` option, found none",

@@ -167,6 +167,8 @@ class _UnitChecker:
         self.lets_in_progress.add(sym.name)
         self.walked_lets.add(id(decl))
         unit = self.infer(decl.value)
+        if isinstance(unit, Unit) and unit.is_dimensionless:
+            unit = ONE  # `(1 [h]) / (1 [day])` is the number 1/24, not 1 [h/day]
         self.lets_in_progress.discard(sym.name)
         self.let_units[sym.name] = unit
         return unit
