@@ -39,11 +39,12 @@ def test_every_listed_unit_name_resolves(unit):
 
 
 @pytest.mark.parametrize("unit", ["degC", "degF"])
-def test_offset_temperature_units_are_refused(unit):
-    # Units are pure scale factors here; 1 degC is not 1 K, so converting would be silently wrong.
-    source = f"model m\nparam p [{unit}] = 1 in [0, 10]\nobserve y [K] = p\n"
-    assert errors(source) == [("E406", 2, 10)]
-    assert "offset" in messages(source, "E406")[0]
+def test_offset_temperature_units_do_not_convert_to_kelvin(unit):
+    # Units are scale factors here, and 1 degC is not 1 K: mixing them is an error, not a
+    # silently wrong number. Within one offset unit (differences, Q10 factors) all is well.
+    assert errors(f"model m\nparam p [{unit}] = 1 in [0, 10]\nobserve y [K] = p\n") == [("E405", 3, 17)]
+    assert errors(f"model m\ninput T [{unit}]\nparam Q [1] = 2 in [1, 3]\n"
+                  f"observe y [1] = Q^((T - 20 [{unit}]) / (10 [{unit}]))\n") == []
 
 
 def test_dimensionless_let_is_a_plain_number():
@@ -104,3 +105,7 @@ def test_calling_pi_says_it_is_a_constant():
                                            ("lognormal(sigma = -0.1)", 40)])
 def test_sigma_must_be_positive(noise, column):
     assert errors(HEADER + DECAY + f"observe w [mg] = X ~ {noise}\n") == [("E503", 7, column)]
+
+
+def test_time_is_not_blamed_when_the_state_line_did_not_parse():
+    assert errors(HEADER + "state X [mg] = = 1\nobserve y [1] = 1\n") == [("E100", 3, 16)]

@@ -93,8 +93,11 @@ def test_unknown_unit_hint(system):
     assert err.value.hint.startswith("did you mean `day`?")
 
 
-def test_temperature_is_multiplicative(system):
-    assert system.lookup("degC").scale == system.lookup("K").scale
+def test_offset_temperature_does_not_convert_to_kelvin(system):
+    # A scale factor alone would make 1 degC equal 1 K; degC keeps a dimension of its own.
+    assert not system.lookup("degC").same_dims(system.lookup("K"))
+    assert system.lookup("degC").same_dims(system.lookup("celsius"))
+    assert system.lookup("delta_degC").same_dims(system.lookup("K"))
 
 
 _BASES = ["m", "s", "kg", "mol", "day", "mg", "L", "uM", "h"]

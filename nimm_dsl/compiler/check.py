@@ -52,6 +52,7 @@ def _without_follow_on(diags: list[Diagnostic], source: str) -> list[Diagnostic]
     used = {w for text in failed for w in _WORD.findall(text)}
     declared = {m.group(1) for text in failed if (m := _DECLARED.match(text))}
     header_failed = any(text.lstrip().startswith("model") for text in failed)
+    dynamics_failed = any(text.lstrip().startswith(("state", "der", "flow")) for text in failed)
 
     def subject(d: Diagnostic) -> str:
         if d.span.line != d.span.end_line or not 1 <= d.span.line <= len(lines):
@@ -65,6 +66,8 @@ def _without_follow_on(diags: list[Diagnostic], source: str) -> list[Diagnostic]
         if d.code == "E201" and subject(d) in declared:
             continue
         if d.code == "E305" and header_failed and "found none" in d.message:
+            continue
+        if d.code == "E303" and dynamics_failed and "without states" in d.message:
             continue
         kept.append(d)
     return kept

@@ -315,6 +315,13 @@ class _Checker:
                         f"`time` declared twice (first on line {times[0].span.line}); expected exactly one",
                         "remove this line")
         if times:
+            if not any(isinstance(s, (A.StateDecl, A.DerEq, A.FlowEq)) for s in statements):
+                # Nothing to integrate: the model is static (§4), and the solvers need a state.
+                decl = times[0]
+                unit = decl.unit.name if isinstance(decl.unit, A.UnitName) else "unit"
+                self.report("E303", decl.name.span,
+                            "`time` declared in a model without states; a model with no dynamics is static and has no `time`",
+                            f"remove this line; to use time as a data column, declare `input {decl.name.name} [{unit}]`")
             return
         dynamic = self.first_dynamic_statement(statements)
         if dynamic is not None:

@@ -357,10 +357,10 @@ def _library_unit(name: str) -> Optional[Unit]:
         dims = registry.get_dimensionality(canonical)
     except Exception:
         return None
-    if not multiplicative:  # degC, degF, dB: a factor alone would convert them wrongly
-        raise UnitError("E406", f"`{name}` is a unit with an offset or a logarithmic scale "
-                        "(0 degC is 273.15 K), which this language cannot convert",
-                        "use an absolute unit such as `K` (or `delta_degC` for differences)")
+    if not multiplicative:
+        # degC, degF, dB: no factor converts them (0 degC is 273.15 K), so each is a dimension of
+        # its own: values combine with the same unit, and mixing with K is E401/E405, not wrong.
+        return Unit.make({f"[{canonical}]": 1}, 1, {name: 1})
     return Unit.make({d: exact(float(e)) for d, e in dims.items()}, exact(float(factor)), {name: 1})
 
 
