@@ -224,6 +224,10 @@ class _Checker:
             self.check_arity(node, BUILTIN_FUNCTIONS[name], f"built-in `{name}`")
             return False
         sym = self.table.symbols.get(name)
+        if sym is None and name in BUILTIN_CONSTANTS:
+            self.report("E204", node.func.span, f"`{name}` is a constant, not a function",
+                        f"write `{name}` without parentheses")
+            return False
         if sym is None:
             neural = [s.name for s in self.table.of_kind("neural")]
             self.report("E201", node.func.span, f"undefined function `{name}` in {pos.what}",
@@ -519,6 +523,9 @@ class _Checker:
         return used
 
     def check_neural(self, stmt: A.NeuralDecl) -> None:
+        if not stmt.args:
+            self.report("E205", stmt.name.span, f"neural `{stmt.name.name}` takes no arguments; expected at least one",
+                        "a fitted constant is a `param`; a neural term is a function of dimensionless inputs")
         if stmt.kind.name not in NEURAL_KINDS:
             self.report("E503", stmt.kind.span, f"unknown neural network kind `{stmt.kind.name}`; expected `mlp`",
                         did_you_mean(stmt.kind.name, NEURAL_KINDS))
@@ -556,7 +563,7 @@ class _Checker:
         if not value.items:
             self.report("E503", value.span, "`hidden` expects at least one layer width, found an empty list")
         for item in value.items:
-            width = fold_number(item) if isinstance(item, A.Number) else None
+            width = fold_number(item) if isinstance(item, (A.Number, A.UnaryOp)) else None
             if width is None or not math.isfinite(width) or width < 1 or width != int(width):
                 self.report("E503", item.span, "`hidden` widths must be positive whole numbers, found "
                             + (f"{width:g}" if width is not None else _describe(item)))

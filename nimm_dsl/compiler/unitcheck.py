@@ -199,7 +199,11 @@ class _UnitChecker:
             if stmt.noise is not None:
                 self.check_noise(stmt, unit)
         elif isinstance(stmt, A.NeuralDecl):
-            self.infer_options(stmt.options)
+            for option in stmt.options:
+                if option.name.name == "penalty" and not isinstance(option.value, A.ListValue):
+                    self.check_value(option.value, ONE, f"the penalty of neural `{stmt.name.name}`")
+                else:
+                    self.infer_options([option])
         elif isinstance(stmt, A.DerEq):
             self.check_der(stmt)
         elif isinstance(stmt, A.FlowEq):
@@ -271,6 +275,13 @@ class _UnitChecker:
         self.check_value(stmt.value, unit, f"the value set for `{stmt.target.name}`")
         self.check_time(stmt.start, "from")
         self.check_time(stmt.end, "to")
+        time_unit = self.info.time_unit
+        if stmt.start is not None and stmt.end is not None and time_unit is not None:
+            start, end = self.value_in(stmt.start, time_unit), self.value_in(stmt.end, time_unit)
+            if start is not None and end is not None and not start < end:  # from <= t < to: empty
+                self.report("E501", stmt.start.span.to(stmt.end.span),
+                            f"the window of `set {stmt.target.name}` is empty: expected `from` before `to`, "
+                            f"found from {start:g} to {end:g} {time_unit}", "write the earlier time after `from`")
 
     def check_time(self, expr: Optional[A.Expr], keyword: str) -> None:
         if expr is not None:
