@@ -97,7 +97,12 @@ def _load(path: str):
     return load_source(_read(path), path)
 
 
+MAX_OUTPUT_TIMES = 1_000_000  # more is a typo, not a table anyone reads; refuse it instead of hanging
+
+
 def _parse_times(spec: str):
+    import math
+
     import numpy as np
 
     try:
@@ -105,9 +110,26 @@ def _parse_times(spec: str):
         t0, t1, n = float(t0), float(t1), int(n)
     except ValueError:
         raise UsageError(f"nimm: --times expects T0:T1:N (e.g. 0:30:301), got `{spec}`") from None
-    if n < 1 or not t1 >= t0:
-        raise UsageError(f"nimm: --times needs N >= 1 and T1 >= T0, got `{spec}`")
+    if not (math.isfinite(t0) and math.isfinite(t1)):
+        raise UsageError(f"nimm: --times needs finite T0 and T1, got `{spec}`")
+    if not 1 <= n <= MAX_OUTPUT_TIMES or not t1 >= t0:
+        raise UsageError(f"nimm: --times needs 1 <= N <= {MAX_OUTPUT_TIMES} and T1 >= T0, got `{spec}`")
     return np.linspace(t0, t1, n)
+
+
+def _check_writable(path: Optional[str], option: str) -> None:
+    """Refuse an output path that cannot be written before any work is done (a fit may take minutes)."""
+    import os
+
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"nimm: {option} `{path}` is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise UsageError(f"nimm: {option} `{path}`: the folder `{folder}` does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"nimm: {option} `{path}`: the folder `{folder}` is not writable")
 
 
 def default_times(ir, n: int = 201):
@@ -123,8 +145,15 @@ def default_times(ir, n: int = 201):
 
 
 def cmd_simulate(args) -> int:
+    from .errors import NimmError
+
+    _check_writable(args.output, "--output")
+    _check_writable(args.plot, "--plot")
     model = _load(args.model)
     ir = model.ir
+    if ir.is_static and args.times:
+        raise UsageError(f"nimm: `{ir.name}` is a static model (no time): --times does not apply; "
+                         "give its inputs with --data TABLE.csv")
     if args.scenario is not None and args.scenario not in ir.scenarios:
         known = ", ".join(ir.scenarios) or "none"
         raise UsageError(f"nimm: unknown scenario `{args.scenario}` (this model declares: {known})")
@@ -155,6 +184,9 @@ def cmd_simulate(args) -> int:
         times = grid if grid is not None else (None if ir.is_static else default_times(ir))
         runs.append((None, times, None))
 
+    if not runs:
+        raise NimmError(f"{args.data}: the table has no data rows")
+
     import pandas as pd
 
     frames, results = [], []
@@ -178,17 +210,23 @@ def cmd_simulate(args) -> int:
         title = ir.name if len(runs) == 1 else f"{ir.name}, series {runs[0][0]}"
         if args.scenario is not None:
             baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights)
-            plot_scenario(baseline, result, args.plot, title=f"{title}: baseline vs {args.scenario}",
-                          scenario=args.scenario)
+            written = plot_scenario(baseline, result, args.plot,
+                                    title=f"{title}: baseline vs {args.scenario}", scenario=args.scenario)
         else:
-            plot_scenario(result, None, args.plot, title=title)
-        print(f"nimm: plot written to {args.plot}", file=sys.stderr)
+            written = plot_scenario(result, None, args.plot, title=title)
+        print(f"nimm: plot written to {written}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_fit(args) -> int:
     from .runtime.fit import format_report
 
+    if args.starts < 1:
+        raise UsageError(f"nimm: --starts needs at least 1 start, got {args.starts}")
+    if not 0.0 <= args.holdout < 1.0:
+        raise UsageError(f"nimm: --holdout needs a fraction in [0, 1), got {args.holdout}")
+    _check_writable(args.output, "--output")
+    _check_writable(args.plot, "--plot")
     model = _load(args.model)
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
                        seed=args.seed, progress=sys.stderr.isatty())
@@ -201,8 +239,8 @@ def cmd_fit(args) -> int:
     if args.plot:
         from .runtime.plots import plot_fit
 
-        plot_fit(model.ir, result, args.plot)
-        print(f"nimm: plot written to {args.plot}", file=sys.stderr)
+        written = plot_fit(model.ir, result, args.plot)
+        print(f"nimm: plot written to {written}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -254,6 +292,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     except ValueError as e:  # bad params / scenario names reported by the runtime
         print(f"nimm: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # a write that failed after the up-front checks (disk full, permissions)
+        print(f"nimm: error: cannot write `{e.filename}`: {e.strerror or e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("nimm: interrupted", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Figures for fits and scenarios (matplotlib, Agg back end, imported only when a plot is made)."""
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -80,9 +81,7 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
     suptitle = f"{ir.name}: fit" + (f" (first {len(series)} of {len(dataset.series)} series)" if more > 0 else "")
     fig.suptitle(suptitle)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return _save(plt, fig, path)
 
 
 def _plot_static_fit(plt, ir, dataset, params, weights, simulator, path) -> str:
@@ -102,9 +101,7 @@ def _plot_static_fit(plt, ir, dataset, params, weights, simulator, path) -> str:
         ax.set_ylabel("fitted " + _label(name, units.get(name)))
     fig.suptitle(f"{ir.name}: fitted against observed")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return _save(plt, fig, path)
 
 
 def plot_scenario(baseline_result, scenario_result, path, names: Optional[Sequence[str]] = None,
@@ -137,9 +134,20 @@ def plot_scenario(baseline_result, scenario_result, path, names: Optional[Sequen
     default_title = "simulation" if scenario_result is None else f"baseline vs {scenario or 'scenario'}"
     fig.suptitle(title or default_title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> str:
+    """Write the figure; a name without extension gets `.png` here, so the path we report is the
+    file matplotlib writes. Returns that path."""
+    path = os.fspath(path)
+    if not os.path.splitext(path)[1]:
+        path += ".png"
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _time_axis(result) -> tuple[str, Optional[str]]:
