@@ -370,13 +370,15 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
     path, a DataFrame or a Dataset). holdout: fraction of each series' last points kept out of
     the fit (validation; the Torch fit also stops early on it). See the module docstring."""
     t0 = time.perf_counter()
+    if starts < 1:
+        raise ValueError(f"starts must be at least 1, got {starts}")
+    if not 0.0 <= holdout < 1.0:  # also refuses NaN
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
     dataset = data if isinstance(data, Dataset) else load_data(data, ir, file=file)
     if not dataset.observed_names:
         raise FitError(f"{dataset.file}: no observed column to fit")
     if dataset.n_observations == 0:
         raise FitError(f"{dataset.file}: every observed value is missing; nothing to fit")
-    if starts < 1:
-        raise ValueError(f"starts must be at least 1, got {starts}")
     train, valid = dataset.split(holdout) if holdout > 0 else (dataset, None)
     if backend == "casadi":
         raw = _fit_casadi(ir, train, starts, seed, rtol, atol, max_iter or 500, progress, **options)
@@ -405,6 +407,9 @@ def _finish(ir, dataset, train, valid, raw: _RawFit, backend, rtol, atol, second
     names = [p.name for p in est]
     x = np.array([raw.values[n] for n in names], dtype=float)
     warnings = list(dataset.warnings) + list(raw.warnings) + bound_warnings(est, raw.values)
+    if not names and not ir.neurals:
+        warnings.append("nothing to estimate: the model has no `param` (only consts) and no neural "
+                        "term; the loss is that of the declared values")
     stderr = {n: None for n in names}
     if raw.grad is not None and names:
         try:
