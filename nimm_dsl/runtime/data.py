@@ -130,6 +130,7 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
     columns = [str(c).strip() for c in frame.columns]
     frame.columns = columns
     _check_duplicate_columns(columns, file)
+    _check_separator(columns, file)
     # Blank lines are kept while reading so row numbers match the file; drop them now.
     blank = frame.apply(lambda col: col.map(_is_missing)).all(axis=1)
     row_numbers = np.arange(1, len(frame) + 1)[~blank.to_numpy()]
@@ -233,6 +234,16 @@ def _check_duplicate_columns(columns, file):
         m = re.fullmatch(r"(.+)\.(\d+)", c)
         if m and m.group(1) in columns:
             raise DataError(f"{file}: column `{m.group(1)}` appears more than once in the header")
+
+
+def _check_separator(columns, file):
+    # A header that is one column holding `;` or tabs: a table saved with another separator.
+    if len(columns) == 1:
+        sep = next((c for c in (";", "\t") if c in columns[0]), None)
+        if sep is not None:
+            shown = "`;`" if sep == ";" else "tabs"
+            raise DataError(f"{file}: the header `{columns[0]}` is one column: the table seems separated "
+                            f"by {shown}; save it with commas as the separator (CSV)")
 
 
 class _RowNamer:
