@@ -30,7 +30,9 @@ from ...runtime.results import SimulationResult
 from ..ir import ModelIR, Ops, walk
 from .neural import TorchMLP, check_weights, neural_penalty, torch_mlp
 
-DEFAULT_MAX_STEPS = 100_000  # per segment; integration fails loudly instead of hanging
+# Per segment; integration fails loudly instead of hanging. The examples need at most ~2,000
+# dopri5 steps; a step costs about 1 ms, so a stiff model gives up in well under a minute.
+DEFAULT_MAX_STEPS = 20_000
 NEURAL_KEY = "neural:{}"  # trajectory key of a neural term's outputs (B, T, n_calls)
 
 
@@ -283,9 +285,15 @@ class TorchSimulator(torch.nn.Module):
         last = {}
 
         def rhs(t, y):
-            last["t"], last["y"] = t, y
             regs = self._rhs.run([t, *y.unbind(1), *cols], self.nir, W)
-            return torch.stack([regs[r].expand(y.shape[0]) for r in self._rhs_out], dim=1)
+            dy = torch.stack([regs[r].expand(y.shape[0]) for r in self._rhs_out], dim=1)
+            if bool(torch.isfinite(dy).all()):
+                last["t"], last["y"] = t, y
+            elif "nonfinite" not in last and bool(torch.isfinite(t)) and bool(torch.isfinite(y).all()):
+                # the first finite point where the model itself gives NaN/inf (log of a negative...):
+                # after it the solver only sees NaN, and its own message (dt underflow) misleads
+                last["nonfinite"] = (t.detach().clone(), ~torch.isfinite(dy))
+            return dy
 
         t = self._tensor(grid)
         options = {}
@@ -321,6 +329,14 @@ class TorchSimulator(torch.nn.Module):
         """A SimulationError naming the time reached and the states that went wrong."""
         t_reached = float(last["t"]) if "t" in last else float(grid[0])
         names = []
+        if "nonfinite" in last:
+            t_bad, bad_states = last["nonfinite"]
+            t_reached = float(t_bad)
+            why = "the right-hand side gave NaN or inf (a log or sqrt of a negative, a division by zero?)"
+        elif "max_num_steps" in why or "underflow" in why:  # torchdiffeq's words for it
+            why += ("; the solution may blow up, or the model is stiff: the casadi back end (CVODES, "
+                    "implicit) handles stiff models"
+                    + (", or compile with a larger max_num_steps" if "max_num_steps" in why else ""))
         if bad_states is not None:
             names = [n for i, n in enumerate(self.state_names) if bool(bad_states[:, i].any())]
         elif "y" in last:
