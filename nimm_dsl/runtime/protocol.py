@@ -66,6 +66,7 @@ class Protocol:
     segments: list[Segment]
     scenario: Optional[str] = None
     input_names: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     # scratch space for a back end's per-protocol data (e.g. its integrator plan)
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -171,6 +172,7 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
         raise ValueError("output times must be finite numbers")
     if np.any(np.diff(out) < 0):
         raise ValueError("output times must be sorted in increasing order")
+    implicit_start = t_start is None
     t_start = float(out[0]) if t_start is None else float(t_start)
     if t_start > out[0]:
         raise ValueError(f"t_start = {t_start} is after the first output time {out[0]}")
@@ -185,6 +187,12 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
         events += [DoseEvent(dose, float(t), k) for t in dose.times if t_start <= t <= t_end]
     # model order within one instant; sort is stable
     events.sort(key=lambda e: e.time)
+    warnings = []
+    skipped = sorted({d.name for d in ir.doses_for(scenario) if any(t < t_start for t in d.times)})
+    if skipped and implicit_start:
+        warnings.append(f"dose(s) {', '.join(skipped)} come before the first output time "
+                        f"{ir.time_name} = {t_start:g} and are not applied (a run starts at its first "
+                        "time): start the output times earlier, or pass t_start")
 
     active_sets = ir.sets_for(scenario)
     edges = {e.time for e in events}
@@ -212,7 +220,7 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
         coef = np.array([sig.coef(t0) for sig in signals], dtype=float).reshape(len(signals), 2)
         doses = [e for e in events if e.time == t0]
         segments.append(Segment(t0, t1, doses, np.arange(lo, hi), flags, coef))
-    return Protocol(t_start, out, segments, scenario, [u.name for u in ir.inputs])
+    return Protocol(t_start, out, segments, scenario, [u.name for u in ir.inputs], warnings)
 
 
 # ---------------------------------------------------------------- runtime vectors

@@ -59,3 +59,18 @@ class SimulationResult:
         n = 0 if self.times is None else len(self.times)
         extra = f", {len(self.warnings)} warning(s)" if self.warnings else ""
         return f"<SimulationResult {n} times x {len(self.names)} values{extra}>"
+
+
+def nonfinite_warnings(times, values: Mapping[str, np.ndarray], time_name: str) -> list[str]:
+    """One warning per quantity that is NaN or inf at some output time (values: (T,) or (B, T)),
+    naming the first such time; the states are finite (back ends stop on non-finite states)."""
+    out = []
+    for name, v in values.items():
+        bad = ~np.isfinite(np.asarray(v, dtype=float))
+        if bad.ndim == 2:
+            bad = bad.any(0)
+        if bad.any():
+            j = int(np.argmax(bad))
+            out.append(f"`{name}` is NaN or inf at {time_name} = {times[j]:g} ({int(bad.sum())} of "
+                       f"{bad.size} output times): a log or sqrt of a negative, or a division by zero?")
+    return out

@@ -21,7 +21,7 @@ import numpy as np
 
 from ...errors import SimulationError
 from ...runtime.protocol import Protocol, Segment, build_protocol, param_vector, segment_tail
-from ...runtime.results import SimulationResult
+from ...runtime.results import SimulationResult, nonfinite_warnings
 from ..ir import ModelIR, Ops, walk
 from .neural import casadi_mlp, check_weights
 
@@ -495,7 +495,10 @@ class CasadiSimulator:
         rows = [(let.name, let.unit) for let in ir.lets] + [(o.name, o.unit) for o in ir.observes]
         for i, (name, unit) in enumerate(rows):
             values[name], units[name] = Y[i].copy(), unit
-        warnings = self._domain_warnings(protocol.output_times, X, rtol, atol)
+        warnings = protocol.warnings + self._domain_warnings(protocol.output_times, X, rtol, atol)
+        if not np.isfinite(Y).all():  # lets/observes only: a non-finite state stops the run
+            warnings += nonfinite_warnings(protocol.output_times, {n: values[n] for n, _ in rows},
+                                           ir.time_name)
         return SimulationResult(protocol.output_times, values, units, ir.time_name, warnings,
                                 protocol.scenario)
 

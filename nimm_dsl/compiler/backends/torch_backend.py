@@ -26,7 +26,7 @@ import torch
 from ...errors import SimulationError
 from ...runtime.protocol import (Protocol, build_protocol, check_scenario, param_vector,
                                  segment_tail)
-from ...runtime.results import SimulationResult
+from ...runtime.results import SimulationResult, nonfinite_warnings
 from ..ir import ModelIR, Ops, walk
 from .neural import TorchMLP, check_weights, neural_penalty, torch_mlp
 
@@ -443,10 +443,12 @@ class TorchSimulator(torch.nn.Module):
             traj = self.trajectory(protocol, self._tensor(P), weights, rtol, atol)
         names = [*self.state_names, *self.let_names, *self.observe_names]
         values = {n: traj[n].cpu().numpy() for n in names}
+        outputs = {n: values[n] for n in [*self.let_names, *self.observe_names]}  # states stay finite
         units[self.ir.time_name] = self.ir.time_unit
         return SimulationResult(protocol.output_times, _unbatch(values, batched), units,
                                 time_name=self.ir.time_name,
-                                warnings=self._domain_warnings(values, protocol.output_times),
+                                warnings=[*protocol.warnings, *self._domain_warnings(values, protocol.output_times),
+                                          *nonfinite_warnings(protocol.output_times, outputs, self.ir.time_name)],
                                 scenario=scenario)
 
     def _domain_warnings(self, values: Mapping[str, np.ndarray], times: np.ndarray) -> list[str]:
