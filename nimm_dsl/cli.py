@@ -161,8 +161,14 @@ def cmd_simulate(args) -> int:
     if args.fit:
         from .runtime.fit import load_fit
 
+        from .errors import FitError
+
         restored = load_fit(args.fit)
         params, weights = restored["params"], restored.get("weights") or None
+        unknown = sorted(set(params) - {p.name for p in ir.params})
+        if unknown:
+            raise FitError(f"{args.fit}: params {', '.join(unknown)} are not in model `{ir.name}` "
+                           f"(is this the fit of another model?)")
     sim = model.compile(args.backend)
     grid = _parse_times(args.times) if args.times else None
 
@@ -269,10 +275,24 @@ def cmd_show(args) -> int:
     return EXIT_OK
 
 
+def _glue_negative_times(argv: list[str]) -> list[str]:
+    """`--times -5:5:3` would read as an unknown option: glue a negative range to its flag."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--times" and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"--times={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import ModelError, NimmError
     from .compiler.diagnostics import render_text
 
+    argv = _glue_negative_times(list(sys.argv[1:] if argv is None else argv))
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)

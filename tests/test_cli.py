@@ -136,3 +136,16 @@ def test_static_model_simulates_over_its_input_table(tmp_path):
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 1 + len(data.read_text().strip().splitlines()) - 1
+
+
+def test_negative_time_range_and_a_fit_of_another_model(tmp_path):
+    f = tmp_path / "decay.nimm"
+    f.write_text("model decay\ntime t [h]\nparam k [1/h] = 0.5 in [0, 2]\nstate x [mg] = 8 in [0, inf]\n"
+                 "der(x) = -k * x\nobserve y [mg] = x\n")
+    p = run(["simulate", str(f), "--times", "-2:2:3"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[1].startswith("-2.0,8.0")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"params": {"beta": 1.0}, "loss": 0.0, "metrics": {"rmse": {}}}))
+    p = run(["simulate", str(f), "--fit", str(other)], tmp_path)
+    assert p.returncode == 1 and str(other) in p.stderr and "`beta`" not in p.stderr and "beta" in p.stderr
