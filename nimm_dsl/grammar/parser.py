@@ -33,11 +33,8 @@ from lark.lark import PostLex
 
 from . import ast as A
 from ..compiler.diagnostics import Diagnostic
+from ..compiler.symbols import KEYWORDS  # one list: the parser's "keyword as a name" and E203 must agree
 
-KEYWORDS = frozenset(
-    "model time unit param const state input let neural der flow observe dose set scenario end "
-    "remove in at every times from to and or not".split()
-)
 # Words that start a statement. A continuation line (inside an open bracket) that starts with
 # one of them means the bracket was never closed.
 STATEMENT_KEYWORDS = frozenset(
@@ -85,7 +82,6 @@ class LogicalStatement:
 
 _INTERESTING = re.compile(r'[()\[\]"#]')
 _FIRST_WORD = re.compile(r"[ \t\r]*([A-Za-z_][A-Za-z0-9_]*)?")
-_CLOSERS = {")": "(", "]": "["}
 
 
 def split_statements(source: str, file: str = "<model>") -> Iterator[LogicalStatement]:
