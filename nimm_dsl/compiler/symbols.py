@@ -21,8 +21,8 @@ BUILTIN_FUNCTIONS: dict[str, int] = {
     "tanh": 1, "min": 2, "max": 2, "ifelse": 3,
 }
 BUILTIN_CONSTANTS = frozenset({"pi"})
-# Words with a meaning in fixed positions (noise models, neural kinds and options). They are
-# not reserved; declaring them is allowed.
+# Keywords, built-in functions and constants. Words with a meaning only in fixed positions (noise
+# models, neural kinds and options) are deliberately not reserved: declaring them is allowed.
 RESERVED = KEYWORDS | frozenset(BUILTIN_FUNCTIONS) | BUILTIN_CONSTANTS | {"inf"}
 
 
