@@ -44,7 +44,6 @@ class _Bool:
 BOOL = _Bool()  # the type of comparisons and and/or/not
 Ty = Union[Unit, _Bool, None]  # None: unknown (an error reported elsewhere)
 
-DIMENSIONLESS_FUNCTIONS = frozenset({"exp", "log", "log10", "sin", "cos", "tan", "tanh"})
 MAX_UNIT_POWER = 64  # beyond this a power of a dimensioned unit is surely a mistake
 
 
@@ -203,7 +202,7 @@ class _UnitChecker:
                 if option.name.name == "penalty" and not isinstance(option.value, A.ListValue):
                     self.check_value(option.value, ONE, f"the penalty of neural `{stmt.name.name}`")
                 else:
-                    self.infer_options([option])
+                    self.infer_option(option)
         elif isinstance(stmt, A.DerEq):
             self.check_der(stmt)
         elif isinstance(stmt, A.FlowEq):
@@ -294,13 +293,12 @@ class _UnitChecker:
                 expected = unit if kind == "normal" else ONE
                 self.check_value(option.value, expected, f"the sigma of `{stmt.name.name}`")
             else:
-                self.infer_options([option])
+                self.infer_option(option)
 
-    def infer_options(self, options: list[A.Option]) -> None:
-        for option in options:
-            items = option.value.items if isinstance(option.value, A.ListValue) else [option.value]
-            for item in items:
-                self.infer(item)
+    def infer_option(self, option: A.Option) -> None:
+        items = option.value.items if isinstance(option.value, A.ListValue) else [option.value]
+        for item in items:
+            self.infer(item)
 
     def check_bounds(self, stmt, value: A.Expr, bounds: Optional[A.Bounds], unit: Optional[Unit]) -> None:
         if bounds is None:
