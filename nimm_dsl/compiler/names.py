@@ -402,7 +402,7 @@ class _Checker:
         elif isinstance(stmt, A.DoseStmt):
             self.check_dose(stmt, scenario)
         elif isinstance(stmt, A.SetStmt):
-            self.check_set(stmt, scenario)
+            self.check_set(stmt)
         elif isinstance(stmt, A.RemoveStmt):
             self.check_remove(stmt, scenario)
 
@@ -455,7 +455,7 @@ class _Checker:
             if dt is not None and not dt > 0:
                 self.report("E503", stmt.every.span, f"`every` of {where} must be a positive interval, found {dt:g}")
 
-    def check_set(self, stmt: A.SetStmt, scenario: Optional[A.ScenarioBlock]) -> None:
+    def check_set(self, stmt: A.SetStmt) -> None:
         target = stmt.target.name
         used = self.resolve(stmt.value, Position(f"`set {target}`"))
         for word, expr in (("from", stmt.start), ("to", stmt.end)):
