@@ -72,14 +72,6 @@ class Dataset:
     def n_observations(self) -> int:
         return int(sum(np.isfinite(s.observed[o]).sum() for s in self.series for o in s.observed))
 
-    def simulation_request(self) -> tuple:
-        """(times, inputs) for `simulator.simulate` from the table (`nimm simulate --data`):
-        the first series' times and inputs (static models: None and the input table)."""
-        first = self.series[0]
-        if self.static:
-            return None, first.input_frame()
-        return first.times, (dict(first.inputs) or None)
-
     def split(self, holdout: float) -> tuple["Dataset", "Dataset"]:
         """Time-ordered hold-out: the last `holdout` fraction of each series' points (by time;
         by row for static models) go to the validation set. Every series keeps its first point
