@@ -266,6 +266,12 @@ def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, 
         memo[e] = v
         return v
 
+    def fold(op, args):  # n-ary sympy nodes (Add, Mul, And, Or, Min, Max) as left folds of a binary op
+        acc = go(args[0])
+        for a in args[1:]:
+            acc = op(acc, go(a))
+        return acc
+
     def _eval(e):
         if isinstance(e, sp.Symbol):
             try:
@@ -279,15 +285,9 @@ def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, 
         if e.is_Number or e is sp.pi or e.is_NumberSymbol:
             return ops.const(float(e))
         if isinstance(e, sp.Add):
-            acc = go(e.args[0])
-            for a in e.args[1:]:
-                acc = ops.add(acc, go(a))
-            return acc
+            return fold(ops.add, e.args)
         if isinstance(e, sp.Mul):
-            acc = go(e.args[0])
-            for a in e.args[1:]:
-                acc = ops.mul(acc, go(a))
-            return acc
+            return fold(ops.mul, e.args)
         if isinstance(e, sp.Pow):
             base, ex = e.args
             if ex == sp.Rational(1, 2):
@@ -303,23 +303,13 @@ def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, 
         if type(e) in _REL:
             return ops.compare[_REL[type(e)]](go(e.args[0]), go(e.args[1]))
         if isinstance(e, sp.And):
-            acc = go(e.args[0])
-            for a in e.args[1:]:
-                acc = ops.and_(acc, go(a))
-            return acc
+            return fold(ops.and_, e.args)
         if isinstance(e, sp.Or):
-            acc = go(e.args[0])
-            for a in e.args[1:]:
-                acc = ops.or_(acc, go(a))
-            return acc
+            return fold(ops.or_, e.args)
         if isinstance(e, sp.Not):
             return ops.not_(go(e.args[0]))
         if isinstance(e, (sp.Min, sp.Max)):
-            f = ops.funcs["min" if isinstance(e, sp.Min) else "max"]
-            acc = go(e.args[0])
-            for a in e.args[1:]:
-                acc = f(acc, go(a))
-            return acc
+            return fold(ops.funcs["min" if isinstance(e, sp.Min) else "max"], e.args)
         if e.func in _SYMPY_FUNCS:
             return ops.funcs[_SYMPY_FUNCS[e.func]](go(e.args[0]))
         if isinstance(e, sp.core.function.AppliedUndef):
