@@ -9,6 +9,7 @@ Model text never reaches sympify: every sympy object is built from tree nodes.
 """
 from __future__ import annotations
 
+import operator
 from fractions import Fraction
 from typing import Optional
 
@@ -63,6 +64,7 @@ _FUNCS = {
     "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "tanh": sp.tanh,
     "min": lambda a, b: sp.Min(a, b), "max": lambda a, b: sp.Max(a, b),
 }
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "^": sp.Pow}
 _COMPARE = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}
 
 
@@ -126,9 +128,7 @@ class _Lowerer:
         if isinstance(e, A.Name):
             return self.base_value_of_name(e.name, baseline)
         if isinstance(e, A.BinOp):
-            l, r = go(e.left), go(e.right)
-            return {"+": lambda: l + r, "-": lambda: l - r, "*": lambda: l * r,
-                    "/": lambda: l / r, "^": lambda: sp.Pow(l, r)}[e.op]()
+            return _ARITHMETIC[e.op](go(e.left), go(e.right))
         if isinstance(e, A.UnaryOp):
             v = go(e.operand)
             return sp.Not(v) if e.op == "not" else -v
