@@ -280,7 +280,7 @@ def _lv_ir(neural: bool):
                    [], {"H": dH, "L": -c * L + d * H * L}, [], obs, neurals)
 
 
-def test_hybrid_model_beats_its_mechanistic_part_on_a_held_out_segment():
+def test_hybrid_model_beats_its_mechanistic_part_on_a_held_out_segment(tmp_path):
     t = np.linspace(0, 16, 33)
     H, L = _rosenzweig_macarthur(t)
     rng = np.random.default_rng(0)
@@ -293,6 +293,12 @@ def test_hybrid_model_beats_its_mechanistic_part_on_a_held_out_segment():
     assert np.any(hybrid.weights["resid"] != 0)
     assert hybrid.loss < plain.loss  # training data
     assert hybrid.metrics["holdout_loss"] < plain.metrics["holdout_loss"]
+    # 33 points, a quarter held out: the last 8, so training ends at t[24] and the hold-out
+    # is marked from midway to t[25]
+    assert plain.holdout_after == hybrid.holdout_after == {0: pytest.approx((t[24] + t[25]) / 2)}
+    from nimm_dsl.runtime.plots import plot_fit
+
+    assert plot_fit(_lv_ir(True), hybrid, tmp_path / "hybrid.png").endswith("hybrid.png")
 
 
 # ---------------------------------------------------------------- plots

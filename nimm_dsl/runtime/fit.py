@@ -174,6 +174,9 @@ class FitResult:
     n_observations: int = 0
     seconds: float = 0.0
     dataset: Optional[Dataset] = field(default=None, repr=False)
+    # series index -> where the held-out end of a series begins (midway between its last training
+    # point and its first held-out point), for the plots
+    holdout_after: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         from .weights import weights_to_json
@@ -422,14 +425,19 @@ def _finish(ir, dataset, train, valid, raw: _RawFit, backend, rtol, atol, second
             warnings.append(f"no standard errors: the loss curvature could not be computed ({e})")
     metrics = {"rmse": rmse_by_observe(train, _predict(raw.simulator, train, raw.values, raw.weights,
                                                         rtol, atol))}
+    holdout_after = {}
     if valid is not None and valid.series:
         preds = _predict(raw.simulator, valid, raw.values, raw.weights, rtol, atol)
         metrics["holdout_rmse"] = rmse_by_observe(valid, preds)
         metrics["holdout_loss"] = float(_numpy_nll(ir, valid, preds, raw.values))
+        holdout_after = {k: float((full.times[t.n_points - 1] + full.times[t.n_points]) / 2)
+                         for k, (full, t) in enumerate(zip(dataset.series, train.series))
+                         if t.times is not None and t.n_points < full.n_points}
     return FitResult(model=ir.name, backend=backend, params=dict(raw.values), loss=float(raw.loss),
                      metrics=metrics, stderr=stderr, warnings=_unique(warnings), weights=raw.weights,
                      units={p.name: p.unit for p in ir.params}, estimated=names,
-                     n_observations=train.n_observations, seconds=seconds, dataset=dataset)
+                     n_observations=train.n_observations, seconds=seconds, dataset=dataset,
+                     holdout_after=holdout_after)
 
 
 def _unique(items):

@@ -73,6 +73,10 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
             else:
                 ax.set_ylabel(_label(name, state_units.get(name)) + " (hidden)")
             ax.set_xlabel(time_label)
+            cut = getattr(fit_result, "holdout_after", {}).get(r)
+            if cut is not None:  # the held-out end of the series, not used for fitting
+                ax.axvspan(cut, s.times[-1], color="0.9", zorder=0,
+                           label="held out" if r == 0 and c == 0 else None)
             title = name if s.label is None else f"{name} — series {s.label}"
             ax.set_title(title, fontsize=9)
             if r == 0 and c == 0:
