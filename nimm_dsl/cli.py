@@ -145,7 +145,7 @@ def default_times(ir, n: int = 201):
 
 
 def cmd_simulate(args) -> int:
-    from .errors import NimmError
+    from .errors import FitError, NimmError
 
     _check_writable(args.output, "--output")
     _check_writable(args.plot, "--plot")
@@ -160,8 +160,6 @@ def cmd_simulate(args) -> int:
     params, weights = None, None
     if args.fit:
         from .runtime.fit import load_fit
-
-        from .errors import FitError
 
         restored = load_fit(args.fit)
         params, weights = restored["params"], restored.get("weights") or None
