@@ -5,31 +5,26 @@ Three steps, each robust on its own:
 1. `split_statements` cuts the file into logical statements: one per line, except that newlines
    inside ( ) and [ ] join lines. It tracks comments and strings, refuses absurd bracket nesting
    and reports unclosed brackets at the opening bracket.
-2. Each logical statement is parsed on its own by a LALR parser (grammar in `nimm.lark`) whose
-   inline transformer (`_Builder`) builds AST nodes during reduction: no parse tree, no
-   recursion, and a syntax error in one statement never hides the others.
+2. Each logical statement is parsed on its own by Lark's LALR parser (grammar in `nimm.lark`),
+   and `_Builder`, a non-recursive Lark transformer made for that statement, turns the tree
+   into AST nodes with file positions. A syntax error in one statement never hides the others.
 3. `_assemble` groups `scenario` ... `end` into `ScenarioBlock`s.
 
-Parsed statements are cached by their text (see `_TEMPLATES`), so re-parsing an edited model
-costs little more than the lines that changed.
+Nothing is cached on disk: Lark's table cache is a pickle, and building the tables takes about
+50 ms once per process (docs/architecture.md).
 """
 from __future__ import annotations
 
-import gc
-import os
 import re
-import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Optional
 
-import lark
 from lark import Lark, Token
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
-from lark.parse_tree_builder import ExpandSingleChild
-from lark.parsers.lalr_analysis import Shift
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 from lark.lark import PostLex
+from lark.visitors import Transformer_NonRecursive
 
 from . import ast as A
 from ..compiler.diagnostics import Diagnostic
@@ -182,15 +177,15 @@ class _End:
     span: A.Span
 
 
-class _Builder:
-    """Inline transformer: Lark calls one method per reduction, bottom-up, without recursion.
+class _Builder(Transformer_NonRecursive):
+    """Lark tree of one statement -> AST node, bottom-up and without recursion (a 20,000-term sum
+    is a deep tree). Made per statement: `line_offset` turns Lark's statement-relative lines into
+    file lines, and `statement_span` is the span of every statement node."""
 
-    `line_offset` and `statement_span` are set by `_parse_statement` before each parse (under
-    `_LOCK`), so node spans are file positions.
-    """
-
-    line_offset = 0
-    statement_span = A.Span(1, 1, 1, 1)
+    def __init__(self, line_offset: int, statement_span: A.Span):
+        super().__init__()
+        self.line_offset = line_offset
+        self.statement_span = statement_span
 
     def _span(self, tok: Token) -> A.Span:
         off = self.line_offset
@@ -397,160 +392,21 @@ def _fraction(tok: Token) -> Fraction:
     return Fraction(str(tok))
 
 
-class _FastLALR:
-    """Runs Lark's own LALR table and contextual-lexer states on a statement that parses.
-
-    Lark spends ~8 us per token in general-purpose machinery (a generator per lexer, a
-    `LineCounter`, callbacks looked up by hashing `Rule` objects in Python). This loop reads the
-    same tables, precompiled into plain dicts, skips the reductions that only pass a child
-    through, and calls the same reduction callbacks: the same tree at about half the cost
-    (tests/test_parser.py compares the two on every example). It only handles the happy path: at the
-    first lexing or parsing problem it gives up (`None`) and the caller re-parses the statement
-    with Lark itself, whose errors (and their messages) are the ones reported.
-    """
-
-    def __init__(self, parser: Lark):
-        frontend = parser.parser
-        lalr = frontend.parser.parser
-        table = lalr.parse_table
-        contextual = frontend.lexer.lexer  # behind the PostLexConnector of `_NamesEverywhere`
-        if any(isinstance(key, str) for key in lalr.callbacks):
-            raise TypeError("terminal callbacks are not supported")
-        self.start_state = table.start_states["start"]
-        self.end_state = table.end_states["start"]
-        # state -> {symbol: the next state (a shift or goto), the rule's name (a reduction that
-        # passes its one child through, as `?sum: product` does: half of all reductions), or
-        # (size, callback, rule name) (any other reduction)}
-        self.actions: dict = {}
-        for state, row in table.states.items():
-            self.actions[state] = {symbol: self._action(action, arg, lalr.callbacks)
-                                   for symbol, (action, arg) in row.items()}
-        # state -> (one compiled regex over the terminals the contextual lexer allows there,
-        #           keyword callbacks that retype a NAME that spells a keyword)
-        self.scanners: dict = {}
-        for state, basic in contextual.lexers.items():
-            (regex,) = basic.scanner._mres  # one alternation; more would mean >100 terminals
-            self.scanners[state] = (regex.match, basic.callback)
-        lexers = contextual.lexers.values()
-        self.ignored = frozenset().union(*(basic.ignore_types for basic in lexers))
-        self.newline_types = frozenset().union(*(basic.newline_types for basic in lexers))
-
-    @staticmethod
-    def _action(action, arg, callbacks):
-        if action is Shift:
-            return arg
-        callback = callbacks[arg]
-        if type(callback) is ExpandSingleChild and len(arg.expansion) == 1:
-            return arg.origin.name
-        return len(arg.expansion), callback, arg.origin.name
-
-    def parse(self, text: str):
-        """The statement's node, or None where Lark must say what is wrong."""
-        actions, scanners = self.actions, self.scanners
-        ignored, newline_types = self.ignored, self.newline_types
-        end_state = self.end_state
-        states = [self.start_state]
-        values: list = []
-        pos, line, line_start, length = 0, 1, 0, len(text)
-        while True:
-            state = states[-1]
-            if pos < length:
-                match, keyword_callbacks = scanners[state]
-                found = match(text, pos)
-                if found is None:
-                    return None
-                kind = found.lastgroup
-                value = found.group()
-                end = found.end()
-                end_line, end_line_start = line, line_start
-                if kind in newline_types and "\n" in value:
-                    end_line += value.count("\n")
-                    end_line_start = pos + value.rindex("\n") + 1
-                if kind in ignored:
-                    pos, line, line_start = end, end_line, end_line_start
-                    continue
-                token = Token(kind, value, pos, line, pos - line_start + 1,
-                              end_line, end - end_line_start + 1, end)
-                if kind in keyword_callbacks:
-                    token = keyword_callbacks[kind](token)
-                    kind = token.type
-                pos, line, line_start = end, end_line, end_line_start
-            else:
-                kind = "$END"
-            while True:
-                action = actions[states[-1]].get(kind)
-                if action is None:
-                    return None
-                kind_of_action = action.__class__
-                if kind_of_action is int:  # shift
-                    if kind == "$END":
-                        return None
-                    states.append(action)
-                    values.append(token)
-                    break
-                if kind_of_action is str:  # the value on top stays; only the state changes
-                    states[-1] = actions[states[-2]][action]
-                    if kind == "$END" and states[-1] == end_state:
-                        return values[-1]
-                    continue
-                size, callback, origin = action
-                if size:
-                    children = values[-size:]
-                    del states[-size:]
-                    del values[-size:]
-                else:
-                    children = []
-                states.append(actions[states[-1]][origin])
-                values.append(callback(children))
-                if kind == "$END" and states[-1] == end_state:
-                    return values[-1]
-
-
 _parser: Optional[Lark] = None
-_fast: Optional[_FastLALR] = None  # None where this Lark's internals differ: Lark alone then
-_builder = _Builder()
-_LOCK = threading.RLock()  # `_builder` carries per-statement positions; also guards `_parser`
 
 
 def get_parser() -> Lark:
-    """The LALR parser, built once per process: ~70 ms of grammar analysis, ~7 ms when Lark's
-    table cache can be loaded (see `_table_cache_path`)."""
-    global _parser, _fast
-    with _LOCK:
-        if _parser is None:
-            cache = _table_cache_path()
-            _parser = Lark(
-                _GRAMMAR_PATH.read_text(encoding="utf-8"),
-                parser="lalr",
-                lexer="contextual",
-                postlex=_NamesEverywhere(),
-                transformer=_builder,
-                maybe_placeholders=True,
-                cache=str(cache) if cache is not None else False,
-            )
-            try:
-                _fast = _FastLALR(_parser)
-            except (AttributeError, KeyError, TypeError, ValueError):
-                _fast = None
+    """The LALR parser, built once per process (~50 ms of grammar analysis; no disk cache)."""
+    global _parser
+    if _parser is None:  # two threads racing here both build an identical parser: harmless
+        _parser = Lark(
+            _GRAMMAR_PATH.read_text(encoding="utf-8"),
+            parser="lalr",
+            lexer="contextual",
+            postlex=_NamesEverywhere(),
+            maybe_placeholders=True,
+        )
     return _parser
-
-
-def _table_cache_path() -> Optional[Path]:
-    """Where Lark may keep its analysed grammar tables, or None for no cache.
-
-    Lark's cache is a pickle (of the grammar tables only, never of model text), so it lives in
-    a directory that only this user can write: never the shared temp directory, where another
-    user could plant a file. Lark checks the grammar's hash inside and rebuilds stale caches.
-    """
-    try:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nimm_dsl"
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = base.stat()
-        if info.st_uid != os.getuid() or info.st_mode & 0o022:
-            return None
-        return base / f"grammar-lark{lark.__version__}.cache"
-    except (OSError, RuntimeError, AttributeError):  # no home, read-only disk, no getuid
-        return None
 
 
 def _parse_statement(stmt: LogicalStatement, source: str, file: str):
@@ -562,83 +418,18 @@ def _parse_statement(stmt: LogicalStatement, source: str, file: str):
         return None, [Diagnostic("E100", span, f"statement too long ({stmt.end - stmt.start} characters; "
                                                f"the limit is {MAX_STATEMENT_CHARS})",
                                  "split it into several `let` lines", file)]
-    text = source[stmt.line_offset:stmt.end]
-    template = _TEMPLATES.get(text)
-    if template is None:
-        template = (stmt.first_line, *_parse_text(text, stmt, file))
-        if len(text) <= _MAX_TEMPLATE_CHARS:
-            if len(_TEMPLATES) >= _MAX_TEMPLATES:
-                _TEMPLATES.clear()
-            _TEMPLATES[text] = template
-    first_line, node, diagnostics = template
-    delta = stmt.first_line - first_line
-    return _relocated(node, delta), [
-        Diagnostic(d.code, _shifted(d.span, delta), d.message, d.hint, file) for d in diagnostics]
-
-
-# Parsed statements by their exact text (from the start of their first line). The same text
-# always gives the same tree up to a line shift, and parsing costs ~50 us per statement while
-# a relocated copy costs a few: re-checking an edited model (the LLM repair loop, check + load)
-# re-parses only the lines that changed. Callers always get fresh nodes.
-_TEMPLATES: dict[str, tuple] = {}
-_MAX_TEMPLATES = 4096  # bounds memory to a few MB
-_MAX_TEMPLATE_CHARS = 2000
-
-
-_NODE_TYPES = frozenset(
-    value for value in vars(A).values()
-    if isinstance(value, type) and hasattr(value, "__dataclass_fields__") and value is not A.Span
-) | {_End}
-
-
-def _shifted(span: A.Span, delta: int) -> A.Span:
-    return span if delta == 0 else A.Span(span.line + delta, span.column, span.end_line + delta, span.end_column)
-
-
-def _relocated(root, delta: int):
-    """A fresh copy of a statement's tree with every line moved by `delta`, without recursion.
-
-    Every statement of a first-time parse passes through here, so the walk is written out
-    inline (no helper call per attribute): it costs about half as much as a recursive copy."""
-    if root is None:  # the statement did not parse
-        return None
-    top = object.__new__(type(root))
-    top.__dict__.update(root.__dict__)
-    pending = [top]
-    node_types, span_type = _NODE_TYPES, A.Span
-    while pending:
-        attributes = pending.pop().__dict__
-        for key, value in attributes.items():
-            kind = value.__class__
-            if kind in node_types:
-                copy = object.__new__(kind)
-                copy.__dict__.update(value.__dict__)
-                pending.append(copy)
-                attributes[key] = copy
-            elif kind is list:
-                items = attributes[key] = value.copy()
-                for i, item in enumerate(items):
-                    if item.__class__ in node_types:
-                        copy = items[i] = object.__new__(item.__class__)
-                        copy.__dict__.update(item.__dict__)
-                        pending.append(copy)
-            elif kind is span_type and delta:
-                attributes[key] = _shifted(value, delta)
-            # anything else (str, float, Fraction, None) is immutable and shared
-    return top
+    return _parse_text(source[stmt.line_offset:stmt.end], stmt, file)
 
 
 def _parse_text(text: str, stmt: LogicalStatement, file: str):
     """Lark on one statement's text -> (node or None, diagnostics)."""
-    parser = get_parser()
     try:
-        with _LOCK:
-            _builder.line_offset = stmt.first_line - 1
-            _builder.statement_span = stmt.span
-            node = _fast.parse(text) if _fast is not None else None
-            if node is None:  # a syntax error (or no fast path): Lark finds and describes it
-                node = parser.parse(text)
-    except _Problem as problem:
+        tree = get_parser().parse(text)
+        node = _Builder(stmt.first_line - 1, stmt.span).transform(tree)
+    except VisitError as error:
+        problem = error.orig_exc
+        if not isinstance(problem, _Problem):
+            raise
         return None, [Diagnostic("E100", problem.span, problem.message, problem.hint, file)]
     except UnexpectedInput as error:
         return None, [_describe(error, stmt, file)]
@@ -801,8 +592,6 @@ def parse(source: str, file: str = "<model>") -> tuple[A.Program, list[Diagnosti
     and the Program holds every statement that parsed."""
     diagnostics: list[Diagnostic] = []
     parsed: list[tuple[LogicalStatement, object]] = []
-    collecting = gc.isenabled()
-    gc.disable()  # the growing tree would be rescanned by every collection; it has no cycles
     too_large = None
     if len(source) > MAX_SOURCE_CHARS:  # read whole lines up to the limit, report the rest
         source = source[:source.rfind("\n", 0, MAX_SOURCE_CHARS) + 1]
@@ -810,17 +599,13 @@ def parse(source: str, file: str = "<model>") -> tuple[A.Program, list[Diagnosti
         too_large = Diagnostic("E100", A.Span(line, 1, line, 2),
                                f"file too large: more than {MAX_SOURCE_CHARS} characters; "
                                f"stopped reading at line {line}", "split the model", file)
-    try:
-        for stmt in split_statements(source, file):
-            node, problems = _parse_statement(stmt, source, file)
-            diagnostics += problems
-            parsed.append((stmt, node))
-            if len(diagnostics) >= MAX_DIAGNOSTICS:
-                break
-        program = _assemble(parsed, diagnostics, file)
-    finally:
-        if collecting:
-            gc.enable()
+    for stmt in split_statements(source, file):
+        node, problems = _parse_statement(stmt, source, file)
+        diagnostics += problems
+        parsed.append((stmt, node))
+        if len(diagnostics) >= MAX_DIAGNOSTICS:
+            break
+    program = _assemble(parsed, diagnostics, file)
     if len(diagnostics) > MAX_DIAGNOSTICS:
         diagnostics = diagnostics[:MAX_DIAGNOSTICS]
     if len(diagnostics) == MAX_DIAGNOSTICS:
