@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import nimm_dsl  # noqa: E402
-from nimm_dsl.runtime.protocol import build_protocol  # noqa: E402
+from nimm_dsl.backends.protocol import build_protocol  # noqa: E402
 
 BATCH, N_TIMES = 1024, 200
 CASES = [("SIR", "examples/flu_sir.nimm", ("beta", "gamma"), 14.0),

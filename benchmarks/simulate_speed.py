@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nimm_dsl  # noqa: E402
-from nimm_dsl.compiler.backends.casadi_backend import compile_casadi  # noqa: E402
+from nimm_dsl.backends.casadi_backend import compile_casadi  # noqa: E402
 
 REPEATS = 15
 N_TIMES = 1000

@@ -6,10 +6,9 @@ model stays fast and light.
 from __future__ import annotations
 
 from pathlib import Path
-from .compiler.diagnostics import Diagnostic
+from .diagnostics import Diagnostic
+from .backends import BACKENDS, compile_ir  # noqa: F401  (BACKENDS re-exported)
 from .errors import ModelError
-
-BACKENDS = ("casadi", "torch")
 
 
 def read_model_text(path) -> str:
@@ -84,15 +83,7 @@ class Model:
 
     def compile(self, backend: str = "casadi", **options):
         """A simulator for this model: `.simulate(times, params=None, scenario=None, inputs=None)`."""
-        if backend == "casadi":
-            from .compiler.backends.casadi_backend import compile_casadi
-
-            return compile_casadi(self.ir, **options)
-        if backend == "torch":
-            from .compiler.backends.torch_backend import compile_torch
-
-            return compile_torch(self.ir, **options)
-        raise ValueError(f"unknown backend `{backend}`: choose one of {', '.join(BACKENDS)}")
+        return compile_ir(self.ir, backend, **options)
 
     def simulate(self, times=None, backend: str = "casadi", **kwargs):
         return self.compile(backend).simulate(times, **kwargs)

@@ -69,7 +69,7 @@ def _read(path: str) -> str:
 
 
 def cmd_check(args) -> int:
-    from .compiler.diagnostics import has_errors, render_json, render_text
+    from .diagnostics import has_errors, render_json, render_text
     from .api import check
 
     all_diags, texts = [], []
@@ -249,7 +249,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .compiler.diagnostics import render_text
+    from .diagnostics import render_text
     from .llm.client import OpenAICompatibleClient
     from .llm.loop import generate_model
 
@@ -288,7 +288,7 @@ def _glue_negative_times(argv: list[str]) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import ModelError, NimmError
-    from .compiler.diagnostics import render_text
+    from .diagnostics import render_text
 
     argv = _glue_negative_times(list(sys.argv[1:] if argv is None else argv))
     try:

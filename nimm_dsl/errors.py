@@ -7,12 +7,12 @@ class NimmError(Exception):
 
 
 class ModelError(NimmError):
-    """The model text has errors; `.diagnostics` holds them (see compiler.diagnostics)."""
+    """The model text has errors; `.diagnostics` holds them (see nimm_dsl.diagnostics)."""
 
     def __init__(self, diagnostics, source: str | None = None):
         self.diagnostics = list(diagnostics)
         self.source = source
-        from .compiler.diagnostics import render_text
+        from .diagnostics import render_text
 
         super().__init__(render_text([d for d in self.diagnostics if d.is_error], source))
 

@@ -11,7 +11,7 @@ import pytest
 import sympy as sp
 from scipy.integrate import solve_ivp
 
-from nimm_dsl.compiler.backends.casadi_backend import _ColumnEvaluator, compile_casadi
+from nimm_dsl.backends.casadi_backend import _ColumnEvaluator, compile_casadi
 from nimm_dsl.compiler.ir import (DoseIR, InputIR, LetIR, ModelIR, NeuralIR, ObserveIR, ParamIR,
                                   ScenarioIR, SetIR, StateIR)
 from nimm_dsl.errors import SimulationError

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 import nimm_dsl
-from nimm_dsl.compiler.diagnostics import CODES
+from nimm_dsl.diagnostics import CODES
 
 HEADER = "model m\ntime t [day]\n"  # lines 1-2; a case's own lines start at line 3
 # A clean model (lines 3-6): one bounded param, one observed state with a der line.

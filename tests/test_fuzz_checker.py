@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nimm_dsl
-from nimm_dsl.compiler.diagnostics import CODES
+from nimm_dsl.diagnostics import CODES
 
 EXAMPLES = {p.name: p.read_text() for p in sorted((Path(__file__).parent.parent / "examples").glob("*.nimm"))}
 EXAMPLE_TEXTS = list(EXAMPLES.values())

@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 import torch
 
-from nimm_dsl.compiler.backends.neural import (TorchMLP, casadi_mlp, check_weights,
+from nimm_dsl.backends.neural import (TorchMLP, casadi_mlp, check_weights,
                                                neural_penalty, torch_mlp)
 from nimm_dsl.compiler.ir import ACTIVATIONS, NeuralIR
 from nimm_dsl.errors import DataError

@@ -5,7 +5,7 @@ import sympy as sp
 
 from nimm_dsl.compiler.ir import DoseIR, InputIR, ModelIR, ParamIR, ScenarioIR, SetIR, StateIR
 from nimm_dsl.errors import SimulationError
-from nimm_dsl.runtime.protocol import build_protocol, param_vector, runtime_vector
+from nimm_dsl.backends.protocol import build_protocol, param_vector, runtime_vector
 
 t, x, k = sp.symbols("t x k")
 

@@ -182,7 +182,7 @@ def test_stiff_model_cvodes_solves_it_and_torch_gives_up_quickly_with_advice():
 
 
 def test_torch_default_step_cap_bounds_the_time_to_give_up():
-    from nimm_dsl.compiler.backends.torch_backend import DEFAULT_MAX_STEPS
+    from nimm_dsl.backends.torch_backend import DEFAULT_MAX_STEPS
 
     assert DEFAULT_MAX_STEPS <= 20_000  # ~1 ms a dopri5 step: under half a minute on a stiff model
 

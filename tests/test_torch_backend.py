@@ -11,12 +11,12 @@ import torch
 from scipy.integrate import solve_ivp
 
 import nimm_dsl
-from nimm_dsl.compiler.backends.neural import torch_mlp
-from nimm_dsl.compiler.backends.torch_backend import NEURAL_KEY, compile_torch
+from nimm_dsl.backends.neural import torch_mlp
+from nimm_dsl.backends.torch_backend import NEURAL_KEY, compile_torch
 from nimm_dsl.compiler.ir import (DoseIR, InputIR, LetIR, ModelIR, NeuralIR, ObserveIR, ParamIR,
                                   ScenarioIR, SetIR, StateIR)
 from nimm_dsl.errors import SimulationError
-from nimm_dsl.runtime.protocol import build_protocol
+from nimm_dsl.backends.protocol import build_protocol
 
 INF = math.inf
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..grammar import ast as A
 from ..grammar.parser import parse
-from .diagnostics import Diagnostic, has_errors, sort_key
+from ..diagnostics import Diagnostic, has_errors, sort_key
 from .symbols import SymbolTable, build_symbol_table
 
 

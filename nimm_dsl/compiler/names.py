@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Union
 
 from ..grammar import ast as A
-from .diagnostics import Diagnostic, did_you_mean
+from ..diagnostics import Diagnostic, did_you_mean
 from .symbols import BUILTIN_CONSTANTS, BUILTIN_FUNCTIONS, SymbolTable
 
 NEURAL_KINDS = ("mlp",)

@@ -9,22 +9,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..grammar import ast as A
-from .diagnostics import Diagnostic
-
-KEYWORDS = frozenset(
-    "model time unit param const state input let neural der flow observe dose set scenario end "
-    "remove in at every times from to and or not".split()
-)
-# name -> number of positional arguments
-BUILTIN_FUNCTIONS: dict[str, int] = {
-    "exp": 1, "log": 1, "log10": 1, "sqrt": 1, "abs": 1, "sin": 1, "cos": 1, "tan": 1,
-    "tanh": 1, "min": 2, "max": 2, "ifelse": 3,
-}
-BUILTIN_CONSTANTS = frozenset({"pi"})
-# Keywords, built-in functions and constants. Words with a meaning only in fixed positions (noise
-# models, neural kinds and options) are deliberately not reserved: declaring them is allowed.
-RESERVED = KEYWORDS | frozenset(BUILTIN_FUNCTIONS) | BUILTIN_CONSTANTS | {"inf"}
-
+from ..diagnostics import Diagnostic
+from ..grammar.words import BUILTIN_CONSTANTS, BUILTIN_FUNCTIONS, KEYWORDS, RESERVED  # noqa: F401  (re-exported)
 
 @dataclass(eq=False)
 class Symbol:

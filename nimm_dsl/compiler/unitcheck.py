@@ -23,7 +23,7 @@ from fractions import Fraction
 from typing import Optional, Union
 
 from ..grammar import ast as A
-from .diagnostics import Diagnostic
+from ..diagnostics import Diagnostic
 from .symbols import BUILTIN_CONSTANTS, BUILTIN_FUNCTIONS, Symbol, SymbolTable
 from .units import ONE, Unit, UnitError, UnitSystem, exact
 

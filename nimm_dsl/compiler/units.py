@@ -249,10 +249,7 @@ def pint_registry():
     if _registry is None:
         import pint
 
-        try:
-            _registry = pint.UnitRegistry(cache_folder=":auto:")
-        except Exception:  # an unwritable cache folder must not break checking
-            _registry = pint.UnitRegistry()
+        _registry = pint.UnitRegistry()  # no cache_folder: pint's cache is a pickle
     return _registry
 
 
@@ -405,7 +402,7 @@ class UnitSystem:
         return unit
 
     def _unknown_hint(self, name: str) -> str:
-        from .diagnostics import did_you_mean
+        from ..diagnostics import did_you_mean
 
         declare = f"declare `unit {name}` if it is a new kind of thing to count"
         close = did_you_mean(name, list(COMMON_NAMES) + list(self.model_units))

@@ -10,19 +10,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional, Union
 
-
-@dataclass(frozen=True)
-class Span:
-    """1-based line/column of the first character; end_column is one past the last character."""
-
-    line: int
-    column: int
-    end_line: int
-    end_column: int
-
-    def to(self, other: "Span") -> "Span":
-        """The span from the start of self to the end of other."""
-        return Span(self.line, self.column, other.end_line, other.end_column)
+from ..diagnostics import Span  # spans live with the diagnostics, at the bottom of the package
 
 
 def node(cls):

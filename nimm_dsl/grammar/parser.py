@@ -27,15 +27,8 @@ from lark.lark import PostLex
 from lark.visitors import Transformer_NonRecursive
 
 from . import ast as A
-from ..compiler.diagnostics import Diagnostic
-from ..compiler.symbols import KEYWORDS  # one list: the parser's "keyword as a name" and E203 must agree
-
-# Words that start a statement. A continuation line (inside an open bracket) that starts with
-# one of them means the bracket was never closed.
-STATEMENT_KEYWORDS = frozenset(
-    "model time unit param const state input let neural der flow observe dose set scenario end "
-    "remove".split()
-)
+from ..diagnostics import Diagnostic
+from .words import KEYWORDS, STATEMENT_KEYWORDS
 SCENARIO_STATEMENTS = (A.DoseStmt, A.SetStmt, A.RemoveStmt)
 
 MAX_BRACKET_DEPTH = 100  # deeper nesting is refused before parsing

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..compiler.diagnostics import Diagnostic, has_errors
+from ..diagnostics import Diagnostic, has_errors
 from .client import ChatClient
 from .prompts import extract_model, generation_messages, repair_messages
 

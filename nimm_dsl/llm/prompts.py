@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from ..compiler.diagnostics import Diagnostic, render_text
+from ..diagnostics import Diagnostic, render_text
 
 LANGUAGE_GUIDE = """\
 You write models in the NIMM language (one statement per line, order does not matter).

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..compiler.diagnostics import did_you_mean
+from ..diagnostics import did_you_mean
 from ..compiler.ir import ModelIR
 from ..errors import DataError
 

@@ -484,8 +484,6 @@ def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backe
         rtol: float = 1e-8, atol: float = 1e-8) -> float:
     """The negative log-likelihood of `data` at `params` (defaults elsewhere), neural penalties not
     included: what a fit minimises, for checks and profiles."""
-    from ..api import BACKENDS  # noqa: F401  (keeps the back-end names in one place)
-
     dataset = data if isinstance(data, Dataset) else load_data(data, ir)
     values = {p.name: p.default for p in ir.params}
     values.update(params or {})
@@ -494,13 +492,9 @@ def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backe
 
 
 def _compile(ir, backend, rtol, atol):
-    if backend == "casadi":
-        from ..compiler.backends.casadi_backend import compile_casadi
+    from ..backends import compile_ir
 
-        return compile_casadi(ir, rtol=rtol, atol=atol)
-    from ..compiler.backends.torch_backend import compile_torch
-
-    return compile_torch(ir)
+    return compile_ir(ir, backend, **({"rtol": rtol, "atol": atol} if backend == "casadi" else {}))
 
 
 def _progress(total, desc, progress):
@@ -518,8 +512,8 @@ def _casadi_neural_outputs(ir: ModelIR):
     import casadi as ca
     import sympy as sp
 
-    from ..compiler.backends.casadi_backend import CASADI_OPS
-    from ..compiler.backends.neural import casadi_mlp
+    from ..backends.casadi_backend import CASADI_OPS
+    from ..backends.neural import casadi_mlp
     from ..compiler.ir import walk
 
     calls = []
@@ -579,8 +573,8 @@ class _CasadiProblem:
 def _casadi_problem(ir, train: Dataset, rtol, atol, sim=None) -> _CasadiProblem:
     import casadi as ca
 
-    from ..compiler.backends.casadi_backend import CASADI_OPS, compile_casadi
-    from .protocol import segment_tail
+    from ..backends.casadi_backend import CASADI_OPS, compile_casadi
+    from ..backends.protocol import segment_tail
 
     sim = sim or compile_casadi(ir, rtol=rtol, atol=atol)
     est = [p for p in ir.params if p.estimate]
@@ -682,7 +676,7 @@ class _Sensitivities:
         output times of a one-segment protocol without doses; p: values of ir.params."""
         import casadi as ca
 
-        from .protocol import segment_tail
+        from ..backends.protocol import segment_tail
 
         seg = protocol.segments[0]
         times = protocol.output_times
@@ -925,7 +919,7 @@ def _fit_casadi(ir, train: Dataset, starts, seed, rtol, atol, max_iter, progress
     at `weights` (default: their initial values) and fits the params only."""
     import casadi as ca
 
-    from ..compiler.backends.casadi_backend import compile_casadi
+    from ..backends.casadi_backend import compile_casadi
 
     sim = compile_casadi(ir, rtol=rtol, atol=atol)
     plan = _least_squares_plan(ir, train, sim) if ipopt_options is None else None
@@ -1074,7 +1068,7 @@ class _TorchObjective:
     def __call__(self, x, weights: Mapping, subset: Optional[Sequence[int]] = None, rtol=None):
         from dataclasses import replace
 
-        from ..compiler.backends.torch_backend import NEURAL_KEY
+        from ..backends.torch_backend import NEURAL_KEY
 
         rtol = self.rtol if rtol is None else rtol
         subset = range(len(self.dataset.series)) if subset is None else subset
@@ -1105,7 +1099,7 @@ class _TorchObjective:
 
 
 def build_protocol_for(ir, series):
-    from .protocol import build_protocol
+    from ..backends.protocol import build_protocol
 
     return build_protocol(ir, series.times, inputs=series.inputs or None)
 
@@ -1121,7 +1115,7 @@ def _fit_torch(ir, train, valid, starts, seed, rtol, atol, max_iter, progress, l
     stochastic phase is spent on what the networks add."""
     import torch
 
-    from ..compiler.backends.torch_backend import compile_torch
+    from ..backends.torch_backend import compile_torch
 
     torch.manual_seed(seed)
     sim = compile_torch(ir)

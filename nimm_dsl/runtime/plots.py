@@ -41,7 +41,7 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
     if dataset is None or fit_result is None or path is None:
         raise ValueError("plot_fit needs the data, the fit result and an output path")
     if simulator is None:
-        from ..compiler.backends.casadi_backend import compile_casadi
+        from ..backends.casadi_backend import compile_casadi
 
         simulator = compile_casadi(ir)
     plt = _pyplot()

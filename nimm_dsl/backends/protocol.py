@@ -31,7 +31,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ..compiler.diagnostics import did_you_mean
+from ..diagnostics import did_you_mean
 from ..compiler.ir import DoseIR, ModelIR
 from ..errors import SimulationError
 

@@ -1,5 +1,7 @@
 """Diagnostics are data: a code, a span, a message and an optional hint.
 
+The bottom layer of the package: it imports nothing from it (tests/test_layers.py).
+
 Every phase returns a list of `Diagnostic`; `render_text` and `render_json` are the only places
 that turn them into text, so the CLI, the Python API and the LLM repair loop all show the same thing.
 """
@@ -10,7 +12,20 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from ..grammar.ast import Span
+
+@dataclass(frozen=True)
+class Span:
+    """1-based line/column of the first character; end_column is one past the last character."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def to(self, other: "Span") -> "Span":
+        """The span from the start of self to the end of other."""
+        return Span(self.line, self.column, other.end_line, other.end_column)
+
 
 # Code -> one-line meaning (LANGUAGE.md §8). The table is also rendered into docs/language.md.
 CODES: dict[str, str] = {

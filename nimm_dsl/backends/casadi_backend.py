@@ -3,7 +3,7 @@
 The IR is translated once into SX functions of (t, x, P, W): x the states, P the runtime
 parameter vector (`ir.runtime_symbols()` order: params and consts, set flags, input coefficients),
 W all neural weights concatenated in `ir.neurals` order. A simulation integrates segment by
-segment (see `nimm_dsl.runtime.protocol`), applying dose jumps between segments. The same chain,
+segment (see `nimm_dsl.backends.protocol`), applying dose jumps between segments. The same chain,
 built with MX symbols, is a differentiable CasADi function of the parameters and weights
 (`CasadiSimulator.trajectory_function`) for fitting.
 
@@ -19,10 +19,10 @@ from typing import Mapping, Optional
 import casadi as ca
 import numpy as np
 
-from ...errors import SimulationError
-from ...runtime.protocol import Protocol, Segment, build_protocol, param_vector, segment_tail
-from ...runtime.results import SimulationResult, nonfinite_warnings
-from ..ir import ModelIR, Ops, walk
+from ..errors import SimulationError
+from .protocol import Protocol, Segment, build_protocol, param_vector, segment_tail
+from .results import SimulationResult, nonfinite_warnings
+from ..compiler.ir import ModelIR, Ops, walk
 from .neural import casadi_mlp, check_weights
 
 METHODS = ("cvodes", "idas", "rk")

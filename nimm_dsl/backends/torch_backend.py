@@ -5,7 +5,7 @@ straight-line program (`_Tape`): every distinct sub-expression becomes one regis
 one torch call. Running a tape on tensors with a leading batch dimension evaluates a whole batch
 of parameter sets at once (values broadcast: time is a scalar, states and params are (B,)).
 
-Integration runs segment by segment over a `runtime.protocol.Protocol` (dose jumps, set flags,
+Integration runs segment by segment over a `backends.protocol.Protocol` (dose jumps, set flags,
 input coefficients), with `torchdiffeq.odeint` (`dopri5` by default; fixed-step `rk4` with
 `step_size`; `adjoint=True` uses `odeint_adjoint`). The adaptive error norm is the worst
 member's RMS norm, so each batch member is solved at least as accurately as it would be alone.
@@ -23,11 +23,11 @@ import numpy as np
 import sympy as sp
 import torch
 
-from ...errors import SimulationError
-from ...runtime.protocol import (Protocol, build_protocol, check_scenario, param_vector,
+from ..errors import SimulationError
+from .protocol import (Protocol, build_protocol, check_scenario, param_vector,
                                  segment_tail)
-from ...runtime.results import SimulationResult, nonfinite_warnings
-from ..ir import ModelIR, Ops, walk
+from .results import SimulationResult, nonfinite_warnings
+from ..compiler.ir import ModelIR, Ops, walk
 from .neural import TorchMLP, check_weights, neural_penalty, torch_mlp
 
 # Per segment; integration fails loudly instead of hanging. The examples need at most ~2,000

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..ir import ACTIVATIONS, NeuralIR
+from ..compiler.ir import ACTIVATIONS, NeuralIR
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 
