@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--rounds", type=int, default=3, help="at most this many versions (default 3)")
     g.add_argument("--output", metavar="MODEL.nimm", help="write the last version here (default: stdout)")
 
+    e = sub.add_parser("evaluate", help="score a model on a task: check, fit, forecast, counterfactuals")
+    e.add_argument("task", metavar="TASK.toml")
+    e.add_argument("model", metavar="MODEL.nimm")
+    e.add_argument("--backend", choices=("casadi", "torch"), default=None,
+                   help="default: the task's [fit] backend, else casadi")
+    e.add_argument("--output", metavar="REPORT.json")
+    e.add_argument("--plot", metavar="DIR", help="write fit_forecast.png and counterfactual_*.png here")
+
     w = sub.add_parser("show", help="show the compiled equations")
     w.add_argument("model", metavar="MODEL")
     w.add_argument("--latex", action="store_true", help="LaTeX (the default and only format for now)")
@@ -268,6 +276,32 @@ def cmd_generate(args) -> int:
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
+def cmd_evaluate(args) -> int:
+    """Exit 0 when every step ran (whatever the scores), 1 when the model failed a step, 2 usage."""
+    import os
+
+    from .tasks import TaskError, evaluate, load_task
+
+    _check_writable(args.output, "--output")
+    if args.plot is not None and os.path.exists(args.plot) and not os.path.isdir(args.plot):
+        raise UsageError(f"nimm: --plot `{args.plot}` is a file; give a directory")
+    if not os.path.isfile(args.model):
+        raise UsageError(f"nimm: cannot read `{args.model}`: no such file")
+    try:
+        task = load_task(args.task)
+    except TaskError as e:
+        raise UsageError(f"nimm: {e}") from None
+    report = evaluate(task, args.model, backend=args.backend, plot_dir=args.plot,
+                      progress=sys.stderr.isatty())
+    print(report.summary(), flush=True)
+    if args.output:
+        report.save(args.output)
+        print(f"nimm: report written to {args.output}", file=sys.stderr)
+    for path in report.plots:
+        print(f"nimm: plot written to {path}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
 def cmd_show(args) -> int:
     print(_load(args.model).latex())
     return EXIT_OK
@@ -296,7 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
     commands = {"check": cmd_check, "simulate": cmd_simulate, "fit": cmd_fit, "show": cmd_show,
-                "generate": cmd_generate}
+                "generate": cmd_generate, "evaluate": cmd_evaluate}
     try:
         return commands[args.command](args)
     except UsageError as e:

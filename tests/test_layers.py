@@ -18,15 +18,19 @@ LAYERS = {
     "nimm_dsl.backends": 3,
     "nimm_dsl.runtime": 4,
     "nimm_dsl.api": 5,
-    "nimm_dsl": 5,  # the package's __init__ re-exports the API
+    "nimm_dsl": 9,  # the package's __init__: the public surface, re-exports from every layer
+    "nimm_dsl.tasks": 6,
     "nimm_dsl.llm": 6,
-    "nimm_dsl.agent": 6,
-    "nimm_dsl.cli": 7,
+    "nimm_dsl.agent": 7,
+    "nimm_dsl.cli": 8,
 }
 
 
 def layer(module: str) -> int:
-    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    if module == "nimm_dsl":
+        return LAYERS[module]
+    best = max((p for p in LAYERS if p != "nimm_dsl" and (module == p or module.startswith(p + "."))),
+               key=len)
     return LAYERS[best]
 
 
