@@ -259,7 +259,7 @@ def cmd_fit(args) -> int:
 def cmd_generate(args) -> int:
     from .diagnostics import render_text
     from .llm.client import OpenAICompatibleClient
-    from .llm.loop import generate_model
+    from .llm.pipeline import generate_model
 
     client = OpenAICompatibleClient(args.endpoint, args.llm)
     result = generate_model(args.task, client, max_rounds=args.rounds,

@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from nimm_dsl.llm.client import LLMError, OpenAICompatibleClient, ScriptedClient
-from nimm_dsl.llm.loop import generate_model
+from nimm_dsl.llm.pipeline import generate_model
 from nimm_dsl.llm.prompts import extract_model
 
 BROKEN = """```nimm

@@ -1,66 +1,212 @@
-"""Prompts for generating a `.nimm` model with an LLM and for repairing it from diagnostics.
+"""Prompts for proposing and repairing `.nimm` models (docs/agent.md).
 
-The repair prompt carries the numbered source and the checker's diagnostics exactly as a person
-sees them (code, line, column, caret, hint), so that one round is usually enough.
+Everything the language model is told about the language comes from the package's own tables —
+the statement keywords and built-ins of `grammar/words.py`, the noise models and neural options
+of the checker, the diagnostic codes of `diagnostics.py` — plus one worked example that a test
+keeps checker-clean. No second hand-kept copy of the language can drift from the checker.
+
+A proposal prompt holds the language guide, the worked example, the task in words and a
+summary of the training table (never held-out data). A repair prompt holds the numbered model
+and the diagnostics exactly as a person reads them, capped in size.
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Sequence
 
-from ..diagnostics import Diagnostic, render_text
+from ..diagnostics import CODES, Diagnostic, render_text
+from ..grammar.words import BUILTIN_CONSTANTS, BUILTIN_FUNCTIONS, STATEMENT_KEYWORDS
 
-LANGUAGE_GUIDE = """\
-You write models in the NIMM language (one statement per line, order does not matter).
-Statements:
-  model NAME "description"                      (first line, exactly once)
-  time NAME [unit]                              (once, for dynamic models)
-  unit NAME                                     (a new countable unit, e.g. person, cell)
-  const NAME [unit] = VALUE                     (fixed)
-  param NAME [unit] = VALUE in [LO, HI]         (estimated; always give bounds)
-  state NAME [unit] = INIT in [LO, HI]
-  input NAME [unit] = DEFAULT [interp step|linear]
-  let NAME [unit] = EXPR                        (algebraic helper; unit optional)
-  neural NAME(ARG, ...) [unit] = mlp(hidden = [16, 16], activation = tanh, init = zero, penalty = 1e-3)
-  der(STATE) = EXPR      or      flow A -> B = RATE   (never both for one state)
-  observe NAME [unit] = EXPR ~ normal(sigma = VALUE) | lognormal(sigma = VALUE) | poisson
-  dose NAME: STATE += AMOUNT at TIME [every INTERVAL times N]     (*= for a factor)
-  set NAME = EXPR [from TIME] [to TIME]         (override a param/const/input in a window)
-  scenario NAME "doc" ... end                    (dose / set / remove lines inside)
-Units are written in brackets: [1/day], [mg/L], [L/(h*kg)], [1]. A plain number standing alone
-in a declaration takes the declared unit; next to names it is dimensionless, so write `5 [day]`.
-der(X) must have the unit of X per time unit. Arguments of exp/log/sin/... and of neural calls
-must be dimensionless: divide by a reference scale. Built-ins: exp log log10 sqrt abs sin cos tan
-tanh min max ifelse(COND, A, B) pi. Reserved words may not be used as names.
-Answer with the complete model in one ```nimm fenced block and nothing else."""
+MAX_DIAGNOSTIC_CHARS = 6000  # a repair prompt shows at most this much of the diagnostics
+MAX_SUMMARY_ROWS = 5
+
+# One line of form per statement keyword; a test checks every keyword of the grammar has one.
+STATEMENT_FORMS: dict[str, str] = {
+    "model": 'model NAME "description"                    first line, exactly once',
+    "time": "time NAME [unit]                             once in a dynamic model; NAME = the table's time column",
+    "unit": 'unit NAME  |  unit NAME = 1000 [other]       a new base unit (person, cell) or a derived one',
+    "const": "const NAME [unit] = VALUE                    fixed; VALUE from numbers and consts",
+    "param": "param NAME [unit] = VALUE in [LO, HI]        estimated by the fit; always give bounds",
+    "state": "state NAME [unit] = INIT in [LO, HI]         INIT from params/consts/inputs; bounds = valid domain",
+    "input": "input NAME [unit] = DEFAULT [interp linear]  a table column of that name, else DEFAULT",
+    "let": "let NAME [unit] = EXPR                       an algebraic quantity (unit optional, checked)",
+    "neural": "neural NAME(ARG, ...) [unit] = mlp(OPTIONS)  a small network; call it like a function",
+    "der": "der(STATE) = EXPR                            the state's derivative (unit of STATE per time unit)",
+    "flow": "flow A -> B = RATE                           moves RATE from A to B; `flow -> B` source, `flow A ->` sink",
+    "observe": "observe NAME [unit] = EXPR ~ NOISE            compared with the table's column NAME",
+    "dose": "dose NAME: STATE += AMOUNT at T [every DT times N]   a bolus; `*=` multiplies by a factor",
+    "set": "set NAME = EXPR [from T] [to T]               overrides a param/const/input inside a window",
+    "scenario": 'scenario NAME "description"                  an intervention: dose / set / remove lines, then',
+    "end": "end                                          closes a scenario",
+    "remove": "remove DOSE                                  (inside a scenario) drops a baseline dose",
+}
+
+IDIOMS = """\
+Rules that matter:
+- One statement per line; a long expression may wrap only inside ( ). `#` starts a comment.
+  Order does not matter. Use `^` for powers (not `**`) and `der(X) = ...` (not dX/dt).
+- Units in brackets: [1/day], [mg/L], [person], [1] (dimensionless). A bare number standing
+  alone in a declaration, bound, dose amount or set value takes the declared unit; a number next
+  to names is dimensionless, so write `5 [day]`. der(X) has the unit of X per time unit.
+- Arguments of exp, log, sin, ... and of neural terms must be dimensionless: divide by a
+  reference scale (S / N).
+- The time variable is named exactly like the data table's time column (`time day [day]` for a
+  column `day`), and the clock starts at the table's first time: initial values hold there.
+- An unknown initial value is a param: `param E0 [person] = 10 in [1, 1000]` and
+  `state E [person] = E0 in [0, inf]`. State bounds are the valid domain, not an estimate range.
+- Every data column to fit needs an `observe` of the same name and unit. A reported fraction of
+  incidence per day is `observe cases [person] = rho * rate * 1 [day] ~ poisson`. Counts use
+  `poisson`; positive quantities spanning decades `lognormal(sigma = s)`; otherwise
+  `normal(sigma = s)` with `param s [unit of the observe] = ... in [..]`.
+- An input column of the table (a treatment, a lockdown flag) is an `input` of the same name.
+- A neural term should refine a named `let` (a rate, a response), start at zero (`init = zero`)
+  and stay small (hidden = [8]); give it `penalty = 1e-3`.
+- Every scenario the task names must be a `scenario NAME ... end` block (it may be empty when the
+  intervention comes through an input column)."""
 
 
+def _options_line() -> str:
+    from ..compiler.names import ACTIVATIONS, NEURAL_OPTIONS, NOISE_OPTIONS
+
+    noise = ", ".join(f"{kind}({', '.join(f'{o} = EXPR' for o in options)})" if options else kind
+                      for kind, options in NOISE_OPTIONS.items())
+    return (f"NOISE is one of: {noise}; without `~` the fit is least squares.\n"
+            f"mlp OPTIONS: {', '.join(NEURAL_OPTIONS)} (hidden = [8, 8], activation = "
+            f"{' | '.join(ACTIVATIONS)}, init = zero | random, penalty = 1e-3).")
+
+
+@lru_cache(maxsize=1)
+def language_guide() -> str:
+    forms = "\n".join(f"  {STATEMENT_FORMS[k]}" for k in STATEMENT_FORMS)
+    functions = ", ".join(f"{name}({', '.join('xyz'[:arity])})" if name != "ifelse" else
+                          "ifelse(CONDITION, A, B)" for name, arity in BUILTIN_FUNCTIONS.items())
+    codes = "\n".join(f"  {code}: {meaning}" for code, meaning in _code_meanings())
+    return (
+        "You write models in the NIMM language: a typed equation language for mechanistic "
+        "dynamical models (ODEs) that are fitted to data.\n\nStatements:\n" + forms + "\n\n"
+        f"Built-in functions: {functions}; constant: {', '.join(sorted(BUILTIN_CONSTANTS))}; "
+        "comparisons < <= > >= == != with and/or/not appear only inside ifelse.\n"
+        + _options_line() + "\n\n" + IDIOMS + "\n\n"
+        "The checker reports problems with these codes:\n" + codes + "\n\n"
+        "Answer with the complete model in one ```nimm fenced block and nothing else.")
+
+
+def _code_meanings():
+    for code, entry in CODES.items():
+        meaning = entry if isinstance(entry, str) else getattr(entry, "meaning", str(entry))
+        yield code, meaning
+
+
+@lru_cache(maxsize=1)
+def worked_example() -> str:
+    return (Path(__file__).with_name("worked_example.nimm")).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- the data summary
+def summarize_table(path, max_rows: int = MAX_SUMMARY_ROWS) -> str:
+    """What a modeler would look at first: columns with ranges and missing values, the time
+    range, the series, and the first rows. Only the training table is ever summarised."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    lines = [f"Training table `{Path(path).name}`: {len(frame)} rows, columns "
+             + ", ".join(f"`{c}`" for c in frame.columns) + "."]
+    if "series" in frame.columns:
+        labels = frame["series"].astype(str).unique()
+        lines.append(f"- `series`: {len(labels)} independent series ({', '.join(labels[:8])}"
+                     + (", ..." if len(labels) > 8 else "") + ")")
+    for column in frame.columns:
+        if column == "series":
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        missing = int(values.isna().sum())
+        present = values.dropna()
+        if present.empty:
+            lines.append(f"- `{column}`: no numeric values")
+            continue
+        kind = "integers" if (present == present.round()).all() else "reals"
+        distinct = present.unique()
+        shape = (f"values {', '.join(f'{v:g}' for v in sorted(distinct.tolist()))}" if len(distinct) <= 4
+                 else f"from {present.min():.4g} to {present.max():.4g}")
+        lines.append(f"- `{column}`: {kind}, {shape}"
+                     + (f", {missing} missing" if missing else "")
+                     + (f" (first {present.iloc[0]:.4g}, last {present.iloc[-1]:.4g})" if len(distinct) > 4 else ""))
+    with open(path, encoding="utf-8-sig") as handle:  # as written, not as pandas reformats them
+        first = [next(handle, "").rstrip("\n") for _ in range(max_rows + 1)]
+    lines.append("First rows:\n" + "\n".join(line for line in first if line))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- messages
+def task_text(description: str, scenarios: Sequence[tuple[str, str]] = ()) -> str:
+    text = description.strip()
+    if scenarios:
+        text += "\n\nThe model must define these scenarios (interventions to predict):\n" + "\n".join(
+            f"- scenario `{name}`: {doc}" for name, doc in scenarios)
+    return text
+
+
+def proposal_messages(task: str, data_summary: Optional[str] = None,
+                      direction: Optional[str] = None) -> list[dict]:
+    """The first request for a candidate. `direction` asks for a distinct mechanism (the
+    agent's branches)."""
+    user = [f"Task:\n{task}"]
+    if data_summary:
+        user.append(data_summary)
+    if direction:
+        user.append(direction)
+    user.append("Write one complete NIMM model for this task.")
+    return [{"role": "system", "content": language_guide() + "\n\nA complete example:\n```nimm\n"
+             + worked_example() + "```"},
+            {"role": "user", "content": "\n\n".join(user)}]
+
+
+# Kept for `generate_model` and its callers: the proposal without data.
 def generation_messages(task: str) -> list[dict]:
-    return [
-        {"role": "system", "content": LANGUAGE_GUIDE},
-        {"role": "user", "content": f"Write a NIMM model for this task:\n{task}"},
-    ]
+    return proposal_messages(task)
 
 
 def numbered(source: str) -> str:
     return "\n".join(f"{i:4d} | {line}" for i, line in enumerate(source.splitlines(), 1))
 
 
-def repair_messages(task: str, source: str, diagnostics: list[Diagnostic]) -> list[dict]:
-    report = render_text(diagnostics, source)
-    return [
-        {"role": "system", "content": LANGUAGE_GUIDE},
-        {"role": "user", "content": (
-            f"Task:\n{task}\n\nYour model:\n{numbered(source)}\n\n"
-            f"The checker reported these problems (code, line:column, what was expected and found):\n"
-            f"{report}\n\nFix every error and answer with the complete corrected model in one "
-            f"```nimm fenced block.")},
-    ]
+def diagnostics_text(diagnostics: Sequence[Diagnostic], source: str,
+                     limit: int = MAX_DIAGNOSTIC_CHARS) -> str:
+    """The diagnostics as a person reads them, errors first, cut at `limit` characters."""
+    ordered = sorted(diagnostics, key=lambda d: (not d.is_error, d.span.line, d.span.column))
+    shown, used = [], 0
+    for i, d in enumerate(ordered):
+        block = render_text([d], source)
+        if used + len(block) > limit and shown:
+            shown.append(f"... and {len(ordered) - i} more")
+            break
+        shown.append(block)
+        used += len(block) + 1
+    return "\n".join(shown)
 
 
-_FENCE = re.compile(r"```(?:nimm)?[ \t]*\n(.*?)```", re.DOTALL)
+def repair_messages(task: str, source: str, diagnostics: Sequence[Diagnostic],
+                    data_summary: Optional[str] = None, stage: str = "check") -> list[dict]:
+    what = {"check": "The checker reported these problems",
+            "bind": "Checked against the training table, these problems were found",
+            "probe": "A short simulation at the parameter defaults found these problems"}.get(stage, "Problems")
+    user = f"Task:\n{task}\n\n"
+    if data_summary:
+        user += data_summary + "\n\n"
+    user += (f"Your model:\n{numbered(source)}\n\n{what} (code, line:column, what was expected and "
+             f"found):\n{diagnostics_text(diagnostics, source)}\n\nFix every error (warnings too where "
+             f"they point at a real mistake) and answer with the complete corrected model in one "
+             f"```nimm fenced block.")
+    return [{"role": "system", "content": language_guide()}, {"role": "user", "content": user}]
+
+
+_FENCE = re.compile(r"```[ \t]*(?:nimm)?[ \t]*\n(.*?)```", re.DOTALL)
 
 
 def extract_model(reply: str) -> str:
-    """The model text of a reply: the first fenced block, else the whole reply."""
+    """The model text of a reply: the first fenced block, else the whole reply (a constrained
+    reply is the bare model)."""
     m = _FENCE.search(reply)
     return (m.group(1) if m else reply).strip() + "\n"
