@@ -61,6 +61,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--output", metavar="REPORT.json")
     e.add_argument("--plot", metavar="DIR", help="write fit_forecast.png and counterfactual_*.png here")
 
+    a = sub.add_parser("agent", help="build models for a task with a language model in the loop")
+    a.add_argument("task", metavar="TASK.toml")
+    a.add_argument("--endpoint", required=True, metavar="URL",
+                   help="an OpenAI-compatible API base URL (key from $NIMM_LLM_API_KEY)")
+    a.add_argument("--llm", required=True, metavar="NAME", help="the model name at that endpoint")
+    a.add_argument("--budget", type=int, default=20, help="language-model calls, repairs included (default 20)")
+    where = a.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    where.add_argument("--cluster", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
+    a.add_argument("--out", metavar="RUN_DIR", help="default: runs/<task name>")
+    a.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run in RUN_DIR")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--validation", type=float, default=0.2,
+                   help="fraction of each series' last points held out for validation (default 0.2)")
+    a.add_argument("--branches", type=int, default=3, help="initial branches (default 3)")
+    a.add_argument("--timeout", type=float, default=300.0, help="seconds per candidate fit (default 300)")
+    a.add_argument("--constrain", choices=("none", "vllm", "llama-cpp", "sglang"), default="none",
+                   help="send the generation grammar to a server that supports it")
+
     w = sub.add_parser("show", help="show the compiled equations")
     w.add_argument("model", metavar="MODEL")
     w.add_argument("--latex", action="store_true", help="LaTeX (the default and only format for now)")
@@ -302,6 +321,42 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
+def cmd_agent(args) -> int:
+    from pathlib import Path
+
+    from .agent import AgentConfig, run_agent
+    from .agent.executor import make_executor
+    from .llm.client import OpenAICompatibleClient
+    from .tasks import TaskError, load_task
+
+    if args.budget < 1:
+        raise UsageError(f"nimm: --budget needs at least 1 call, got {args.budget}")
+    if not 0.0 <= args.validation < 1.0:
+        raise UsageError(f"nimm: --validation needs a fraction in [0, 1), got {args.validation}")
+    if args.workers < 1 or args.branches < 1 or not args.timeout > 0:
+        raise UsageError("nimm: --workers and --branches need at least 1, --timeout a positive number")
+    try:
+        task = load_task(args.task, read_held_out=False)
+    except TaskError as e:
+        raise UsageError(f"nimm: {e}") from None
+    out = Path(args.resume or args.out or Path("runs") / task.name)
+    if args.resume and not (out / "tree.json").is_file():
+        raise UsageError(f"nimm: --resume `{out}`: no tree.json there")
+    if not args.resume and (out / "tree.json").exists():
+        raise UsageError(f"nimm: `{out}` already holds a run; use --resume {out} or another --out")
+    client = OpenAICompatibleClient(args.endpoint, args.llm)
+    executor = make_executor(args.workers, args.cluster, args.timeout)
+    try:
+        config = AgentConfig(Path(args.task), out, budget=args.budget, branches=args.branches,
+                             validation=args.validation, seed=args.seed)
+        result = run_agent(config, client, executor)
+    finally:
+        executor.close()
+    print(f"best model: {out / 'best.nimm'}" if result.best else "no candidate could be fitted")
+    print(f"report: {out / 'report.md'}")
+    return EXIT_OK if result.best else EXIT_ERROR
+
+
 def cmd_show(args) -> int:
     print(_load(args.model).latex())
     return EXIT_OK
@@ -330,7 +385,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
     commands = {"check": cmd_check, "simulate": cmd_simulate, "fit": cmd_fit, "show": cmd_show,
-                "generate": cmd_generate, "evaluate": cmd_evaluate}
+                "generate": cmd_generate, "evaluate": cmd_evaluate, "agent": cmd_agent}
     try:
         return commands[args.command](args)
     except UsageError as e:

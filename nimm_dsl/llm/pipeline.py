@@ -29,12 +29,13 @@ class Attempt:
     stage: str  # the first stage that found errors, or "clean"
     diagnostics: list[Diagnostic] = field(default_factory=list)
     error: Optional[str] = None  # a reply that could not be had (LLMError)
+    note: str = ""  # what the reply said outside its model block (e.g. the change it made)
     prompt_tokens: Optional[int] = None
     seconds: float = 0.0
 
     def to_json(self) -> dict:
         return {"stage": self.stage, "diagnostics": [d.to_dict() for d in self.diagnostics],
-                "error": self.error, "prompt_tokens": self.prompt_tokens,
+                "error": self.error, "note": self.note, "prompt_tokens": self.prompt_tokens,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -121,7 +122,7 @@ def build_candidate(client: ChatClient, messages: list[dict], task: str, data=No
         source = extract_model(reply)
         stage, diagnostics = validate(source, file, data, probe, probe_timeout)
         usage = getattr(client, "last_usage", None)
-        attempt = Attempt(source, stage, diagnostics,
+        attempt = Attempt(source, stage, diagnostics, note=reply_note(reply),
                           prompt_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
                           seconds=time.perf_counter() - started)
         candidate.attempts.append(attempt)
@@ -131,6 +132,20 @@ def build_candidate(client: ChatClient, messages: list[dict], task: str, data=No
             break
         messages = repair_messages(task, source, diagnostics, data_summary, stage)
     return candidate
+
+
+MAX_NOTE_CHARS = 500
+
+
+def reply_note(reply: str) -> str:
+    """The reply's words outside its fenced model block, shortened (a refinement's `CHANGE:`)."""
+    import re
+
+    if "```" not in reply:  # a bare model (a constrained reply): no words around it
+        return ""
+    outside = re.sub(r"```.*?(```|$)", " ", reply, flags=re.DOTALL)
+    text = " ".join(outside.split())
+    return text[:MAX_NOTE_CHARS]
 
 
 def generate_model(task: str, client: ChatClient, max_rounds: int = 3, file: str = "<generated>",

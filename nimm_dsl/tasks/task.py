@@ -56,8 +56,9 @@ _TOP_KEYS = {"task", "data", "counterfactual", "evaluate", "fit"}
 _FIT_KEYS = {"backend": str, "starts": int, "seed": int}
 
 
-def load_task(path) -> Task:
-    """Read and validate a task file; raises TaskError."""
+def load_task(path, read_held_out: bool = True) -> Task:
+    """Read and validate a task file; raises TaskError. With read_held_out=False (the agent)
+    the test and truth tables are neither opened nor checked beyond their existence."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -78,7 +79,7 @@ def load_task(path) -> Task:
     test = _existing(path, test_name, "[data] test") if test_name is not None else None
 
     train_columns = table_columns(train)
-    if test is not None:
+    if test is not None and read_held_out:
         test_columns = table_columns(test)
         if set(test_columns) != set(train_columns):
             raise TaskError(f"{path}: [data] test `{test_name}` has columns {_listed(test_columns)} "
@@ -100,7 +101,7 @@ def load_task(path) -> Task:
         seen.add(scenario)
         truth_name = _string(entry, "truth", path, where, default=None)
         truth = _existing(path, truth_name, f"{where} truth") if truth_name is not None else None
-        if truth is not None:
+        if truth is not None and read_held_out:
             extra = [c for c in table_columns(truth) if c not in train_columns]
             if extra:
                 raise TaskError(f"{path}: {where} truth `{truth_name}` has column(s) {_listed(extra)} "
