@@ -20,7 +20,8 @@ from typing import Optional
 class Law:
     name: str
     template: str  # {A} the maximal rate, {K} the half-saturation constant, {X} the driver
-    new_params: tuple[tuple[str, str, str], ...] = ()  # (name suffix, unit kind, default rule)
+    # (name suffix, unit kind, default rule, bounds): bounds None = the default ÷/× 100
+    new_params: tuple[tuple[str, str, str, Optional[tuple[float, float]]], ...] = ()
 
 
 # role -> laws (the first is the form that is detected)
@@ -29,17 +30,19 @@ LAWS: dict[str, tuple[Law, ...]] = {
         Law("Monod / Holling II / Michaelis-Menten", "{A} * {X} / ({K} + {X})"),
         Law("Tessier", "{A} * (1 - exp(-({X}) / {K}))"),
         Law("Haldane (substrate inhibition)", "{A} * {X} / ({K} + {X} + ({X})^2 / {name}_Ki)",
-            (("Ki", "X", "10K"),)),
-        Law("Moser / Hill", "{A} * (({X}) / {K})^{name}_n / (1 + (({X}) / {K})^{name}_n)",
-            (("n", "1", "2"),)),
+            (("Ki", "X", "10K", None),)),
+        # max(X, 0): a solver may step a vanishing substrate a hair below zero, and a negative
+        # base to a fractional power is NaN
+        Law("Moser / Hill", "{A} * (max({X}, 0) / {K})^{name}_n / (1 + (max({X}, 0) / {K})^{name}_n)",
+            (("n", "1", "2", (0.5, 6.0)),)),
         Law("Holling III (sigmoid)", "{A} * ({X})^2 / ({K}^2 + ({X})^2)"),
         Law("Holling I (linear)", "{A} * ({X}) / {K}"),
     ),
     "incidence": (
         Law("frequency-dependent (mass action over N)", "{A} * {S} * {I} / {N}"),
-        Law("density-dependent mass action", "{A} * {S} * {I} / {N0}", (("N0", "N", "N"),)),
+        Law("density-dependent mass action", "{A} * {S} * {I} / {N0}", (("N0", "N", "N", None),)),
         Law("saturating incidence", "{A} * {S} * {I} / ({N} + {name}_alpha * {I})",
-            (("alpha", "1", "1"),)),
+            (("alpha", "1", "1", (0.0, 100.0)),)),
     ),
 }
 
@@ -144,7 +147,7 @@ def law_siblings(model, role_let: RoleLet) -> list[tuple[str, str]]:
         values = dict(role_let.parts, name=role_let.name)
         added = []
         ok = True
-        for suffix, unit_kind, rule in law.new_params:
+        for suffix, unit_kind, rule, bounds in law.new_params:
             new = f"{role_let.name}_{suffix}"
             values[f"{role_let.name}_{suffix}"] = new
             unit = {"1": "1", "X": units.get(role_let.parts.get("X")),
@@ -153,7 +156,8 @@ def law_siblings(model, role_let: RoleLet) -> list[tuple[str, str]]:
             if unit is None or default is None:
                 ok = False
                 break
-            added.append(f"param {new} [{unit}] = {default:.6g} in [{default / 100:.6g}, {default * 100:.6g}]"
+            lo, hi = bounds if bounds is not None else (default / 100, default * 100)
+            added.append(f"param {new} [{unit}] = {default:.6g} in [{lo:.6g}, {hi:.6g}]"
                          f"  \"{law.name}: added by the agent\"")
         if not ok:
             continue

@@ -203,6 +203,8 @@ class Agent:
         note = candidate.attempts[0].note if candidate.attempts else ""
         if kind == "refine" and note:
             node.change = _change_line(note) or node.change
+        elif kind == "propose" and _headline(node.source):
+            node.change = f"{change}: {_headline(node.source)[len('model '):]}"
         if node.status == "pending":
             twin = self.tree.find_duplicate(node.source, node.id)
             if twin is not None:

@@ -7,6 +7,7 @@ so a stopped run resumes without repeating finished nodes.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,9 +103,18 @@ class Tree:
 
 
 def _node_json(node: Node) -> dict:
-    out = asdict(node)
-    return json.loads(json.dumps(out, default=float, allow_nan=True).replace("Infinity", "null")
-                      .replace("NaN", "null"))
+    return _finite(asdict(node))
+
+
+def _finite(x):
+    """JSON has no NaN or infinity: they are written as null (text is left as it is)."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 _COMMENT = re.compile(r"#.*$", re.MULTILINE)
