@@ -70,7 +70,7 @@ def test_a_timeout_is_our_error_and_within_the_deadline(llm_stub):
 
 
 def test_the_deadline_covers_retries(llm_stub):
-    # Each attempt is slow; retries would take 3 x 0.4 s but the whole call has 0.5 s.
+    # Every attempt outlasts the deadline; without it the SDK would make all three attempts.
     for _ in range(3):
         llm_stub.reply("late", delay=30)
     client = client_for(llm_stub, timeout=0.5, max_retries=2)
