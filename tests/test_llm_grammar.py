@@ -30,6 +30,9 @@ def _test_models() -> dict:
     from test_llm_client import MODEL
 
     models = {p.name: p.read_text(encoding="utf-8") for p in EXAMPLES}
+    worked = ROOT / "nimm_dsl" / "llm" / "worked_example.nimm"  # the prompt's worked example
+    if worked.is_file():
+        models[worked.name] = worked.read_text(encoding="utf-8")
     models["LANGUAGE.md §1"] = FLU
     models["test_llm_client.MODEL"] = MODEL
     return models
@@ -66,7 +69,7 @@ def test_both_grammars_are_valid():
 
 
 def test_the_generated_name_rules_are_up_to_date():
-    # `python -m nimm_dsl.grammar.generation` rewrites them from compiler.symbols.KEYWORDS
+    # `python -m nimm_dsl.grammar.generation` rewrites them from grammar.words.KEYWORDS
     lark, gbnf = generation.LARK_PATH.read_text(), generation.GBNF_PATH.read_text()
     assert generation.expected_lark(lark) == lark
     assert generation.expected_gbnf(gbnf) == gbnf
