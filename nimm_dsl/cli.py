@@ -296,6 +296,10 @@ def cmd_generate(args) -> int:
                           allow_insecure=args.allow_insecure)
     result = generate_model(args.task, client, max_rounds=args.rounds,
                             file=args.output or "<generated>")
+    error = result.last.error if result.last else None
+    if error and not result.source:  # no model at all: the language model could not be had
+        print(f"nimm: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(result.source)
@@ -305,6 +309,8 @@ def cmd_generate(args) -> int:
           f"{'checks clean' if result.ok else 'still has errors'}", file=sys.stderr)
     if result.diagnostics:
         print(render_text(result.diagnostics, result.source), file=sys.stderr)
+    if error:
+        print(f"nimm: error: {error}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERROR
 
 

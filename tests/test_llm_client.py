@@ -246,6 +246,11 @@ def test_nimm_generate_reports_llm_errors_in_one_line(llm_stub, capsys, monkeypa
     code = main(["generate", "t", "--endpoint", llm_stub.url, "--llm", "m"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("nimm: error:") and "finish_reason" in err and "Traceback" not in err
+    llm_stub.reply(f"```nimm\n{BROKEN}```").reply("", finish_reason="stop")  # a version, then no reply
+    code = main(["generate", "t", "--endpoint", llm_stub.url, "--llm", "m"])
+    captured = capsys.readouterr()
+    assert code == 1 and "-kk * x" in captured.out  # the last version there was
+    assert captured.err.rstrip().splitlines()[-1].startswith("nimm: error:") and "is empty" in captured.err
     code = main(["generate", "t", "--endpoint", "http://example.com/v1", "--llm", "m"])
     err = capsys.readouterr().err
     assert code == 1 and "--allow-insecure" in err and KEY not in err
