@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="an OpenAI-compatible API base URL (key from $NIMM_LLM_API_KEY)")
     g.add_argument("--llm", required=True, metavar="NAME", help="the model name at that endpoint")
     g.add_argument("--rounds", type=int, default=3, help="at most this many versions (default 3)")
+    g.add_argument("--constrain", choices=("none", "vllm", "llama-cpp", "sglang"), default="none",
+                   help="send the whole-file generation grammar in this server's request field "
+                        "(vllm: structured_outputs.grammar, Lark; llama-cpp: grammar, GBNF; sglang: ebnf, GBNF)")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="deadline for each request to the model, retries included (default 120)")
+    g.add_argument("--allow-insecure", action="store_true",
+                   help="allow plain http:// to a host other than this machine (the key travels unencrypted)")
     g.add_argument("--output", metavar="MODEL.nimm", help="write the last version here (default: stdout)")
 
     e = sub.add_parser("evaluate", help="score a model on a task: check, fit, forecast, counterfactuals")
@@ -277,12 +284,22 @@ def cmd_fit(args) -> int:
 
 def cmd_generate(args) -> int:
     from .diagnostics import render_text
-    from .llm.client import OpenAICompatibleClient
+    from .llm.client import OpenAIClient
     from .llm.pipeline import generate_model
 
-    client = OpenAICompatibleClient(args.endpoint, args.llm)
+    if args.rounds < 1:
+        raise UsageError(f"nimm: --rounds needs at least 1, got {args.rounds}")
+    if not args.timeout > 0:
+        raise UsageError(f"nimm: --timeout needs a positive number of seconds, got {args.timeout}")
+    _check_writable(args.output, "--output")
+    client = OpenAIClient(args.endpoint, args.llm, timeout=args.timeout, constrain=args.constrain,
+                          allow_insecure=args.allow_insecure)
     result = generate_model(args.task, client, max_rounds=args.rounds,
                             file=args.output or "<generated>")
+    error = result.last.error if result.last else None
+    if error and not result.source:  # no model at all: the language model could not be had
+        print(f"nimm: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(result.source)
@@ -292,6 +309,8 @@ def cmd_generate(args) -> int:
           f"{'checks clean' if result.ok else 'still has errors'}", file=sys.stderr)
     if result.diagnostics:
         print(render_text(result.diagnostics, result.source), file=sys.stderr)
+    if error:
+        print(f"nimm: error: {error}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
@@ -326,7 +345,7 @@ def cmd_agent(args) -> int:
 
     from .agent import AgentConfig, run_agent
     from .agent.executor import make_executor
-    from .llm.client import OpenAICompatibleClient
+    from .llm.client import OpenAIClient
     from .tasks import TaskError, load_task
 
     if args.budget < 1:
@@ -344,7 +363,7 @@ def cmd_agent(args) -> int:
         raise UsageError(f"nimm: --resume `{out}`: no tree.json there")
     if not args.resume and (out / "tree.json").exists():
         raise UsageError(f"nimm: `{out}` already holds a run; use --resume {out} or another --out")
-    client = OpenAICompatibleClient(args.endpoint, args.llm)
+    client = OpenAIClient(args.endpoint, args.llm, constrain=args.constrain)
     executor = make_executor(args.workers, args.cluster, args.timeout)
     try:
         config = AgentConfig(Path(args.task), out, budget=args.budget, branches=args.branches,
