@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="fraction of each series' last points held out for validation (default 0.2)")
     a.add_argument("--branches", type=int, default=3, help="initial branches (default 3)")
     a.add_argument("--timeout", type=float, default=300.0, help="seconds per candidate fit (default 300)")
+    a.add_argument("--llm-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="deadline of one language-model call, retries included (default 120)")
+    a.add_argument("--allow-insecure", action="store_true",
+                   help="allow plain http:// to a host other than this machine (the key travels in clear)")
     a.add_argument("--constrain", choices=("none", "vllm", "llama-cpp", "sglang"), default="none",
                    help="send the generation grammar to a server that supports it")
 
@@ -363,7 +367,8 @@ def cmd_agent(args) -> int:
         raise UsageError(f"nimm: --resume `{out}`: no tree.json there")
     if not args.resume and (out / "tree.json").exists():
         raise UsageError(f"nimm: `{out}` already holds a run; use --resume {out} or another --out")
-    client = OpenAIClient(args.endpoint, args.llm, constrain=args.constrain)
+    client = OpenAIClient(args.endpoint, args.llm, constrain=args.constrain, timeout=args.llm_timeout,
+                          allow_insecure=args.allow_insecure)
     executor = make_executor(args.workers, args.cluster, args.timeout)
     try:
         config = AgentConfig(Path(args.task), out, budget=args.budget, branches=args.branches,
