@@ -5,19 +5,25 @@ value in this unit times `scale` is the value in base units: SI with kg, plus on
 `unit NAME`), and a label for printing. Units compare by dimension and scale: `[mg/L]` equals
 `[g/m^3]`.
 
-Unit names come from pint, the unit library, but pint costs ~0.2 s to import and `nimm check`
-must start in well under half a second. So the names models use every day are in a small exact
-table (`_COMMON`, checked against pint by tests/test_units.py), the set of all names pint knows is
-embedded at the bottom of this file (also checked against pint), and pint itself is imported only
-for a library unit outside the table, or to name the library unit a model unit collides with.
+Unit names come from pint, the unit library, used whole and through its public API. Importing
+pint and building its registry costs ~0.6 s, and `nimm check` must start in well under half a
+second, so three layers answer in turn:
+
+* `_COMMON`, our own small exact table (SI bases, prefixes, the units of docs/language.md §4),
+  after Myokit's `_unit.py`; tests/test_units.py checks every entry against pint.
+* `library_names()`: the names in pint's definition file, read as text in pint's documented
+  definition-file format, without importing pint. It answers "is this a library name?" (so a
+  model may declare `unit person` but not `unit au`) and names the unit in a message.
+* pint itself, imported on first need only, for the factor and dimension of a library unit
+  outside the table (`au`, `mmHg`, `inch`).
 
 Library names are accepted by the SI rule, stricter than pint's own parser: a name is a unit's
 name, symbol or alias, a long name with a plural `s`, or a prefix and a unit both in symbol form
 (`mg`, `uM`) or both in long form (`milligram`). Pint alone would read `hare` as hecto-are; a
 model about hares must be able to declare `unit hare`.
 
-Temperatures are purely multiplicative (`degC` has the kelvin's scale): unit conversion never
-adds offsets.
+Units with an offset or on a log scale (`degC`, `dB`) convert by no factor, so each is a dimension
+of its own (docs/language.md §4); `delta_degC` is an ordinary multiple of the kelvin.
 """
 from __future__ import annotations
 
@@ -196,15 +202,17 @@ class UnitError(Exception):
 
 
 # ---------------------------------------------------------------- the common-name table
+# Our own table, exact by construction: the units models use every day (docs/language.md §4), so
+# that checking them never waits for pint. tests/test_units.py compares every entry with pint.
 def _si(scale, **exponents) -> tuple[dict[str, int], Fraction]:
     key = {"m": LENGTH, "s": TIME, "kg": MASS, "mol": SUBSTANCE, "A": CURRENT,
            "K": TEMPERATURE, "cd": LUMINOSITY}
     return {key[k]: v for k, v in exponents.items()}, Fraction(scale)
 
 
-_PREFIXES = {"k": Fraction(1000), "d": Fraction(1, 10), "c": Fraction(1, 100),
-             "m": Fraction(1, 1000), "u": Fraction(1, 10**6), "n": Fraction(1, 10**9),
-             "p": Fraction(1, 10**12)}
+_PREFIXES = {"G": Fraction(10**9), "M": Fraction(10**6), "k": Fraction(1000),
+             "d": Fraction(1, 10), "c": Fraction(1, 100), "m": Fraction(1, 1000),
+             "u": Fraction(1, 10**6), "n": Fraction(1, 10**9), "p": Fraction(1, 10**12)}
 # symbol -> (dimension exponents, scale to SI), and which prefixes are in common use with it
 _PREFIXABLE = {
     "s": (_si(1, s=1), "mun"), "g": (_si(Fraction(1, 1000), kg=1), "kmunp"),
@@ -215,6 +223,7 @@ _PREFIXABLE = {
     "J": (_si(1, kg=1, m=2, s=-2), "km"), "W": (_si(1, kg=1, m=2, s=-3), "km"),
     "N": (_si(1, kg=1, m=1, s=-2), "km"), "Pa": (_si(1, kg=1, m=-1, s=-2), "k"),
     "Gy": (_si(1, m=2, s=-2), "cm"), "Hz": (_si(1, s=-1), "k"), "C": (_si(1, A=1, s=1), "mun"),
+    "Bq": (_si(1, s=-1), "kMG"),
 }
 _PLAIN = {
     "min": _si(60, s=1), "h": _si(3600, s=1), "day": _si(86400, s=1),
@@ -223,7 +232,8 @@ _PLAIN = {
     "K": _si(1, K=1), "cd": _si(1, cd=1), "kat": _si(1, mol=1, s=-1),
     "gram": _si(Fraction(1, 1000), kg=1), "liter": _si(Fraction(1, 1000), m=3),
     "litre": _si(Fraction(1, 1000), m=3), "meter": _si(1, m=1), "metre": _si(1, m=1),
-    "mole": _si(1, mol=1), "percent": _si(Fraction(1, 100)),
+    "mole": _si(1, mol=1), "count": _si(1), "percent": _si(Fraction(1, 100)),
+    "ppm": _si(Fraction(1, 10**6)),
 }
 
 
@@ -237,6 +247,152 @@ def _common_table() -> dict[str, tuple[dict[str, int], Fraction]]:
 
 
 _COMMON = _common_table()
+COMMON_NAMES = tuple(_COMMON)
+
+
+# ---------------------------------------------------------------- the names pint knows
+@dataclass(frozen=True)
+class LibraryNames:
+    """The unit and prefix names of pint's definition files, each mapped to its canonical name.
+
+    Symbols (`mg`'s `m` and `g`) and long names (`milli`, `gram`) are kept apart for the SI rule;
+    an alias counts as both, as pint mixes `hr` and `litre` among them.
+    """
+
+    unit_symbols: frozenset
+    unit_names: frozenset
+    prefix_symbols: frozenset
+    prefix_names: frozenset
+    canonical: Mapping[str, str]  # unit name, symbol or alias -> pint's name for the unit
+    canonical_prefix: Mapping[str, str]  # prefix name, symbol or alias -> pint's prefix name
+
+    def split(self, name: str) -> Optional[tuple[str, str]]:
+        """(prefix, unit) as written when `name` is a library unit by the SI rule, else None."""
+        if name in self.unit_symbols or name in self.unit_names:
+            return "", name
+        if name.endswith("s") and name[:-1] in self.unit_names:
+            return "", name[:-1]
+        for i in range(1, len(name)):
+            prefix, rest = name[:i], name[i:]
+            if prefix in self.prefix_symbols and rest in self.unit_symbols:
+                return prefix, rest
+            if prefix in self.prefix_names:
+                if rest in self.unit_names:
+                    return prefix, rest
+                if rest.endswith("s") and rest[:-1] in self.unit_names:
+                    return prefix, rest[:-1]
+        return None
+
+    def canonical_name(self, name: str) -> Optional[str]:
+        """pint's spelling of a library name (`au` -> `astronomical_unit`, `mg` -> `milligram`)."""
+        split = self.split(name)
+        if split is None:
+            return None
+        prefix, unit = split
+        return (self.canonical_prefix[prefix] if prefix else "") + self.canonical[unit]
+
+
+def read_definitions(lines: Iterable[str], open_import) -> LibraryNames:
+    """The names defined by lines in pint's documented definition-file format (pint's
+    "Defining units" page): `name = definition [= symbol] [= alias ...]` (symbol `_`: none),
+    `prefix- = factor [= symbol-] [= alias- ...]`, `@alias name = alias ...`, `@import FILE` (read
+    through `open_import(FILE)`), `@group` bodies (units); `[dimension] = ...` lines and
+    `@defaults`, `@context` and `@system` blocks define no names and are skipped."""
+    unit_symbols, unit_names, prefix_symbols, prefix_names = set(), set(), set(), set()
+    canonical: dict[str, str] = {}
+    canonical_prefix: dict[str, str] = {}
+
+    def add(name: str, rest: list[str], symbols: set, longs: set, names: dict) -> None:
+        symbol, aliases = (rest[0], rest[1:]) if rest else ("_", [])
+        longs.add(name)
+        names[name] = name
+        if symbol not in ("_", "", name):
+            symbols.add(symbol)
+            names[symbol] = name
+        for alias in aliases:
+            symbols.add(alias)
+            longs.add(alias)
+            names[alias] = name
+
+    def walk(text_lines: Iterable[str]) -> None:
+        skipping = False
+        for raw in text_lines:
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if line.startswith("@"):
+                directive = line[1:].split(None, 1)
+                word = directive[0].split("(", 1)[0]
+                if word == "end":
+                    skipping = False
+                elif word in ("defaults", "context", "system"):
+                    skipping = True
+                elif word == "import" and len(directive) > 1:
+                    walk(open_import(directive[1].strip()))
+                elif word == "alias" and len(directive) > 1:
+                    target, *aliases = (part.strip() for part in directive[1].split("="))
+                    for alias in aliases:
+                        unit_symbols.add(alias)
+                        unit_names.add(alias)
+                        canonical[alias] = canonical.get(target, target)
+                continue  # @group opens a block of ordinary definitions
+            if skipping or line.startswith("[") or "=" not in line:
+                continue
+            name, definition, *rest = (part.strip() for part in line.split("="))
+            if name.endswith("-"):
+                rest = [r[:-1] if r.endswith("-") else r for r in rest]
+                add(name[:-1], rest, prefix_symbols, prefix_names, canonical_prefix)
+                continue
+            add(name, rest, unit_symbols, unit_names, canonical)
+            if _has_offset(definition):  # pint adds `delta_degC` for differences of degC
+                symbol, aliases = (rest[0], rest[1:]) if rest else ("_", [])
+                delta_symbol = "_" if symbol in ("_", "") else "Δ" + symbol
+                delta_aliases = ["Δ" + a for a in aliases] + ["delta_" + a for a in aliases]
+                add("delta_" + name, [delta_symbol, *delta_aliases], unit_symbols, unit_names, canonical)
+
+    walk(lines)
+    return LibraryNames(frozenset(unit_symbols), frozenset(unit_names), frozenset(prefix_symbols),
+                        frozenset(prefix_names), canonical, canonical_prefix)
+
+
+def _has_offset(definition: str) -> bool:
+    """Whether a unit definition (`kelvin; offset: 273.15`) has a non-zero offset."""
+    for modifier in definition.split(";")[1:]:
+        key, _, value = modifier.partition(":")
+        if key.strip() == "offset":
+            try:
+                return float(value) != 0
+            except ValueError:
+                return True
+    return False
+
+
+_LIBRARY_NAMES: Optional[LibraryNames] = None
+
+
+def library_names() -> Optional[LibraryNames]:
+    """The names in pint's default definition file, read without importing pint (that costs
+    ~0.6 s, and deciding that `person` is free to declare must not). None when the file is not
+    where `pint.UnitRegistry()` loads it from; pint itself then decides what is a library name."""
+    global _LIBRARY_NAMES
+    if _LIBRARY_NAMES is None:
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("pint")
+        if spec is None or spec.origin is None:
+            return None
+        folder = Path(spec.origin).parent
+        try:
+            _LIBRARY_NAMES = read_definitions(
+                _read_lines(folder / "default_en.txt"), lambda f: _read_lines(folder / f))
+        except OSError:
+            return None
+    return _LIBRARY_NAMES
+
+
+def _read_lines(path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
 
 
 # ---------------------------------------------------------------- pint, lazily
@@ -244,132 +400,75 @@ _registry = None
 
 
 def pint_registry():
-    """The process's one pint registry (imported on first need: it is slow to load)."""
+    """The process's one pint registry, built on first need (importing pint and reading its
+    definitions takes ~0.6 s). No cache_folder: pint's registry cache is a pickle."""
     global _registry
     if _registry is None:
         import pint
 
-        _registry = pint.UnitRegistry()  # no cache_folder: pint's cache is a pickle
+        _registry = pint.UnitRegistry()
     return _registry
 
 
-def pint_name_index(registry) -> tuple[frozenset, frozenset, frozenset, frozenset]:
-    """(unit symbols, unit long names, prefix symbols, prefix long names) known to pint.
-
-    Aliases count as both forms (pint mixes `hr` and `litre` among them). Prefixed units that pint
-    cached while parsing (`kilometer`, `km`) are left out: the prefix rule accepts them anyway,
-    and the index must not depend on what a registry happened to parse.
-    """
-    prefix_short, prefix_long = set(), set()
-    for d in set(registry._prefixes.values()):
-        if d.name:
-            prefix_long.add(d.name)
-        if d.symbol and d.symbol != d.name:
-            prefix_short.add(d.symbol)
-        prefix_short.update(d.aliases)
-        prefix_long.update(d.aliases)
-    definitions = set(registry._units.values())
-    names = {d.name for d in definitions}
-
-    def prefixed(name: str) -> bool:
-        return any(name.startswith(p) and name[len(p):] in names for p in prefix_long if p)
-
-    unit_short, unit_long = set(), set()
-    for d in definitions:
-        if prefixed(d.name):
-            continue
-        unit_long.add(d.name)
-        if d.symbol and d.symbol != d.name:  # pint gives symbol-less units their name as symbol
-            unit_short.add(d.symbol)
-        unit_short.update(d.aliases)
-        unit_long.update(d.aliases)
-    return frozenset(unit_short), frozenset(unit_long), frozenset(prefix_short), frozenset(prefix_long)
-
-
-def split_library_name(name: str, index) -> Optional[tuple[str, str]]:
-    """(prefix, unit) as written when `name` is a library unit by the SI rule, else None."""
-    unit_short, unit_long, prefix_short, prefix_long = index
-    if name in unit_short or name in unit_long:
-        return "", name
-    if name.endswith("s") and name[:-1] in unit_long:
-        return "", name[:-1]
-    for i in range(1, len(name)):
-        prefix, rest = name[:i], name[i:]
-        if prefix in prefix_short and rest in unit_short:
-            return prefix, rest
-        if prefix in prefix_long and (rest in unit_long or rest.endswith("s") and rest[:-1] in unit_long):
-            return prefix, rest if rest in unit_long else rest[:-1]
-    return None
-
-
-def _embedded_index():
-    return (frozenset(_PINT_UNIT_SYMBOLS.split()) | frozenset(_PINT_UNIT_ALIASES.split()),
-            frozenset(_PINT_UNIT_NAMES.split()) | frozenset(_PINT_UNIT_ALIASES.split()),
-            frozenset(_PINT_PREFIX_SYMBOLS.split()), frozenset(_PINT_PREFIX_NAMES.split()))
-
-
-_INDEX = None
-
-
 def is_library_name(name: str) -> bool:
-    global _INDEX
     if name in _COMMON:
         return True
-    if _INDEX is None:
-        _INDEX = _embedded_index()
-    return split_library_name(name, _INDEX) is not None
-
-
-def _pint_canonical(name: str) -> Optional[str]:
-    """pint's spelling of a library name (`astronomical_unit`, `milligram`)."""
-    registry = pint_registry()
-    split = split_library_name(name, pint_name_index(registry))
-    if split is None:
-        return None
-    prefix, unit = split
-    prefix_name = registry._prefixes[prefix].name if prefix else ""
-    return prefix_name + registry._units[unit].name
+    names = library_names()
+    if names is None:
+        return bool(pint_registry().parse_unit_name(name))
+    return names.split(name) is not None
 
 
 def library_description(name: str) -> str:
     """How to name a library unit in a message: `astronomical unit`."""
-    try:
-        canonical = _pint_canonical(name)
-    except Exception:
-        canonical = None
+    names = library_names()
+    canonical = names.canonical_name(name) if names is not None else None
     return (canonical or name).replace("_", " ")
 
 
+_LIBRARY_UNITS: dict[str, Optional[Unit]] = {}
+
+
+def library_unit(name: str) -> Optional[Unit]:
+    """The library unit called `name`, or None. Remembered for the process: the library does not
+    change, and handing out the same objects lets Unit arithmetic find its remembered results."""
+    if name not in _LIBRARY_UNITS:
+        _LIBRARY_UNITS[name] = _library_unit(name)
+    return _LIBRARY_UNITS[name]
+
+
 def _library_unit(name: str) -> Optional[Unit]:
+    """The library unit called `name` (our table, else pint's public API), or None."""
     if name in _COMMON:
         dims, scale = _COMMON[name]
         return Unit.make(dims, scale, {name: 1})
-    if not is_library_name(name):
+    names = library_names()
+    canonical = names.canonical_name(name) if names is not None else name
+    if canonical is None:
         return None
+    registry = pint_registry()
+    import pint
+
     try:
-        registry = pint_registry()
-        canonical = _pint_canonical(name)
-        multiplicative = registry.Quantity(1, canonical)._is_multiplicative
         factor, _ = registry.get_base_units(canonical)
         dims = registry.get_dimensionality(canonical)
-    except Exception:
+        # A multiplicative unit maps zero to zero; degC (0 degC is 273.15 K) and the
+        # logarithmic dB (0 dB is a ratio of 1) do not.
+        multiplicative = registry.Quantity(0, canonical).to_base_units().magnitude == 0
+    except (pint.PintError, ValueError, ArithmeticError):  # a prefixed degC, say
         return None
     if not multiplicative:
-        # degC, degF, dB: no factor converts them (0 degC is 273.15 K), so each is a dimension of
-        # its own: values combine with the same unit, and mixing with K is E401/E405, not wrong.
+        # No factor converts these, so each is a dimension of its own: values combine with the
+        # same unit, and mixing with K is E401/E405, not silently wrong (docs/language.md §4).
         return Unit.make({f"[{canonical}]": 1}, 1, {name: 1})
     return Unit.make({d: exact(float(e)) for d, e in dims.items()}, exact(float(factor)), {name: 1})
-
-
-COMMON_NAMES = tuple(_COMMON)
 
 
 class UnitSystem:
     """Resolves unit names: the library's plus the model's own (`unit person`, `unit kcell = ...`)."""
 
     def __init__(self):
-        self.model_units: dict[str, Unit] = {}
-        self._cache: dict[str, Optional[Unit]] = {}
+        self.model_units: dict[str, Unit] = {}  # never a library name: _check_free refuses those
 
     def _check_free(self, name: str) -> None:
         if is_library_name(name):
@@ -392,11 +491,9 @@ class UnitSystem:
 
     def lookup(self, name: str) -> Unit:
         """The unit called `name`; raises UnitError (E406) when there is none."""
-        if name in self.model_units and not is_library_name(name):
+        if name in self.model_units:
             return self.model_units[name]
-        if name not in self._cache:
-            self._cache[name] = _library_unit(name)
-        unit = self._cache[name]
+        unit = library_unit(name)
         if unit is None:
             raise UnitError("E406", f"unknown unit `{name}`", self._unknown_hint(name))
         return unit
@@ -441,143 +538,3 @@ class UnitSystem:
             raise errors[0]
         assert unit is not None
         return unit
-
-
-# ---------------------------------------------------------------- pint's names, embedded
-# Generated by `pint_name_index(pint.UnitRegistry())` (pint 0.25); tests/test_units.py fails
-# when pint's names change, with the text to paste here.
-def embedded_index_source(registry) -> str:
-    """The Python text of the constants below, from a pint registry."""
-    import textwrap
-
-    unit_short, unit_long, prefix_short, prefix_long = pint_name_index(registry)
-    parts = {"_PINT_UNIT_SYMBOLS": unit_short - unit_long, "_PINT_UNIT_NAMES": unit_long - unit_short,
-             "_PINT_UNIT_ALIASES": unit_short & unit_long, "_PINT_PREFIX_SYMBOLS": prefix_short,
-             "_PINT_PREFIX_NAMES": prefix_long}
-    out = []
-    for const, names in parts.items():
-        body = textwrap.fill(" ".join(sorted(names)), 96, break_long_words=False, break_on_hyphens=False)
-        out.append(f'{const} = """\n{body}\n"""')
-    return "\n".join(out) + "\n"
-
-
-_PINT_UNIT_SYMBOLS = """
-% A AU A_90 A_US A_it Ah At B Ba Bd Bi Bq Btu Btu_it Btu_th C C_90 Ci Cl D Da E_h F FBM F_90 Fr
-G G_0 Gal Gb Gy H H_90 Hz J K K_J K_J90 Ly M Mx N N_A Ne Nm Np Oe P PPCM PSH Pa R RIU R_K R_K90
-R_∞ Rd Ry S SPL St Sv T Ta Td Tj Tt U UK_cwt US_cwt V VA V_90 V_US V_it W W_90 Wb Wh Xu_Cu Xu_Mo
-Z_0 a a_0 a_u_current a_u_efg a_u_electric_field a_u_force a_u_intensity a_u_temp a_u_time abA
-abC abF abH abS abV abΩ ap_dr ap_lb ap_oz arcmin arcsec at atm atm_l au b bbl beer_bbl blob bpp
-bu c c_1 c_2 cal cal_15 cal_it cc cd cm_1 cmil cp cps ct cu_ft cu_in cu_yd cwt d dB dBW dBm dBu
-deg den dgal dots_per_inch dpi dqt dr dwt dyn e eV eu fldr floz fm fps ft ftH2O ftH2O_4C
-ftH2O_60F ftHg ftHg_0C ftHg_32F ftHg_60F ft_lb fur g g_0 g_e gal gf gi gr grad h ha hp
-imperial_bbl imperial_bu imperial_cp imperial_fldr imperial_floz imperial_gal imperial_gi
-imperial_pk imperial_pt imperial_qt in inH2O inH2O_4C inH2O_60F inHg inHg_0C inHg_32F inHg_60F
-jig k k_C kat kgf kn kph ksi l lb lbf li lm lx ly m mH2O mH2O_4C mH2O_60F mHg mHg_0C mHg_32F
-mHg_60F m_e m_n m_p m_u mi min mol mph mps nmi oct oil_bbl oz ozf pc pdl pk pp psi pt px qt quad
-r_e rad rd rpm rps s sft slpm smi sq_deg sq_ft sq_in sq_mi sq_rod sq_yd sr statA statF statH
-statT statV statWb statΩ sv t tTNT tbsp tf th thm tlb toe toz tsp u yd °C °F °R °Re µ µ_0 µ_B
-µ_N Å Å_star ħ Δ°C Δ°F Δ°Re Φ_0 Ω Ω_90 Ω_US Ω_it α γ ε ε_0 ζ λ π ρH2O ρH2O_4C ρH2O_60F ρHg
-ρHg_0C ρHg_32F ρHg_60F σ σ_e ‰ ℎ
-"""
-_PINT_UNIT_NAMES = """
-LMH RKM UK_force_ton UK_hundredweight UK_ton US_force_ton US_hundredweight
-US_international_ampere US_international_ohm US_international_volt US_therm US_ton abampere
-abcoulomb aberdeen abfarad abhenry abohm absiemens absorbance_unit abvolt acre acre_foot ampere
-ampere_hour ampere_turn angstrom angstrom_star apothecary_dram apothecary_ounce apothecary_pound
-arcminute arcsecond are astronomical_unit atmosphere_liter atomic_mass_constant
-atomic_unit_of_current atomic_unit_of_electric_field atomic_unit_of_electric_field_gradient
-atomic_unit_of_force atomic_unit_of_intensity atomic_unit_of_temperature atomic_unit_of_time
-avogadro_constant avogadro_number bag bar barn barrel barye baud becquerel beer_barrel biot
-biot_turn bit bits_per_pixel board_foot bohr bohr_magneton boiler_horsepower boltzmann_constant
-british_thermal_unit buckingham bushel byte cables_length calorie candela carat century chain
-cicero circular_mil classical_electron_radius clausius common_year conductance_quantum
-conventional_ampere_90 conventional_coulomb_90 conventional_farad_90 conventional_henry_90
-conventional_josephson_constant conventional_mercury_density conventional_ohm_90
-conventional_volt_90 conventional_von_klitzing_constant conventional_water_density
-conventional_watt_90 cooling_tower_ton coulomb coulomb_constant count counts_per_second
-css_pixel cubic_centimeter cubic_foot cubic_inch cubic_yard cup curie dalton darcy day debye
-decade decibel decibelmicrowatt decibelmilliwatt decibelwatt degree degree_Celsius
-degree_Fahrenheit degree_Rankine degree_Reaumur delta_degree_Celsius delta_degree_Fahrenheit
-delta_degree_Reaumur denier didot dirac_constant dram dry_barrel dry_gallon dry_pint dry_quart
-dtex dyne electrical_horsepower electron_g_factor electron_mass electron_volt elementary_charge
-entropy_unit enzyme_unit eon erg eulers_number farad faraday faraday_constant fathom fermi
-fifteen_degree_calorie fifth fine_structure_constant first_radiation_constant fluid_dram
-fluid_ounce foot foot_H2O foot_H2O_4C foot_H2O_60F foot_Hg foot_Hg_0C foot_Hg_32F foot_Hg_60F
-foot_per_second foot_pound force_gram force_kilogram force_long_ton force_metric_ton force_ounce
-force_pound force_ton fortnight franklin furlong galileo gallon gamma gamma_mass gauss gilbert
-gill grade grain gram gray gregorian_year hand hartree hectare henry hertz hogshead horsepower
-hour hundredweight impedance_of_free_space imperial_barrel imperial_bushel imperial_cup
-imperial_fluid_drachm imperial_fluid_ounce imperial_fluid_scruple imperial_gallon imperial_gill
-imperial_minim imperial_peck imperial_pint imperial_quart inch inch_H2O inch_H2O_4C inch_H2O_60F
-inch_Hg inch_Hg_0C inch_Hg_32F inch_Hg_60F international_british_thermal_unit
-international_calorie josephson_constant joule jute katal kelvin kilometer_per_hour kip
-kip_per_square_inch knot lambda lambert langley league leap_year light_year link liter ln10
-long_hundredweight long_ton lumen lux magnetic_flux_quantum maxwell mean_international_ampere
-mean_international_ohm mean_international_volt mercury_density_0C mercury_density_32F
-mercury_density_60F meter meter_H2O meter_H2O_4C meter_H2O_60F meter_Hg meter_Hg_0C meter_Hg_32F
-meter_Hg_60F meter_per_second meter_per_second_squared metric_horsepower metric_ton micron mil
-mile mile_per_hour millennium minim minute molar molar_gas_constant mole month nautical_mile
-neper neutron_mass newton newtonian_constant_of_gravitation nit nuclear_magneton number_english
-number_meter octave oersted ohm oil_barrel ounce parsec particle pascal peak_sun_hour peck
-pennyweight percent permille pi pica pint pixel pixels_per_centimeter pixels_per_inch
-planck_constant planck_current planck_length planck_mass planck_temperature planck_time point
-poise pound pound_force_per_square_inch poundal ppm proton_mass quadrillion_Btu quart quarter
-radian rads reciprocal_centimeter refractive_index_unit refrigeration_ton rem
-revolutions_per_minute revolutions_per_second reyn rhe rod roentgen rutherford rydberg
-rydberg_constant scaled_point scruple second second_radiation_constant shake shot sidereal_day
-sidereal_month sidereal_year siemens sievert slinch slug sound_pressure_level speed_of_light
-square_degree square_foot square_inch square_league square_mile square_rod square_survey_mile
-square_yard standard_atmosphere standard_gravity standard_liter_per_minute statampere statfarad
-stathenry statmho statohm stattesla statvolt statweber stefan_boltzmann_constant steradian stere
-stilb stokes stone strain survey_foot survey_mile svedberg sverdrup synodic_month tablespoon
-tansec teaspoon technical_atmosphere tesla tex tex_cicero tex_didot tex_pica tex_point therm
-thermochemical_british_thermal_unit thomson_cross_section thou ton ton_TNT
-tonne_of_oil_equivalent torr townsend tropical_month tropical_year troy_ounce troy_pound turn
-unified_atomic_mass_unit unit_pole vacuum_permeability vacuum_permittivity volt volt_ampere
-von_klitzing_constant water_density_4C water_density_60F watt watt_hour weber week
-wien_frequency_displacement_law_constant wien_u wien_wavelength_displacement_law_constant wien_x
-x_unit_Cu x_unit_Mo yard year zeta
-"""
-_PINT_UNIT_ALIASES = """
-BDFT BF BTU Btu_iso DPI ECC EC_therm Eh KPH L MPH NeC PPI Phi_0 R_inf UK_bbl UK_bushel UK_cup
-UK_fluid_ounce UK_gallon UK_gill UK_horsepower UK_pint UK_pk UK_quart UK_ton_force US_dry_barrel
-US_dry_gallon US_dry_pint US_dry_quart US_fluid_dram US_fluid_ounce US_liquid_cup US_liquid_dram
-US_liquid_fifth US_liquid_gallon US_liquid_gill US_liquid_ounce US_liquid_quart US_pint US_shot
-US_ton_force a0 a_u_action a_u_energy a_u_length a_u_mass abmho acre_feet alpha amp amu
-angular_degree angular_minute angular_second apothecary_drachm arc_minute arc_second arcdeg
-arcdegree atmosphere atomic_unit_of_action atomic_unit_of_energy atomic_unit_of_length
-atomic_unit_of_mass avdp_dram avdp_ounce avdp_pound avoirdupois_dram avoirdupois_ounce
-avoirdupois_pound barad barie barrie baryd big_point board_feet bohr_radius bp bps c_0 cal_th
-candle celsius centuries characteristic_impedance_of_vacuum circle cubic_feet cycle degC degF
-degK degR degRe degreeC degreeF degreeK degreeR degreeRe degree_Kelvin degree_Réaumur
-delta_celsius delta_degC delta_degF delta_degRe delta_degreeC delta_degreeF delta_degreeRe
-delta_degree_Réaumur delta_fahrenheit delta_reaumur delta_réaumur dot drachm electric_constant
-electronvolt enzymeunit eps0 eps_0 epsilon_0 esu fahrenheit feet feetH2O feetH2O_4C feetH2O_60F
-feetHg feetHg_0C feetHg_32F feetHg_60F feet_H2O feet_H2O_4C feet_H2O_60F feet_Hg feet_Hg_0C
-feet_Hg_32F feet_Hg_60F fluidram footpound force_short_ton force_t ft_H2O ft_H2O_4C ft_H2O_60F
-ft_Hg ft_Hg_0C ft_Hg_32F ft_Hg_60F g0 g_n gon gradian gram_force gravitational_constant gravity
-hartree_energy hbar hr hydraulic_horsepower imperial_fluid_dram in_H2O in_H2O_4C in_H2O_60F
-in_Hg in_Hg_0C in_Hg_32F in_Hg_60F inches inchesH2O inchesH2O_4C inchesH2O_60F inchesHg
-inchesHg_0C inchesHg_32F inchesHg_60F inches_H2O inches_H2O_4C inches_H2O_60F inches_Hg
-inches_Hg_0C inches_Hg_32F inches_Hg_60F international_feet international_foot
-international_inch international_inches international_knot international_mile
-international_steam_table_calorie international_yard julian_year k_B kayser kilogram_force
-knot_international kt lbt lightyear liquid_cup liquid_gallon liquid_gill liquid_pint
-liquid_quart litre long_ton_force lunar_month m_H2O m_H2O_4C m_H2O_60F m_Hg m_Hg_0C m_Hg_32F
-m_Hg_60F magnetic_constant metre metric_ton_force mho mil_length millennia molec molecule mu0
-mu_0 mu_B mu_N octet ohm_90 ohm_US ohm_it ounce_force ozt pel perch picture_element pole pond
-pound_force ppi printers_dpi printers_pica printers_point rankine reaumur revolution réaumur
-röntgen sec section short_hundredweight short_ton short_ton_force sigma sigma_e slm slugette
-sq_perch sq_pole sqdeg square_feet square_inches statC statcoulomb super_feet super_foot
-superficial_feet superficial_foot survey_link t_force thermochemical_calorie ton_force
-ton_of_refrigeration tonne us_statute_mile watthour yr °K ångström ørsted Δcelsius ΔdegC ΔdegF
-ΔdegRe ΔdegreeC ΔdegreeF ΔdegreeRe Δdegree_Réaumur Δfahrenheit Δreaumur Δréaumur μ ϵ ℓ Å
-"""
-_PINT_PREFIX_SYMBOLS = """
-E Ei G Gi Ki M Mi P Pi Q R T Ti Y Yi Z Zi a c d da deka demi f h k m mc mu n p q r u y z µ μ
-"""
-_PINT_PREFIX_NAMES = """
-atto centi deca deci deka demi exa exbi femto gibi giga hecto kibi kilo mc mebi mega micro milli
-mu nano pebi peta pico quecto quetta ronna ronto semi sesqui tebi tera u yobi yocto yotta zebi
-zepto zetta μ
-"""
