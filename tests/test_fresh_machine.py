@@ -69,8 +69,10 @@ import numpy as np
 import nimm_dsl
 from nimm_dsl.cli import main
 root = sys.argv[1]
-for example in ("flu_sir", "exponential_decay", "michaelis_menten"):  # the last two need pint
+for example in ("flu_sir", "exponential_decay", "michaelis_menten"):
     nimm_dsl.check(open(root + f"/examples/{example}.nimm").read())
+nimm_dsl.check("model m\nparam p [mmHg] = 1 in [0, 2]\nobserve y [mmHg] = p\n")  # builds pint's registry
+assert "pint" in sys.modules
 model = nimm_dsl.load(root + "/examples/flu_sir.nimm")
 for backend in ("casadi", "torch"):
     model.compile(backend).simulate(np.linspace(0, 5, 6))
