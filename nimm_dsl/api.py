@@ -99,6 +99,12 @@ class Model:
 
         return to_latex(self.ir)
 
+    def equations(self) -> str:
+        """The compiled equations as plain text (`nimm show --format text`)."""
+        from .compiler.lower import to_text
+
+        return to_text(self.ir)
+
     def __repr__(self) -> str:
         return f"<nimm Model {self.name!r} from {self.file}>"
 

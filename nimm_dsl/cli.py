@@ -93,7 +93,10 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("show", help="show the compiled equations")
     w.add_argument("model", metavar="MODEL")
-    w.add_argument("--latex", action="store_true", help="LaTeX (the default and only format for now)")
+    w.add_argument("--format", choices=("latex", "text"), default="latex",
+                   help="LaTeX equations (default) or plain text")
+    w.add_argument("--latex", action="store_const", const="latex", dest="format",
+                   help="the same as --format latex")
     return p
 
 
@@ -382,7 +385,8 @@ def cmd_agent(args) -> int:
 
 
 def cmd_show(args) -> int:
-    print(_load(args.model).latex())
+    model = _load(args.model)
+    print(model.latex() if args.format == "latex" else model.equations(), end="")
     return EXIT_OK
 
 

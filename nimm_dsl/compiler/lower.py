@@ -331,7 +331,7 @@ def to_latex(ir: I.ModelIR) -> str:
 
     Set lines are shown as windows beside the equations rather than as the Piecewise switches
     the back ends use, and doses as jumps."""
-    baseline = {s.flag: 0 for s in ir.sets}
+    baseline = _display_substitutions(ir)
 
     def tex(e) -> str:
         return sp.latex(e.xreplace(baseline) if isinstance(e, sp.Basic) else e)
@@ -368,3 +368,41 @@ def to_latex(ir: I.ModelIR) -> str:
         rows.append(rf"{sp.latex(sp.Symbol(d.state))} &\mathrel{{{op}}}= {sp.latex(d.amount)} && "
                     rf"\text{{dose {text(d.name)} at }} {sp.latex(t)} \in \{{{times}\}}")
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}\n"
+
+
+def _display_substitutions(ir: I.ModelIR) -> dict:
+    """What the shown equations replace: set flags off (sets are listed as windows), and each
+    input's per-segment line `a + b*t` by the input itself (the coefficients are internal)."""
+    out = {s.flag: 0 for s in ir.sets}
+    for u in ir.inputs:
+        a, b = u.coef
+        out[a], out[b] = u.symbol, 0
+    return out
+
+
+def to_text(ir: I.ModelIR) -> str:
+    """The baseline model as plain-text equations in declared units, for `nimm show --format text`
+    (the same content as `to_latex`)."""
+    baseline = _display_substitutions(ir)
+
+    def show(e) -> str:
+        return sp.sstr(e.xreplace(baseline) if isinstance(e, sp.Basic) else e)
+
+    t = ir.time
+    rows = [f"{let.symbol} = {show(let.expr)}    [{let.unit}]" for let in ir.lets]
+    rows += [f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]" for s in ir.states]
+    rows += [f"{s.symbol}({t}0) = {show(s.init)}    [{s.unit}]" for s in ir.states]
+    for o in ir.observes:
+        noise = "" if o.noise == "lsq" else f"    data ~ {o.noise}" + (
+            f"(sigma = {show(o.sigma)})" if o.sigma is not None else "")
+        rows.append(f"{o.symbol} = {show(o.expr)}{noise}")
+    for s in ir.sets:
+        window = " ".join(filter(None, [f"{s.start:g} <=" if s.start is not None else "",
+                                        str(t) if t is not None else "",
+                                        f"< {s.end:g}" if s.end is not None else ""]))
+        rows.append(f"{s.target} <- {sp.sstr(s.expr)}    {'scenario ' + s.scenario if s.scenario else 'baseline'}"
+                    + (f", {window}" if window else ""))
+    for d in ir.doses:
+        rows.append(f"{d.state} {d.op}= {sp.sstr(d.amount)}    dose {d.name} at {t} in "
+                    f"{{{', '.join(f'{x:g}' for x in d.times)}}}")
+    return "\n".join(rows) + "\n"
