@@ -1,7 +1,6 @@
 """Parser: statement forms, spans, precedence, E100 recovery and absurd input."""
 import math
 import operator
-import time
 from fractions import Fraction
 
 import pytest
@@ -9,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nimm_dsl.grammar import ast as A
-from nimm_dsl.grammar.parser import MAX_DIAGNOSTICS, parse
+from nimm_dsl.grammar.parser import MAX_DIAGNOSTICS, MAX_SOURCE_CHARS, parse
 
 from language_example import FLU  # noqa: E402  (LANGUAGE.md §1, verbatim)
 
@@ -60,7 +59,7 @@ def test_language_example_parses_without_diagnostics():
     assert span(beta.bounds) == (8, 32, 8, 40)
     assert statements[7].bounds.hi.value == math.inf and statements[7].bounds.hi.text == "inf"
     assert (flow.source.name, flow.target.name) == ("S", "I")
-    assert span(flow.arrow_span and flow) == (16, 1, 16, 31)
+    assert span(flow) == (16, 1, 16, 31)
     assert (flow.arrow_span.line, flow.arrow_span.column, flow.arrow_span.end_column) == (16, 8, 10)
     assert span(flow.rate) == (16, 15, 16, 31)  # beta * S * I / N
     sigma = observe.noise.options[0]
@@ -126,7 +125,7 @@ def test_neural_declaration_and_call():
 def test_flow_source_and_sink():
     source, sink = parse_ok("flow -> S = births\nflow I -> = mu * I")
     assert source.source is None and source.target.name == "S"
-    assert span(source.arrow_span and source) == (1, 1, 1, 19)
+    assert span(source) == (1, 1, 1, 19)
     assert (source.arrow_span.column, source.arrow_span.end_column) == (6, 8)
     assert sink.source.name == "I" and sink.target is None
 
@@ -509,19 +508,17 @@ def test_binary_garbage_never_raises():
     assert 0 < len(diagnostics) <= MAX_DIAGNOSTICS + 1
 
 
-def test_five_megabytes_finish_quickly_with_capped_diagnostics():
+def test_five_megabytes_give_capped_diagnostics():
     garbage = "x = = ( ] $\n" * 420_000
-    started = time.perf_counter()
     _, diagnostics = errors(garbage)
-    assert time.perf_counter() - started < 10
     assert len(diagnostics) == MAX_DIAGNOSTICS + 1
     assert diagnostics[-1].message == "too many errors; stopping"
+    assert diagnostics[-2].span.line == MAX_DIAGNOSTICS  # one per line, then the stop: not the whole file
 
     valid = FLU * (5_000_000 // len(FLU))
-    started = time.perf_counter()
     program, diagnostics = errors(valid)
-    assert time.perf_counter() - started < 10
-    assert len(program.statements) > 1000
+    lines_read = MAX_SOURCE_CHARS // len(FLU) * FLU.count("\n")  # whole copies of the model before the limit
+    assert program.statements[-1].span.line <= lines_read + FLU.count("\n")
     assert len(diagnostics) == 1 and diagnostics[0].message.startswith("file too large")
 
 
@@ -533,9 +530,11 @@ def test_very_long_single_line():
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(list("()[]+-*/^<>=!~:,.#\"\n \tabx1e_") + [
     "in ", "param ", "let ", "end\n", "scenario s\n", "inf", "not ", "->", "+=", " [1/day] "]), max_size=40).map("".join))
-def test_any_text_gives_a_program_and_e100_only(text):
+def test_any_text_gives_e100_only_and_spans_inside_the_text(text):
     program, diagnostics = parse(text)
-    assert isinstance(program, A.Program)
+    n_lines = text.count("\n") + 1
     for d in diagnostics:
-        assert d.code == "E100" and d.span.line >= 1 and d.span.column >= 1
+        assert d.code == "E100" and 1 <= d.span.line <= n_lines and d.span.column >= 1
+    for span in [s.span for s in program.statements] + program.unparsed:
+        assert 1 <= span.line <= span.end_line <= n_lines
 
