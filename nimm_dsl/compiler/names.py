@@ -1,4 +1,4 @@
-"""Name resolution and structure checks (E201, E204, E205, E301-E307, E501, E503, W701-W704).
+"""Name resolution and structure checks (E201, E204, E205, E301-E307, E501, E503, E504, W701-W704).
 
 Runs after `build_symbol_table` (which already reported E202/E203) and before the unit check.
 Besides diagnostics it returns a `NameInfo`: the let evaluation order, the direct dependencies of
@@ -16,6 +16,9 @@ Choices where LANGUAGE.md is silent:
 * A cycle among consts is reported like a cycle among lets (E304).
 * A set target alone is not a use (W701): `set k = 0.2 from 3` on an otherwise unused `k` still
   warns. A name used only inside a scenario is used.
+* E504 (compiler/fold.py) is checked here, on every expression: an operation on constants without
+  a finite value, and an infinite declared value, amount, event time or sigma (`inf` is for
+  bounds, and `set ... to inf` is the end of the run).
 """
 from __future__ import annotations
 
