@@ -122,6 +122,9 @@ def test_infinite_bounds_and_set_windows_are_fine_but_event_times_are_not():
     assert e504("param k [1/day] = 1 in [-inf, inf]", "set k = 2 from 1 to inf\n") == []
     assert e504("param k [1/day] = 1 in [0, 2]", "dose d: x += 1 at inf\n") == [
         (7, 19, "`at` of dose `d` is infinite; expected a finite number")]
+    # one fault, one code: an infinite count is not also E503
+    found = nimm_dsl.check(HEADER + "param k [1/day] = 1 in [0, 2]\n" + DECAY + "dose d: x += 1 at 0 every 1 times inf\n")
+    assert [(d.code, d.span.column) for d in found] == [("E504", 35)]
 
 
 # ---------------------------------------------------------------- one rule set: checker and lowering agree

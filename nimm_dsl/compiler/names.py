@@ -17,8 +17,8 @@ Choices where LANGUAGE.md is silent:
 * A set target alone is not a use (W701): `set k = 0.2 from 3` on an otherwise unused `k` still
   warns. A name used only inside a scenario is used.
 * E504 (compiler/fold.py) is checked here, on every expression: an operation on constants without
-  a finite value, and an infinite declared value, amount, event time or sigma (`inf` is for
-  bounds, and `set ... to inf` is the end of the run).
+  a finite value, and an infinite declared value, amount or event time (`inf` is for bounds, and
+  `set ... to inf` is the end of the run; an infinite sigma is E503 like any non-positive one).
 """
 from __future__ import annotations
 
@@ -463,7 +463,7 @@ class _Checker:
             self.info.depends[stmt.name.name] = used | timing
         if stmt.times is not None:
             n = self.number(stmt.times)
-            if n is not None and not (math.isfinite(n) and n >= 1 and n == int(n)):
+            if n is not None and not math.isinf(n) and not (n >= 1 and n == int(n)):  # inf: E504
                 self.report("E503", stmt.times.span, f"`times` of {where} must be a whole number of at least 1, found {n:g}")
         if stmt.every is not None:
             dt = self.number(stmt.every)
@@ -527,7 +527,7 @@ class _Checker:
                 self.report("E503", opt.value.span, f"`{name}` expects a value, found a list")
             else:
                 seen.add(name)
-                used |= self.resolve(opt.value, Position(f"the {name} of observe `{stmt.name.name}`", finite=True))
+                used |= self.resolve(opt.value, Position(f"the {name} of observe `{stmt.name.name}`"))
                 sigma = self.number(opt.value)
                 if sigma is not None and not 0 < sigma < math.inf:
                     self.report("E503", opt.value.span, f"`{name}` must be a positive number, found {sigma:g}")
