@@ -27,17 +27,59 @@ class Span:
         return Span(self.line, self.column, other.end_line, other.end_column)
 
 
-# Code -> one-line meaning (LANGUAGE.md §8). The table is also rendered into docs/language.md.
+@dataclass(frozen=True)
+class Area:
+    """A range of codes owned by one part of the system (docs/language.md §9)."""
+
+    first: str  # e.g. "E100"; the range is first..last inclusive, same letter
+    last: str
+    name: str
+    phase: str  # check | data | probe | task: what reports them
+
+    def __contains__(self, code: str) -> bool:
+        return (len(code) == 4 and code[0] == self.first[0]
+                and self.first[1:] <= code[1:] <= self.last[1:] and code[1:].isdigit())
+
+
+# Code ranges, reserved per area: a new code takes the next free number of its area's range.
+AREAS: tuple[Area, ...] = (
+    Area("E100", "E199", "syntax", "check"),
+    Area("E200", "E299", "names", "check"),
+    Area("E300", "E349", "structure", "check"),
+    Area("E350", "E399", "index families", "check"),  # reserved: indexed declarations
+    Area("E400", "E499", "units", "check"),
+    Area("E500", "E599", "values and options", "check"),
+    Area("E600", "E699", "data binding", "data"),
+    Area("W600", "W699", "data binding", "data"),
+    Area("W700", "W799", "model warnings", "check"),
+    Area("E800", "E899", "run-time probes", "probe"),
+    Area("W800", "W899", "run-time probes", "probe"),
+    Area("E900", "E999", "tasks", "task"),  # reserved: task files and evaluation (TASKS.md)
+    Area("W900", "W999", "tasks", "task"),
+)
+
+
+def area_of(code: str) -> Optional[Area]:
+    return next((a for a in AREAS if code in a), None)
+
+
+def severity_of(code: str) -> str:
+    """`W` codes are warnings (a model with only warnings runs); every other code is an error."""
+    return "warning" if code.startswith("W") else "error"
+
+
+# Code -> one-line meaning: the one table of diagnostics (LANGUAGE.md §8, TASKS.md §5). The
+# table in docs/language.md §9 shows the same meanings (tests/test_diagnostic_codes.py).
 CODES: dict[str, str] = {
     "E100": "syntax error: unexpected token or character, unclosed block or bracket",
     "E201": "undefined name",
-    "E202": "duplicate declaration",
+    "E202": "duplicate declaration, or a model unit with a library unit's name",
     "E203": "a reserved word or built-in name declared as a name",
     "E204": "a name of the wrong kind here",
     "E205": "wrong number of arguments",
     "E301": "a state without dynamics (no der, no flow)",
     "E302": "a state with competing dynamics (two der lines, or der and flows)",
-    "E303": "time missing where the model has dynamics, or declared twice",
+    "E303": "time missing where the model has dynamics, declared twice, or declared without states",
     "E304": "cyclic definition among lets",
     "E305": "model header missing, repeated or not first",
     "E306": "a value depends on what it may not",
@@ -49,13 +91,25 @@ CODES: dict[str, str] = {
     "E405": "a value whose dimension disagrees with its declared unit",
     "E406": "unknown unit",
     "E407": "a boolean used as a number, or a number as a condition",
-    "E501": "invalid bounds (LO not below HI)",
+    "E501": "invalid bounds (LO not below HI), or an empty set window",
     "E502": "a constant default or initial value outside its bounds",
     "E503": "an invalid option",
+    "E504": "a constant without a finite value (division by zero, overflow, no real value, or infinite where a number is needed)",
+    "E601": "the data table has no column for the model's time variable",
+    "E602": "no column of the data table matches any observe",
+    "E603": "data values impossible under an observe's noise model",
+    "W604": "an observe without a data column",
+    "W605": "data columns that match nothing in the model",
+    "W606": "an observed quantity starts far from the first observation",
+    "E607": "data times before the model's clock origin",
     "W701": "a declaration that nothing uses",
     "W702": "a state that can influence no observation",
     "W703": "an estimated param without bounds",
     "W704": "a param that can influence no observation",
+    "E801": "a state, let or observe becomes NaN or infinite in a probe simulation",
+    "E802": "the solver fails in a probe simulation",
+    "W803": "a state leaves its declared domain in a probe simulation",
+    "W804": "an observe leaves what its noise model allows in a probe simulation",
 }
 
 
@@ -69,7 +123,7 @@ class Diagnostic:
 
     @property
     def severity(self) -> str:
-        return "warning" if self.code.startswith("W") else "error"
+        return severity_of(self.code)
 
     @property
     def is_error(self) -> bool:

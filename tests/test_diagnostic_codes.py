@@ -1,13 +1,18 @@
-"""Every diagnostic code of LANGUAGE.md §8: a minimal model that triggers it, at the line and
-column of the offending token, without unrelated errors. The table must cover every code."""
+"""The one table of diagnostic codes (nimm_dsl/diagnostics.py): every code the checker reports has
+a minimal model that triggers it, at the line and column of the offending token, without
+unrelated errors; every code sits in its area's range; docs/language.md §9 shows the same table."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 import nimm_dsl
-from nimm_dsl.diagnostics import CODES
+from nimm_dsl.diagnostics import AREAS, CODES, area_of
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HEADER = "model m\ntime t [day]\n"  # lines 1-2; a case's own lines start at line 3
 # A clean model (lines 3-6): one bounded param, one observed state with a der line.
@@ -89,6 +94,8 @@ CASES = [
          "observe y [1] = x\n", 3, 19, 20),
     case("E503", HEADER + DECAY.replace("observe y [1] = x", "observe y [1] = x ~ gauss(sigma = 1)"), 6, 21, 26),
     case("E503", HEADER + DECAY + "dose D: x += 1 at 0 every 1 times 0\n", 7, 35, 36),
+    case("E504", HEADER + "param k [1/day] = 1 / (2 - 2) in [0, 2]\nstate x [1] = 1\nder(x) = -k * x\n"
+         "observe y [1] = x\n", 3, 19, 30),
     # W7xx: warnings
     case("W701", HEADER + DECAY + "const c [1] = 1\n", 7, 7, 8),
     case("W702", HEADER + DECAY + "state z [1] = 0\nder(z) = k * x\n", 7, 7, 8),
@@ -98,8 +105,28 @@ CASES = [
 ]
 
 
-def test_table_covers_every_code():
-    assert {c.code for c in CASES} == set(CODES)
+def test_cases_cover_every_code_the_checker_reports():
+    assert {c.code for c in CASES} == {code for code in CODES if area_of(code).phase == "check"}
+
+
+def test_every_code_lies_in_exactly_one_area_of_its_severity():
+    for code in CODES:
+        assert [a.name for a in AREAS if code in a] == [area_of(code).name], code
+    numbers = sorted((a.first[0], int(a.first[1:]), int(a.last[1:])) for a in AREAS)
+    for (letter, _, last), (next_letter, first, _) in zip(numbers, numbers[1:]):
+        assert letter != next_letter or last < first, "areas overlap"
+
+
+def documented_codes() -> dict[str, str]:
+    text = (ROOT / "docs" / "language.md").read_text()
+    section = text[text.index("## 9. Diagnostics"):text.index("## 10.")]
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| ([EW]\d{3}) \| ([^|]*?) \|", section, re.M)}
+
+
+def test_docs_show_the_code_table_word_for_word():
+    documented = documented_codes()
+    assert sorted(documented) == sorted(CODES), "codes only in the docs or only in the table"
+    assert {c: m for c, m in documented.items() if m != CODES[c]} == {}
 
 
 def test_the_base_model_is_clean():

@@ -14,6 +14,7 @@ import pytest
 import nimm_dsl
 from nimm_dsl.compiler.check import check_source
 from nimm_dsl.grammar import ast as A
+from nimm_dsl.grammar.parser import parse
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MODELS = sorted(EXAMPLES.glob("*.nimm"))
@@ -25,6 +26,17 @@ DATA_FOR = {
     "lotka_volterra_neural.nimm": "hudson_bay_lynx_hare.csv",
     "michaelis_menten.nimm": "puromycin_treated.csv",
 }
+
+
+def test_the_examples_show_every_statement_kind():
+    # The examples are the language's working documentation (docs/language.md points to them).
+    kinds = set()
+    for path in MODELS:
+        program, _ = parse(path.read_text())
+        for stmt in program.statements:
+            kinds.add(type(stmt))
+            kinds.update(type(inner) for inner in getattr(stmt, "body", ()))
+    assert set(A.Statement.__args__) - kinds == set()
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)

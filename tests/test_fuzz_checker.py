@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nimm_dsl
-from nimm_dsl.diagnostics import CODES
+from nimm_dsl.diagnostics import CODES, area_of
 
 EXAMPLES = {p.name: p.read_text() for p in sorted((Path(__file__).parent.parent / "examples").glob("*.nimm"))}
 EXAMPLE_TEXTS = list(EXAMPLES.values())
@@ -40,7 +40,7 @@ def assert_well_formed(text: str, diagnostics) -> None:
     one is allowed, for an unexpected end of input)."""
     n_lines = text.count("\n") + 1  # the lexer's line count: only \n ends a line
     for d in diagnostics:
-        assert d.code in CODES, d
+        assert d.code in CODES and area_of(d.code).phase == "check", d
         assert 1 <= d.span.line <= n_lines + 1, (d, n_lines)
         assert d.span.column >= 1, d
         assert d.span.end_line >= d.span.line, d

@@ -420,14 +420,18 @@ def test_influence_follows_doses_sets_and_sigma():
     assert [d.code for d in found] == []
 
 
-def test_check_names_survives_every_prefix_of_a_model():
-    # Partial files (as an editor or an LLM produces them) give diagnostics, never exceptions.
+def test_every_prefix_of_a_model_gets_diagnostics_inside_it():
+    # Partial files (as an editor or an LLM produces them): diagnostics point into the prefix,
+    # and a name declared in the prefix is never called undefined (LANGUAGE.md §1 declares
+    # every name before its use).
     lines = FLU.splitlines()
     for n in range(len(lines) + 1):
         program, _ = parse("\n".join(lines[:n]) + "\n", "p.nimm")
         table, _ = build_symbol_table(program, "p.nimm")
         info, found = check_names(program, table, "p.nimm")
-        assert isinstance(info, NameInfo)
+        assert all(d.span.line <= max(n, 1) for d in found), (n, found)
+        assert [d for d in found if d.code == "E201"] == [], (n, found)
+        assert set(info.let_order) <= set(table.symbols)
 
 
 FRAGMENTS = [

@@ -1,7 +1,6 @@
 """Parser: statement forms, spans, precedence, E100 recovery and absurd input."""
 import math
 import operator
-import time
 from fractions import Fraction
 
 import pytest
@@ -9,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nimm_dsl.grammar import ast as A
-from nimm_dsl.grammar.parser import MAX_DIAGNOSTICS, parse
+from nimm_dsl.grammar.parser import MAX_DIAGNOSTICS, MAX_SOURCE_CHARS, parse
 
 from language_example import FLU  # noqa: E402  (LANGUAGE.md §1, verbatim)
 
@@ -60,7 +59,7 @@ def test_language_example_parses_without_diagnostics():
     assert span(beta.bounds) == (8, 32, 8, 40)
     assert statements[7].bounds.hi.value == math.inf and statements[7].bounds.hi.text == "inf"
     assert (flow.source.name, flow.target.name) == ("S", "I")
-    assert span(flow.arrow_span and flow) == (16, 1, 16, 31)
+    assert span(flow) == (16, 1, 16, 31)
     assert (flow.arrow_span.line, flow.arrow_span.column, flow.arrow_span.end_column) == (16, 8, 10)
     assert span(flow.rate) == (16, 15, 16, 31)  # beta * S * I / N
     sigma = observe.noise.options[0]
@@ -126,7 +125,7 @@ def test_neural_declaration_and_call():
 def test_flow_source_and_sink():
     source, sink = parse_ok("flow -> S = births\nflow I -> = mu * I")
     assert source.source is None and source.target.name == "S"
-    assert span(source.arrow_span and source) == (1, 1, 1, 19)
+    assert span(source) == (1, 1, 1, 19)
     assert (source.arrow_span.column, source.arrow_span.end_column) == (6, 8)
     assert sink.source.name == "I" and sink.target is None
 
@@ -340,10 +339,82 @@ def test_end_of_statement_and_unknown_words():
     assert "unexpected name `modelx`" in d.message
 
 
-def test_continuation_outside_brackets_gets_a_hint():
-    _, (d,) = errors("param k [1] = 1\n    in [0, 1]")
-    assert d.message.startswith("unexpected keyword `in`: a statement starts with a keyword")
-    assert span(d) == (2, 5, 2, 7) and "inside ( ) or [ ]" in d.hint
+def test_bounds_on_the_next_line_are_one_statement_with_one_error():
+    program, (d,) = errors("param k [1] = 1\n    in [0, 1]")
+    assert span(d) == (2, 5, 2, 7)
+    assert d.message == ("unexpected `in`: line 2 continues the statement of line 1, but a statement ends "
+                         "with its line unless a bracket is open")
+    assert d.hint == "write the statement on one line: `param k [1] = 1 in [0, 1]`"
+    (param,) = program.statements  # kept, with its bounds: its names are not lost
+    assert param.bounds.hi.value == 1 and span(param) == (1, 1, 2, 14)
+
+
+@pytest.mark.parametrize("source, where, fixed", [
+    # the continuation starts with an operator: the first line parsed on its own
+    ("der(H) = -r * H\n  + k * G\n", (2, 3, 2, 4), "der(H) = (-r * H + k * G)"),
+    # the first line ends with an operator: each line failed on its own
+    ("der(G) = -k * G +\n  r * H\n", (2, 3, 2, 4), "der(G) = (-k * G + r * H)"),
+    # three lines, operators at the ends
+    ("let total = a +\n    b -\n    c\n", (2, 5, 2, 6), "let total = (a + b - c)"),
+    # the expression is followed by more of the statement
+    ("observe y [1] = x\n  + 1 ~ normal(sigma = 1)\n", (2, 3, 2, 4), "observe y [1] = (x + 1) ~ normal(sigma = 1)"),
+])
+def test_an_expression_broken_across_lines_suggests_parentheses(source, where, fixed):
+    program, (d,) = errors(source)
+    assert span(d) == where
+    assert d.hint == f"wrap the expression in parentheses: `{fixed}`"
+    (statement,) = program.statements
+    assert statement.span.end_line == source.count("\n")
+
+
+def test_three_line_statement_names_the_lines():
+    _, (d,) = errors("let total = a\n    + b\n    - c\nlet after = 1\n")
+    assert d.message.startswith("unexpected `+`: lines 2-3 continue the statement of line 1")
+
+
+def test_a_line_that_starts_a_statement_is_never_joined():
+    program, diagnostics = errors("der(G) = -k * G +\nlet r = 1\n")
+    assert [(d.span.line, d.message.split(":")[0]) for d in diagnostics] == [(1, "unexpected end of statement")]
+    assert [type(s).__name__ for s in program.statements] == ["LetDecl"]
+
+
+@pytest.mark.parametrize("source, where, state", [
+    ("dG/dt = -k * G", (1, 1, 1, 6), "G"),
+    ("d(G)/dt = -k * G", (1, 1, 1, 8), "G"),
+    ("  dS / dday = -S", (1, 3, 1, 12), "S"),
+])
+def test_a_textbook_derivative_suggests_der(source, where, state):
+    _, (d,) = errors(source)
+    assert span(d) == where
+    assert d.message.endswith(f"a time derivative is written `der({state})`")
+    assert d.hint == f"write `der({state}) = ...`"
+
+
+def test_der_without_parentheses_suggests_them():
+    _, (d,) = errors("der G = 1")
+    assert span(d) == (1, 5, 1, 6) and d.hint == "write `der(G) = ...`"
+
+
+@pytest.mark.parametrize("source, columns", [
+    ("let z = G**2", [(10, 12)]),
+    ("let z = 2 ** G + x ** 3", [(11, 13), (20, 22)]),
+    ('let z = x ** 2 "a ** b"', [(11, 13)]),  # not inside the description
+])
+def test_double_star_suggests_caret_and_keeps_the_statement(source, columns):
+    program, diagnostics = errors(source)
+    assert [(d.span.column, d.span.end_column) for d in diagnostics] == columns
+    assert {(d.message, d.hint) for d in diagnostics} == {
+        ("unexpected `**`: the power operator is `^`", "write `x^2`, not `x**2`")}
+    (let,) = program.statements
+    assert "^" in {n.op for n in (let.value, let.value.left, let.value.right) if isinstance(n, A.BinOp)}
+
+
+def test_double_star_is_named_even_when_the_statement_has_other_errors():
+    program, (d,) = errors("let z = G ** ) 2")
+    assert program.statements == [] and program.unparsed == [A.Span(1, 1, 1, 17)]
+    assert (d.span.column, d.span.end_column, d.message) == (11, 13, "unexpected `**`: the power operator is `^`")
+    _, (d,) = errors("let z = ** 2")
+    assert (d.span.column, d.span.end_column, d.message) == (9, 11, "unexpected `**`: the power operator is `^`")
 
 
 def test_keyword_used_as_a_reference():
@@ -437,19 +508,17 @@ def test_binary_garbage_never_raises():
     assert 0 < len(diagnostics) <= MAX_DIAGNOSTICS + 1
 
 
-def test_five_megabytes_finish_quickly_with_capped_diagnostics():
+def test_five_megabytes_give_capped_diagnostics():
     garbage = "x = = ( ] $\n" * 420_000
-    started = time.perf_counter()
     _, diagnostics = errors(garbage)
-    assert time.perf_counter() - started < 10
     assert len(diagnostics) == MAX_DIAGNOSTICS + 1
     assert diagnostics[-1].message == "too many errors; stopping"
+    assert diagnostics[-2].span.line == MAX_DIAGNOSTICS  # one per line, then the stop: not the whole file
 
     valid = FLU * (5_000_000 // len(FLU))
-    started = time.perf_counter()
     program, diagnostics = errors(valid)
-    assert time.perf_counter() - started < 10
-    assert len(program.statements) > 1000
+    lines_read = MAX_SOURCE_CHARS // len(FLU) * FLU.count("\n")  # whole copies of the model before the limit
+    assert program.statements[-1].span.line <= lines_read + FLU.count("\n")
     assert len(diagnostics) == 1 and diagnostics[0].message.startswith("file too large")
 
 
@@ -461,9 +530,11 @@ def test_very_long_single_line():
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(list("()[]+-*/^<>=!~:,.#\"\n \tabx1e_") + [
     "in ", "param ", "let ", "end\n", "scenario s\n", "inf", "not ", "->", "+=", " [1/day] "]), max_size=40).map("".join))
-def test_any_text_gives_a_program_and_e100_only(text):
+def test_any_text_gives_e100_only_and_spans_inside_the_text(text):
     program, diagnostics = parse(text)
-    assert isinstance(program, A.Program)
+    n_lines = text.count("\n") + 1
     for d in diagnostics:
-        assert d.code == "E100" and d.span.line >= 1 and d.span.column >= 1
+        assert d.code == "E100" and 1 <= d.span.line <= n_lines and d.span.column >= 1
+    for span in [s.span for s in program.statements] + program.unparsed:
+        assert 1 <= span.line <= span.end_line <= n_lines
 

@@ -33,9 +33,8 @@ CASADI_OPS = Ops(
     add=lambda a, b: a + b,
     mul=lambda a, b: a * b,
     pow=lambda a, b: a ** b,
-    funcs={"exp": ca.exp, "log": ca.log, "log10": ca.log10, "sin": ca.sin, "cos": ca.cos,
-           "tan": ca.tan, "tanh": ca.tanh, "abs": ca.fabs, "sqrt": ca.sqrt, "min": ca.fmin,
-           "max": ca.fmax},
+    funcs={"exp": ca.exp, "log": ca.log, "sin": ca.sin, "cos": ca.cos, "tan": ca.tan,  # builtins.BACKEND_FUNCTIONS
+           "tanh": ca.tanh, "abs": ca.fabs, "sqrt": ca.sqrt, "min": ca.fmin, "max": ca.fmax},
     where=ca.if_else,
     compare={"<": ca.lt, "<=": ca.le, ">": ca.gt, ">=": ca.ge, "==": ca.eq, "!=": ca.ne},
     and_=ca.logic_and,

@@ -35,24 +35,33 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DECLARED = re.compile(r"^\s*(?:const|param|state|input|let|neural|observe|unit|time|dose)\s+([A-Za-z_][A-Za-z0-9_]*)")
 # Diagnostics about a name that an unparsed statement may well define or use.
 _FOLLOW_ON_USE = {"W701", "W702", "W704", "E301"}
+# Whole-model reachability: any unparsed statement but these may have been an influence path.
+_REACHABILITY = {"W702", "W704"}
+_NO_INFLUENCE = ("model", "time", "unit", "param", "const", "input", "neural")
 
 
-def _without_follow_on(diags: list[Diagnostic], source: str) -> list[Diagnostic]:
-    """Drop what only follows from a statement that did not parse.
+def _first_word(text: str) -> str:
+    match = _WORD.match(text.lstrip())
+    return match.group() if match else ""
 
-    A line with a syntax error is left out of the tree, so the names it declares look undefined
-    and the names it uses look unused: reporting those too would send a reader (or an LLM) after
-    faults that are not there. The E100 itself says what to fix.
+
+def _without_follow_on(diags: list[Diagnostic], source: str, unparsed: list[A.Span]) -> list[Diagnostic]:
+    """Drop what only follows from statements that did not parse (`unparsed`, whole statements).
+
+    Such a statement is left out of the tree, so the names it declares look undefined, the names
+    it uses look unused, and whatever reached an observation through it looks unobservable:
+    reporting those too would send a reader (or an LLM) after faults that are not there. The
+    E100 itself says what to fix.
     """
-    lines = source.splitlines()
-    failed = [lines[d.span.line - 1] for d in diags
-              if d.code == "E100" and 1 <= d.span.line <= len(lines)]
-    if not failed:
+    if not unparsed:
         return diags
+    lines = source.splitlines()
+    failed = ["\n".join(lines[s.line - 1:s.end_line]) for s in unparsed]
     used = {w for text in failed for w in _WORD.findall(text)}
     declared = {m.group(1) for text in failed if (m := _DECLARED.match(text))}
-    header_failed = any(text.lstrip().startswith("model") for text in failed)
-    dynamics_failed = any(text.lstrip().startswith(("state", "der", "flow")) for text in failed)
+    header_failed = any(_first_word(text) == "model" for text in failed)
+    dynamics_failed = any(_first_word(text) in ("state", "der", "flow") for text in failed)
+    paths_failed = any(_first_word(text) not in _NO_INFLUENCE for text in failed)
 
     def subject(d: Diagnostic) -> str:
         if d.span.line != d.span.end_line or not 1 <= d.span.line <= len(lines):
@@ -62,6 +71,8 @@ def _without_follow_on(diags: list[Diagnostic], source: str) -> list[Diagnostic]
     kept = []
     for d in diags:
         if d.code in _FOLLOW_ON_USE and subject(d) in used:
+            continue
+        if d.code in _REACHABILITY and paths_failed:
             continue
         if d.code == "E201" and subject(d) in declared:
             continue
@@ -88,6 +99,6 @@ def check_source(source: str, file: str = "<model>") -> CheckedModel:
     diags += d
     # One diagnostic per (code, place): phases may meet the same fault from two sides.
     unique: dict[tuple, Diagnostic] = {}
-    for x in _without_follow_on(diags, source):
+    for x in _without_follow_on(diags, source, program.unparsed):
         unique.setdefault((x.code, x.span, x.message), x)
     return CheckedModel(source, file, program, table, names, units, sorted(unique.values(), key=sort_key))

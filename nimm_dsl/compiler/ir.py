@@ -234,7 +234,7 @@ class Ops:
     add: Callable
     mul: Callable
     pow: Callable
-    funcs: dict[str, Callable]  # exp log sin cos tan tanh abs sqrt min max
+    funcs: dict[str, Callable]  # one per builtins.BACKEND_FUNCTIONS (exp log sqrt abs ... min max)
     where: Callable  # where(cond, a, b)
     compare: dict[str, Callable]  # '<' '<=' '>' '>=' '==' '!='
     and_: Callable
@@ -242,6 +242,7 @@ class Ops:
     not_: Callable
 
 
+# The sympy forms of compiler/builtins.py as `Ops.funcs` names (sqrt is a power, min/max fold).
 _SYMPY_FUNCS = {
     sp.exp: "exp", sp.log: "log", sp.sin: "sin", sp.cos: "cos", sp.tan: "tan", sp.tanh: "tanh",
     sp.Abs: "abs",

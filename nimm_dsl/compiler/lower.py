@@ -17,7 +17,10 @@ import sympy as sp
 
 from ..grammar import ast as A
 from . import ir as I
+from .builtins import BUILTINS
 from .check import CheckedModel
+from .fold import fold, is_bare
+from .units import ONE
 
 
 class LoweringError(Exception):
@@ -29,41 +32,14 @@ class LoweringError(Exception):
 
 
 def _rational(x) -> sp.Expr:
+    """A folded number as sympy: exact stays exact, inf is oo."""
     if isinstance(x, Fraction):
         return sp.Rational(x.numerator, x.denominator)
+    if isinstance(x, float) and x in (float("inf"), float("-inf")):
+        return sp.oo if x > 0 else -sp.oo
     return sp.Float(x) if isinstance(x, float) else sp.Integer(x)
 
 
-def _names_free(e) -> bool:
-    """True when an expression holds only plain numbers (no names, no unit annotations)."""
-    stack = [e]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, A.Name):
-            return False
-        if isinstance(n, A.Number):
-            if n.unit is not None:
-                return False
-        elif isinstance(n, A.Call):
-            if n.func.name != "ifelse" and n.func.name not in _FUNCS:
-                return False
-            stack.extend(n.args)
-        elif isinstance(n, (A.BinOp, A.Compare, A.BoolOp)):
-            stack += [n.left, n.right]
-        elif isinstance(n, A.UnaryOp):
-            stack.append(n.operand)
-    return True
-
-
-def _log10(x):
-    return sp.log(x) / sp.log(10)
-
-
-_FUNCS = {
-    "exp": sp.exp, "log": sp.log, "log10": _log10, "sqrt": sp.sqrt, "abs": sp.Abs,
-    "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "tanh": sp.tanh,
-    "min": lambda a, b: sp.Min(a, b), "max": lambda a, b: sp.Max(a, b),
-}
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "^": sp.Pow}
 _COMPARE = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}
 
@@ -97,8 +73,8 @@ class _Lowerer:
         u = self.units.declared.get(name)
         return u.label if u is not None else "1"
 
-    def unit_scale(self, unit_expr) -> sp.Expr:
-        return _rational(self.units.system.resolve(unit_expr).scale)
+    def unit_scale(self, unit_expr) -> Fraction:
+        return self.units.system.resolve(unit_expr).scale
 
     # -- expressions (value in base units)
     def base_value_of_name(self, name: str, baseline: bool) -> sp.Expr:
@@ -119,12 +95,7 @@ class _Lowerer:
     def expr(self, e, baseline: bool = False) -> sp.Expr:
         go = lambda x: self.expr(x, baseline)  # noqa: E731
         if isinstance(e, A.Number):
-            v = _rational(Fraction(e.text)) if _is_plain_decimal(e.text) else sp.Float(e.value)
-            if e.value == float("inf"):
-                v = sp.oo
-            if e.unit is not None:
-                v = v * _rational(self.units.system.resolve(e.unit).scale)
-            return v
+            return _rational(fold(e, unit_scale=self.unit_scale))
         if isinstance(e, A.Name):
             return self.base_value_of_name(e.name, baseline)
         if isinstance(e, A.BinOp):
@@ -139,41 +110,28 @@ class _Lowerer:
         if isinstance(e, A.Call):
             f = e.func.name
             args = [go(a) for a in e.args]
-            if f == "ifelse":
-                return sp.Piecewise((args[1], args[0]), (args[2], True))
-            if f in _FUNCS:
-                return _FUNCS[f](*args)
+            if f in BUILTINS:
+                return BUILTINS[f].sympy(sp, *args)
             if f in self.neural_fn:
                 return self.neural_fn[f](*args) * self.scale(f)
         raise LoweringError("E204", getattr(e, "span", A.Span(1, 1, 1, 1)), f"cannot lower {e!r}")
 
-    def value(self, e, unit_name: Optional[str] = None, unit_scale=None, baseline=False) -> sp.Expr:
-        """A value in a declared-unit position, returned in that unit."""
-        scale = self.scale(unit_name) if unit_name is not None else (unit_scale if unit_scale is not None else 1)
-        if _names_free(e):
-            return self.expr(e, baseline)  # a bare number is already in the declared unit
+    def value(self, e, unit_name: Optional[str] = None, baseline=False) -> sp.Expr:
+        """A value in a declared-unit position (the unit of `unit_name`, else dimensionless),
+        returned in that unit."""
+        if is_bare(e):  # a bare number is already in the declared unit (LANGUAGE.md §3)
+            return _rational(fold(e))
+        scale = self.scale(unit_name) if unit_name is not None else 1
         return self.expr(e, baseline) / scale
 
     # -- constants (defaults, bounds, event times) must become floats
-    def number(self, e, unit_name=None, unit_scale=None, consts: Optional[dict] = None) -> float:
-        v = self.value(e, unit_name, unit_scale, baseline=True)
-        if consts:
-            for _ in range(len(consts) + 1):
-                if not (v.free_symbols & set(consts)):
-                    break
-                v = v.xreplace(consts)
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            raise LoweringError("E306", e.span, "this value must be a constant number") from None
-
-
-def _is_plain_decimal(text: str) -> bool:
-    try:
-        Fraction(text)
-        return True
-    except (ValueError, ZeroDivisionError):
-        return False
+    def number(self, e, unit_name: Optional[str] = None) -> float:
+        """A constant in a declared-unit position, folded exactly as the checker folded it."""
+        unit = self.units.declared[unit_name] if unit_name is not None else ONE
+        v = self.units.values.value_in(e, unit)
+        if v is None:
+            raise LoweringError("E306", e.span, "this value must be a constant number")
+        return v
 
 
 def lower(checked: CheckedModel) -> I.ModelIR:
@@ -194,46 +152,26 @@ def lower(checked: CheckedModel) -> I.ModelIR:
     def of(cls):
         return [s for s in stmts if isinstance(s, cls)]
 
-    # consts are resolved to numbers in order of need (they may refer to each other)
-    const_decls = of(A.ConstDecl)
-    const_values: dict[sp.Symbol, sp.Expr] = {}
-    for c in const_decls:
-        const_values[L.sym[c.name.name]] = L.value(c.value, c.name.name, baseline=True)
-    for _ in range(len(const_values) + 1):
-        pending = False
-        for k, v in const_values.items():
-            nv = v.xreplace(const_values)
-            if nv.free_symbols & set(const_values):
-                pending = True
-            const_values[k] = nv
-        if not pending:
-            break
-    for c in const_decls:
-        v = const_values[L.sym[c.name.name]]
-        if v.free_symbols:
-            raise LoweringError("E306", c.name.span, f"const `{c.name.name}` is defined through itself")
-
     def bounds(decl) -> tuple[float, float]:
         if decl.bounds is None:
             return float("-inf"), float("inf")
         n = decl.name.name
-        return (L.number(decl.bounds.lo, n, consts=const_values),
-                L.number(decl.bounds.hi, n, consts=const_values))
+        return L.number(decl.bounds.lo, n), L.number(decl.bounds.hi, n)
 
     # params (estimated) then consts (fixed), declaration order
     for p in of(A.ParamDecl):
         lo, hi = bounds(p)
         ir.params.append(I.ParamIR(p.name.name, L.sym[p.name.name],
-                                   L.number(p.value, p.name.name, consts=const_values),
+                                   L.number(p.value, p.name.name),
                                    lo, hi, L.label(p.name.name), True, p.doc))
-    for c in const_decls:
+    for c in of(A.ConstDecl):
         n = c.name.name
-        ir.params.append(I.ParamIR(n, L.sym[n], float(const_values[L.sym[n]]),
+        ir.params.append(I.ParamIR(n, L.sym[n], L.number(c.value, n),
                                    float("-inf"), float("inf"), L.label(n), False, c.doc))
 
     for u in of(A.InputDecl):
         n = u.name.name
-        default = L.number(u.default, n, consts=const_values) if u.default is not None else None
+        default = L.number(u.default, n) if u.default is not None else None
         ir.inputs.append(I.InputIR(n, L.sym[n], L.input_coef[n], default, u.interp, L.label(n),
                                    float(L.scale(n))))
 
@@ -245,8 +183,8 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         target = s.target.name
         flag = sp.Symbol(f"set#{k}:{target}", real=True)
         override = L.value(s.value, target, baseline=True)
-        start = L.number(s.start, L.time_name, consts=const_values) if s.start is not None else None
-        end = L.number(s.end, L.time_name, consts=const_values) if s.end is not None else None
+        start = L.number(s.start, L.time_name) if s.start is not None else None
+        end = L.number(s.end, L.time_name) if s.end is not None else None
         ir.sets.append(I.SetIR(target, flag, override, start, end, scen))
         if L.table.kind(target) == "input" and L.time is not None:
             a, b = L.input_coef[target]
@@ -262,7 +200,7 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         hidden = [int(x.value) for x in opts["hidden"].items] if "hidden" in opts else [16, 16]
         act = opts["activation"].name if "activation" in opts else "tanh"
         init = opts["init"].name if "init" in opts else "zero"
-        penalty = L.number(opts["penalty"], unit_scale=1) if "penalty" in opts else 0.0
+        penalty = L.number(opts["penalty"]) if "penalty" in opts else 0.0
         ir.neurals.append(I.NeuralIR(nd.name.name, L.neural_fn[nd.name.name], len(nd.args), hidden,
                                      act, init, penalty, L.label(nd.name.name)))
 
@@ -302,17 +240,17 @@ def lower(checked: CheckedModel) -> I.ModelIR:
             noise = o.noise.kind.name
             opts = {op.name.name: op.value for op in o.noise.options}
             if "sigma" in opts:
-                sigma = L.value(opts["sigma"], n) if noise == "normal" else L.value(opts["sigma"], unit_scale=1)
+                sigma = L.value(opts["sigma"], n) if noise == "normal" else L.value(opts["sigma"])
         ir.observes.append(I.ObserveIR(n, L.sym[n], L.expr(o.value) / L.scale(n), L.label(n), noise, sigma))
 
     # doses: baseline, then scenarios
     def dose_ir(d: A.DoseStmt) -> I.DoseIR:
         state = d.state.name
         amount = (L.value(d.amount, state, baseline=True) if d.op == "+="
-                  else L.value(d.amount, unit_scale=1, baseline=True))
-        at = L.number(d.at, L.time_name, consts=const_values)
-        every = L.number(d.every, L.time_name, consts=const_values) if d.every is not None else 0.0
-        count = int(round(L.number(d.times, unit_scale=1, consts=const_values))) if d.times is not None else 1
+                  else L.value(d.amount, baseline=True))
+        at = L.number(d.at, L.time_name)
+        every = L.number(d.every, L.time_name) if d.every is not None else 0.0
+        count = int(round(L.number(d.times))) if d.times is not None else 1
         times = [at + k * every for k in range(count)]
         return I.DoseIR(d.name.name, state, "+" if d.op == "+=" else "*", amount, times)
 

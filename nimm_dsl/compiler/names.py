@@ -1,4 +1,4 @@
-"""Name resolution and structure checks (E201, E204, E205, E301-E307, E501, E503, W701-W704).
+"""Name resolution and structure checks (E201, E204, E205, E301-E307, E501, E503, E504, W701-W704).
 
 Runs after `build_symbol_table` (which already reported E202/E203) and before the unit check.
 Besides diagnostics it returns a `NameInfo`: the let evaluation order, the direct dependencies of
@@ -16,17 +16,23 @@ Choices where LANGUAGE.md is silent:
 * A cycle among consts is reported like a cycle among lets (E304).
 * A set target alone is not a use (W701): `set k = 0.2 from 3` on an otherwise unused `k` still
   warns. A name used only inside a scenario is used.
+* E504 (compiler/fold.py) is checked here, on every expression: an operation on constants without
+  a finite value, and an infinite declared value, amount or event time (`inf` is for bounds, and
+  `set ... to inf` is the end of the run; an infinite sigma is E503 like any non-positive one).
 """
 from __future__ import annotations
 
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 
 from ..grammar import ast as A
+from ..grammar.words import BUILTIN_CONSTANTS
 from ..diagnostics import Diagnostic, did_you_mean
-from .symbols import BUILTIN_CONSTANTS, BUILTIN_FUNCTIONS, SymbolTable
+from .builtins import BUILTINS
+from .fold import FoldError, Value, fold, fold_number
+from .symbols import SymbolTable
 
 NEURAL_KINDS = ("mlp",)
 NEURAL_OPTIONS = ("hidden", "activation", "init", "penalty")
@@ -60,6 +66,7 @@ class Position:
     what: str  # e.g. "the value of const `N`"
     allowed: frozenset[str] = VALUE_KINDS
     expected: str = ""  # e.g. "numbers and consts"; empty for unrestricted positions
+    finite: bool = False  # a declared value, amount or event time: infinity is E504
 
 
 def iter_expr(expr: Optional[A.Expr]) -> Iterator[A.Expr]:
@@ -74,39 +81,6 @@ def iter_expr(expr: Optional[A.Expr]) -> Iterator[A.Expr]:
             stack.append(node.operand)
         elif isinstance(node, A.Call):
             stack.extend(reversed(node.args))
-
-
-def fold_number(expr: Optional[A.Expr], const_value: Callable[[str], Optional[float]] = lambda _: None) -> Optional[float]:
-    """The numeric value of a constant expression (numbers, arithmetic, consts), else None.
-
-    Unit annotations are ignored: callers use this for signs, counts and ordering only.
-    """
-    try:
-        if isinstance(expr, A.Number):
-            return float(expr.value)
-        if isinstance(expr, A.Name):
-            return math.inf if expr.name == "inf" else (math.pi if expr.name == "pi" else const_value(expr.name))
-        if isinstance(expr, A.UnaryOp) and expr.op == "-":
-            v = fold_number(expr.operand, const_value)
-            return None if v is None else -v
-        if isinstance(expr, A.BinOp):
-            a, b = fold_number(expr.left, const_value), fold_number(expr.right, const_value)
-            if a is None or b is None:
-                return None
-            if expr.op == "+":
-                return a + b
-            if expr.op == "-":
-                return a - b
-            if expr.op == "*":
-                return a * b
-            if expr.op == "/":
-                return a / b
-            if expr.op == "^":
-                v = a ** b
-                return v if isinstance(v, float) else None  # complex: not a number
-    except (ZeroDivisionError, OverflowError, ValueError, RecursionError):
-        return None
-    return None
 
 
 def is_plain_number(expr: A.Expr) -> bool:
@@ -146,14 +120,38 @@ class _Checker:
     def value_names(self) -> list[str]:
         return [n for n, s in self.table.symbols.items() if s.kind != "dose"] + sorted(BUILTIN_CONSTANTS)
 
-    def const_value(self, name: str) -> Optional[float]:
+    def const_value(self, name: str) -> Optional[Value]:
+        """A const's value as written (units ignored: for signs, counts and E504); None for
+        anything else, a const on a cycle (E304) or one whose value has an error of its own."""
         if name in self._const_cache:
             return self._const_cache[name]
-        self._const_cache[name] = None  # a cycle folds to None (E304 reports it)
+        self._const_cache[name] = None
         sym = self.table.symbols.get(name)
-        value = fold_number(sym.decl.value, self.const_value) if sym is not None and sym.kind == "const" else None
+        value = None
+        if sym is not None and sym.kind == "const":
+            try:
+                value = fold(sym.decl.value, self.const_value)
+            except FoldError:
+                pass  # reported at the const's own line
         self._const_cache[name] = value
         return value
+
+    def number(self, expr: Optional[A.Expr]) -> Optional[float]:
+        """The float value of a constant expression (consts included), None when it has none."""
+        return fold_number(expr, self.const_value)
+
+    def check_constant(self, expr: A.Expr, pos: "Position") -> None:
+        """E504: an operation on constants without a finite value anywhere in `expr` (consts
+        count where only constants are allowed: elsewhere a `set` may change them), or an
+        infinite value where a finite number is required."""
+        try:
+            value = fold(expr, self.const_value if pos.allowed == CONSTANT_KINDS else None)
+        except FoldError as err:
+            self.report("E504", err.span, err.message, err.hint)
+            return
+        if pos.finite and value is not None and not isinstance(value, bool) and math.isinf(value):
+            self.report("E504", expr.span, f"{pos.what} is infinite; expected a finite number",
+                        "`inf` is for bounds")
 
     def lookup_ident(self, ident: A.Ident, what: str, candidates: list[str]) -> Optional[str]:
         """The kind of a name in a target position (der, flow, dose, set), or E201."""
@@ -167,13 +165,20 @@ class _Checker:
     def resolve(self, expr: Optional[A.Expr], pos: Position) -> set[str]:
         """Check every name in `expr` for `pos`; return the model names it uses."""
         used: set[str] = set()
+        literals = False  # no literal and no const lookups: nothing for E504 to find
         for node in iter_expr(expr):
             if isinstance(node, A.Name):
                 if self.resolve_name(node, pos):
                     used.add(node.name)
+                elif node.name in BUILTIN_CONSTANTS:
+                    literals = True
             elif isinstance(node, A.Call):
                 if self.resolve_call(node, pos):
                     used.add(node.func.name)
+            elif isinstance(node, A.Number):
+                literals = True
+        if literals or (expr is not None and pos.allowed == CONSTANT_KINDS):
+            self.check_constant(expr, pos)
         self.info.used |= used
         return used
 
@@ -183,7 +188,7 @@ class _Checker:
             return False
         sym = self.table.symbols.get(name)
         if sym is None:
-            if name in BUILTIN_FUNCTIONS:
+            if name in BUILTINS:
                 self.report("E204", node.span, f"`{name}` is a built-in function, used here without arguments",
                             f"call it: `{name}(...)`")
             elif name in self.table.units:
@@ -220,8 +225,8 @@ class _Checker:
 
     def resolve_call(self, node: A.Call, pos: Position) -> bool:
         name = node.func.name
-        if name in BUILTIN_FUNCTIONS:
-            self.check_arity(node, BUILTIN_FUNCTIONS[name], f"built-in `{name}`")
+        if name in BUILTINS:
+            self.check_arity(node, BUILTINS[name].arity, f"built-in `{name}`")
             return False
         sym = self.table.symbols.get(name)
         if sym is None and name in BUILTIN_CONSTANTS:
@@ -231,7 +236,7 @@ class _Checker:
         if sym is None:
             neural = [s.name for s in self.table.of_kind("neural")]
             self.report("E201", node.func.span, f"undefined function `{name}` in {pos.what}",
-                        did_you_mean(name, neural + list(BUILTIN_FUNCTIONS)))
+                        did_you_mean(name, neural + list(BUILTINS)))
             return False
         if sym.kind != "neural":
             self.report("E204", node.func.span,
@@ -249,8 +254,8 @@ class _Checker:
             self.report("E205", node.func.span,
                         f"{what} takes {expected} argument{'s' * (expected != 1)}, found {found}")
 
-    def resolve_constant_time(self, expr: Optional[A.Expr], what: str) -> set[str]:
-        return self.resolve(expr, Position(what, CONSTANT_KINDS, "numbers and consts"))
+    def resolve_constant_time(self, expr: Optional[A.Expr], what: str, finite: bool = True) -> set[str]:
+        return self.resolve(expr, Position(what, CONSTANT_KINDS, "numbers and consts", finite))
 
     def check_bounds(self, bounds: Optional[A.Bounds], owner: str) -> None:
         if bounds is None:
@@ -265,11 +270,21 @@ class _Checker:
                             "bounds are numbers in the declared unit; `inf` and `-inf` are allowed")
         if not plain:
             return
-        lo, hi = fold_number(bounds.lo), fold_number(bounds.hi)
+        (_, lo), (_, hi) = self.literal(bounds.lo), self.literal(bounds.hi)
         if lo is not None and hi is not None and not lo < hi:
             self.report("E501", bounds.span,
                         f"invalid bounds for `{owner}`: expected LO below HI, found [{lo:g}, {hi:g}]",
                         "write the smaller number first")
+
+    def literal(self, expr: A.Expr) -> tuple[bool, Optional[float]]:
+        """A bound, width or penalty as a float: (False, None) after reporting E504 (`1e999`:
+        infinity is written `inf`), else (True, the value or None when it is not constant)."""
+        try:
+            value = fold(expr)
+        except FoldError as err:
+            self.report("E504", err.span, err.message, err.hint)
+            return False, None
+        return True, (None if value is None or isinstance(value, bool) else float(value))
 
     # ------------------------------------------------------------------ statements
     def run(self) -> tuple[NameInfo, list[Diagnostic]]:
@@ -356,23 +371,23 @@ class _Checker:
         owns = lambda ident: self.table.symbols.get(ident.name) is not None and self.table.symbols[ident.name].decl is stmt
 
         if isinstance(stmt, A.ConstDecl):
-            used = self.resolve(stmt.value, Position(f"the value of const `{stmt.name.name}`", CONSTANT_KINDS, "numbers and consts"))
+            used = self.resolve(stmt.value, Position(f"the value of const `{stmt.name.name}`", CONSTANT_KINDS, "numbers and consts", True))
             if owns(stmt.name):
                 depends[stmt.name.name] = used
         elif isinstance(stmt, A.ParamDecl):
-            used = self.resolve(stmt.value, Position(f"the default of param `{stmt.name.name}`", CONSTANT_KINDS, "numbers and consts"))
+            used = self.resolve(stmt.value, Position(f"the default of param `{stmt.name.name}`", CONSTANT_KINDS, "numbers and consts", True))
             self.check_bounds(stmt.bounds, stmt.name.name)
             if owns(stmt.name):
                 depends[stmt.name.name] = used
         elif isinstance(stmt, A.StateDecl):
             used = self.resolve(stmt.init, Position(f"the initial value of state `{stmt.name.name}`",
                                                     frozenset({"param", "const", "input", "neural"}),
-                                                    "params, consts and inputs"))
+                                                    "params, consts and inputs", True))
             self.check_bounds(stmt.bounds, stmt.name.name)
             if owns(stmt.name):
                 depends[stmt.name.name] = set(used)
         elif isinstance(stmt, A.InputDecl):
-            used = self.resolve(stmt.default, Position(f"the default of input `{stmt.name.name}`", CONSTANT_KINDS, "numbers and consts"))
+            used = self.resolve(stmt.default, Position(f"the default of input `{stmt.name.name}`", CONSTANT_KINDS, "numbers and consts", True))
             if owns(stmt.name):
                 depends[stmt.name.name] = used
         elif isinstance(stmt, A.LetDecl):
@@ -432,7 +447,7 @@ class _Checker:
 
     def check_dose(self, stmt: A.DoseStmt, scenario: Optional[A.ScenarioBlock]) -> None:
         where = f"dose `{stmt.name.name}`"
-        used = self.resolve(stmt.amount, Position(f"the amount of {where}"))
+        used = self.resolve(stmt.amount, Position(f"the amount of {where}", finite=True))
         timing = set()
         for word, expr in (("at", stmt.at), ("every", stmt.every), ("times", stmt.times)):
             timing |= self.resolve_constant_time(expr, f"`{word}` of {where}")
@@ -447,19 +462,19 @@ class _Checker:
                 and self.table.symbols[stmt.name.name].decl is stmt:
             self.info.depends[stmt.name.name] = used | timing
         if stmt.times is not None:
-            n = fold_number(stmt.times, self.const_value)
-            if n is not None and not (math.isfinite(n) and n >= 1 and n == int(n)):
+            n = self.number(stmt.times)
+            if n is not None and not math.isinf(n) and not (n >= 1 and n == int(n)):  # inf: E504
                 self.report("E503", stmt.times.span, f"`times` of {where} must be a whole number of at least 1, found {n:g}")
         if stmt.every is not None:
-            dt = fold_number(stmt.every, self.const_value)
+            dt = self.number(stmt.every)
             if dt is not None and not dt > 0:
                 self.report("E503", stmt.every.span, f"`every` of {where} must be a positive interval, found {dt:g}")
 
     def check_set(self, stmt: A.SetStmt) -> None:
         target = stmt.target.name
-        used = self.resolve(stmt.value, Position(f"`set {target}`"))
-        for word, expr in (("from", stmt.start), ("to", stmt.end)):
-            used |= self.resolve_constant_time(expr, f"`{word}` of `set {target}`")
+        used = self.resolve(stmt.value, Position(f"the value of `set {target}`", finite=True))
+        for word, expr in (("from", stmt.start), ("to", stmt.end)):  # `to inf` means to the end
+            used |= self.resolve_constant_time(expr, f"`{word}` of `set {target}`", finite=False)
         settable = [s.name for s in self.table.of_kind(*SETTABLE_KINDS)]
         kind = self.lookup_ident(stmt.target, "`set`", settable)
         if kind is not None and kind not in SETTABLE_KINDS:
@@ -513,7 +528,7 @@ class _Checker:
             else:
                 seen.add(name)
                 used |= self.resolve(opt.value, Position(f"the {name} of observe `{stmt.name.name}`"))
-                sigma = fold_number(opt.value, self.const_value)
+                sigma = self.number(opt.value)
                 if sigma is not None and not 0 < sigma < math.inf:
                     self.report("E503", opt.value.span, f"`{name}` must be a positive number, found {sigma:g}")
         for name in allowed:
@@ -550,8 +565,8 @@ class _Checker:
                     self.report("E503", value.span, f"`{name}` expects one of {', '.join(choices)}; found {found}",
                                 did_you_mean(word, choices) if word else None)
             elif name == "penalty":
-                number = None if isinstance(value, A.ListValue) else fold_number(value)
-                if number is None or not number >= 0 or math.isinf(number):
+                ok, number = (True, None) if isinstance(value, A.ListValue) else self.literal(value)
+                if ok and (number is None or not number >= 0 or math.isinf(number)):
                     self.report("E503", value.span, "`penalty` expects a number >= 0, found "
                                 + (f"{number:g}" if number is not None else "a non-numeric value"))
 
@@ -563,8 +578,8 @@ class _Checker:
         if not value.items:
             self.report("E503", value.span, "`hidden` expects at least one layer width, found an empty list")
         for item in value.items:
-            width = fold_number(item) if isinstance(item, (A.Number, A.UnaryOp)) else None
-            if width is None or not math.isfinite(width) or width < 1 or width != int(width):
+            ok, width = self.literal(item) if isinstance(item, (A.Number, A.UnaryOp)) else (True, None)
+            if ok and (width is None or not math.isfinite(width) or width < 1 or width != int(width)):
                 self.report("E503", item.span, "`hidden` widths must be positive whole numbers, found "
                             + (f"{width:g}" if width is not None else _describe(item)))
 

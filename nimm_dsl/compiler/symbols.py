@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..grammar import ast as A
 from ..diagnostics import Diagnostic
-from ..grammar.words import BUILTIN_CONSTANTS, BUILTIN_FUNCTIONS, KEYWORDS, RESERVED  # noqa: F401  (re-exported)
+from ..grammar.words import KEYWORDS, RESERVED
 
 @dataclass(eq=False)
 class Symbol:

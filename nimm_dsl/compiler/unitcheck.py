@@ -9,9 +9,9 @@ Conventions the back ends rely on (recorded in `UnitInfo.expr_units`):
   meant after conversion to scale 1 (`[h/day]` -> a plain number); the result is `[1]`.
 * A names-free value in a position with a known unit (`param k [1/day] = 1/7`) is a plain number in
   that unit: its top node carries the declared unit, its inner nodes their literal units ([1]).
-* E502 evaluates a default or initial value when it uses only numbers, consts and params (params at
-  their defaults: the fit starts there), converting units exactly, and compares it, in the
-  declared unit, with the bounds (inclusive).
+* E502 folds a default or initial value when it uses only numbers, consts and params (params at
+  their defaults: the fit starts there), converting units exactly (`fold.DeclaredValues`, which
+  lowering reads too), and compares it, in the declared unit, with the bounds (inclusive).
 Undefined names and names of the wrong kind are names.py's to report; here their unit is unknown
 (None), and an unknown operand never causes a unit error.
 """
@@ -23,8 +23,11 @@ from fractions import Fraction
 from typing import Optional, Union
 
 from ..grammar import ast as A
+from ..grammar.words import BUILTIN_CONSTANTS
 from ..diagnostics import Diagnostic
-from .symbols import BUILTIN_CONSTANTS, BUILTIN_FUNCTIONS, Symbol, SymbolTable
+from .builtins import BRANCHES, BUILTINS, DIMENSIONLESS, HALVES_EXPONENTS, KEEPS_UNIT, ONE_DIMENSION
+from .fold import DeclaredValues, is_bare
+from .symbols import Symbol, SymbolTable
 from .units import ONE, Unit, UnitError, UnitSystem, exact
 
 
@@ -34,6 +37,7 @@ class UnitInfo:
     declared: dict[str, Unit] = field(default_factory=dict)  # symbol -> declared (let: else inferred) unit
     expr_units: dict = field(default_factory=dict)  # expression node -> Unit, None for booleans/unknown
     time_unit: Optional[Unit] = None
+    values: Optional[DeclaredValues] = None  # consts and param defaults, folded (also for lowering)
 
 
 class _Bool:
@@ -61,15 +65,24 @@ class _UnitChecker:
         self.program, self.table, self.file = program, table, file
         self.info = UnitInfo(UnitSystem())
         self.diags: list[Diagnostic] = []
-        self.decl_units: dict[int, Optional[Unit]] = {}  # id(statement) -> resolved unit
+        self.decl_units: dict[object, Optional[Unit]] = {}  # statement (nodes hash by identity) -> resolved unit
         self.let_units: dict[str, Ty] = {}
         self.lets_in_progress: set[str] = set()
-        self.walked_lets: set[int] = set()
+        self.walked_lets: set[A.LetDecl] = set()
+        self.info.values = DeclaredValues(table, lambda sym: self.decl_units.get(sym.decl), self.unit_scale)
         self.current_state: Optional[str] = None  # for the `gamma * I` hint
 
     # ------------------------------------------------------------ reporting
     def report(self, code: str, span: A.Span, message: str, hint: Optional[str] = None) -> None:
         self.diags.append(Diagnostic(code, span, message, hint, self.file))
+
+    def unit_scale(self, expr: A.UnitExpr) -> Optional[Fraction]:
+        """The scale of a unit annotation, for folding; None when it is unknown (E406 elsewhere)."""
+        unit = self.info.system.try_resolve(expr)[0]
+        return None if unit is None else unit.scale
+
+    def value_in(self, expr: A.Expr, unit: Unit) -> Optional[float]:
+        return self.info.values.value_in(expr, unit)
 
     def resolve(self, expr: Optional[A.UnitExpr]) -> Optional[Unit]:
         if expr is None:
@@ -85,13 +98,13 @@ class _UnitChecker:
         statements = list(self.all_statements())
         for stmt in statements:
             if hasattr(stmt, "unit"):
-                self.decl_units[id(stmt)] = self.resolve(stmt.unit)
+                self.decl_units[stmt] = self.resolve(stmt.unit)
         if self.table.time is not None:
-            self.info.time_unit = self.decl_units.get(id(self.table.time))
+            self.info.time_unit = self.decl_units.get(self.table.time)
         for stmt in statements:
             self.check_statement(stmt)
         for sym in self.table.symbols.values():
-            unit = self.let_unit(sym) if sym.kind == "let" else self.decl_units.get(id(sym.decl))
+            unit = self.let_unit(sym) if sym.kind == "let" else self.decl_units.get(sym.decl)
             if isinstance(unit, Unit) and sym.kind != "dose":
                 self.info.declared[sym.name] = unit
 
@@ -152,19 +165,19 @@ class _UnitChecker:
         if sym.kind == "let":
             return self.let_unit(sym)
         if sym.kind in ("const", "param", "state", "input", "observe"):
-            return self.decl_units.get(id(sym.decl))
+            return self.decl_units.get(sym.decl)
         return None  # neural without a call, dose: names.py reports E204
 
     def let_unit(self, sym: Symbol) -> Ty:
         decl: A.LetDecl = sym.decl
         if decl.unit is not None:
-            return self.decl_units.get(id(decl))
+            return self.decl_units.get(decl)
         if sym.name in self.let_units:
             return self.let_units[sym.name]
         if sym.name in self.lets_in_progress:
             return None  # a cycle: E304 is names.py's
         self.lets_in_progress.add(sym.name)
-        self.walked_lets.add(id(decl))
+        self.walked_lets.add(decl)
         unit = self.infer(decl.value)
         if isinstance(unit, Unit) and unit.is_dimensionless:
             unit = ONE  # `(1 [h]) / (1 [day])` is the number 1/24, not 1 [h/day]
@@ -174,7 +187,7 @@ class _UnitChecker:
 
     # ------------------------------------------------------------ statements
     def check_statement(self, stmt) -> None:
-        unit = self.decl_units.get(id(stmt))
+        unit = self.decl_units.get(stmt)
         if isinstance(stmt, (A.ConstDecl, A.ParamDecl)):
             if self.check_value(stmt.value, unit, f"the value of `{stmt.name.name}`"):
                 self.check_bounds(stmt, stmt.value, getattr(stmt, "bounds", None), unit)
@@ -187,7 +200,7 @@ class _UnitChecker:
         elif isinstance(stmt, A.LetDecl):
             if stmt.unit is not None:
                 self.check_value(stmt.value, unit, f"the value of `{stmt.name.name}`")
-            elif id(stmt) not in self.walked_lets:
+            elif stmt not in self.walked_lets:
                 sym = self.symbol(stmt.name.name)
                 if sym is not None and sym.decl is stmt:
                     self.let_unit(sym)
@@ -216,7 +229,7 @@ class _UnitChecker:
         sym = self.symbol(ident.name) if ident is not None else None
         if sym is None or sym.kind != "state":
             return None
-        return self.decl_units.get(id(sym.decl))
+        return self.decl_units.get(sym.decl)
 
     def per_time(self, unit: Optional[Unit]) -> Optional[Unit]:
         if unit is None or self.info.time_unit is None:
@@ -270,7 +283,7 @@ class _UnitChecker:
 
     def check_set(self, stmt: A.SetStmt) -> None:
         sym = self.symbol(stmt.target.name)
-        unit = self.decl_units.get(id(sym.decl)) if sym and sym.kind in ("param", "const", "input") else None
+        unit = self.decl_units.get(sym.decl) if sym and sym.kind in ("param", "const", "input") else None
         self.check_value(stmt.value, unit, f"the value set for `{stmt.target.name}`")
         self.check_time(stmt.start, "from")
         self.check_time(stmt.end, "to")
@@ -325,7 +338,7 @@ class _UnitChecker:
             return False
         if expected is None:
             return True
-        if self.is_bare(expr):
+        if is_bare(expr):
             self.info.expr_units[expr] = expected
         elif isinstance(ty, Unit) and not ty.same_dims(expected):
             self.report("E405", expr.span, f"{what} has unit {ty}, expected {expected}",
@@ -418,7 +431,7 @@ class _UnitChecker:
             self.report("E404", e.right.span, f"an exponent must be dimensionless, found {exponent}",
                         self.reference_hint(exponent, e.right))
             return None
-        power = self.constant(e.right)
+        power = self.info.values.exponent(e.right)
         if base.is_dimensionless:
             if power is None or abs(power.numerator) > MAX_UNIT_POWER or power.denominator > MAX_UNIT_POWER:
                 return ONE  # computed on the base converted to a plain number
@@ -435,38 +448,41 @@ class _UnitChecker:
         return base ** power
 
     def infer_call(self, e: A.Call) -> Ty:
+        """A built-in call by its row's unit rule (compiler/builtins.py), or a neural call."""
         name = e.func.name
         args = [self.infer(a) for a in e.args]
-        sym = self.symbol(name)
-        if name in BUILTIN_FUNCTIONS and sym is None:
-            if len(args) != BUILTIN_FUNCTIONS[name]:
+        row = BUILTINS.get(name)
+        if row is not None:
+            if len(args) != row.arity:
                 return None  # E205 is names.py's
-            if name == "ifelse":
+            if row.units == BRANCHES:
                 self.expect_condition(e.args[0], args[0])
                 if not self.numbers((e.args[1], args[1]), (e.args[2], args[2])):
                     return None
                 return self.same_dimension(
                     args[1], args[2], e.args[2],
-                    f"the branches of `ifelse` have different dimensions: {args[1]} and {args[2]}")
+                    f"the branches of `{name}` have different dimensions: {args[1]} and {args[2]}")
             if not self.numbers(*zip(e.args, args)):
                 return None
-            if name in ("min", "max"):
+            if row.units == ONE_DIMENSION:
                 return self.same_dimension(
                     args[0], args[1], e.args[1],
                     f"`{name}` needs arguments of one dimension, found {args[0]} and {args[1]}")
             if args[0] is None:
                 return None
-            if name == "sqrt":
+            if row.units == HALVES_EXPONENTS:
                 return args[0].sqrt()
-            if name == "abs":
+            if row.units == KEEPS_UNIT:
                 return args[0]
+            assert row.units == DIMENSIONLESS, row
             self.dimensionless_argument(e.args[0], args[0], f"the argument of `{name}`")
             return ONE
+        sym = self.symbol(name)
         if sym is not None and sym.kind == "neural":
             for expr, ty in zip(e.args, args):
                 if self.expect_number(expr, ty):
                     self.dimensionless_argument(expr, ty, f"an argument of neural `{name}`")
-            return self.decl_units.get(id(sym.decl))
+            return self.decl_units.get(sym.decl)
         return None  # calling a non-function: names.py's E204
 
     def dimensionless_argument(self, expr: A.Expr, ty: Ty, what: str) -> None:
@@ -480,7 +496,7 @@ class _UnitChecker:
         found = []
         for kind in kinds:
             for sym in self.table.of_kind(kind):
-                u = self.decl_units.get(id(sym.decl))
+                u = self.decl_units.get(sym.decl)
                 if isinstance(u, Unit) and u.same_dims(unit):
                     found.append((u != unit, sym.name))
         return [name for _, name in sorted(found, key=lambda x: x[0])]
@@ -507,106 +523,6 @@ class _UnitChecker:
         # `k / k` is just 1: never suggest dividing a name by itself
         inverse = [n for n in self.candidates(ONE / missing, ("state", "const", "param", "input")) if n != expr.name]
         return f"did you mean `{expr.name} / {inverse[0]}`?" if inverse else None
-
-    # ------------------------------------------------------------ constants
-    def is_bare(self, e) -> bool:
-        """No model names and no unit annotations: a plain number (the bare-number rule)."""
-        if isinstance(e, A.Number):
-            return e.unit is None
-        if isinstance(e, A.Name):
-            return e.name in BUILTIN_CONSTANTS and self.symbol(e.name) is None
-        if isinstance(e, A.UnaryOp):
-            return self.is_bare(e.operand)
-        if isinstance(e, (A.BinOp, A.Compare, A.BoolOp)):
-            return self.is_bare(e.left) and self.is_bare(e.right)
-        if isinstance(e, A.Call):
-            return (e.func.name in BUILTIN_FUNCTIONS and self.symbol(e.func.name) is None
-                    and all(self.is_bare(a) for a in e.args))
-        return False
-
-    def constant(self, e, depth: int = 0) -> Optional[Fraction]:
-        """The exact value of a dimensionless constant expression (numbers, dimensionless consts)."""
-        if depth > 50:
-            return None
-        try:
-            if isinstance(e, A.Number):
-                return _literal_fraction(e) if e.unit is None and math.isfinite(e.value) else None
-            if isinstance(e, A.UnaryOp) and e.op == "-":
-                v = self.constant(e.operand, depth + 1)
-                return None if v is None else -v
-            if isinstance(e, A.BinOp):
-                a, b = self.constant(e.left, depth + 1), self.constant(e.right, depth + 1)
-                if a is None or b is None:
-                    return None
-                if e.op == "+":
-                    return a + b
-                if e.op == "-":
-                    return a - b
-                if e.op == "*":
-                    return a * b
-                if e.op == "/":
-                    return a / b
-                if b.denominator == 1 and abs(b) <= MAX_UNIT_POWER:
-                    return a ** int(b)
-                return None
-            if isinstance(e, A.Name):
-                sym = self.symbol(e.name)
-                if sym is not None and sym.kind == "const" and self.decl_units.get(id(sym.decl)) == ONE:
-                    return self.constant(sym.decl.value, depth + 1)
-        except (ZeroDivisionError, OverflowError, ValueError):
-            return None
-        return None
-
-    def value_in(self, e: A.Expr, unit: Unit) -> Optional[float]:
-        """A constant value expressed in `unit`, or None when it is not constant (E502)."""
-        base = self.base_value(e, unit, 0)
-        return None if base is None else base / float(unit.scale)
-
-    def base_value(self, e, expected: Optional[Unit], depth: int) -> Optional[float]:
-        """The value in base units (SI and model base units); params count at their defaults."""
-        if depth > 50:
-            return None
-        if expected is not None and self.is_bare(e):
-            plain = self.base_value(e, None, depth + 1)
-            return None if plain is None else plain * float(expected.scale)
-        try:
-            return self._base_value(e, depth)
-        except (ArithmeticError, ValueError, TypeError):
-            return None
-
-    def _base_value(self, e, depth: int) -> Optional[float]:
-        if isinstance(e, A.Number):
-            unit = ONE if e.unit is None else self.info.system.try_resolve(e.unit)[0]
-            return None if unit is None else e.value * float(unit.scale)
-        if isinstance(e, A.Name):
-            sym = self.symbol(e.name)
-            if sym is None:
-                return math.pi if e.name in BUILTIN_CONSTANTS else None
-            if sym.kind not in ("const", "param"):
-                return None
-            unit = self.decl_units.get(id(sym.decl))
-            return None if unit is None else self.base_value(sym.decl.value, unit, depth + 1)
-        if isinstance(e, A.UnaryOp) and e.op == "-":
-            v = self.base_value(e.operand, None, depth + 1)
-            return None if v is None else -v
-        if isinstance(e, A.BinOp):
-            a, b = self.base_value(e.left, None, depth + 1), self.base_value(e.right, None, depth + 1)
-            if a is None or b is None:
-                return None
-            return {"+": a + b, "-": a - b, "*": a * b}.get(e.op) if e.op in "+-*" else (
-                a / b if e.op == "/" else float(a ** b))
-        if isinstance(e, A.Call) and e.func.name in _NUMERIC_FUNCTIONS and self.symbol(e.func.name) is None:
-            args = [self.base_value(a, None, depth + 1) for a in e.args]
-            if any(a is None for a in args):
-                return None
-            return float(_NUMERIC_FUNCTIONS[e.func.name](*args))
-        return None
-
-
-_NUMERIC_FUNCTIONS = {
-    "exp": math.exp, "log": math.log, "log10": math.log10, "sqrt": math.sqrt, "abs": abs,
-    "sin": math.sin, "cos": math.cos, "tan": math.tan, "tanh": math.tanh, "min": min, "max": max,
-}
 
 
 def _literal_fraction(number: A.Number) -> Fraction:

@@ -318,6 +318,8 @@ DECLARATION_KINDS = {
 
 @node
 class Program:
-    """A parsed file: the statements that parsed, in source order (scenario blocks nested)."""
+    """A parsed file: the statements that parsed, in source order (scenario blocks nested), and
+    the spans of those that did not (E100), so the checker can tell what their absence implies."""
 
     statements: list[Statement] = field(default_factory=list)
+    unparsed: list[Span] = field(default_factory=list)

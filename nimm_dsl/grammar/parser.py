@@ -16,6 +16,7 @@ Nothing is cached on disk: Lark's table cache is a pickle, and building the tabl
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +37,7 @@ MAX_EXPRESSION_DEPTH = 200  # keeps every later recursive tree walk far from Pyt
 MAX_STATEMENT_CHARS = 20_000  # a logical statement longer than this is refused unparsed
 MAX_DIAGNOSTICS = 200  # then one final "too many errors; stopping"
 MAX_SOURCE_CHARS = 500_000  # ~10,000 lines, far beyond any real model; keeps parse() to seconds
+MAX_CONTINUATION_LINES = 10  # how far a statement broken across lines (outside brackets) is followed
 
 _GRAMMAR_PATH = Path(__file__).with_name("nimm.lark")
 
@@ -411,7 +413,39 @@ def _parse_statement(stmt: LogicalStatement, source: str, file: str):
         return None, [Diagnostic("E100", span, f"statement too long ({stmt.end - stmt.start} characters; "
                                                f"the limit is {MAX_STATEMENT_CHARS})",
                                  "split it into several `let` lines", file)]
-    return _parse_text(source[stmt.line_offset:stmt.end], stmt, file)
+    return _parse_recovering(source[stmt.line_offset:stmt.end], stmt, file)
+
+
+def _parse_recovering(text: str, stmt: LogicalStatement, file: str):
+    node, problems = _parse_text(text, stmt, file)
+    if node is None and "**" in text:
+        node, problems = _recover_double_star(text, stmt, file, node, problems)
+    return node, problems
+
+
+_DOUBLE_STAR = re.compile(r'"[^"\n]*"|#[^\n]*|\*\*')
+
+
+def _recover_double_star(text: str, stmt: LogicalStatement, file: str, node, problems):
+    """`x ** 2` is a common slip for `x^2`: report each `**` and, when the statement parses with
+    `^` in their place, keep it, so that its names are not reported as undefined or unused."""
+    stars = [m.start() for m in _DOUBLE_STAR.finditer(text) if m.group() == "**"]
+    if not stars:
+        return node, problems
+    patched = list(text)
+    for i in stars:
+        patched[i:i + 2] = "^ "  # same length: every span stays right
+    recovered, still = _parse_text("".join(patched), stmt, file)
+    if recovered is None:
+        return node, problems
+    diagnostics = []
+    for i in stars:
+        line = stmt.first_line + text.count("\n", 0, i)
+        column = i - (text.rfind("\n", 0, i) + 1) + 1
+        diagnostics.append(Diagnostic("E100", A.Span(line, column, line, column + 2),
+                                      "unexpected `**`: the power operator is `^`",
+                                      "write `x^2`, not `x**2`", file))
+    return recovered, diagnostics
 
 
 def _parse_text(text: str, stmt: LogicalStatement, file: str):
@@ -425,7 +459,7 @@ def _parse_text(text: str, stmt: LogicalStatement, file: str):
             raise
         return None, [Diagnostic("E100", problem.span, problem.message, problem.hint, file)]
     except UnexpectedInput as error:
-        return None, [_describe(error, stmt, file)]
+        return None, [_describe(error, stmt, file, text)]
     except LarkError as error:  # defensive: any other parser failure is still a diagnostic
         return None, [Diagnostic("E100", stmt.span, f"cannot parse this statement ({error})", None, file)]
     # Each tree level spans at least one character of its own, so short text cannot be deep.
@@ -545,7 +579,11 @@ def _acceptable(error: UnexpectedToken) -> set:
     return accepted or set(error.expected)
 
 
-def _describe(error: UnexpectedInput, stmt: LogicalStatement, file: str) -> Diagnostic:
+# `dG/dt =` or `d(G)/dt =` at the start of a statement: a derivative written as in a textbook.
+_DERIVATIVE = re.compile(r"(d[ \t]*(\([ \t]*)?([A-Za-z_]\w*)[ \t]*(?(2)\))[ \t]*/[ \t]*d[ \t]*[A-Za-z_]\w*)[ \t]*=")
+
+
+def _describe(error: UnexpectedInput, stmt: LogicalStatement, file: str, text: str) -> Diagnostic:
     offset = stmt.first_line - 1
     if isinstance(error, UnexpectedCharacters):
         line, column = error.line + offset, error.column
@@ -566,7 +604,18 @@ def _describe(error: UnexpectedInput, stmt: LogicalStatement, file: str) -> Diag
                           None, file)
     span = A.Span(tok.line + offset, tok.column, tok.end_line + offset, tok.end_column)
     found = _found_text(tok)
+    if tok == "*" and "**" in (text[tok.start_pos - 1:tok.start_pos + 1], text[tok.start_pos:tok.start_pos + 2]):
+        first = tok.column - 1 if text[tok.start_pos - 1:tok.start_pos] == "*" else tok.column
+        return Diagnostic("E100", A.Span(span.line, first, span.line, first + 2),
+                          "unexpected `**`: the power operator is `^`", "write `x^2`, not `x**2`", file)
     if tok.start_pos == stmt.start - stmt.line_offset:  # the statement's first word
+        derivative = _DERIVATIVE.match(text, tok.start_pos)
+        if derivative is not None:
+            written, state = derivative.group(1), derivative.group(3)
+            end = tok.column + len(written)
+            return Diagnostic("E100", A.Span(span.line, tok.column, span.line, end),
+                              f"unexpected `{written}`: a time derivative is written `der({state})`",
+                              f"write `der({state}) = ...`", file)
         if tok.type == "NAME" and tok not in KEYWORDS:
             hint = f"did you mean `let {tok} = ...`?"
         else:  # most likely the rest of the previous line
@@ -576,6 +625,8 @@ def _describe(error: UnexpectedInput, stmt: LogicalStatement, file: str) -> Diag
     hint = None
     if tok.type == "COMPARE" and "COMPARE" not in expected:
         hint = "comparisons cannot be chained: combine them with `and`"
+    elif stmt.first_word == "der" and tok.type == "NAME" and "LPAR" in expected:
+        hint = f"write `der({tok}) = ...`"
     return Diagnostic("E100", span, f"unexpected {found}: expected {_expected_text(expected)}", hint, file)
 
 
@@ -592,8 +643,12 @@ def parse(source: str, file: str = "<model>") -> tuple[A.Program, list[Diagnosti
         too_large = Diagnostic("E100", A.Span(line, 1, line, 2),
                                f"file too large: more than {MAX_SOURCE_CHARS} characters; "
                                f"stopped reading at line {line}", "split the model", file)
-    for stmt in split_statements(source, file):
+    statements = _Lookahead(split_statements(source, file))
+    for stmt in statements:
         node, problems = _parse_statement(stmt, source, file)
+        continued = _continued(stmt, statements, source, file)
+        if continued is not None:
+            stmt, node, problems = continued
         diagnostics += problems
         parsed.append((stmt, node))
         if len(diagnostics) >= MAX_DIAGNOSTICS:
@@ -606,6 +661,101 @@ def parse(source: str, file: str = "<model>") -> tuple[A.Program, list[Diagnosti
     elif too_large is not None:
         diagnostics.append(too_large)
     return program, diagnostics
+
+
+class _Lookahead:
+    """An iterator of statements that can look ahead without consuming."""
+
+    def __init__(self, statements: Iterator[LogicalStatement]):
+        self._statements = statements
+        self._ahead: deque[LogicalStatement] = deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> LogicalStatement:
+        return self._ahead.popleft() if self._ahead else next(self._statements)
+
+    def peek(self, k: int) -> Optional[LogicalStatement]:
+        """The k-th statement after the current one (0: the next), or None at the end."""
+        while len(self._ahead) <= k:
+            following = next(self._statements, None)
+            if following is None:
+                return None
+            self._ahead.append(following)
+        return self._ahead[k]
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            self._ahead.popleft()
+
+
+_FIRST_TOKEN = re.compile(r"[A-Za-z_]\w*|(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|->|\+=|\*=|<=|>=|==|!=|\*\*|\S")
+
+
+def _continued(first: LogicalStatement, statements: _Lookahead, source: str, file: str):
+    """A statement broken across lines outside brackets, as (joined statement, node, [E100]).
+
+    The lines after `first` that cannot start a statement (their first word is no statement
+    keyword: `+ k * G`, `r * H`, `in [0, 1]`) are tried as its continuation; when the joined text
+    parses, one E100 at the first continuation line says so (with the fix), the statement is
+    kept, and the errors each line would have on its own are dropped. The longest such join wins
+    (`a +` / `b -` / `c` only parses as a whole). None when no join parses."""
+    if first.first_word not in STATEMENT_KEYWORDS or first.first_word in ("scenario", "end") or first.problems:
+        return None
+    last, best = first, None
+    for k in range(MAX_CONTINUATION_LINES):
+        following = statements.peek(k)
+        if (following is None or following.problems or following.first_word in STATEMENT_KEYWORDS
+                or following.first_line != last.end_line + 1):
+            break
+        last = following
+        joined = LogicalStatement(first.first_line, first.line_offset, first.start, last.end, last.end_line,
+                                  last.end_column, first.first_word)
+        text = source[joined.line_offset:joined.end]
+        node, problems = _parse_recovering(text, joined, file)
+        if node is not None:
+            best = k, joined, node, problems, text
+    if best is None:
+        return None
+    k, joined, node, problems, text = best
+    statements.skip(k + 1)
+    return joined, node, [_continuation(first, (first.end_line + 1, joined.end_line), node, text, file), *problems]
+
+
+def _continuation(first: LogicalStatement, lines: tuple[int, int], node, text: str, file: str) -> Diagnostic:
+    """The E100 for a statement continued outside brackets, with the fix as a hint."""
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+
+    def offset(line: int, column: int) -> int:
+        return starts[line - first.first_line] + column - 1
+
+    line_start = starts[lines[0] - first.first_line]
+    line_end = text.find("\n", line_start)
+    line_text = text[line_start:] if line_end < 0 else text[line_start:line_end]
+    indent = len(line_text) - len(line_text.lstrip(" \t\r"))
+    token = _FIRST_TOKEN.match(line_text, indent)
+    width = token.end() - token.start() if token else 1
+    span = A.Span(lines[0], indent + 1, lines[0], indent + 1 + width)
+    which = f"line {lines[0]} continues" if lines[0] == lines[1] else f"lines {lines[0]}-{lines[1]} continue"
+    message = (f"unexpected `{_show(token.group() if token else line_text.strip())}`: {which} the statement "
+               f"of line {first.first_line}, but a statement ends with its line unless a bracket is open")
+    expression = next((v for v in vars(node).values()
+                       if isinstance(v, (A.BinOp, A.UnaryOp, A.Call, A.Compare, A.BoolOp, A.Name, A.Number))
+                       and v.span.line < lines[0] <= v.span.end_line), None)
+    body = text[starts[0] + first.start - first.line_offset:]
+    if expression is not None:
+        s = offset(expression.span.line, expression.span.column) - (first.start - first.line_offset)
+        e = offset(expression.span.end_line, expression.span.end_column) - (first.start - first.line_offset)
+        fixed = body[:s] + "(" + body[s:e] + ")" + body[e:]
+        hint = "wrap the expression in parentheses: `{}`"
+    else:
+        fixed = body
+        hint = "write the statement on one line: `{}`"
+    fixed = re.sub(r"[ \t\r]*\n[ \t\r]*", " ", fixed)
+    if len(fixed) > 80:
+        fixed = fixed[:38] + " … " + fixed[-38:]
+    return Diagnostic("E100", span, message, hint.format(fixed), file)
 
 
 def _assemble(parsed, diagnostics: list[Diagnostic], file: str) -> A.Program:
@@ -667,13 +817,16 @@ def _assemble(parsed, diagnostics: list[Diagnostic], file: str) -> A.Program:
             else:
                 never_closed()
                 header = block = None
-        if node is None or isinstance(node, _End):
+        if node is None:
+            program.unparsed.append(stmt.span)
+            continue
+        if isinstance(node, _End):
             continue
         if header is not None:
             if block is not None and isinstance(node, SCENARIO_STATEMENTS):
                 block.body.append(node)
             elif block is None and isinstance(node, SCENARIO_STATEMENTS):
-                pass  # the header did not parse: its body has no block to join
+                program.unparsed.append(stmt.span)  # the header did not parse: no block to join
             else:
                 program.statements.append(node)
         else:

@@ -1,9 +1,10 @@
 """Prompts for proposing and repairing `.nimm` models (docs/agent.md).
 
 Everything the language model is told about the language comes from the package's own tables —
-the statement keywords and built-ins of `grammar/words.py`, the noise models and neural options
-of the checker, the diagnostic codes of `diagnostics.py` — plus one worked example that a test
-keeps checker-clean. No second hand-kept copy of the language can drift from the checker.
+the statement keywords of `grammar/words.py`, the built-ins of `compiler/builtins.py`, the noise
+models and neural options of the checker, the diagnostic codes of `diagnostics.py` — plus one
+worked example that a test keeps checker-clean. No second hand-kept copy of the language can
+drift from the checker.
 
 A proposal prompt holds the language guide, the worked example, the task in words and a
 summary of the training table (never held-out data). A repair prompt holds the numbered model
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..diagnostics import CODES, Diagnostic, render_text
-from ..grammar.words import BUILTIN_CONSTANTS, BUILTIN_FUNCTIONS, STATEMENT_KEYWORDS
+from ..compiler.builtins import BUILTINS
+from ..grammar.words import BUILTIN_CONSTANTS, STATEMENT_KEYWORDS
 
 MAX_DIAGNOSTIC_CHARS = 6000  # a repair prompt shows at most this much of the diagnostics
 MAX_SUMMARY_ROWS = 5
@@ -80,8 +82,8 @@ def _options_line() -> str:
 @lru_cache(maxsize=1)
 def language_guide() -> str:
     forms = "\n".join(f"  {STATEMENT_FORMS[k]}" for k in STATEMENT_FORMS)
-    functions = ", ".join(f"{name}({', '.join('xyz'[:arity])})" if name != "ifelse" else
-                          "ifelse(CONDITION, A, B)" for name, arity in BUILTIN_FUNCTIONS.items())
+    functions = ", ".join(f"{name}({', '.join('xyz'[:row.arity])})" if name != "ifelse" else
+                          "ifelse(CONDITION, A, B)" for name, row in BUILTINS.items())
     codes = "\n".join(f"  {code}: {meaning}" for code, meaning in _code_meanings())
     return (
         "You write models in the NIMM language: a typed equation language for mechanistic "

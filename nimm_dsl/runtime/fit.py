@@ -463,7 +463,7 @@ def array_walk_ops(xp, const: Callable):
     from ..compiler.ir import Ops
 
     return Ops(const=const, add=lambda a, b: a + b, mul=lambda a, b: a * b, pow=lambda a, b: a ** b,
-               funcs={"exp": xp.exp, "log": xp.log, "log10": xp.log10, "sin": xp.sin, "cos": xp.cos,
+               funcs={"exp": xp.exp, "log": xp.log, "sin": xp.sin, "cos": xp.cos,
                       "tan": xp.tan, "tanh": xp.tanh, "abs": xp.abs, "sqrt": xp.sqrt,
                       "min": xp.minimum, "max": xp.maximum},
                where=lambda c, a, b: xp.where(c > 0.5, a, b) if not isinstance(c, bool) else (a if c else b),
