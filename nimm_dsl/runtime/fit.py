@@ -657,7 +657,7 @@ class _Sensitivities:
             rates.append(ca.vec(_total_derivative(ca.vec(dS), x, S, S2, theta)))
         self.sim, self.order, self.nx, self.n, self.rtol, self.atol = sim, order, nx, n, rtol, atol
         self.dae = {"x": ca.vertcat(*states), "p": ca.vertcat(P, W), "t": t, "ode": ca.vertcat(*rates)}
-        x0 = sim._init(t, P)  # SX in, SX out
+        x0 = sim._init(t, P, W)  # SX in, SX out
         S0 = ca.jacobian(x0, theta)
         init = [x0, ca.vec(S0)] + ([ca.vec(ca.jacobian(ca.vec(S0), theta))] if S2 is not None else [])
         self.init = ca.Function("init_sens", [t, P], [ca.vertcat(*init)])
