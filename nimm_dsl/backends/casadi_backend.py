@@ -179,7 +179,7 @@ def _inside_domains(ode, x, ir: ModelIR):
     by up to its tolerance: an infected count that should be 1e-12 comes out as -1e-9. Outside
     the domain the dynamics can be unstable (a negative count of infected grows without bound
     once R > 1), so that noise would blow up into inf. Clipping changes nothing inside the
-    domain and keeps such noise from growing (docs/language.md §8)."""
+    domain and keeps such noise from growing (docs/language.md §3, Dynamics)."""
     clipped, changed = [], False
     for i, s in enumerate(ir.states):
         xi = x[i]
@@ -449,14 +449,14 @@ class CasadiSimulator:
                 e[k] = 1
                 x = x + e * amount if ev.dose.op == "+" else x + e * (x[k] * (amount - 1))
                 continue
-            x = x.copy()
+            before, x = x, x.copy()
             x[k] = x[k] + float(amount) if ev.dose.op == "+" else x[k] * float(amount)
             if not np.isfinite(x[k]):
                 name = self.ir.states[k].name
                 raise SimulationError(
                     f"state {name} became NaN or inf after dose `{ev.dose.name}` at {self.ir.time_name} = "
                     f"{self._t(seg.t0)}: its amount is {float(amount):g}", kind="dose", time=seg.t0,
-                    quantities=[ev.dose.name, name], state=self._state_dict(x))
+                    quantities=[ev.dose.name, name], state=self._state_dict(before))
         return x
 
     def _run(self, protocol: Protocol, theta: np.ndarray, w: np.ndarray, rtol: float, atol: float):

@@ -340,7 +340,7 @@ class TorchSimulator(torch.nn.Module):
     def _inside_domains(self, y) -> list:
         """The state columns clipped into their declared domains: the dynamics are evaluated
         there, so a solver's excursion of the size of its tolerance below 0 cannot grow
-        (the CasADi back end does the same; docs/language.md §8)."""
+        (the CasADi back end does the same; docs/language.md §3, Dynamics)."""
         return [c if lo is None and hi is None else torch.clamp(c, lo, hi)
                 for c, lo, hi in zip(y.unbind(1), self._lo, self._hi)]
 

@@ -377,7 +377,9 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
         raise ValueError(f"starts must be at least 1, got {starts}")
     if not 0.0 <= holdout < 1.0:  # also refuses NaN
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
-    dataset = data if isinstance(data, Dataset) else load_data(data, ir, file=file)
+    from .binding import load_bound  # E601-E603 before any work starts (TASKS.md §5)
+
+    dataset = load_bound(ir, data, file=file)
     if not dataset.observed_names:
         raise FitError(f"{dataset.file}: no observed column to fit")
     if dataset.n_observations == 0:
