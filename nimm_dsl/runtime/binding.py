@@ -17,10 +17,10 @@ from typing import Optional
 
 import numpy as np
 
+from ..backends.protocol import build_protocol
 from ..compiler.ir import ModelIR
 from ..diagnostics import Diagnostic, Span, closest, sort_key
-from ..errors import ModelError, SimulationError
-from ..backends.protocol import build_protocol
+from ..errors import DataError, ModelError, SimulationError
 from .data import SERIES_COLUMN, Dataset, load_data, read_table
 from .pointwise import point, start_values
 
@@ -139,7 +139,7 @@ def _time_column(t, used: set) -> Optional[str]:
     for c in free:
         try:
             v = t.numbers(c)
-        except Exception:  # a text column (a DataError): not a clock
+        except DataError:  # a text column: not a clock
             continue
         v = v[np.isfinite(v)]
         if v.size > 1 and np.all(np.diff(v) > 0):
