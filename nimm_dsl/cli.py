@@ -6,6 +6,7 @@ standard error as diagnostics or one-line messages; bad input never ends in a tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -23,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="parse and check model files")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--format", choices=("text", "json"), default="text")
+    c.add_argument("--data", metavar="DATA.csv", help="also check that the table fits the model (E601-W606)")
+    c.add_argument("--probe", action="store_true",
+                   help="also simulate every scenario once at the defaults (E801-W804; loads the back end)")
 
     s = sub.add_parser("simulate", help="simulate a model (optionally a fitted one, under a scenario)")
     s.add_argument("model", metavar="MODEL")
@@ -33,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("casadi", "torch"), default="casadi")
     s.add_argument("--output", metavar="OUT.csv", help="write the table here (default: stdout)")
     s.add_argument("--plot", metavar="PLOT.png", help="plot the run (baseline vs scenario with --scenario)")
+    s.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance of the solver (default 1e-8)")
+    s.add_argument("--atol", type=float, default=1e-8,
+                   help="absolute tolerance, in each state's unit (default 1e-8)")
 
     f = sub.add_parser("fit", help="fit params (and neural weights) to data")
     f.add_argument("model", metavar="MODEL")
@@ -113,10 +120,14 @@ def cmd_check(args) -> int:
     from .diagnostics import has_errors, render_json, render_text
     from .api import check
 
+    if args.data is not None and not os.path.isfile(args.data):
+        raise UsageError(f"nimm: cannot read `{args.data}`: no such file")
     all_diags, texts = [], []
     for path in args.files:
         source = _read(path)
         diags = [d.with_file(path) for d in check(source, path)]
+        if (args.data or args.probe) and not has_errors(diags):
+            diags += _run_time_diagnostics(source, path, args.data, args.probe)
         all_diags += diags
         if args.format == "text" and diags:
             texts.append(render_text(diags, source))
@@ -130,6 +141,30 @@ def cmd_check(args) -> int:
     if args.format == "text":
         print(f"{len(args.files)} file(s) checked: {n_err} error(s), {n_warn} warning(s)", file=sys.stderr)
     return EXIT_ERROR if has_errors(all_diags) else EXIT_OK
+
+
+def _run_time_diagnostics(source: str, path: str, data: Optional[str], probe: bool) -> list:
+    """`check --data` and `--probe`: the data binding (TASKS.md §5), then the probe when the
+    binding found no error. A table that cannot be read is a DataError (exit 1)."""
+    from .api import load_source
+    from .diagnostics import has_errors
+    from .errors import ModelError
+
+    try:
+        model = load_source(source, path)
+        model.ir
+    except ModelError as e:  # a model the checker passed but lowering refused
+        return [d.with_file(path) for d in e.diagnostics]
+    found = []
+    if data:
+        from .runtime.binding import bind
+
+        found += bind(model, data, command="check")
+    if probe and not has_errors(found):
+        from .runtime.probe import probe as run_probe
+
+        found += run_probe(model, data=data)
+    return [d.with_file(path) for d in found]
 
 
 def _load(path: str):
@@ -160,8 +195,6 @@ def _parse_times(spec: str):
 
 def _check_writable(path: Optional[str], option: str) -> None:
     """Refuse an output path that cannot be written before any work is done (a fit may take minutes)."""
-    import os
-
     if path is None:
         return
     folder = os.path.dirname(os.path.abspath(path))
@@ -173,23 +206,15 @@ def _check_writable(path: Optional[str], option: str) -> None:
         raise UsageError(f"nimm: {option} `{path}`: the folder `{folder}` is not writable")
 
 
-def default_times(ir, n: int = 201):
-    """A grid when neither --times nor data give one: 100 time units, longer when events come later."""
-    import numpy as np
-
-    events = [t for d in ir.doses for t in d.times]
-    events += [t for s in ir.sets for t in (s.start, s.end) if t is not None]
-    for sc in ir.scenarios.values():
-        events += [t for d in sc.doses for t in d.times]
-    end = max([100.0] + [t * 1.5 for t in events])
-    return np.linspace(0.0, end, n)
-
-
 def cmd_simulate(args) -> int:
+    from .backends.protocol import default_times
     from .errors import FitError, NimmError
 
     _check_writable(args.output, "--output")
     _check_writable(args.plot, "--plot")
+    for option, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if not 0 < value < 1:
+            raise UsageError(f"nimm: {option} needs a tolerance between 0 and 1, got {value:g}")
     model = _load(args.model)
     ir = model.ir
     if ir.is_static and args.times:
@@ -214,9 +239,9 @@ def cmd_simulate(args) -> int:
     # One run per data series (a table without `series` is one run); no data: one run.
     runs: list[tuple[object, object, object]] = []  # (series label, times, inputs)
     if args.data:
-        from .runtime.data import load_data
+        from .runtime.binding import load_bound
 
-        dataset = load_data(args.data, ir, require_observed=False)
+        dataset = load_bound(ir, args.data, command="simulate")  # E601, E603 as diagnostics
         for w in dataset.warnings:
             print(f"nimm: warning: {w}", file=sys.stderr)
         for series in dataset.series:
@@ -237,7 +262,7 @@ def cmd_simulate(args) -> int:
     frames, results = [], []
     for label, times, inputs in runs:
         result = sim.simulate(times, params=params, scenario=args.scenario, inputs=inputs,
-                              weights=weights)
+                              weights=weights, rtol=args.rtol, atol=args.atol)
         for w in result.warnings:
             print(f"nimm: warning: {w}", file=sys.stderr)
         frame = result.to_frame()
@@ -254,7 +279,8 @@ def cmd_simulate(args) -> int:
         result, times, inputs = results[0]  # the first series
         title = ir.name if len(runs) == 1 else f"{ir.name}, series {runs[0][0]}"
         if args.scenario is not None:
-            baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights)
+            baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights,
+                                    rtol=args.rtol, atol=args.atol)
             written = plot_scenario(baseline, result, args.plot,
                                     title=f"{title}: baseline vs {args.scenario}", scenario=args.scenario)
         else:

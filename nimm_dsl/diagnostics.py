@@ -154,14 +154,21 @@ def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     return any(d.is_error for d in diagnostics)
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> Optional[str]:
-    """A 'did you mean `x`?' hint from edit distance, or None when nothing is close."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+def closest(name: str, candidates: Iterable[str]) -> Optional[str]:
+    """The candidate closest to `name` by edit distance (or equal but for case), or None."""
+    candidates = sorted(set(candidates))
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     if not close:
         lowered = {c.lower(): c for c in candidates}
         if name.lower() in lowered:
             close = [lowered[name.lower()]]
-    return f"did you mean `{close[0]}`?" if close else None
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> Optional[str]:
+    """A 'did you mean `x`?' hint from edit distance, or None when nothing is close."""
+    close = closest(name, candidates)
+    return f"did you mean `{close}`?" if close else None
 
 
 def render_text(diagnostics: Iterable[Diagnostic], source: Optional[str] = None) -> str:

@@ -22,7 +22,18 @@ class DataError(NimmError):
 
 
 class SimulationError(NimmError):
-    """Integration failed (blow-up, NaN, step-size collapse); the message says where and when."""
+    """Integration failed (blow-up, NaN, step-size collapse); the message says where and when.
+
+    Back ends may add what a diagnostic needs to point at the model line: `kind` ("initial",
+    "dose", "nonfinite" or "solver"), `time` (model time unit), `quantities` (the states or
+    doses involved) and `state` ({state: value} at the last good time)."""
+
+    def __init__(self, message: str, *, kind: str | None = None, time: float | None = None,
+                 quantities=(), state: dict | None = None):
+        super().__init__(message)
+        self.kind, self.time = kind, time
+        self.quantities = list(quantities)
+        self.state = dict(state or {})
 
 
 class FitError(NimmError):

@@ -67,6 +67,12 @@ CASES = [
     case("E306", HEADER + "param k [1/day] = 1 in [0, 2]\nconst c [1/day] = k\nstate x [1] = 1\n"
          "der(x) = -c * x\nobserve y [1] = x\n", 4, 19, 20),
     case("E306", HEADER + DECAY + "param j [1] = x in [0, 2]\nobserve w [1] = j\n", 7, 15, 16),
+    # a sigma is one number over the data: params and consts only (a state there failed the fit)
+    case("E306", HEADER + DECAY.replace("observe y [1] = x", "observe y [1] = x ~ normal(sigma = 0.1 * x)"),
+         6, 42, 43),
+    # a set that reaches an initial value may use only what an initial value may
+    case("E306", HEADER + DECAY.replace("state x [1] = 1", "param x0 [1] = 1 in [0, 2]\nstate x [1] = x0")
+         + "let z [1] = 2 * x\nset x0 = z from 1\n", 9, 10, 11),
     case("E307", HEADER + "unit person\nparam k [1/day] = 1 in [0, 2]\nstate x [1] = 1\n"
          "state p [person] = 1\nflow x -> p = k * x\nobserve y [1] = x\nobserve z [person] = p\n", 7, 6, 12),
     case("E307", HEADER + "param k [1/day] = 1 in [0, 2]\nstate x [1] = 1\nflow x -> x = k * x\n"

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import SimulationError
 from .protocol import Protocol, Segment, build_protocol, param_vector, segment_tail
-from .results import SimulationResult, nonfinite_warnings
+from .results import SimulationResult, domain_warnings, nonfinite_warnings, trough_warnings
 from ..compiler.ir import ModelIR, Ops, walk
 from .neural import casadi_mlp, check_weights
 
@@ -172,6 +172,25 @@ def _as_slice(idx: np.ndarray):
     return idx
 
 
+def _inside_domains(ode, x, ir: ModelIR):
+    """The right-hand side evaluated at the states clipped into their declared domains.
+
+    The exact solution never leaves a domain such as `in [0, inf]`, but a solver's solution may,
+    by up to its tolerance: an infected count that should be 1e-12 comes out as -1e-9. Outside
+    the domain the dynamics can be unstable (a negative count of infected grows without bound
+    once R > 1), so that noise would blow up into inf. Clipping changes nothing inside the
+    domain and keeps such noise from growing (docs/language.md §3, Dynamics)."""
+    clipped, changed = [], False
+    for i, s in enumerate(ir.states):
+        xi = x[i]
+        if np.isfinite(s.lo):
+            xi, changed = ca.fmax(xi, s.lo), True
+        if np.isfinite(s.hi):
+            xi, changed = ca.fmin(xi, s.hi), True
+        clipped.append(xi)
+    return ca.substitute(ode, x, ca.vertcat(*clipped)) if changed else ode
+
+
 def compile_casadi(ir: ModelIR, method: str = "cvodes", **options) -> "CasadiSimulator":
     """Compile a ModelIR for simulation with CasADi.
 
@@ -236,7 +255,7 @@ class CasadiSimulator:
 
         for let in ir.lets:
             env[let.symbol] = ev(let.expr)
-        return P, W, env, ev
+        return P, W, env, ev, neural
 
     def _build_dynamic(self):
         ir = self.ir
@@ -245,36 +264,34 @@ class CasadiSimulator:
         x = ca.SX.sym("x", nx)
         extra = {s.symbol: x[i] for i, s in enumerate(ir.states)}
         extra[ir.time] = t
-        P, W, env, ev = self._symbolic_env(extra, ir.runtime_symbols())
-        ode = ca.vertcat(*[ev(ir.derivatives[s.name]) for s in ir.states])
+        P, W, env, ev, neural = self._symbolic_env(extra, ir.runtime_symbols())
+        ode = _inside_domains(ca.vertcat(*[ev(ir.derivatives[s.name]) for s in ir.states]), x, ir)
         lets = [env[let.symbol] for let in ir.lets]
         observes = [ev(o.expr) for o in ir.observes]
         self._ode = (t, x, P, W, ode)
         self.rhs = ca.Function("rhs", [t, x, P, W], [ode], ["t", "x", "P", "W"], ["dx"])
         self._outputs = ca.Function("outputs", [t, x, P, W], [ca.vertcat(*lets, *observes)],
                                     ["t", "x", "P", "W"], ["y"])
-        # initial values and dose amounts see no states; a fresh walk keeps state symbols out
+        # initial values see no states or lets (E306); a fresh walk keeps their symbols out
         init_env = {s: P[i] for i, s in enumerate(ir.runtime_symbols())}
         init_env[ir.time] = t
-        for let in ir.lets:  # an initial value may not use lets, but keep the walker total
-            init_env.setdefault(let.symbol, ca.SX.nan())
-        init_memo: dict = {}
-        init = ca.vertcat(*[walk(s.init, init_env, CASADI_OPS, None, init_memo) for s in ir.states])
-        self._init = ca.Function("init", [t, P], [init], ["t", "P"], ["x0"])
+        init = ca.vertcat(*[walk(s.init, init_env, CASADI_OPS, neural, {}) for s in ir.states])
+        self._init = ca.Function("init", [t, P, W], [init], ["t", "P", "W"], ["x0"])
         self._fast_init = _FastCall(self._init)
+        # a dose amount may use any value: it is evaluated in the state just before the dose
         self._dose_amount = {}
         for dose in [d for d in ir.doses] + [d for sc in ir.scenarios.values() for d in sc.doses]:
-            amount = walk(dose.amount, init_env, CASADI_OPS, None, init_memo)
-            self._dose_amount[id(dose)] = ca.Function(f"dose_{dose.name}", [t, P], [amount])
+            self._dose_amount[id(dose)] = ca.Function(f"dose_{dose.name}", [t, x, P, W], [ev(dose.amount)])
         self._output_map: dict[int, ca.Function] = {}
         self._fast_output_map: dict[int, _FastCall] = {}
         self._column_outputs = _ColumnEvaluator.build(self._outputs)
+        self._column_rhs = None  # built on first use (trough warnings, failure reports)
 
     def _build_static(self):
         ir = self.ir
         U = ca.SX.sym("U", len(ir.inputs))
         # a static model has no flags or input coefficients: P holds only ir.params
-        P, W, env, ev = self._symbolic_env({u.symbol: U[i] for i, u in enumerate(ir.inputs)},
+        P, W, env, ev, _ = self._symbolic_env({u.symbol: U[i] for i, u in enumerate(ir.inputs)},
                                            [p.symbol for p in ir.params])
         lets = [env[let.symbol] for let in ir.lets]
         observes = [ev(o.expr) for o in ir.observes]
@@ -404,10 +421,10 @@ class CasadiSimulator:
         n_t = len(protocol.output_times)
         out_x, out_p = [None] * n_t, [None] * n_t
         plans = self._plan(protocol, rtol, atol)
-        x = self._init(protocol.t_start, ca.vertcat(p, plans[0].tail))
+        x = self._init(protocol.t_start, ca.vertcat(p, plans[0].tail), w)
         for plan in plans:
             P = ca.vertcat(p, plan.tail)
-            x = self._apply_doses(plan.segment, x, P, symbolic=True)
+            x = self._apply_doses(plan.segment, x, P, w, symbolic=True)
             for i in plan.at_start:
                 out_x[i], out_p[i] = x, P
             if plan.F is not None:
@@ -421,19 +438,25 @@ class CasadiSimulator:
         return ca.Function("trajectory", [p, w], [Y[n_let:, :], ca.vertcat(X, Y[:n_let, :])],
                            ["p", "w"], ["y", "z"])
 
-    def _apply_doses(self, seg: Segment, x, P, symbolic: bool):
+    def _apply_doses(self, seg: Segment, x, P, w, symbolic: bool):
+        """The doses at the segment's start, in model order: each amount is evaluated in the
+        state left by the doses before it."""
         for ev in seg.doses:
-            amount = self._dose_amount[id(ev.dose)](ev.time, P)
+            amount = self._dose_amount[id(ev.dose)](ev.time, x, P, w)
             k = ev.state_index
             if symbolic:
                 e = ca.DM.zeros(x.shape[0])
                 e[k] = 1
                 x = x + e * amount if ev.dose.op == "+" else x + e * (x[k] * (amount - 1))
-            else:
-                x = x.copy()
-                x[k] = x[k] + float(amount) if ev.dose.op == "+" else x[k] * float(amount)
-        if not symbolic and seg.doses:
-            self._check_finite(x, f"after the doses at {self.ir.time_name} = {self._t(seg.t0)}")
+                continue
+            before, x = x, x.copy()
+            x[k] = x[k] + float(amount) if ev.dose.op == "+" else x[k] * float(amount)
+            if not np.isfinite(x[k]):
+                name = self.ir.states[k].name
+                raise SimulationError(
+                    f"state {name} became NaN or inf after dose `{ev.dose.name}` at {self.ir.time_name} = "
+                    f"{self._t(seg.t0)}: its amount is {float(amount):g}", kind="dose", time=seg.t0,
+                    quantities=[ev.dose.name, name], state=self._state_dict(before))
         return x
 
     def _run(self, protocol: Protocol, theta: np.ndarray, w: np.ndarray, rtol: float, atol: float):
@@ -443,11 +466,12 @@ class CasadiSimulator:
         X = np.empty((len(self.ir.states), n_t))
         Pcols = np.empty((self.n_runtime, n_t))
         plans = self._plan(protocol, rtol, atol)
-        x = self._fast_init({0: protocol.t_start, 1: np.r_[theta, plans[0].tail]}).ravel()
-        self._check_finite(x, f"in the initial values at {self.ir.time_name} = {self._t(protocol.t_start)}")
+        x = self._fast_init({0: protocol.t_start, 1: np.r_[theta, plans[0].tail], 2: w}).ravel()
+        self._check_finite(x, f"in the initial values at {self.ir.time_name} = {self._t(protocol.t_start)}",
+                           protocol.t_start)
         for plan in plans:
             P = np.r_[theta, plan.tail]
-            x = self._apply_doses(plan.segment, x, P, symbolic=False)
+            x = self._apply_doses(plan.segment, x, P, w, symbolic=False)
             Pcols[:, plan.out_cols] = P[:, None]
             X[:, plan.at_start] = x[:, None]
             if plan.F is not None:
@@ -473,7 +497,7 @@ class CasadiSimulator:
         theta = self.param_vector(params)
         X, Pcols = self._run(protocol, theta, w, rtol, atol)
         Y = self._outputs_numeric(protocol.output_times, X, Pcols, w)
-        return self._result(protocol, X, Y, rtol, atol)
+        return self._result(protocol, X, Y, rtol, atol, Pcols, w)
 
     def _outputs_numeric(self, times, X, Pcols, w) -> np.ndarray:
         """Lets then observes at every output time: [(n_lets + n_observes) x T]."""
@@ -486,7 +510,7 @@ class CasadiSimulator:
         # a CasADi n x T matrix is a (T, n) C-ordered array
         return fast({0: times, 1: X.T, 2: Pcols.T, 3: w}).T
 
-    def _result(self, protocol, X, Y, rtol, atol) -> SimulationResult:
+    def _result(self, protocol, X, Y, rtol, atol, Pcols, w) -> SimulationResult:
         ir = self.ir
         values, units = {}, {ir.time_name: ir.time_unit}
         for i, s in enumerate(ir.states):
@@ -494,30 +518,27 @@ class CasadiSimulator:
         rows = [(let.name, let.unit) for let in ir.lets] + [(o.name, o.unit) for o in ir.observes]
         for i, (name, unit) in enumerate(rows):
             values[name], units[name] = Y[i].copy(), unit
-        warnings = protocol.warnings + self._domain_warnings(protocol.output_times, X, rtol, atol)
-        if not np.isfinite(Y).all():  # lets/observes only: a non-finite state stops the run
-            warnings += nonfinite_warnings(protocol.output_times, {n: values[n] for n, _ in rows},
-                                           ir.time_name)
-        return SimulationResult(protocol.output_times, values, units, ir.time_name, warnings,
-                                protocol.scenario)
+        times = protocol.output_times
 
-    def _domain_warnings(self, times, X, rtol, atol) -> list[str]:
-        """X: states [nx x T]."""
-        states = self.ir.states
-        slack = 10 * (atol + rtol * np.max(np.abs(X), axis=1, initial=0.0))
-        below = X < (np.array([s.lo for s in states]) - slack)[:, None]
-        above = X > (np.array([s.hi for s in states]) + slack)[:, None]
-        if not (below.any() or above.any()):  # the usual case: one vectorised test
-            return []
-        out = []
-        for i, s in enumerate(states):
-            v, bad = X[i], below[i] | above[i]
-            if np.any(bad):
-                j = int(np.argmax(bad))
-                side = f"below its lower bound {s.lo:g}" if v[j] < s.lo else f"above its upper bound {s.hi:g}"
-                out.append(f"state {s.name} leaves its domain [{s.lo:g}, {s.hi:g}]: {v[j]:.6g} {s.unit} "
-                           f"is {side} at {self.ir.time_name} = {self._t(times[j])}")
-        return out
+        def rhs(idx, columns):
+            return self._rhs_columns(times[idx], columns, Pcols[:, idx], w)
+
+        warnings = (protocol.warnings
+                    + domain_warnings(times, X, ir.states, rtol, atol, ir.time_name, ir.time_unit)
+                    + trough_warnings(times, X, ir.states, atol, ir.time_name, ir.time_unit, rhs))
+        if not np.isfinite(Y).all():  # lets/observes only: a non-finite state stops the run
+            warnings += nonfinite_warnings(times, {n: values[n] for n, _ in rows}, ir.time_name)
+        return SimulationResult(times, values, units, ir.time_name, warnings, protocol.scenario)
+
+    def _rhs_columns(self, times, X, Pcols, w) -> np.ndarray:
+        """The right-hand side at many points: times (n,), X (nx, n), Pcols (n_runtime, n)."""
+        if self._column_rhs is None:
+            self._column_rhs = _ColumnEvaluator.build(self.rhs) or False
+        n = len(times)
+        if self._column_rhs:
+            return self._column_rhs([np.reshape(times, (1, -1)), X, Pcols, w], n)[0]
+        return np.asarray(self.rhs.map(n)(np.reshape(times, (1, -1)), X, Pcols,
+                                          np.repeat(np.reshape(w, (-1, 1)), n, axis=1)), dtype=float)
 
     def _simulate_static(self, inputs, params, w) -> SimulationResult:
         ir = self.ir
@@ -557,37 +578,104 @@ class CasadiSimulator:
             order = sorted(order, key=lambda i: -abs(x[i]) if np.isfinite(x[i]) else -np.inf)[:8]
         return ", ".join(f"{names[i]} = {x[i]:.6g}" for i in order)
 
-    def _check_finite(self, x, where):
+    def _state_dict(self, x) -> dict:
+        return {s.name: float(v) for s, v in zip(self.ir.states, np.asarray(x, dtype=float).ravel())}
+
+    def _check_finite(self, x, where, t):
         if not np.all(np.isfinite(x)):
             bad = [s.name for s, v in zip(self.ir.states, x) if not np.isfinite(v)]
             raise SimulationError(f"state(s) {', '.join(bad)} became NaN or inf {where} "
-                                  f"(state: {self._state_text(x)})")
+                                  f"(state: {self._state_text(x)})", kind="initial", time=t,
+                                  quantities=bad, state=self._state_dict(x))
 
     def _integrate(self, plan: _SegmentPlan, x, P, w, rtol, atol) -> np.ndarray:
         seg, grid = plan.segment, plan.grid
         try:
             xf = plan.F({0: x, 2: np.r_[P, w]})  # [len(grid) x nx]
         except RuntimeError as err:
-            self._raise_failure(seg, x, P, w, rtol, atol, str(err))
+            self._raise_failure(plan, x, P, w, rtol, atol, str(err))
         if not np.isfinite(xf).all():  # fixed-step methods do not stop on NaN: report the first bad point
             j = int(np.argmin(np.all(np.isfinite(xf), axis=1)))
             t_good, x_good = (seg.t0, x) if j == 0 else (grid[j - 1], xf[j - 1])
-            self._raise(grid[j], t_good, x_good, "the solution became NaN or inf")
+            self._raise(grid[j], t_good, x_good, "the solution became NaN or inf", "nonfinite", P, w, atol, x)
         return xf
 
-    def _raise(self, t_fail, t_good, x_good, reason):
-        raise SimulationError(f"integration failed at {self.ir.time_name} = {self._t(t_fail)}: {reason} "
-                              f"(last good state at {self._t(t_good)}: {self._state_text(x_good)})")
+    def _raise(self, t_fail, t_good, x_good, reason, kind, P, w, atol, x_start=None):
+        """A SimulationError naming the failure time, the state there and the state that changes
+        fastest relative to its size (or the states whose derivative is not finite)."""
+        ir = self.ir
+        x_good = np.asarray(x_good, dtype=float).ravel()
+        with np.errstate(all="ignore"):
+            dx = np.asarray(self.rhs(t_good, x_good, P, w), dtype=float).ravel()
+            speed = np.abs(dx) / (np.abs(x_good) + atol)
+        bad = [s.name for s, v in zip(ir.states, dx) if not np.isfinite(v)]
+        if bad:
+            kind, involved = "nonfinite", bad
+            detail = f"; the derivative of {', '.join(bad)} is NaN or inf there"
+        else:
+            i = int(np.nanargmax(speed)) if np.isfinite(speed).any() else 0
+            involved = [ir.states[i].name]
+            detail = (f"; the fastest-changing state is {ir.states[i].name} "
+                      f"(d{ir.states[i].name}/d{ir.time_name} = {dx[i]:.4g} {ir.states[i].unit}/{ir.time_unit})")
+        if x_start is not None:  # a count that turned negative without a declared domain
+            negative = [s.name for s, a, b in zip(ir.states, np.ravel(x_start), x_good)
+                        if a >= 0 > b and not np.isfinite(s.lo)]
+            if negative:
+                detail += (f"; {', '.join(negative)} turned negative: if a state cannot be negative, "
+                           f"declare its domain (`in [0, inf]`) so the dynamics are evaluated inside it")
+        raise SimulationError(f"integration failed at {ir.time_name} = {self._t(t_fail)}: {reason} "
+                              f"(last good state at {self._t(t_good)}: {self._state_text(x_good)}){detail}",
+                              kind=kind, time=float(t_fail), quantities=involved,
+                              state=self._state_dict(x_good))
 
-    def _raise_failure(self, seg, x, P, w, rtol, atol, message):
+    def _raise_failure(self, plan, x, P, w, rtol, atol, message):
+        """Report where the solver really stopped. CVODES/IDAS record the time they reached
+        (`tcur`, inside the output interval that failed); the state at the start of that interval
+        comes from one uninterrupted run, and only that interval is searched in restarted
+        pieces (a solver restarted from the segment start may pass where the original run
+        failed, and would name the wrong time)."""
+        seg = plan.segment
         flag = re.search(r'returned "(\w+)"', message)
-        reason = "the integrator failed"
+        reason, kind = "the integrator failed", "solver"
         if flag:
             code = flag.group(1)
             reason = next((r for k, r in _FAILURE_REASONS.items() if k in code), f"the integrator returned {code}")
             reason = reason.format(max_steps=self.max_num_steps)
-        t_good, x_good, t_fail = self._locate_failure(seg, x, P, w, rtol, atol)
-        self._raise(t_fail, t_good, x_good, reason)
+            kind = "nonfinite" if "FUNC" in code else "solver"
+        t_start, x_start, t_end = seg.t0, x, seg.t1
+        t_reached = self._time_reached(plan.F.fn, x, np.r_[P, w])
+        if t_reached is not None:
+            k = int(np.searchsorted(plan.grid, t_reached, side="left"))  # the failing interval
+            a = seg.t0 if k == 0 else float(plan.grid[k - 1])
+            x_a = self._state_at(seg.t0, x, a, P, w, rtol, atol)
+            if x_a is not None:
+                t_start, x_start, t_end = a, x_a, float(plan.grid[min(k, len(plan.grid) - 1)])
+        t_good, x_good, t_fail = self._locate_failure(t_start, x_start, t_end, P, w, rtol, atol)
+        self._raise(t_fail, t_good, x_good, reason, kind, P, w, atol, x)
+
+    @staticmethod
+    def _time_reached(F: ca.Function, x0, p) -> Optional[float]:
+        """The time a failing integrator call reached, from its statistics (None if unknown)."""
+        try:
+            F(x0=x0, p=p)
+        except RuntimeError:
+            try:
+                t = float(F.stats().get("tcur", np.nan))
+            except RuntimeError:
+                return None
+            return t if np.isfinite(t) else None
+        return None
+
+    def _state_at(self, t0, x0, t1, P, w, rtol, atol) -> Optional[np.ndarray]:
+        """The state at t1 from one run starting at (t0, x0), or None when that run fails too."""
+        if t1 <= t0:
+            return np.asarray(x0, dtype=float)
+        try:
+            x1 = self._unit_integrator(rtol, atol)(x0=x0, p=np.r_[P, w, t0, t1 - t0])["xf"]
+        except RuntimeError:
+            return None
+        x1 = np.asarray(x1, dtype=float).ravel()
+        return x1 if np.all(np.isfinite(x1)) else None
 
     def _unit_integrator(self, rtol, atol) -> ca.Function:
         """Integrates over [t0, t0 + dt] in scaled time s in [0, 1]; p = [P; W; t0; dt]."""
@@ -602,9 +690,9 @@ class CasadiSimulator:
             self._unit_integrators[key] = F
         return F
 
-    def _locate_failure(self, seg, x, P, w, rtol, atol):
-        """March through the segment in small pieces to find the last time the solution is good.
-        Returns (last good time, state there, first failing time)."""
+    def _locate_failure(self, t0, x, t1, P, w, rtol, atol):
+        """March from (t0, x) towards t1 in small pieces to find the last time the solution is
+        good. Returns (last good time, state there, first failing time)."""
         F = self._unit_integrator(rtol, atol)
 
         def step(x0, ta, tb):
@@ -614,8 +702,8 @@ class CasadiSimulator:
                 return None
             return xb if np.all(np.isfinite(xb)) else None
 
-        ts = np.linspace(seg.t0, seg.t1, 101)
-        t_good, x_good = seg.t0, x
+        ts = np.linspace(t0, t1, 101)
+        t_good, x_good = t0, x
         for tb in ts[1:]:
             xb = step(x_good, t_good, tb)
             if xb is None:
@@ -631,5 +719,5 @@ class CasadiSimulator:
                         break
                 return t_good, x_good, hi
             t_good, x_good = tb, xb
-        # the pieces all succeeded (the full call failed on step count): report the segment end
-        return t_good, x_good, seg.t1
+        # the pieces all succeeded (the full call failed on step count): report the interval end
+        return t_good, x_good, t1

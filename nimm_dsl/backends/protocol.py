@@ -223,6 +223,17 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
     return Protocol(t_start, out, segments, scenario, [u.name for u in ir.inputs], warnings)
 
 
+def default_times(ir: ModelIR, n: int = 201) -> np.ndarray:
+    """The output grid when neither the caller nor data give one: 100 time units, longer when
+    events come later (`nimm simulate` without --times or --data, and the probe)."""
+    events = [t for d in ir.doses for t in d.times]
+    events += [t for s in ir.sets for t in (s.start, s.end) if t is not None]
+    for sc in ir.scenarios.values():
+        events += [t for d in sc.doses for t in d.times]
+    end = max([100.0] + [t * 1.5 for t in events])
+    return np.linspace(0.0, end, n)
+
+
 # ---------------------------------------------------------------- runtime vectors
 def param_vector(ir: ModelIR, params: Optional[Mapping] = None) -> np.ndarray:
     """Values of ir.params (params and consts, declaration order): defaults overridden by `params`."""

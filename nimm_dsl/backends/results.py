@@ -1,7 +1,8 @@
 """Simulation results shared by every back end."""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import math
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -73,4 +74,69 @@ def nonfinite_warnings(times, values: Mapping[str, np.ndarray], time_name: str) 
             j = int(np.argmax(bad))
             out.append(f"`{name}` is NaN or inf at {time_name} = {times[j]:g} ({int(bad.sum())} of "
                        f"{bad.size} output times): a log or sqrt of a negative, or a division by zero?")
+    return out
+
+
+def _at(time_name: str, time_unit: Optional[str], t: float) -> str:
+    return f"{time_name} = {t:.6g} {time_unit}" if time_unit else f"{time_name} = {t:.6g}"
+
+
+def domain_warnings(times, X: np.ndarray, states, rtol: float, atol: float, time_name: str,
+                    time_unit: Optional[str] = None) -> list[str]:
+    """One warning per state outside its declared domain [lo, hi] at some output time, beyond
+    what the solver's tolerances allow; X: states (n_states, T) or (B, n_states, T)."""
+    X = np.asarray(X, dtype=float)
+    Xb = X.reshape(-1, *X.shape[-2:])
+    slack = 10 * (atol + rtol * np.max(np.abs(Xb), axis=(0, 2), initial=0.0))
+    lo = np.array([s.lo for s in states]) - slack
+    hi = np.array([s.hi for s in states]) + slack
+    outside = ((Xb < lo[None, :, None]) | (Xb > hi[None, :, None])).any(axis=0)
+    out = []
+    for i in np.flatnonzero(outside.any(axis=1)):
+        s, j = states[i], int(np.argmax(outside[i]))
+        column = Xb[:, i, j]
+        v = column[(column < lo[i]) | (column > hi[i])][0]
+        side = f"below its lower bound {s.lo:g}" if v < s.lo else f"above its upper bound {s.hi:g}"
+        out.append(f"state {s.name} leaves its domain [{s.lo:g}, {s.hi:g}]: {v:.6g} {s.unit} is {side} "
+                   f"at {_at(time_name, time_unit, times[j])}")
+    return out
+
+
+TROUGH_DEPTH = 1e6  # a state "came down" to its bound when it was this many atol above it before
+REGROWTH = math.log(1e6)  # growth (rate x remaining time) that would make a trough value visible
+
+
+def trough_warnings(times, X: np.ndarray, states, atol: float, time_name: str,
+                    time_unit: Optional[str], rhs: Callable) -> list[str]:
+    """Warnings for a state that falls to its lower bound within the absolute tolerance and
+    would grow again from any value above it (an infection between epidemic waves).
+
+    Values below atol are not resolved: the solver cannot tell 1e-12 from 0 or from -1e-9, and
+    the exact solution may regrow from a value the simulation rounded away (a second wave that
+    never comes, or comes at the wrong time). X: states (n_states, T). rhs(idx, columns) gives the
+    derivatives (n_states, len(idx)) at times[idx] for the given state columns."""
+    X = np.asarray(X, dtype=float)
+    times = np.asarray(times, dtype=float)
+    out = []
+    for i, s in enumerate(states):
+        if not np.isfinite(s.lo):
+            continue
+        above = X[i] - s.lo
+        came_down = np.maximum.accumulate(np.r_[0.0, above[:-1]]) > TROUGH_DEPTH * atol
+        idx = np.flatnonzero((np.abs(above) <= 10 * atol) & came_down)
+        if idx.size == 0:
+            continue
+        columns = X[:, idx].copy()
+        columns[i] = s.lo + atol
+        low = np.asarray(rhs(idx, columns), dtype=float)[i]
+        columns[i] = s.lo + 2 * atol
+        rate = (np.asarray(rhs(idx, columns), dtype=float)[i] - low) / atol  # d(dx_i/dt)/dx_i
+        grows = np.flatnonzero(rate * (times[-1] - times[idx]) > REGROWTH)
+        if grows.size:
+            k = idx[grows[0]]
+            out.append(f"state {s.name} falls to its lower bound {s.lo:g} within the absolute tolerance "
+                       f"(atol = {atol:g} {s.unit}) at {_at(time_name, time_unit, times[k])} and would grow "
+                       f"again from any value above it (rate {rate[grows[0]]:.3g} per {time_unit or 'time unit'}): "
+                       f"the exact solution may regrow from a value below atol that this run does not "
+                       f"resolve; pass a smaller atol (e.g. 1e-14) to follow it")
     return out

@@ -26,7 +26,7 @@ import torch
 from ..errors import SimulationError
 from .protocol import (Protocol, build_protocol, check_scenario, param_vector,
                                  segment_tail)
-from .results import SimulationResult, nonfinite_warnings
+from .results import SimulationResult, domain_warnings, nonfinite_warnings, trough_warnings
 from ..compiler.ir import ModelIR, Ops, walk
 from .neural import TorchMLP, check_weights, neural_penalty, torch_mlp
 
@@ -161,13 +161,18 @@ class TorchSimulator(torch.nn.Module):
         self._out, self._out_obs, self._out_lets = _record(
             ir, [t, *states, *runtime], [*derivs, *[o.expr for o in ir.observes]], dtype, self.device)
         self._out_obs = self._out_obs[len(derivs):]
-        # events: initial values and dose amounts, functions of (time, runtime vector)
+        # initial values: functions of (time, runtime vector); they use no state or let (E306)
+        self._events, self._event_out, _ = _record(ir, [t, *runtime], [s.init for s in ir.states],
+                                                   dtype, self.device, with_lets=False)
+        # dose amounts may use any value: functions of (time, states, runtime vector)
         self._doses = {}
         for dose in [*ir.doses, *(d for sc in ir.scenarios.values() for d in sc.doses)]:
             self._doses.setdefault(id(dose), (len(self._doses), dose))
-        event_exprs = [s.init for s in ir.states] + [d.amount for _, d in self._doses.values()]
-        self._events, self._event_out, _ = _record(ir, [t, *runtime], event_exprs, dtype, self.device,
-                                                   with_lets=False)
+        self._amounts, self._amount_out, _ = _record(
+            ir, [t, *states, *runtime], [d.amount for _, d in self._doses.values()], dtype, self.device)
+        # the dynamics are evaluated inside the states' declared domains (see _integrate)
+        self._lo = [None if math.isinf(s.lo) else s.lo for s in ir.states]
+        self._hi = [None if math.isinf(s.hi) else s.hi for s in ir.states]
 
     # ------------------------------------------------------------ inputs to tensors
     def _tensor(self, x) -> torch.Tensor:
@@ -254,13 +259,20 @@ class TorchSimulator(torch.nn.Module):
         return {k: torch.cat([p[k] for p in pieces], dim=1) for k in pieces[0]}
 
     def _apply_doses(self, y, seg, P_seg, W):
-        ev = self._events.run([self._tensor(seg.t0), *self._columns(P_seg)], self.nir, W)
-        n_s = len(self.ir.states)
+        """The doses at the segment's start, in model order: each amount is evaluated in the
+        state left by the doses before it."""
         cols = list(y.unbind(1))
+        t0, params = self._tensor(seg.t0), self._columns(P_seg)
         for e in seg.doses:
-            amount = ev[self._event_out[n_s + self._doses[id(e.dose)][0]]]
+            regs = self._amounts.run([t0, *cols, *params], self.nir, W)
+            amount = regs[self._amount_out[self._doses[id(e.dose)][0]]]
             k = e.state_index
             cols[k] = cols[k] + amount if e.dose.op == "+" else cols[k] * amount
+            if not bool(torch.isfinite(cols[k]).all()):
+                name = self.state_names[k]
+                raise SimulationError(f"state {name} became NaN or inf after dose `{e.dose.name}` at "
+                                      f"{self.ir.time_name} = {seg.t0:g}", kind="dose", time=seg.t0,
+                                      quantities=[e.dose.name, name])
         return torch.stack(cols, dim=1)
 
     def _outputs(self, Y, t_out, P_seg, W) -> dict[str, torch.Tensor]:
@@ -285,7 +297,7 @@ class TorchSimulator(torch.nn.Module):
         last = {}
 
         def rhs(t, y):
-            regs = self._rhs.run([t, *y.unbind(1), *cols], self.nir, W)
+            regs = self._rhs.run([t, *self._inside_domains(y), *cols], self.nir, W)
             dy = torch.stack([regs[r].expand(y.shape[0]) for r in self._rhs_out], dim=1)
             if bool(torch.isfinite(dy).all()):
                 last["t"], last["y"] = t, y
@@ -325,10 +337,18 @@ class TorchSimulator(torch.nn.Module):
                                 bad_states=bad[first])
         return sol
 
+    def _inside_domains(self, y) -> list:
+        """The state columns clipped into their declared domains: the dynamics are evaluated
+        there, so a solver's excursion of the size of its tolerance below 0 cannot grow
+        (the CasADi back end does the same; docs/language.md §3, Dynamics)."""
+        return [c if lo is None and hi is None else torch.clamp(c, lo, hi)
+                for c, lo, hi in zip(y.unbind(1), self._lo, self._hi)]
+
     def _failure(self, why: str, last: dict, grid, rhs, bad_states=None) -> SimulationError:
         """A SimulationError naming the time reached and the states that went wrong."""
         t_reached = float(last["t"]) if "t" in last else float(grid[0])
         names = []
+        kind = "nonfinite" if "nonfinite" in last or bad_states is not None else "solver"
         if "nonfinite" in last:
             t_bad, bad_states = last["nonfinite"]
             t_reached = float(t_bad)
@@ -351,7 +371,8 @@ class TorchSimulator(torch.nn.Module):
         states = ", ".join(names) or "unknown"
         return SimulationError(
             f"integration failed at {self.ir.time_name} = {t_reached:g} (segment {grid[0]:g} to "
-            f"{grid[-1]:g}, method {self.method}): {why}; states involved: {states}")
+            f"{grid[-1]:g}, method {self.method}): {why}; states involved: {states}",
+            kind=kind, time=t_reached, quantities=names)
 
     def neural_penalty(self, traj: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Sum over neural terms of penalty * mean(output^2) along the trajectory: (B,)."""
@@ -445,22 +466,33 @@ class TorchSimulator(torch.nn.Module):
         values = {n: traj[n].cpu().numpy() for n in names}
         outputs = {n: values[n] for n in [*self.let_names, *self.observe_names]}  # states stay finite
         units[self.ir.time_name] = self.ir.time_unit
-        return SimulationResult(protocol.output_times, _unbatch(values, batched), units,
-                                time_name=self.ir.time_name,
-                                warnings=[*protocol.warnings, *self._domain_warnings(values, protocol.output_times),
-                                          *nonfinite_warnings(protocol.output_times, outputs, self.ir.time_name)],
-                                scenario=scenario)
+        ir, times = self.ir, protocol.output_times
+        X = np.stack([values[n] for n in self.state_names], axis=1)  # (B, n_states, T)
+        warnings = [*protocol.warnings,
+                    *domain_warnings(times, X, ir.states, rtol, atol, ir.time_name, ir.time_unit),
+                    *trough_warnings(times, X[0], ir.states, atol, ir.time_name, ir.time_unit,
+                                     self._rhs_columns(protocol, P[0], weights)),
+                    *nonfinite_warnings(times, outputs, ir.time_name)]
+        return SimulationResult(times, _unbatch(values, batched), units, time_name=ir.time_name,
+                                warnings=warnings, scenario=scenario)
 
-    def _domain_warnings(self, values: Mapping[str, np.ndarray], times: np.ndarray) -> list[str]:
-        warnings = []
-        for s in self.ir.states:
-            v = values[s.name]  # (B, T)
-            outside = (v < s.lo) | (v > s.hi)
-            if outside.any():
-                first = int(np.argmax(outside.any(0)))
-                warnings.append(f"state {s.name} leaves its domain [{s.lo:g}, {s.hi:g}] at "
-                                f"{self.ir.time_name} = {times[first]:g} (value {v[:, first][outside[:, first]][0]:g})")
-        return warnings
+    def _rhs_columns(self, protocol: Protocol, p: np.ndarray, weights):
+        """rhs(idx, columns): the right-hand side (n_states, n) at output times idx, for state
+        columns (n_states, n), with each time's segment flags and inputs (for trough warnings)."""
+        P = np.empty((len(protocol.output_times), len(self.runtime_symbols)))
+        for seg in protocol.segments:
+            P[seg.out_idx] = np.r_[p[:self.n_params], segment_tail(seg)]
+
+        def rhs(idx, columns):
+            with torch.no_grad():
+                W = self._weights(weights, len(idx))
+                cols = [self._tensor(c) for c in P[idx].T]
+                y = self._tensor(np.asarray(columns).T)
+                regs = self._rhs.run([self._tensor(protocol.output_times[idx]), *self._inside_domains(y), *cols],
+                                     self.nir, W)
+                return np.stack([regs[r].expand(len(idx)).cpu().numpy() for r in self._rhs_out])
+
+        return rhs
 
 
 def _unbatch(values: Mapping[str, np.ndarray], batched: bool) -> dict[str, np.ndarray]:

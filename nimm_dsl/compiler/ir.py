@@ -16,6 +16,12 @@ Conventions every back end relies on:
 * Neural calls appear as applications of `NeuralIR.function` (a sympy undefined function); the
   value of a call is the MLP output in the neural's declared unit (conversions are outside it).
 * Event times (dose times, set windows) are plain floats in the time unit.
+* A dose amount may use any value of the model (states, lets, inputs, time, neural calls): it is
+  evaluated at the dose time in the state just before that dose, with the set lines in force.
+  A set value uses the baseline value of every name, lets included (they are inlined). A sigma
+  uses params and consts only, at their baseline values.
+* Spans: every statement-level IR object keeps the span of the statement it came from, so that
+  diagnostics found after checking (data binding, probes) point at the model line.
 
 The full runtime parameter vector, in this order, is `ModelIR.runtime_symbols()`:
 params and consts (declaration order), then set flags (SetIR order), then input coefficients
@@ -30,6 +36,8 @@ from typing import Callable, Optional
 import numpy as np
 import sympy as sp
 
+from ..diagnostics import Span
+
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "gelu")
 
 
@@ -43,6 +51,7 @@ class ParamIR:
     unit: str
     estimate: bool  # True for `param`, False for `const`
     doc: Optional[str] = None
+    span: Optional[Span] = None  # the declaring statement, for diagnostics after checking
 
 
 @dataclass
@@ -54,6 +63,7 @@ class StateIR:
     hi: float
     unit: str
     doc: Optional[str] = None
+    span: Optional[Span] = None
 
 
 @dataclass
@@ -65,6 +75,7 @@ class InputIR:
     interp: str  # 'step' | 'linear'
     unit: str
     scale: float = 1.0  # value in declared unit * scale = value in base units (for data conversion)
+    span: Optional[Span] = None
 
 
 @dataclass
@@ -73,6 +84,7 @@ class LetIR:
     symbol: sp.Symbol
     expr: sp.Expr
     unit: str  # declared, else inferred
+    span: Optional[Span] = None
 
 
 @dataclass
@@ -80,6 +92,7 @@ class FlowIR:
     source: Optional[str]
     target: Optional[str]
     rate: sp.Expr  # in the source/target state's unit per time unit
+    span: Optional[Span] = None
 
 
 @dataclass
@@ -89,7 +102,8 @@ class ObserveIR:
     expr: sp.Expr  # declared unit
     unit: str
     noise: str  # 'normal' | 'lognormal' | 'poisson' | 'lsq' (no `~`: least squares)
-    sigma: Optional[sp.Expr] = None  # normal: observe unit; lognormal: dimensionless; may use params
+    sigma: Optional[sp.Expr] = None  # normal: observe unit; lognormal: dimensionless; params and consts only
+    span: Optional[Span] = None
 
 
 @dataclass
@@ -152,8 +166,9 @@ class DoseIR:
     name: str
     state: str
     op: str  # '+' (add amount, state unit) | '*' (multiply by dimensionless factor)
-    amount: sp.Expr  # may use params/consts (evaluated at the dose time)
+    amount: sp.Expr  # any value of the model, evaluated at the dose time in the current state
     times: list[float]  # time unit, sorted
+    span: Optional[Span] = None
 
 
 @dataclass
@@ -164,6 +179,7 @@ class SetIR:
     start: Optional[float]  # None: from the start of the run
     end: Optional[float]  # None: to the end; the window is start <= t < end
     scenario: Optional[str]  # None for the baseline protocol
+    span: Optional[Span] = None
 
 
 @dataclass
@@ -192,6 +208,13 @@ class ModelIR:
     doses: list[DoseIR] = field(default_factory=list)  # baseline protocol
     sets: list[SetIR] = field(default_factory=list)  # baseline and scenario sets
     scenarios: dict[str, ScenarioIR] = field(default_factory=dict)
+    # where things were written, for diagnostics found after checking (data binding, probes):
+    # each *IR above has the span of its statement; these hold the rest
+    file: str = "<model>"
+    source: Optional[str] = None  # the model text, for rendering those diagnostics
+    model_span: Optional[Span] = None  # the `model` header
+    time_span: Optional[Span] = None  # the `time` line
+    der_spans: dict[str, Span] = field(default_factory=dict)  # state -> its `der(...)` line
 
     @property
     def is_static(self) -> bool:

@@ -64,6 +64,8 @@ class _Lowerer:
             for name, s in self.table.symbols.items() if s.kind == "input"
         }
         self.overrides: dict[str, sp.Expr] = {}  # name -> effective value (declared unit)
+        self.let_decls = {s.name: s.decl for s in self.table.symbols.values() if s.kind == "let"}
+        self._baseline_lets: dict[str, sp.Expr] = {}  # name -> baseline value (base units)
 
     # -- units
     def scale(self, name: str) -> sp.Expr:
@@ -83,6 +85,12 @@ class _Lowerer:
         if name == self.time_name:
             return self.time * self.scale(name)
         kind = self.table.kind(name)
+        if kind == "let" and baseline:
+            # a set value sees the baseline of every name (docs/language.md §8): its lets are
+            # inlined with baseline values, so no let can reach itself through a set override
+            if name not in self._baseline_lets:
+                self._baseline_lets[name] = self.expr(self.let_decls[name].value, baseline=True)
+            return self._baseline_lets[name]
         if kind == "input" and self.time is not None:
             a, b = self.input_coef[name]
             raw = a + b * self.time
@@ -146,6 +154,10 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         time=L.time,
         time_name=L.time_name,
         time_unit=L.label(L.time_name) if L.time_name else None,
+        file=checked.file,
+        source=checked.source,
+        model_span=model.span if model else None,
+        time_span=table.time.span if table.time else None,
     )
     time_scale = L.scale(L.time_name) if L.time_name else 1
 
@@ -163,17 +175,17 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         lo, hi = bounds(p)
         ir.params.append(I.ParamIR(p.name.name, L.sym[p.name.name],
                                    L.number(p.value, p.name.name),
-                                   lo, hi, L.label(p.name.name), True, p.doc))
+                                   lo, hi, L.label(p.name.name), True, p.doc, p.span))
     for c in of(A.ConstDecl):
         n = c.name.name
         ir.params.append(I.ParamIR(n, L.sym[n], L.number(c.value, n),
-                                   float("-inf"), float("inf"), L.label(n), False, c.doc))
+                                   float("-inf"), float("inf"), L.label(n), False, c.doc, c.span))
 
     for u in of(A.InputDecl):
         n = u.name.name
         default = L.number(u.default, n) if u.default is not None else None
         ir.inputs.append(I.InputIR(n, L.sym[n], L.input_coef[n], default, u.interp, L.label(n),
-                                   float(L.scale(n))))
+                                   float(L.scale(n)), u.span))
 
     # set overrides: every set line gets a flag; later lines wrap earlier ones (later wins)
     set_lines: list[tuple[A.SetStmt, Optional[str]]] = [(s, None) for s in of(A.SetStmt)]
@@ -185,7 +197,7 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         override = L.value(s.value, target, baseline=True)
         start = L.number(s.start, L.time_name) if s.start is not None else None
         end = L.number(s.end, L.time_name) if s.end is not None else None
-        ir.sets.append(I.SetIR(target, flag, override, start, end, scen))
+        ir.sets.append(I.SetIR(target, flag, override, start, end, scen, s.span))
         if L.table.kind(target) == "input" and L.time is not None:
             a, b = L.input_coef[target]
             baseline = a + b * L.time
@@ -209,19 +221,20 @@ def lower(checked: CheckedModel) -> I.ModelIR:
     for name in checked.names.let_order:
         if name in lets:
             ir.lets.append(I.LetIR(name, L.sym[name], L.expr(lets[name].value) / L.scale(name),
-                                   L.label(name)))
+                                   L.label(name), lets[name].span))
 
     # states and their dynamics (der lines, or the sum of flows, each end in its own unit)
     derivatives: dict[str, sp.Expr] = {}
     for d in of(A.DerEq):
         n = d.state.name
         derivatives[n] = L.expr(d.value) * time_scale / L.scale(n)
+        ir.der_spans[n] = d.span
     for f in of(A.FlowEq):
         rate_base = L.expr(f.rate)
         src = f.source.name if f.source else None
         dst = f.target.name if f.target else None
         unit_ref = src or dst
-        ir.flows.append(I.FlowIR(src, dst, rate_base * time_scale / L.scale(unit_ref)))
+        ir.flows.append(I.FlowIR(src, dst, rate_base * time_scale / L.scale(unit_ref), f.span))
         if src:
             derivatives[src] = derivatives.get(src, 0) - rate_base * time_scale / L.scale(src)
         if dst:
@@ -230,7 +243,7 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         n = s.name.name
         lo, hi = bounds(s)
         init = L.value(s.init, n)
-        ir.states.append(I.StateIR(n, L.sym[n], init, lo, hi, L.label(n), s.doc))
+        ir.states.append(I.StateIR(n, L.sym[n], init, lo, hi, L.label(n), s.doc, s.span))
         ir.derivatives[n] = sp.Integer(0) + derivatives.get(n, 0)
 
     for o in of(A.ObserveDecl):
@@ -239,20 +252,21 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         if o.noise is not None:
             noise = o.noise.kind.name
             opts = {op.name.name: op.value for op in o.noise.options}
-            if "sigma" in opts:
-                sigma = L.value(opts["sigma"], n) if noise == "normal" else L.value(opts["sigma"])
-        ir.observes.append(I.ObserveIR(n, L.sym[n], L.expr(o.value) / L.scale(n), L.label(n), noise, sigma))
+            if "sigma" in opts:  # fixed over the data: set lines do not change it
+                sigma = L.value(opts["sigma"], n if noise == "normal" else None, baseline=True)
+        ir.observes.append(I.ObserveIR(n, L.sym[n], L.expr(o.value) / L.scale(n), L.label(n), noise, sigma,
+                                       o.span))
 
     # doses: baseline, then scenarios
     def dose_ir(d: A.DoseStmt) -> I.DoseIR:
         state = d.state.name
-        amount = (L.value(d.amount, state, baseline=True) if d.op == "+="
-                  else L.value(d.amount, baseline=True))
+        # evaluated at the dose time with the set lines then in force (LANGUAGE.md §4)
+        amount = L.value(d.amount, state) if d.op == "+=" else L.value(d.amount)
         at = L.number(d.at, L.time_name)
         every = L.number(d.every, L.time_name) if d.every is not None else 0.0
         count = int(round(L.number(d.times))) if d.times is not None else 1
         times = [at + k * every for k in range(count)]
-        return I.DoseIR(d.name.name, state, "+" if d.op == "+=" else "*", amount, times)
+        return I.DoseIR(d.name.name, state, "+" if d.op == "+=" else "*", amount, times, d.span)
 
     ir.doses = [dose_ir(d) for d in of(A.DoseStmt)]
     for sc in of(A.ScenarioBlock):

@@ -14,6 +14,9 @@ Choices where LANGUAGE.md is silent:
 * A state's initial value may call a neural term (its weights are fitted like params).
 * `hidden = []` is rejected (E503): a neural term needs at least one hidden layer.
 * A cycle among consts is reported like a cycle among lets (E304).
+* A sigma may use params and consts only (E306): it is one number per observe over the data.
+* A `set` whose target some initial value uses may use only what an initial value may (E306):
+  the sets in force at the start take part in the initial values.
 * A set target alone is not a use (W701): `set k = 0.2 from 3` on an otherwise unused `k` still
   warns. A name used only inside a scenario is used.
 * E504 (compiler/fold.py) is checked here, on every expression: an operation on constants without
@@ -43,6 +46,8 @@ NOISE_OPTIONS: dict[str, tuple[str, ...]] = {"normal": ("sigma",), "lognormal": 
 # Kinds whose names may appear as values in an expression (neural only as a call).
 VALUE_KINDS = frozenset({"time", "const", "param", "state", "input", "let", "neural"})
 CONSTANT_KINDS = frozenset({"const"})
+INITIAL_KINDS = frozenset({"param", "const", "input", "neural"})  # what an initial value may use
+SIGMA_KINDS = frozenset({"param", "const"})  # a sigma is fixed over the data
 SETTABLE_KINDS = frozenset({"param", "const", "input"})
 
 Dynamics = Union[A.DerEq, A.FlowEq]
@@ -67,6 +72,7 @@ class Position:
     allowed: frozenset[str] = VALUE_KINDS
     expected: str = ""  # e.g. "numbers and consts"; empty for unrestricted positions
     finite: bool = False  # a declared value, amount or event time: infinity is E504
+    observe: Optional[str] = None  # the observe whose noise option this is
 
 
 def iter_expr(expr: Optional[A.Expr]) -> Iterator[A.Expr]:
@@ -109,6 +115,8 @@ class _Checker:
         self.event_influence: dict[str, set[str]] = {}
         self._const_cache: dict[str, Optional[float]] = {}
         self.rate_names: dict[int, set[str]] = {}  # id(der/flow line) -> names its rate uses
+        self.initial_users: dict[str, str] = {}  # name -> a state whose initial value uses it
+        self.set_lines: list[A.SetStmt] = []
 
     # ------------------------------------------------------------------ helpers
     def report(self, code: str, span: A.Span, message: str, hint: Optional[str] = None) -> None:
@@ -206,6 +214,12 @@ class _Checker:
         if sym.kind == "dose":
             self.report("E204", node.span, f"`{name}` is a dose (an event), not a value usable in {pos.what}")
             return False
+        if sym.kind == "observe" and name == pos.observe:
+            self.report("E306", node.span,
+                        f"observe `{name}` inside its own sigma (an error that grows with the prediction) "
+                        "is not supported yet; a sigma may use only params and consts",
+                        "for an error proportional to the prediction use `lognormal(sigma = ...)`")
+            return False
         if sym.kind == "observe" and not pos.expected:
             self.report("E204", node.span,
                         f"observe `{name}` is an output and cannot be used in expressions ({pos.what})",
@@ -219,6 +233,8 @@ class _Checker:
     def restricted_hint(self, pos: Position, kind: str) -> Optional[str]:
         if pos.allowed == CONSTANT_KINDS and kind == "param":
             return "make it a `const`, or write the number"
+        if pos.allowed == SIGMA_KINDS:
+            return "a sigma is fixed over the data: use params and consts (an estimated sigma is a `param`)"
         if kind in ("state", "let"):
             return "an initial value may use params, consts and inputs" if "param" in pos.allowed else None
         return None
@@ -308,6 +324,7 @@ class _Checker:
             for line in lines:
                 depends[state] |= self.rate_names[id(line)]
         self.check_dynamics()
+        self.check_sets_of_initial_values()
         self.check_cycles()
         self.compute_influence()
         self.warn_unused()
@@ -381,8 +398,9 @@ class _Checker:
                 depends[stmt.name.name] = used
         elif isinstance(stmt, A.StateDecl):
             used = self.resolve(stmt.init, Position(f"the initial value of state `{stmt.name.name}`",
-                                                    frozenset({"param", "const", "input", "neural"}),
-                                                    "params, consts and inputs", True))
+                                                    INITIAL_KINDS, "params, consts and inputs", True))
+            for name in used:
+                self.initial_users.setdefault(name, stmt.name.name)
             self.check_bounds(stmt.bounds, stmt.name.name)
             if owns(stmt.name):
                 depends[stmt.name.name] = set(used)
@@ -483,6 +501,7 @@ class _Checker:
             self.report("E204", stmt.target.span, f"`set` expects a param, const or input, found {kind} `{target}`", hint)
         elif kind is not None:
             self.event_influence.setdefault(target, set()).update(used)
+            self.set_lines.append(stmt)
 
     def check_remove(self, stmt: A.RemoveStmt, scenario: Optional[A.ScenarioBlock]) -> None:
         name = stmt.name.name
@@ -527,7 +546,9 @@ class _Checker:
                 self.report("E503", opt.value.span, f"`{name}` expects a value, found a list")
             else:
                 seen.add(name)
-                used |= self.resolve(opt.value, Position(f"the {name} of observe `{stmt.name.name}`"))
+                used |= self.resolve(opt.value, Position(f"the {name} of observe `{stmt.name.name}`",
+                                                         SIGMA_KINDS, "params and consts",
+                                                         observe=stmt.name.name))
                 sigma = self.number(opt.value)
                 if sigma is not None and not 0 < sigma < math.inf:
                     self.report("E503", opt.value.span, f"`{name}` must be a positive number, found {sigma:g}")
@@ -600,6 +621,23 @@ class _Checker:
                 self.report("E302", ders[0].state.span,
                             f"state `{state}` has both a `der` line and flows (line{'s' * (len(flows) > 1)} {lines_text}); expected one or the other",
                             "write the flows' rates into the der line, or drop the der line")
+
+    def check_sets_of_initial_values(self) -> None:
+        """E306: a `set` whose target an initial value uses takes part in that initial value (the
+        sets in force at the start apply), so its value may use only what an initial value may."""
+        for stmt in self.set_lines:
+            state = self.initial_users.get(stmt.target.name)
+            if state is None:
+                continue
+            for node in iter_expr(stmt.value):
+                name = node.func.name if isinstance(node, A.Call) else node.name if isinstance(node, A.Name) else None
+                kind = self.kind_of(name) if name is not None else None
+                if kind is not None and kind not in INITIAL_KINDS:
+                    self.report("E306", node.span,
+                                f"`set {stmt.target.name}` changes the initial value of state `{state}`, so it may "
+                                f"use only params, consts and inputs; found {kind} `{name}`",
+                                "an initial value cannot depend on states, lets or time: set the target "
+                                "from params, or set another param that only the equations use")
 
     def check_cycles(self) -> None:
         """E304 for each cycle among lets (and consts); the let order leaves cyclic lets out."""

@@ -118,15 +118,8 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
 
     require_observed=False accepts a table without any observed column (e.g. inputs only, for
     `nimm simulate --data`)."""
-    frame, file, has_lines = _read(path_or_frame, file)
-    columns = [str(c).strip() for c in frame.columns]
-    frame.columns = columns
-    _check_duplicate_columns(columns, file)
-    _check_separator(columns, file)
-    # Blank lines are kept while reading so row numbers match the file; drop them now.
-    blank = frame.apply(lambda col: col.map(_is_missing)).all(axis=1)
-    row_numbers = np.arange(1, len(frame) + 1)[~blank.to_numpy()]
-    frame = frame[~blank.to_numpy()]
+    table = read_table(path_or_frame, file)
+    frame, file, columns, row_numbers, where = table.frame, table.file, table.columns, table.rows, table.where
 
     observe_names = [o.name for o in ir.observes]
     input_names = [u.name for u in ir.inputs]
@@ -145,7 +138,6 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
             msg += "; found " + ", ".join(hints)
         raise DataError(msg)
     present_inputs = [u for u in input_names if u in columns]
-    where = _RowNamer(file, row_numbers, has_lines)
 
     values = {c: _numeric_column(frame[c], c, where) for c in present_obs + present_inputs}
     warnings: list[str] = []
@@ -195,6 +187,35 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
                             f"{', '.join(early)}: a series is simulated from its first time, so earlier "
                             f"doses are not applied (add a row at the dosing start with empty observations)")
     return Dataset(file, series, present_obs, present_inputs, ignored, ir.time_name, False, warnings)
+
+
+@dataclass
+class Table:
+    """A data table as read, before it is matched to a model: text cells, blank rows dropped."""
+
+    file: str
+    frame: object  # pandas DataFrame of strings
+    columns: list[str]
+    rows: np.ndarray  # 1-based data row of each frame row (see the module docstring)
+    where: "_RowNamer"
+
+    def numbers(self, column: str) -> np.ndarray:
+        """A column as floats (NaN where missing); DataError naming the file, column and row."""
+        return _numeric_column(self.frame[column], column, self.where)
+
+
+def read_table(path_or_frame, file: Optional[str] = None) -> Table:
+    """Read a CSV file (or take a DataFrame); DataError when it is unreadable or malformed."""
+    frame, file, has_lines = _read(path_or_frame, file)
+    columns = [str(c).strip() for c in frame.columns]
+    frame.columns = columns
+    _check_duplicate_columns(columns, file)
+    _check_separator(columns, file)
+    # Blank lines are kept while reading so row numbers match the file; drop them now.
+    blank = frame.apply(lambda col: col.map(_is_missing)).all(axis=1)
+    row_numbers = np.arange(1, len(frame) + 1)[~blank.to_numpy()]
+    frame = frame[~blank.to_numpy()]
+    return Table(file, frame, columns, row_numbers, _RowNamer(file, row_numbers, has_lines))
 
 
 def _read(path_or_frame, file):

@@ -377,7 +377,9 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
         raise ValueError(f"starts must be at least 1, got {starts}")
     if not 0.0 <= holdout < 1.0:  # also refuses NaN
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
-    dataset = data if isinstance(data, Dataset) else load_data(data, ir, file=file)
+    from .binding import load_bound  # E601-E603 before any work starts (TASKS.md §5)
+
+    dataset = load_bound(ir, data, file=file)
     if not dataset.observed_names:
         raise FitError(f"{dataset.file}: no observed column to fit")
     if dataset.n_observations == 0:
@@ -657,7 +659,7 @@ class _Sensitivities:
             rates.append(ca.vec(_total_derivative(ca.vec(dS), x, S, S2, theta)))
         self.sim, self.order, self.nx, self.n, self.rtol, self.atol = sim, order, nx, n, rtol, atol
         self.dae = {"x": ca.vertcat(*states), "p": ca.vertcat(P, W), "t": t, "ode": ca.vertcat(*rates)}
-        x0 = sim._init(t, P)  # SX in, SX out
+        x0 = sim._init(t, P, W)  # SX in, SX out
         S0 = ca.jacobian(x0, theta)
         init = [x0, ca.vec(S0)] + ([ca.vec(ca.jacobian(ca.vec(S0), theta))] if S2 is not None else [])
         self.init = ca.Function("init_sens", [t, P], [ca.vertcat(*init)])

@@ -1,0 +1,263 @@
+"""Data binding (TASKS.md §5): does a table fit a model? Diagnostics E601-E603, W604-W606.
+
+`bind(model, table)` returns the diagnostics, located at the model line they concern (the `time`
+line, an `observe` line, the `model` header) and with hints that name the table's columns; `nimm
+check --data`, `fit` (through `load_bound`), `simulate --data`, `evaluate` and the agent use it.
+A table that cannot be read, or holds a cell that is not a number, is a DataError naming the
+file, the column and the row, as everywhere else (docs/language.md §7).
+
+Which checks apply depends on the command (docs/language.md §9): a table for `simulate --data`
+may hold inputs only, so it needs no observed column (E602) and says nothing about observes
+without data (W604) or start values (W606).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from ..backends.protocol import build_protocol
+from ..compiler.ir import ModelIR
+from ..diagnostics import Diagnostic, Span, closest, sort_key
+from ..errors import DataError, ModelError, SimulationError
+from .data import SERIES_COLUMN, Dataset, load_data, read_table
+from .pointwise import point, start_values
+
+ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606"})
+CHECKS = {  # command -> the codes it applies (docs/language.md §9)
+    "check": ALL_CHECKS,
+    "fit": ALL_CHECKS,
+    "simulate": frozenset({"E601", "E603", "W605"}),
+}
+W606_SIGMAS = 3.0  # how far (in noise sigmas) a start value may be from the first observation
+# column names that say "time", and the unit each one implies (None: keep the model's unit)
+TIME_WORDS = {"t": None, "time": None, "date": None, "s": "s", "sec": "s", "second": "s", "seconds": "s",
+              "min": "min", "minute": "min", "minutes": "min", "h": "h", "hour": "h", "hours": "h",
+              "day": "day", "days": "day", "week": "week", "weeks": "week", "month": "month",
+              "months": "month", "year": "year", "years": "year"}
+
+
+class BindingError(ModelError):
+    """A table the model cannot be fitted to (or simulated with): `.diagnostics` says why."""
+
+
+def model_ir(model) -> ModelIR:
+    """The IR of a ModelIR or of anything that has one (`nimm_dsl.Model`)."""
+    return model if isinstance(model, ModelIR) else model.ir
+
+
+def bind(model, table, file: Optional[str] = None, command: str = "check") -> list[Diagnostic]:
+    """The data-binding diagnostics of `table` (a CSV path or a DataFrame) for `model` (a
+    `nimm_dsl.Model` or its IR), for `command` ("check", "fit" or "simulate")."""
+    ir = model_ir(model)
+    checks = CHECKS[command]
+    t = read_table(table, file)
+    found: list[Diagnostic] = []
+
+    def report(code, span, message, hint=None):
+        if code in checks:
+            found.append(Diagnostic(code, span or _top(ir), message, hint, ir.file))
+
+    columns = t.columns
+    observes = [o.name for o in ir.observes]
+    inputs = [u.name for u in ir.inputs]
+    used = set(observes) | set(inputs)
+    time_guess = None
+    if not ir.is_static:
+        used |= {ir.time_name, SERIES_COLUMN}
+        if ir.time_name not in columns:
+            time_guess = _time_column(t, used)
+            report("E601", ir.time_span, f"the table {t.file} has no column `{ir.time_name}` for the model's "
+                   f"time variable; its columns are {_names(columns)}", _time_hint(ir, time_guess, columns))
+    unmatched = [c for c in columns if c not in used and c != time_guess]
+
+    present = [o for o in observes if o in columns]
+    if not present:
+        if ir.observes:
+            report("E602", ir.observes[0].span,
+                   f"no column of {t.file} matches an observe, so there is nothing to fit: the model observes "
+                   f"{_names(observes)}, the table has {_names(columns)}", _renames(unmatched, observes))
+        else:
+            report("E602", ir.model_span, f"the model has no `observe` line, so {t.file} cannot be fitted",
+                   f"observe a quantity the table measures: `observe NAME [unit] = EXPR ~ normal(sigma = ...)` "
+                   f"with NAME one of {_names(columns)}")
+    else:
+        for o in ir.observes:
+            if o.name not in columns:
+                report("W604", o.span, f"observe `{o.name}` has no column in {t.file}: it is simulated but not fitted",
+                       _renames(unmatched, [o.name]))
+    if unmatched:
+        report("W605", ir.model_span, f"column(s) of {t.file} that match nothing in the model are ignored: "
+               f"{_names(unmatched)}", _renames(unmatched, observes + inputs + ([ir.time_name] if ir.time_name else [])))
+
+    for o in ir.observes:
+        if o.name in columns:
+            problem = _impossible(o.noise, t.numbers(o.name))
+            if problem is not None:
+                i, what = problem
+                report("E603", o.span, f"column `{o.name}` of {t.file}, {t.where(i)}: {what}",
+                       "leave the cell empty where nothing was measured, or choose a noise model that "
+                       "allows these values")
+
+    if "W606" in checks and present and not ir.is_static and not any(d.is_error for d in found):
+        found += _start_warnings(ir, load_data(table, ir, file=t.file))
+    return sorted(found, key=sort_key)
+
+
+def load_bound(ir: ModelIR, data, file: Optional[str] = None, command: str = "fit") -> Dataset:
+    """The Dataset of `data` for `ir`, after the binding checks: errors raise BindingError (a
+    ModelError with located diagnostics) before any work starts; warnings join the dataset's
+    warnings as one-line texts. A Dataset is returned as it is."""
+    if isinstance(data, Dataset):
+        return data
+    found = bind(ir, data, file, command)
+    if any(d.is_error for d in found):
+        raise BindingError(found, ir.source)
+    dataset = load_data(data, ir, file=file, require_observed=command != "simulate")
+    notes = [one_line(d) for d in found]
+    if any(d.code == "W605" for d in found):  # W605 lists the ignored columns
+        dataset.warnings = [w for w in dataset.warnings if "ignored column" not in w]
+    dataset.warnings = notes + dataset.warnings
+    return dataset
+
+
+def one_line(d: Diagnostic) -> str:
+    """A diagnostic as one line of text, for lists of warnings."""
+    hint = f" (hint: {d.hint})" if d.hint else ""
+    return f"{d.file}:{d.span.line}: {d.severity}[{d.code}]: {d.message}{hint}"
+
+
+# ---------------------------------------------------------------- E601
+def _time_column(t, used: set) -> Optional[str]:
+    """The column that most likely holds the time: a time word, else the first numeric column
+    whose values increase (not an observe or input)."""
+    free = [c for c in t.columns if c not in used]
+    for c in free:
+        if c.lower() in TIME_WORDS:
+            return c
+    for c in free:
+        try:
+            v = t.numbers(c)
+        except DataError:  # a text column: not a clock
+            continue
+        v = v[np.isfinite(v)]
+        if v.size > 1 and np.all(np.diff(v) > 0):
+            return c
+    return None
+
+
+def _time_hint(ir: ModelIR, guess: Optional[str], columns) -> str:
+    if guess is None:
+        return (f"name the time variable like the table's time column (`time NAME [{ir.time_unit}]`), or add a "
+                f"column `{ir.time_name}`")
+    unit = TIME_WORDS.get(guess.lower()) or ir.time_unit
+    if guess.lower() == "date":
+        return f"the table's time column looks like `{guess}`: give the times as numbers in {ir.time_unit}"
+    return (f"the table's time column looks like `{guess}`: write `time {guess} [{unit}]` (and use `{guess}` "
+            f"where the equations use `{ir.time_name}`)")
+
+
+# ---------------------------------------------------------------- E603
+def _impossible(noise: str, v: np.ndarray) -> Optional[tuple[int, str]]:
+    """(row index, what is wrong) for the first value the noise model cannot produce."""
+    ok = np.isfinite(v)
+    if noise == "lognormal":
+        bad = np.flatnonzero(ok & (v <= 0))
+        if bad.size:
+            return int(bad[0]), f"{v[bad[0]]:g} is not positive, but lognormal noise needs values > 0"
+    elif noise == "poisson":
+        bad = np.flatnonzero(ok & ((v < 0) | (v != np.round(v))))
+        if bad.size:
+            return int(bad[0]), f"{v[bad[0]]:g} is not a count, but poisson noise needs whole numbers >= 0"
+    return None
+
+
+# ---------------------------------------------------------------- W606
+def _start_warnings(ir: ModelIR, dataset: Dataset) -> list[Diagnostic]:
+    """W606 per observe: its value at a series' first time, with the params at their defaults,
+    against the observation there (a series starts at its first time: the initial values hold
+    there, so nothing needs integrating)."""
+    out = []
+    for o in ir.observes:
+        if o.name not in dataset.observed_names:
+            continue
+        for s in dataset.series:
+            y, t0 = float(s.observed[o.name][0]), float(s.times[0])
+            if not math.isfinite(y):
+                continue
+            try:
+                pred = start_values(ir, t0, inputs=s.inputs or None)[o.name]
+                sigma = (point(ir, t0, build_protocol(ir, [t0], inputs=s.inputs or None).segments[0]).value(o.sigma)
+                         if o.sigma is not None else None)
+            except SimulationError:  # an input without data or default: simulate and fit say so
+                break
+            far = _far(o.noise, pred, y, sigma)
+            if far is None:
+                continue
+            in_series = f" of series `{s.label}`" if s.label is not None else ""
+            out.append(Diagnostic(
+                "W606", o.span or _top(ir),
+                f"observe `{o.name}` starts at {pred:.4g} at {ir.time_name} = {t0:g} (the first time"
+                f"{in_series}, params at their defaults) but the first observation is {y:.4g}: {far}",
+                _fixed_start_hint(ir, o), ir.file))
+            break
+    return out
+
+
+def _far(noise: str, pred: float, y: float, sigma: Optional[float]) -> Optional[str]:
+    """How far pred is from y beyond what the noise model allows, in words (None: not far)."""
+    if not math.isfinite(pred):
+        return "the start value is not a number"
+    if noise in ("normal", "lognormal"):
+        if noise == "lognormal":
+            if pred <= 0:
+                return "a lognormal observe must be positive"
+            gap = abs(math.log(pred) - math.log(y)) / sigma
+        else:
+            gap = abs(pred - y) / sigma
+        return f"{gap:.1f} noise sigmas away" if gap > W606_SIGMAS else None
+    if noise == "poisson":
+        gap = abs(pred - y) / math.sqrt(max(pred, 1.0))
+        return f"{gap:.1f} Poisson standard deviations away" if gap > W606_SIGMAS else None
+    # least squares: no noise scale, so a factor of two is "far"
+    if abs(pred - y) > 0.5 * max(abs(pred), abs(y)):
+        return "they differ by more than a factor of 2"
+    return None
+
+
+def _fixed_start_hint(ir: ModelIR, o) -> str:
+    """Name the states behind the observe whose initial value no estimated param can move."""
+    symbols = set(o.expr.free_symbols)
+    lets = {let.symbol: let for let in ir.lets}
+    pending = [s for s in symbols if s in lets]
+    while pending:
+        more = lets[pending.pop()].expr.free_symbols - symbols
+        symbols |= more
+        pending += [s for s in more if s in lets]
+    estimated = {p.symbol for p in ir.params if p.estimate}
+    states = [s for s in ir.states if s.symbol in symbols]
+    fixed = [s for s in states if not (s.init.free_symbols & estimated)]
+    if fixed:
+        names = ", ".join(f"`{s.name}`" for s in fixed)
+        s = fixed[0]
+        return (f"usually a fixed initial value that should be a param: the initial value of {names} is fixed; "
+                f"estimate it, e.g. `param {s.name}0 [{s.unit}] = ... in [LO, HI]` and "
+                f"`state {s.name} [{s.unit}] = {s.name}0`")
+    return ("the params in the initial values start far from the data: give them defaults near the first "
+            "observation")
+
+
+# ---------------------------------------------------------------- helpers
+def _top(ir: ModelIR) -> Span:
+    return ir.model_span or Span(1, 1, 1, 2)
+
+
+def _names(names) -> str:
+    return ", ".join(f"`{n}`" for n in names) if names else "none"
+
+
+def _renames(columns, names) -> Optional[str]:
+    """'column `cases` looks like `case`' for columns close to a model name: a typo on one side."""
+    pairs = [f"column `{c}` looks like `{n}`" for c in columns if (n := closest(c, names))]
+    return "; ".join(pairs) + ": rename one of them" if pairs else None
