@@ -174,3 +174,12 @@ def test_the_command_exit_codes(tmp_path, capsys):
     assert main(["evaluate", str(task), str(model)]) == 1
     assert main(["evaluate", str(tmp_path / "missing.toml"), str(model)]) == 2
     assert main(["evaluate", str(task), str(tmp_path / "missing.nimm")]) == 2
+
+
+def test_a_time_variable_not_named_like_the_table_is_check_failed_by_e601(tmp_path):
+    task, model = decay_task(tmp_path)
+    write(model, DECAY.replace("time t [day]", "time day [day]").replace("der(x) = -k * x", "der(x) = -k * x"))
+    report = nimm_dsl.evaluate(task, model)
+    assert report.status == "check_failed"
+    assert [(d["code"], d["line"]) for d in report.check["diagnostics"] if d["code"] == "E601"] == [("E601", 2)]
+    assert report.fit is None

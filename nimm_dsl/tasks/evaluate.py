@@ -203,9 +203,11 @@ def _check(task: Task, model, report: EvaluationReport):
 
 
 def _binding(task: Task, model) -> list[Diagnostic]:
-    """What the data binding of TASKS.md §5 says about the model and the training table, plus
-    the observes the task scores that the model does not define."""
-    diagnostics: list[Diagnostic] = []
+    """What the data binding of TASKS.md §5 says about the model and the training table (as a
+    fit would bind it), plus the observes the task scores that the model does not define."""
+    from ..runtime.binding import bind
+
+    diagnostics = bind(model, str(task.train), command="fit")
     observes = {o.name: o for o in model.ir.observes}
     missing = [name for name in (task.observes or ()) if name not in observes]
     if missing:

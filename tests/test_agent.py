@@ -1,0 +1,184 @@
+"""`nimm agent` with a scripted language model: the search, the standard-law siblings, the
+plausible set, the run directory, resuming, executors and what the agent may read."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from nimm_dsl.agent import AgentConfig, run_agent
+from nimm_dsl.agent.executor import LocalExecutor
+from nimm_dsl.agent.tree import Tree, normalized
+from nimm_dsl.llm.client import ScriptedClient
+
+sys.path.insert(0, str(Path(__file__).parent))
+from agent_tasks import (EXPONENTIAL, HYBRID, MONOD, write_batch_culture_task,  # noqa: E402
+                         write_logistic_task)
+
+
+def config(task, out, **options):
+    settings = dict(budget=2, branches=1, expansions=1, repair_budget=0, validation=0.2, probe=False,
+                    patience=1)
+    settings.update(options)
+    return AgentConfig(task, out, **settings)
+
+
+def test_normalized_sources_ignore_comments_spacing_and_statement_order():
+    a = "model m\ntime t [day]   # clock\nparam k [1/day] = 1 in [0, 2]\n"
+    b = "model m\n\nparam  k [1/day] = 1 in [0, 2]\ntime t [day]\n"
+    assert normalized(a) == normalized(b)
+    assert normalized(a) != normalized(a.replace("= 1 in", "= 2 in"))
+    scenario = "scenario s\n  set k = 1\nend\nscenario u\nend\n"
+    moved = "scenario s\nend\nscenario u\n  set k = 1\nend\n"
+    assert normalized(a + scenario) != normalized(a + moved)
+
+
+@pytest.mark.slow
+def test_a_neural_refinement_wins_on_validation_and_the_run_directory_is_complete(tmp_path):
+    task = write_logistic_task(tmp_path)
+    client = ScriptedClient([EXPONENTIAL, HYBRID])
+    result = run_agent(config(task, tmp_path / "run"), client, LocalExecutor(2), progress=lambda _: None)
+    tree = result.tree
+    assert [n.kind for n in tree.nodes] == ["propose", "refine"]
+    root, child = tree.nodes
+    assert root.status == child.status == "ok"
+    assert child.parent == 0 and "neural term" in child.change
+    assert child.score < 0.5 * root.score  # the hybrid forecasts the plateau; growth overshoots it
+    assert result.best is child
+    # the refinement prompt showed the parent's residual pattern and estimates
+    reflection = client.prompts[1][-1]["content"]
+    assert "runs of same-sign residuals" in reflection and "r = " in reflection
+    # the learnt let is shown against its driver
+    assert child.lets["growth"]["driver"] == "x"
+    run = tmp_path / "run"
+    for name in ("best.nimm", "best.fit.json", "tree.json", "plausible.json", "transcript.jsonl",
+                 "report.md", "nodes/000.nimm", "nodes/001.nimm", "fit.png"):
+        assert (run / name).exists(), name
+    saved = json.loads((run / "tree.json").read_text())
+    assert {"id", "parent", "source", "diagnostics", "status", "scores", "params", "prompt_tokens",
+            "seconds"} <= set(saved["nodes"][0])
+    assert len((run / "transcript.jsonl").read_text().splitlines()) == 2
+    fit = json.loads((run / "best.fit.json").read_text())
+    assert fit["weights"] and fit["params"]["r"] > 0
+    assert "| 1 | 0 | refine |" in (run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_standard_law_siblings_and_an_undetermined_counterfactual(tmp_path):
+    task = write_batch_culture_task(tmp_path)
+    result = run_agent(config(task, tmp_path / "run", budget=1), ScriptedClient([MONOD]),
+                       LocalExecutor(2), progress=lambda _: None)
+    tree = result.tree
+    laws = {n.change.split(" -> ")[1].split(" in let")[0]: n for n in tree.nodes if n.kind == "law"}
+    assert {"Tessier", "Haldane (substrate inhibition)"} <= set(laws)
+    assert all(n.parent == 0 for n in laws.values())
+    assert laws["Tessier"].status == "ok" and laws["Haldane (substrate inhibition)"].status == "ok"
+    assert "mu_Ki" in laws["Haldane (substrate inhibition)"].source
+    # the learnt rate over the data range and the scenario's: the scenario leaves the data
+    shape = tree.nodes[0].lets["mu"]
+    assert shape["driver"] == "S" and shape["data"]["driver_range"][1] == pytest.approx(5, rel=0.01)
+    assert shape["scenarios"]["rich"]["driver_range"][1] == pytest.approx(50, rel=0.01)
+    assert shape["scenarios"]["rich"]["outside_data"] is True
+    plausible = json.loads((tmp_path / "run" / "plausible.json").read_text())
+    members = {m["id"] for m in plausible["members"]}
+    assert 0 in members and len(members) >= 2
+    rich = plausible["scenarios"]["rich"]
+    assert rich["determined"] is False
+    assert "only visited" in rich["discriminate"]
+    assert "not determined by these data" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_resume_continues_without_repeating_finished_nodes(tmp_path):
+    task = write_logistic_task(tmp_path)
+    out = tmp_path / "run"
+    run_agent(config(task, out, budget=1), ScriptedClient([EXPONENTIAL]), LocalExecutor(1),
+              progress=lambda _: None)
+    first = Tree.load(out)
+    assert len(first.nodes) == 1 and first.llm_calls == 1
+    client = ScriptedClient([HYBRID])
+    result = run_agent(config(task, out, budget=2), client, LocalExecutor(1), progress=lambda _: None)
+    assert len(result.tree.nodes) == 2 and result.tree.llm_calls == 2
+    assert result.tree.nodes[0].scores == first.nodes[0].scores  # not refitted
+    assert len(client.prompts) == 1  # only the refinement was asked for
+
+
+def test_a_candidate_that_runs_past_its_deadline_is_stopped():
+    result = LocalExecutor(1, timeout=0.01).map([{"source": "model m\n", "train": "x.csv"}])[0]
+    assert result["status"] == "timeout" and "stopped" in result["error"]
+
+
+@pytest.mark.slow
+def test_the_agent_never_opens_held_out_tables(tmp_path):
+    task = write_logistic_task(tmp_path)
+    held_out = str(tmp_path / "test.csv")
+    opened = []
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], str) and args[0].endswith("test.csv"):
+            opened.append(args[0])
+
+    sys.addaudithook(hook)
+
+    class Recording(LocalExecutor):
+        payloads = []
+
+        def map(self, payloads):
+            Recording.payloads += payloads
+            return super().map(payloads)
+
+    run_agent(config(task, tmp_path / "run", budget=1), ScriptedClient([EXPONENTIAL]), Recording(1),
+              progress=lambda _: None)
+    assert opened == []
+    assert Recording.payloads and all(held_out not in json.dumps(p) for p in Recording.payloads)
+    assert all(p["train"].endswith("train.csv") for p in Recording.payloads)
+
+
+def _comparable(tree: Tree) -> list:
+    return [(n.id, n.parent, n.kind, n.source, n.status, n.scores) for n in tree.nodes]
+
+
+@pytest.mark.slow
+def test_a_local_run_and_a_dask_run_build_the_same_tree(tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    from nimm_dsl.agent.executor import DaskExecutor
+
+    task = write_logistic_task(tmp_path)
+    local = run_agent(config(task, tmp_path / "local"), ScriptedClient([EXPONENTIAL, HYBRID]),
+                      LocalExecutor(2), progress=lambda _: None)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        executor = DaskExecutor(client=client)
+        remote = run_agent(config(task, tmp_path / "dask"), ScriptedClient([EXPONENTIAL, HYBRID]),
+                           executor, progress=lambda _: None)
+    a, b = _comparable(local.tree), _comparable(remote.tree)
+    assert [x[:5] for x in a] == [x[:5] for x in b]
+    for (*_, scores_a), (*_, scores_b) in zip(a, b):
+        assert scores_a.keys() == scores_b.keys()
+        for key in ("validation", "validation_nll", "loss"):
+            assert scores_a[key] == pytest.approx(scores_b[key], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_nimm_agent_against_a_loopback_server_repairs_a_candidate_from_e601(tmp_path, llm_stub):
+    """The real client over HTTP: the first reply names its clock `t` while the table's column
+    is `day` (E601 from the data binding), the repair fixes it, the run delivers."""
+    from nimm_dsl.cli import main
+
+    task = write_logistic_task(tmp_path)
+    llm_stub.reply(EXPONENTIAL.replace("time day [day]", "time t [day]"))
+    llm_stub.reply(EXPONENTIAL)
+    out = tmp_path / "run"
+    code = main(["agent", str(task), "--endpoint", llm_stub.url, "--llm", "stub", "--budget", "2",
+                 "--branches", "1", "--workers", "1", "--out", str(out)])
+    assert code == 0
+    assert len(llm_stub.requests) == 2
+    repair = llm_stub.requests[1].body["messages"][-1]["content"]
+    assert "E601" in repair and "time day [day]" in repair
+    tree = json.loads((out / "tree.json").read_text())
+    node = tree["nodes"][0]
+    assert [a["stage"] for a in node["attempts"]] == ["bind", "clean"]
+    assert node["status"] == "ok" and (out / "best.nimm").read_text() == node["source"]
