@@ -1,5 +1,5 @@
-# Two entry points for a fresh machine: `make demo` (set up + fit the Hudson Bay example) and
-# `make test` (set up + run the tests). The CPU build of PyTorch is installed first on purpose:
+# Two entry points for a fresh machine: `make demo` (set up + evaluate models of a shipped task)
+# and `make test` (set up + run the tests). The CPU build of PyTorch is installed first on purpose:
 # a bare `torch` requirement would pull several GB of CUDA packages.
 PY ?= python3
 VENV := .venv
@@ -14,11 +14,15 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The product's main job on shipped data: score two models of the oncology task (a Gompertz
+# tumour under chemotherapy and radiotherapy) — fit, forecast, both counterfactuals, the plots.
 demo: $(VENV)/.installed
 	mkdir -p out
-	$(BIN)/nimm check examples/lotka_volterra.nimm
-	$(BIN)/nimm fit examples/lotka_volterra.nimm examples/data/hudson_bay_lynx_hare.csv \
-		--output out/lotka_volterra_fit.json --plot out/lotka_volterra_fit.png
+	$(BIN)/nimm check benchmarks/tasks/models/oncology/true.nimm benchmarks/tasks/models/oncology/textbook.nimm
+	$(BIN)/nimm evaluate benchmarks/tasks/oncology.toml benchmarks/tasks/models/oncology/true.nimm \
+		--output out/oncology_true.json --plot out/oncology_true
+	$(BIN)/nimm evaluate benchmarks/tasks/oncology.toml benchmarks/tasks/models/oncology/textbook.nimm \
+		--output out/oncology_textbook.json --plot out/oncology_textbook
 
 # The suite runs with a new, empty cache directory, as on a fresh machine: a cache must only
 # ever be a speed-up, and one left in ~/.cache once hid a parser bug from CI.

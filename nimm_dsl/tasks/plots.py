@@ -3,6 +3,7 @@ counterfactual against its truth and the factual (baseline) run. Matplotlib's Ag
 imported only when a plot is made."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +111,8 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
                 ax.set_title(observe + (f", series {series.label}" if series.label is not None else ""),
                              fontsize=9)
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{task.name}: counterfactual `{cf.scenario}`"
-                     + (f" ({cf.description})" if cf.description else ""), fontsize=10)
+        title = f"{task.name}: counterfactual `{cf.scenario}`" + (f" ({cf.description})" if cf.description else "")
+        fig.suptitle(textwrap.fill(title, 55 * len(series_list)), fontsize=10)
         fig.tight_layout()
         save(fig, f"counterfactual_{cf.scenario}.png")
     return written
