@@ -52,6 +52,15 @@ def old_messages(task_text: str) -> list[dict]:
             {"role": "user", "content": f"Write a NIMM model for this task:\n{task_text}"}]
 
 
+def scenarios_defined(source: str, task) -> str:
+    """How many of the task's scenarios the proposal defines, e.g. `2/2`."""
+    import re
+
+    names = set(re.findall(r"^\s*scenario\s+([A-Za-z_][A-Za-z0-9_]*)", source, re.MULTILINE))
+    wanted = [c.scenario for c in task.counterfactuals]
+    return f"{sum(w in names for w in wanted)}/{len(wanted)}" if wanted else "-"
+
+
 def judge(source: str, task) -> tuple[str, str]:
     """(stage reached, detail): check / bind / probe failures, fit_failed, or ok."""
     from nimm_dsl.api import load_source
@@ -77,30 +86,39 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("tasks", nargs="+")
-    parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--llm", required=True)
+    parser.add_argument("--endpoint")
+    parser.add_argument("--llm")
+    parser.add_argument("--replay", action="store_true",
+                        help="judge the replies kept in --keep again instead of asking for new ones")
     parser.add_argument("--keep", default="first_proposals", help="folder for the replies")
     parser.add_argument("--timeout", type=float, default=3600.0)
     args = parser.parse_args()
     keep = Path(args.keep)
     keep.mkdir(parents=True, exist_ok=True)
-    client = OpenAIClient(args.endpoint, args.llm, timeout=args.timeout, max_retries=0)
+    if not args.replay and not (args.endpoint and args.llm):
+        parser.error("--endpoint and --llm are needed unless --replay")
+    client = None if args.replay else OpenAIClient(args.endpoint, args.llm, timeout=args.timeout, max_retries=0)
     rows = []
     for path in args.tasks:
         task = load_task(path, read_held_out=False)
         text = task_text(task.description, [(c.scenario, c.description) for c in task.counterfactuals])
         for prompt, messages in (("old", old_messages(task.description)),
                                  ("new", proposal_messages(text, summarize_table(task.train)))):
-            reply = client.complete(messages)
-            (keep / f"{task.name}.{prompt}.txt").write_text(reply)
-            stage, detail = judge(extract_model(reply), task)
-            rows.append((task.name, prompt, stage, detail))
+            kept = keep / f"{task.name}.{prompt}.txt"
+            if args.replay:
+                reply = kept.read_text()
+            else:
+                reply = client.complete(messages)
+                kept.write_text(reply)
+            source = extract_model(reply)
+            stage, detail = judge(source, task)
+            rows.append((task.name, prompt, stage, detail, scenarios_defined(source, task)))
             print(f"{task.name} {prompt}: {stage} {detail}", file=sys.stderr, flush=True)
-    print("| task | prompt | first proposal | errors |")
-    print("|---|---|---|---|")
-    for name, prompt, stage, detail in rows:
+    print("| task | prompt | first proposal | errors | task's scenarios defined |")
+    print("|---|---|---|---|---|")
+    for name, prompt, stage, detail, defined in rows:
         verdict = "binds, probes and fits" if stage == "ok" else f"fails at {stage}"
-        print(f"| {name} | {prompt} | {verdict} | {detail} |")
+        print(f"| {name} | {prompt} | {verdict} | {detail} | {defined} |")
     for prompt in ("old", "new"):
         ok = sum(1 for r in rows if r[1] == prompt and r[2] == "ok")
         total = sum(1 for r in rows if r[1] == prompt)

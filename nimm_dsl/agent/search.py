@@ -58,6 +58,10 @@ class AgentConfig:
     laws: bool = True
     backend: Optional[str] = None  # default: the task's [fit] backend
     starts: Optional[int] = None
+    # ablations (benchmarks/agent_runs.py): "check" repairs from the checker alone, without the
+    # data binding and the probe; search=False stops after the first branch's candidate
+    feedback: str = "full"
+    search: bool = True
 
 
 class BudgetSpent(LLMError):
@@ -135,7 +139,9 @@ class Agent:
         self._save()
         best = self._best_score()
         stalled, reason = 0, "budget spent"
-        while self.client.left > 0:
+        if not self.config.search:
+            reason = "no search (one candidate)"
+        while self.config.search and self.client.left > 0:
             generation += 1
             made = self._refine(generation)
             if not made:
@@ -174,7 +180,7 @@ class Agent:
     # ---------------------------------------------------------------- proposing
     def _propose(self, generation: int) -> None:
         proposed: list[str] = []
-        for k in range(self.config.branches):
+        for k in range(self.config.branches if self.config.search else 1):
             if self.client.left <= 0:
                 break
             direction = (f"This is proposal {k + 1} of {self.config.branches}: each proposal is a "
@@ -188,10 +194,12 @@ class Agent:
 
     def _candidate(self, parent: Optional[int], kind: str, change: str, messages, generation: int) -> Node:
         file = f"nodes/{len(self.tree.nodes):03d}.nimm"
-        candidate = build_candidate(self.client, messages, self.task_text, data=self.task.train,
+        full = self.config.feedback == "full"
+        candidate = build_candidate(self.client, messages, self.task_text,
+                                    data=self.task.train if full else None,
                                     data_summary=self.summary, repair_budget=self.config.repair_budget,
-                                    probe=self.config.probe, probe_timeout=self.config.probe_timeout,
-                                    file=file)
+                                    probe=self.config.probe and full,
+                                    probe_timeout=self.config.probe_timeout, file=file)
         node = self.tree.add(parent, kind, change, candidate.source, generation)
         node.attempts = [a.to_json() for a in candidate.attempts]
         node.diagnostics = [d.to_dict() for d in candidate.diagnostics]
