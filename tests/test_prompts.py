@@ -24,15 +24,16 @@ def test_the_worked_example_checks_without_errors_or_warnings():
 
 
 def test_the_proposal_carries_the_task_the_data_summary_and_the_example():
-    messages = proposal_messages("Flu in a school.", "Training table `t.csv`: 3 rows")
-    assert "model sei_reported" in messages[0]["content"]
-    assert "Flu in a school." in messages[1]["content"] and "`t.csv`" in messages[1]["content"]
+    messages = proposal_messages("Flu in a school.", "Training table: 3 rows")
+    assert "model sei_reported" in messages[0]["content"] and " Gy " in messages[0]["content"]
+    assert "Flu in a school." in messages[1]["content"] and "Training table: 3 rows" in messages[1]["content"]
 
 
 def test_the_data_summary_gives_ranges_missing_values_series_and_first_rows(tmp_path):
     table = tmp_path / "train.csv"
     table.write_text("series,day,cases,lockdown\na,0,3,0\na,1,,0\na,2,10,1\nb,0,4,0\nb,1,7,1\nb,2,12,1\n")
     summary = summarize_table(table)
+    assert "train.csv" not in summary  # a file's name can give the answer away
     assert "6 rows" in summary and "2 independent series (a, b)" in summary
     assert "`cases`: integers, from 3 to 12, 1 missing" in summary
     assert "`lockdown`: integers, values 0, 1" in summary

@@ -39,7 +39,7 @@ STATEMENT_FORMS: dict[str, str] = {
     "flow": "flow A -> B = RATE                           moves RATE from A to B; `flow -> B` source, `flow A ->` sink",
     "observe": "observe NAME [unit] = EXPR ~ NOISE            compared with the table's column NAME",
     "dose": "dose NAME: STATE += AMOUNT at T [every DT times N]   a bolus; `*=` multiplies by a factor",
-    "set": "set NAME = EXPR [from T] [to T]               overrides a param/const/input inside a window",
+    "set": "set NAME = EXPR [from T] [to T]               overrides a param/const/input from T (inclusive) to T",
     "scenario": 'scenario NAME "description"                  an intervention: dose / set / remove lines, then',
     "end": "end                                          closes a scenario",
     "remove": "remove DOSE                                  (inside a scenario) drops a baseline dose",
@@ -65,8 +65,19 @@ Rules that matter:
 - An input column of the table (a treatment, a lockdown flag) is an `input` of the same name.
 - A neural term should refine a named `let` (a rate, a response), start at zero (`init = zero`)
   and stay small (hidden = [8]); give it `penalty = 1e-3`.
-- Every scenario the task names must be a `scenario NAME ... end` block (it may be empty when the
-  intervention comes through an input column)."""
+- Every scenario the task names must be a `scenario NAME ... end` block. Inside it, `set` lines
+  change params, consts or inputs, over a window if needed (`set lockdown = 1 from 20 to 45`,
+  times in the time unit), `dose` lines add or replace doses and `remove DOSE` drops one. Say the
+  whole intervention inside the block, even when the data drive it through an input column."""
+
+
+def _units_line() -> str:
+    from ..compiler.units import COMMON_NAMES
+
+    short = sorted({n for n in COMMON_NAMES if len(n) <= 4}, key=lambda n: (n.lower(), n))
+    return ("Library units (use them without declaring them; others from the SI and common "
+            "scientific use exist too): " + " ".join(short) + ". Declare only new count units "
+            "(`unit person`, `unit cell`).")
 
 
 def _options_line() -> str:
@@ -90,7 +101,7 @@ def language_guide() -> str:
         "dynamical models (ODEs) that are fitted to data.\n\nStatements:\n" + forms + "\n\n"
         f"Built-in functions: {functions}; constant: {', '.join(sorted(BUILTIN_CONSTANTS))}; "
         "comparisons < <= > >= == != with and/or/not appear only inside ifelse.\n"
-        + _options_line() + "\n\n" + IDIOMS + "\n\n"
+        + _options_line() + "\n" + _units_line() + "\n\n" + IDIOMS + "\n\n"
         "The checker reports problems with these codes:\n" + codes + "\n\n"
         "Answer with the complete model in one ```nimm fenced block and nothing else.")
 
@@ -113,7 +124,8 @@ def summarize_table(path, max_rows: int = MAX_SUMMARY_ROWS) -> str:
     import pandas as pd
 
     frame = pd.read_csv(path)
-    lines = [f"Training table `{Path(path).name}`: {len(frame)} rows, columns "
+    # The file's name is left out: a name like `misspecified_train.csv` gives the answer away.
+    lines = [f"Training table: {len(frame)} rows, columns "
              + ", ".join(f"`{c}`" for c in frame.columns) + "."]
     if "series" in frame.columns:
         labels = frame["series"].astype(str).unique()
