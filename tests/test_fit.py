@@ -158,7 +158,8 @@ def decay_model(sigma_param=True):
         params.append(ParamIR("sig", sig, 1.0, 0.01, 10, "mg", True))
     obs = [ObserveIR("y", sp.Symbol("y"), X, "mg", "normal", sig if sigma_param else sp.Float(0.2))]
     states = [StateIR("X", X, X0, 0, np.inf, "mg")]
-    return ModelIR("decay", None, sp.Symbol("t"), "t", "h", states, params, [], [], {"X": -k * X}, [], obs)
+    return ModelIR("decay", None, sp.Symbol("t"), "t", "h", states, params, derivatives={"X": -k * X},
+                   observes=obs)
 
 
 def decay_data(seed=0, n=12):
@@ -189,8 +190,8 @@ def test_static_model_fit_matches_linear_regression():
 
     ir = ModelIR("line", None, None, None, None, [],
                  [ParamIR("a", a, 1.0, -np.inf, np.inf, "1", True), ParamIR("b", b, 0.0, -np.inf, np.inf, "1", True)],
-                 [InputIR("u", u, (sp.Symbol("ua"), sp.Symbol("ub")), None, "step", "1")], [], {}, [],
-                 [ObserveIR("y", sp.Symbol("y"), a * u + b, "1", "lsq")])
+                 [InputIR("u", u, (sp.Symbol("ua"), sp.Symbol("ub")), None, "step", "1")],
+                 observes=[ObserveIR("y", sp.Symbol("y"), a * u + b, "1", "lsq")])
     rng = np.random.default_rng(3)
     x = np.linspace(0, 10, 15)
     y = 2.5 * x - 1 + rng.standard_normal(15)
@@ -276,8 +277,8 @@ def _lv_ir(neural: bool):
     states = [StateIR("H", H, sp.Integer(20), 0, np.inf, "1"), StateIR("L", L, sp.Integer(5), 0, np.inf, "1")]
     obs = [ObserveIR("hare", sp.Symbol("hare"), H, "1", "lognormal", sp.Float(0.05)),
            ObserveIR("lynx", sp.Symbol("lynx"), L, "1", "lognormal", sp.Float(0.05))]
-    return ModelIR("lv_hybrid" if neural else "lv", None, sp.Symbol("t"), "t", "year", states, params, [],
-                   [], {"H": dH, "L": -c * L + d * H * L}, [], obs, neurals)
+    return ModelIR("lv_hybrid" if neural else "lv", None, sp.Symbol("t"), "t", "year", states, params,
+                   derivatives={"H": dH, "L": -c * L + d * H * L}, observes=obs, neurals=neurals)
 
 
 def test_hybrid_model_beats_its_mechanistic_part_on_a_held_out_segment(tmp_path):

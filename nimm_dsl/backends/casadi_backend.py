@@ -78,77 +78,6 @@ class _FastCall:
         return res
 
 
-def _numpy_ops() -> dict:
-    """CasADi SX operation codes -> numpy functions of the operands (C semantics, elementwise)."""
-    return {
-        ca.OP_ASSIGN: lambda a: a, ca.OP_ADD: np.add, ca.OP_SUB: np.subtract, ca.OP_MUL: np.multiply,
-        ca.OP_DIV: np.divide, ca.OP_NEG: np.negative, ca.OP_EXP: np.exp, ca.OP_LOG: np.log,
-        ca.OP_POW: np.power, ca.OP_CONSTPOW: np.power, ca.OP_SQRT: np.sqrt, ca.OP_SQ: np.square,
-        ca.OP_TWICE: lambda a: 2.0 * a, ca.OP_INV: lambda a: 1.0 / a, ca.OP_SIN: np.sin,
-        ca.OP_COS: np.cos, ca.OP_TAN: np.tan, ca.OP_ASIN: np.arcsin, ca.OP_ACOS: np.arccos,
-        ca.OP_ATAN: np.arctan, ca.OP_ATAN2: np.arctan2, ca.OP_SINH: np.sinh, ca.OP_COSH: np.cosh,
-        ca.OP_TANH: np.tanh, ca.OP_FABS: np.fabs, ca.OP_SIGN: np.sign, ca.OP_FMIN: np.fmin,
-        ca.OP_FMAX: np.fmax, ca.OP_FLOOR: np.floor, ca.OP_CEIL: np.ceil, ca.OP_FMOD: np.fmod,
-        ca.OP_COPYSIGN: np.copysign, ca.OP_HYPOT: np.hypot, ca.OP_LOG1P: np.log1p,
-        ca.OP_EXPM1: np.expm1,
-        ca.OP_LT: lambda a, b: np.less(a, b).astype(float), ca.OP_LE: lambda a, b: np.less_equal(a, b).astype(float),
-        ca.OP_EQ: lambda a, b: np.equal(a, b).astype(float), ca.OP_NE: lambda a, b: np.not_equal(a, b).astype(float),
-        ca.OP_NOT: lambda a: np.logical_not(a).astype(float),
-        ca.OP_AND: lambda a, b: np.logical_and(a, b).astype(float),
-        ca.OP_OR: lambda a, b: np.logical_or(a, b).astype(float),
-        ca.OP_IF_ELSE_ZERO: lambda c, v: np.where(c != 0, v, 0.0),
-    }
-
-
-class _ColumnEvaluator:
-    """Evaluates a scalar SX function at many points at once: one numpy operation over all points
-    per instruction of its algorithm. For 1000 output times this is 10-50x faster than a CasADi
-    map, which runs the whole algorithm once per point. `build` returns None when the function
-    uses an operation without a numpy counterpart here; callers then use the CasADi map."""
-
-    def __init__(self, fn: ca.Function, program: list, n_work: int):
-        self.fn = fn
-        self._program = program
-        self._n_work = n_work
-
-    @classmethod
-    def build(cls, fn: ca.Function) -> Optional["_ColumnEvaluator"]:
-        ops = _numpy_ops()
-        program, n_work = [], 0
-        for k in range(fn.n_instructions()):
-            op, inputs, outputs = fn.instruction_id(k), fn.instruction_input(k), fn.instruction_output(k)
-            if op == ca.OP_INPUT:  # (input index, nonzero) -> work slot
-                program.append(("in", inputs[0], inputs[1], outputs[0]))
-            elif op == ca.OP_OUTPUT:  # work slot -> (output index, nonzero)
-                program.append(("out", outputs[0], outputs[1], inputs[0]))
-            elif op == ca.OP_CONST:
-                program.append(("const", fn.instruction_constant(k), None, outputs[0]))
-            elif op in ops:
-                program.append(("op", ops[op], tuple(inputs), outputs[0]))
-            else:
-                return None
-            n_work = max(n_work, outputs[0] + 1) if op != ca.OP_OUTPUT else n_work
-        return cls(fn, program, n_work)
-
-    def __call__(self, args: list, n: int) -> list:
-        """args[i]: an (nnz_i, n) array (one column per point) or a 1-D array shared by all
-        points. Returns per output an (nnz, n) array."""
-        outs = [np.empty((self.fn.nnz_out(i), n)) for i in range(self.fn.n_out())]
-        work = [None] * self._n_work
-        with np.errstate(all="ignore"):  # NaN and inf propagate as in C; callers check them
-            for kind, a, b, slot in self._program:
-                if kind == "op":
-                    work[slot] = a(*(work[i] for i in b))
-                elif kind == "in":
-                    arg = args[a]
-                    work[slot] = arg[b]
-                elif kind == "const":
-                    work[slot] = a
-                else:
-                    outs[a][b] = work[slot]
-        return outs
-
-
 @dataclass
 class _SegmentPlan:
     segment: Segment
@@ -284,8 +213,6 @@ class CasadiSimulator:
             self._dose_amount[id(dose)] = ca.Function(f"dose_{dose.name}", [t, x, P, W], [ev(dose.amount)])
         self._output_map: dict[int, ca.Function] = {}
         self._fast_output_map: dict[int, _FastCall] = {}
-        self._column_outputs = _ColumnEvaluator.build(self._outputs)
-        self._column_rhs = None  # built on first use (trough warnings, failure reports)
 
     def _build_static(self):
         ir = self.ir
@@ -377,11 +304,6 @@ class CasadiSimulator:
     def param_vector(self, params: Optional[Mapping] = None) -> np.ndarray:
         """Values of ir.params (params then consts, declaration order): the `p` of trajectory_function."""
         return param_vector(self.ir, params)
-
-    def runtime_vectors(self, protocol: Protocol, params: Optional[Mapping] = None) -> np.ndarray:
-        """Full runtime vectors, one row per segment (n_segments x n_runtime)."""
-        theta = self.param_vector(params)
-        return np.array([np.r_[theta, segment_tail(s)] for s in protocol.segments]).reshape(-1, self.n_runtime)
 
     def protocol(self, times, scenario=None, inputs=None, t_start=None) -> Protocol:
         return build_protocol(self.ir, times, scenario=scenario, inputs=inputs, t_start=t_start)
@@ -502,8 +424,6 @@ class CasadiSimulator:
     def _outputs_numeric(self, times, X, Pcols, w) -> np.ndarray:
         """Lets then observes at every output time: [(n_lets + n_observes) x T]."""
         n_t = len(times)
-        if self._column_outputs is not None:
-            return self._column_outputs([times.reshape(1, -1), X, Pcols, w], n_t)[0]
         fast = self._fast_output_map.get(n_t)
         if fast is None:
             fast = self._fast_output_map[n_t] = _FastCall(self._output_fn(n_t))
@@ -532,11 +452,7 @@ class CasadiSimulator:
 
     def _rhs_columns(self, times, X, Pcols, w) -> np.ndarray:
         """The right-hand side at many points: times (n,), X (nx, n), Pcols (n_runtime, n)."""
-        if self._column_rhs is None:
-            self._column_rhs = _ColumnEvaluator.build(self.rhs) or False
         n = len(times)
-        if self._column_rhs:
-            return self._column_rhs([np.reshape(times, (1, -1)), X, Pcols, w], n)[0]
         return np.asarray(self.rhs.map(n)(np.reshape(times, (1, -1)), X, Pcols,
                                           np.repeat(np.reshape(w, (-1, 1)), n, axis=1)), dtype=float)
 
