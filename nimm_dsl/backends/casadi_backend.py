@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import SimulationError
 from .protocol import Protocol, Segment, build_protocol, param_vector, segment_tail
+from .contract import check_weight_names, static_input_table
 from .results import SimulationResult, domain_warnings, nonfinite_warnings, trough_warnings
 from ..compiler.ir import ModelIR, Ops, walk
 from .neural import casadi_mlp, check_weights
@@ -292,11 +293,7 @@ class CasadiSimulator:
     # ------------------------------------------------------------ public helpers
     def weight_vector(self, weights: Optional[Mapping] = None) -> np.ndarray:
         """All neural weights concatenated in ir.neurals order (defaults: initial_weights())."""
-        weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(self.weight_slices))
-        if unknown:
-            raise ValueError(f"unknown neural term(s) {', '.join(unknown)}; the model declares: "
-                             f"{', '.join(self.weight_slices) or 'none'}")
+        weights = check_weight_names(self.ir, weights)
         parts = [check_weights(n, weights[n.name]) if n.name in weights else n.initial_weights()
                  for n in self.ir.neurals]
         return np.concatenate(parts) if parts else np.zeros(0)
@@ -458,25 +455,11 @@ class CasadiSimulator:
 
     def _simulate_static(self, inputs, params, w) -> SimulationResult:
         ir = self.ir
-        table = {} if inputs is None else inputs
-        columns = list(table.columns) if hasattr(table, "columns") else list(table.keys())
-        given = {u.name: np.asarray(table[u.name], dtype=float).ravel() for u in ir.inputs if u.name in columns}
-        n = max((len(v) for v in given.values()), default=1)
-        U = np.empty((len(ir.inputs), n))
-        for i, u in enumerate(ir.inputs):
-            if u.name in given:
-                if len(given[u.name]) != n:
-                    raise ValueError(f"input column `{u.name}` has {len(given[u.name])} rows, expected {n}")
-                U[i] = given[u.name]
-            elif u.default is not None:
-                U[i] = u.default
-            else:
-                raise SimulationError(f"input `{u.name}` has no data and no default value; "
-                                      f"give a column `{u.name}`")
+        table = static_input_table(ir, inputs)
+        n = len(next(iter(table.values()))) if table else 1
+        U = np.array([table[u.name] for u in ir.inputs]).reshape(len(ir.inputs), n)
         Y = np.asarray(self._static.map(n)(U, self.param_vector(params), w), dtype=float).reshape(-1, n)
-        values, units = {}, {}
-        for i, u in enumerate(ir.inputs):
-            values[u.name], units[u.name] = U[i], u.unit
+        values, units = dict(table), {u.name: u.unit for u in ir.inputs}
         rows = [(let.name, let.unit) for let in ir.lets] + [(o.name, o.unit) for o in ir.observes]
         for i, (name, unit) in enumerate(rows):
             values[name], units[name] = Y[i], unit
