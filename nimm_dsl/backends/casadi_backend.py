@@ -79,6 +79,22 @@ class _FastCall:
         return res
 
 
+@dataclass(frozen=True)
+class SymbolicModel:
+    """A dynamic model as CasADi SX: symbols t, x [n_states], P [n_runtime] (ir.runtime_symbols()
+    order), W [n_weights]; `ode` = dx/dt; `init(t, P, W)` the initial states; `outputs(t, x, P, W)`
+    the lets (first n_lets rows) then the observes."""
+
+    t: ca.SX
+    x: ca.SX
+    P: ca.SX
+    W: ca.SX
+    ode: ca.SX
+    init: ca.Function
+    outputs: ca.Function
+    n_lets: int
+
+
 @dataclass
 class _SegmentPlan:
     segment: Segment
@@ -174,9 +190,12 @@ class CasadiSimulator:
         env = {s: P[i] for i, s in enumerate(runtime)}
         env.update(extra)
         by_name = {n.name: n for n in ir.neurals}
+        self._neural_calls: list[tuple[str, ca.SX]] = []  # each distinct call once (the memo)
 
         def neural(name, args):
-            return casadi_mlp(by_name[name], args, W[self.weight_slices[name]])
+            out = casadi_mlp(by_name[name], args, W[self.weight_slices[name]])
+            self._neural_calls.append((name, out))
+            return out
 
         memo: dict = {}
 
@@ -202,6 +221,10 @@ class CasadiSimulator:
         self.rhs = ca.Function("rhs", [t, x, P, W], [ode], ["t", "x", "P", "W"], ["dx"])
         self._outputs = ca.Function("outputs", [t, x, P, W], [ca.vertcat(*lets, *observes)],
                                     ["t", "x", "P", "W"], ["y"])
+        # every neural call's output, one row per call: what a neural penalty sums along a run
+        self.neural_call_names = [name for name, _ in self._neural_calls]
+        self._neural_outputs = ca.Function("neural_outputs", [t, x, P, W],
+                                           [ca.vertcat(*[out for _, out in self._neural_calls])])
         # initial values see no states or lets (E306); a fresh walk keeps their symbols out
         init_env = {s: P[i] for i, s in enumerate(ir.runtime_symbols())}
         init_env[ir.time] = t
@@ -227,11 +250,24 @@ class CasadiSimulator:
         self._static = ca.Function("static", [U, P, W], [ca.vertcat(*lets, *observes)],
                                    ["U", "p", "w"], ["y"])
 
-    @property
-    def static_function(self) -> ca.Function:
-        """Static models: `(U [n_inputs], p [n_params], w [n_weights]) -> [lets; observes]`, one
-        data row; use `.map(n_rows)` for a table (U as n_inputs x n_rows)."""
-        return self._static
+    def static_outputs_function(self, inputs) -> ca.Function:
+        """Static models, the counterpart of `trajectory_function`: the rows of an input table
+        (see `static_input_table`) as one differentiable function `F(p, w) -> (y, z)` with
+        y: [n_observes x n_rows], z: [n_lets x n_rows]; the inputs are numbers inside."""
+        table = static_input_table(self.ir, inputs)
+        n = len(next(iter(table.values()))) if table else 1
+        U = ca.DM(np.array([table[u.name] for u in self.ir.inputs]).reshape(len(self.ir.inputs), n))
+        p, w = ca.MX.sym("p", self.n_params), ca.MX.sym("w", self.n_weights)
+        Y = self._static.map(n)(U, p, w)
+        n_let = len(self.ir.lets)
+        return ca.Function("static_outputs", [p, w], [Y[n_let:, :], Y[:n_let, :]],
+                           ["p", "w"], ["y", "z"])
+
+    def symbolic(self) -> SymbolicModel:
+        """The dynamic model as CasADi SX expressions, for tools that differentiate it themselves
+        (the least-squares fit integrates the ODE with its sensitivity equations)."""
+        t, x, P, W, ode = self._ode
+        return SymbolicModel(t, x, P, W, ode, self._init, self._outputs, len(self.ir.lets))
 
     def _output_fn(self, n: int) -> ca.Function:
         fn = self._output_map.get(n)
@@ -251,9 +287,11 @@ class CasadiSimulator:
         opts.update(self.integrator_options)
         return opts
 
-    def integrator(self, t0: float, grid: np.ndarray, rtol: float, atol: float) -> ca.Function:
-        """The cached integrator from t0 with outputs at `grid` (x0, p = [P; W]) -> xf [nx x len(grid)]."""
-        return self._integrator(t0, grid, rtol, atol).fn
+    def integrator_for(self, dae: dict, t0: float, grid, rtol: float, atol: float) -> ca.Function:
+        """A CasADi integrator of another ODE (`dae` as for casadi.integrator, e.g. the model's
+        ODE augmented with its sensitivities) with this simulator's method and options."""
+        return ca.integrator("F_custom", self.method, dae, float(t0), [float(g) for g in grid],
+                             self._integrator_opts(rtol, atol))
 
     def _integrator(self, t0: float, grid: np.ndarray, rtol: float, atol: float) -> _FastCall:
         grid = np.ascontiguousarray(grid, dtype=float)
@@ -320,7 +358,7 @@ class CasadiSimulator:
 
     # ------------------------------------------------------------ the symbolic chain
     def trajectory_function(self, protocol: Protocol, rtol: Optional[float] = None,
-                            atol: Optional[float] = None) -> ca.Function:
+                            atol: Optional[float] = None, neural_outputs: bool = False) -> ca.Function:
         """The whole simulation of `protocol` as one differentiable CasADi function.
 
         Signature: `F(p, w) -> (y, z)` with
@@ -328,7 +366,10 @@ class CasadiSimulator:
                          protocol's set flags and input coefficients are fixed numbers inside),
           w: [n_weights] all neural weights concatenated in ir.neurals order,
           y: [n_observes x n_times] observes at protocol.output_times,
-          z: [(n_states + n_lets) x n_times] states then lets at the same times.
+          z: [(n_states + n_lets) x n_times] states then lets at the same times,
+        and with neural_outputs a third output
+          neural: [n_calls x n_times] every neural call's output (rows: `neural_call_names`),
+                  what a neural penalty sums.
         Built from MX and the cached integrators, so it can be called with MX symbols and
         differentiated (CVODES forward/adjoint sensitivities). Use `param_vector(params)` and
         `weight_vector(weights)` for numeric arguments.
@@ -352,10 +393,14 @@ class CasadiSimulator:
                     out_x[i], out_p[i] = xf[:, int(c)], P
                 x = xf[:, -1]
         X, Pcols = ca.horzcat(*out_x), ca.horzcat(*out_p)
-        Y = self._output_fn(n_t)(ca.DM(protocol.output_times).T, X, Pcols, w)
+        T = ca.DM(protocol.output_times).T
+        Y = self._output_fn(n_t)(T, X, Pcols, w)
         n_let = len(self.ir.lets)
-        return ca.Function("trajectory", [p, w], [Y[n_let:, :], ca.vertcat(X, Y[:n_let, :])],
-                           ["p", "w"], ["y", "z"])
+        outputs, names = [Y[n_let:, :], ca.vertcat(X, Y[:n_let, :])], ["y", "z"]
+        if neural_outputs:
+            outputs.append(self._neural_outputs.map(f"neural_{n_t}", "serial", n_t, [3], [])(T, X, Pcols, w))
+            names.append("neural")
+        return ca.Function("trajectory", [p, w], outputs, ["p", "w"], names)
 
     def _apply_doses(self, seg: Segment, x, P, w, symbolic: bool):
         """The doses at the segment's start, in model order: each amount is evaluated in the
