@@ -178,3 +178,24 @@ def test_fit_json_versions(tmp_path):
 def test_an_unknown_backend_is_an_error():
     with pytest.raises(ValueError, match="unknown backend `jax`"):
         fit(nimm_dsl.load_source(DECAY).ir, decay_frame(), backend="jax", progress=False)
+
+
+# ---------------------------------------------------------------- compile once
+def test_nimm_fit_with_a_plot_compiles_the_model_once(tmp_path, monkeypatch, capfd):
+    from nimm_dsl.backends import casadi_backend
+
+    built = []
+    original = casadi_backend.CasadiSimulator.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(casadi_backend.CasadiSimulator, "__init__", counting)
+    model, data = write(tmp_path, DECAY, decay_frame())
+    assert main(["fit", model, data, "--plot", str(tmp_path / "fit.png")]) == 0
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+    assert len(built) == 1
+    loaded = nimm_dsl.load_source(DECAY)
+    assert loaded.compile("casadi") is loaded.compile("casadi")  # Model.simulate reuses it too
+    assert loaded.compile("casadi", rtol=1e-6) is not loaded.compile("casadi")
