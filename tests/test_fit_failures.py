@@ -199,3 +199,19 @@ def test_nimm_fit_with_a_plot_compiles_the_model_once(tmp_path, monkeypatch, cap
     loaded = nimm_dsl.load_source(DECAY)
     assert loaded.compile("casadi") is loaded.compile("casadi")  # Model.simulate reuses it too
     assert loaded.compile("casadi", rtol=1e-6) is not loaded.compile("casadi")
+
+
+def test_an_optimiser_failure_where_the_model_runs_is_told_in_words_with_the_bound_it_hit():
+    from nimm_dsl.runtime.data import load_data
+    from nimm_dsl.runtime.fit.failures import diagnose, ipopt_status_words
+
+    model = nimm_dsl.load_source(DECAY)
+    ir, data = model.ir, load_data(decay_frame(), model.ir)
+    status = ipopt_status_words("Restoration_Failed")
+    values = {"k": 5.0, "X0": 8.0}  # k on its upper bound
+    d = diagnose(ir, model.compile(), data, [p for p in ir.params if p.estimate], values, None, status,
+                 1e-8, 1e-8)
+    assert not d.specific
+    assert "no step lowered the loss" in d.cause and "finite loss" in d.cause
+    assert "`k` is at its upper bound 5" in d.fix and "--starts" in d.fix
+    assert "units" not in d.text()

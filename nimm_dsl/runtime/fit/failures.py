@@ -263,10 +263,14 @@ def diagnose(ir: ModelIR, simulator, dataset: Dataset, est: Sequence[ParamIR], v
     bound_note = f" ({', '.join(at_bounds)})" if at_bounds else ""
     starts_fix = f"try more starting points (`--starts {MORE_STARTS}`)"
     if problem is None:
-        return Diagnosis(f"the optimiser {status.removeprefix('failed: ')}; the model runs with a finite "
-                         f"loss at the point reached{bound_note}",
-                         f"{starts_fix}, or check that the params' defaults and bounds are in the data's "
-                         "units", False)
+        fix = starts_fix
+        if at_bounds:
+            fix = (f"the search ended on a bound ({', '.join(at_bounds)}): widen it if values beyond are "
+                   f"plausible, or {starts_fix}")
+        elif "iteration limit" in status:
+            fix = f"allow more iterations (max_iter), or {starts_fix}"
+        return Diagnosis(f"the optimiser {status.removeprefix('failed: ')}, although the model runs with a "
+                         "finite loss at the point reached", fix, False)
     cause = f"{problem.what}{bound_note}"
     if problem.kind == "sigma":
         fix = "give the params in that sigma a positive lower bound"
