@@ -89,10 +89,11 @@ class FitResult:
         }
 
     def save(self, path) -> Path:
-        """Write FIT.json (plain JSON, weights as lists; never pickle)."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
-        return path
+        """Write FIT.json (plain JSON, weights as lists; never pickle), atomically: a failed write
+        leaves the previous file whole."""
+        from ..files import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
 
 
 def _finite_or_none(v):
