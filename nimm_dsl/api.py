@@ -51,6 +51,7 @@ class Model:
     def __init__(self, checked):
         self.checked = checked
         self._ir = None
+        self._simulators: dict = {}  # back-end name -> simulator compiled with default options
 
     @property
     def name(self) -> str:
@@ -82,16 +83,23 @@ class Model:
         return list(self.ir.scenarios)
 
     def compile(self, backend: str = "casadi", **options):
-        """A simulator for this model: `.simulate(times, params=None, scenario=None, inputs=None)`."""
-        return compile_ir(self.ir, backend, **options)
+        """A simulator for this model: `.simulate(times, params=None, scenario=None, inputs=None)`.
+        Without options, one simulator per back end is compiled and then reused."""
+        if options:
+            return compile_ir(self.ir, backend, **options)
+        if backend not in self._simulators:
+            self._simulators[backend] = compile_ir(self.ir, backend)
+        return self._simulators[backend]
 
     def simulate(self, times=None, backend: str = "casadi", **kwargs):
         return self.compile(backend).simulate(times, **kwargs)
 
     def fit(self, data, backend: str = "casadi", **kwargs):
-        """Fit params (and neural weights) to a CSV file or DataFrame; returns a FitResult."""
+        """Fit params (and neural weights) to a CSV file or DataFrame; returns a FitResult. The
+        fit runs on this model's simulator for `backend` (see `compile`)."""
         from .runtime.fit import fit
 
+        kwargs.setdefault("simulator", self.compile(backend))
         return fit(self.ir, data, backend=backend, **kwargs)
 
     def latex(self) -> str:

@@ -310,7 +310,7 @@ def cmd_fit(args) -> int:
     if args.plot:
         from .runtime.plots import plot_fit
 
-        written = plot_fit(model.ir, result, args.plot)
+        written = plot_fit(model.ir, result.dataset, result, model.compile(args.backend), args.plot)
         print(f"nimm: plot written to {written}", file=sys.stderr)
     return EXIT_OK
 

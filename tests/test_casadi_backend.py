@@ -11,7 +11,7 @@ import pytest
 import sympy as sp
 from scipy.integrate import solve_ivp
 
-from nimm_dsl.backends.casadi_backend import _ColumnEvaluator, compile_casadi
+from nimm_dsl.backends.casadi_backend import compile_casadi
 from nimm_dsl.compiler.ir import (DoseIR, InputIR, LetIR, ModelIR, NeuralIR, ObserveIR, ParamIR,
                                   ScenarioIR, SetIR, StateIR)
 from nimm_dsl.errors import SimulationError
@@ -390,47 +390,13 @@ def test_flu_isolation_scenario_against_scipy():
     np.testing.assert_allclose(res["in_bed"], ref[1], rtol=1e-6)
 
 
-# ------------------------------------------------------------------ vectorised outputs
-def test_column_evaluator_matches_casadi_map_on_every_kind_of_operation():
-    # outputs are evaluated with one numpy operation per instruction over all times; it must
-    # agree with CasADi's own per-point evaluation, including branches, NaN/inf and shared args
-    t_, x, p, w = ca.SX.sym("t"), ca.SX.sym("x", 2), ca.SX.sym("p", 2), ca.SX.sym("w")
-    exprs = [x[0] * p[0] + 3, x[0] - x[1], x[0] / x[1], -x[1], ca.exp(-t_), ca.log(x[0]),
-             x[0] ** p[1], x[0] ** 3, ca.sqrt(x[0]), x[1] ** 2, 2 * x[0], 1 / x[1], ca.sin(t_),
-             ca.cos(x[0]), ca.tan(x[0]), ca.tanh(x[1] * w), ca.fabs(x[1]), ca.sign(x[1]),
-             ca.fmin(x[0], p[0]), ca.fmax(x[1], t_), ca.if_else(x[1] > 0, ca.exp(x[0]), x[1]),
-             ca.if_else(ca.logic_and(t_ >= 1, ca.logic_not(x[0] == p[0])), t_, -t_),
-             ca.logic_or(x[0] <= 0.5, x[1] != 0), ca.log10(x[0]), ca.atan2(x[1], x[0]), ca.SX(7.0)]
-    fn = ca.Function("f", [t_, x, p, w], [ca.vertcat(*exprs)])
-    ev = _ColumnEvaluator.build(fn)
-    assert ev is not None
-    n = 41
-    rng = np.random.default_rng(1)
-    T = np.linspace(0, 2, n).reshape(1, n)
-    X = np.vstack([rng.uniform(0, 2, n), rng.uniform(-1, 1, n)])
-    X[1, 5] = 0.0  # division by zero: inf, as in C
-    Pc = np.vstack([np.full(n, 1.5), rng.uniform(0.5, 2, n)])
-    W = np.array([0.7])
-    got = ev([T, X, Pc, W], n)[0]
-    want = np.asarray(fn.map(n)(T, X, Pc, np.tile(W, (1, n))))
-    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14, equal_nan=True)
-
-
-def test_column_evaluator_declines_operations_it_does_not_know():
-    x = ca.SX.sym("x")
-    assert _ColumnEvaluator.build(ca.Function("f", [x], [ca.erf(x)])) is None
-
-
-@pytest.mark.parametrize("vectorised", [True, False])
-def test_time_dependent_observe_is_evaluated_at_each_output_time(vectorised):
+# ------------------------------------------------------------------ outputs over time
+def test_time_dependent_observe_is_evaluated_at_each_output_time():
     x = sym("x")
     ir = model([S("x", 1)], [P("k", 0.5)], {"x": -sym("k") * x},
                lets=[LetIR("decay", sym("decay"), sym("k") * x * t, "1")],
                observes=[O("y", x * sp.exp(t))])
     ts = np.linspace(0, 3, 13)
-    sim = compile_casadi(ir)
-    if not vectorised:  # the CasADi map used for functions the numpy evaluator declines
-        sim._column_outputs = None
-    res = sim.simulate(ts, **TIGHT)
+    res = compile_casadi(ir).simulate(ts, **TIGHT)
     np.testing.assert_allclose(res["y"], np.exp(0.5 * ts), rtol=1e-8)
     np.testing.assert_allclose(res["decay"], 0.5 * np.exp(-0.5 * ts) * ts, rtol=1e-8, atol=1e-12)

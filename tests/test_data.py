@@ -18,11 +18,12 @@ def decay_ir(noise="normal", with_input=False, static=False):
     sigma = sp.Float(0.1) if noise in ("normal", "lognormal") else None
     if static:
         obs = [ObserveIR("y", sp.Symbol("y"), k * u, "mg", noise, sigma)]
-        return ModelIR("lin", None, None, None, None, [], params, inputs, [], {}, [], obs)
+        return ModelIR("lin", None, None, None, None, [], params, inputs, observes=obs)
     rhs = -k * X + ((a + b * sp.Symbol("t")) if with_input else 0)
     obs = [ObserveIR("y", sp.Symbol("y"), X, "mg", noise, sigma)]
     states = [StateIR("X", X, sp.Integer(1), 0, np.inf, "mg")]
-    return ModelIR("decay", None, sp.Symbol("t"), "t", "h", states, params, inputs, [], {"X": rhs}, [], obs)
+    return ModelIR("decay", None, sp.Symbol("t"), "t", "h", states, params, inputs, derivatives={"X": rhs},
+                   observes=obs)
 
 
 def write(tmp_path, text, name="data.csv"):

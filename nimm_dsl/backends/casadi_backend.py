@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import SimulationError
 from .protocol import Protocol, Segment, build_protocol, param_vector, segment_tail
+from .contract import check_weight_names, static_input_table
 from .results import SimulationResult, domain_warnings, nonfinite_warnings, trough_warnings
 from ..compiler.ir import ModelIR, Ops, walk
 from .neural import casadi_mlp, check_weights
@@ -78,75 +79,20 @@ class _FastCall:
         return res
 
 
-def _numpy_ops() -> dict:
-    """CasADi SX operation codes -> numpy functions of the operands (C semantics, elementwise)."""
-    return {
-        ca.OP_ASSIGN: lambda a: a, ca.OP_ADD: np.add, ca.OP_SUB: np.subtract, ca.OP_MUL: np.multiply,
-        ca.OP_DIV: np.divide, ca.OP_NEG: np.negative, ca.OP_EXP: np.exp, ca.OP_LOG: np.log,
-        ca.OP_POW: np.power, ca.OP_CONSTPOW: np.power, ca.OP_SQRT: np.sqrt, ca.OP_SQ: np.square,
-        ca.OP_TWICE: lambda a: 2.0 * a, ca.OP_INV: lambda a: 1.0 / a, ca.OP_SIN: np.sin,
-        ca.OP_COS: np.cos, ca.OP_TAN: np.tan, ca.OP_ASIN: np.arcsin, ca.OP_ACOS: np.arccos,
-        ca.OP_ATAN: np.arctan, ca.OP_ATAN2: np.arctan2, ca.OP_SINH: np.sinh, ca.OP_COSH: np.cosh,
-        ca.OP_TANH: np.tanh, ca.OP_FABS: np.fabs, ca.OP_SIGN: np.sign, ca.OP_FMIN: np.fmin,
-        ca.OP_FMAX: np.fmax, ca.OP_FLOOR: np.floor, ca.OP_CEIL: np.ceil, ca.OP_FMOD: np.fmod,
-        ca.OP_COPYSIGN: np.copysign, ca.OP_HYPOT: np.hypot, ca.OP_LOG1P: np.log1p,
-        ca.OP_EXPM1: np.expm1,
-        ca.OP_LT: lambda a, b: np.less(a, b).astype(float), ca.OP_LE: lambda a, b: np.less_equal(a, b).astype(float),
-        ca.OP_EQ: lambda a, b: np.equal(a, b).astype(float), ca.OP_NE: lambda a, b: np.not_equal(a, b).astype(float),
-        ca.OP_NOT: lambda a: np.logical_not(a).astype(float),
-        ca.OP_AND: lambda a, b: np.logical_and(a, b).astype(float),
-        ca.OP_OR: lambda a, b: np.logical_or(a, b).astype(float),
-        ca.OP_IF_ELSE_ZERO: lambda c, v: np.where(c != 0, v, 0.0),
-    }
+@dataclass(frozen=True)
+class SymbolicModel:
+    """A dynamic model as CasADi SX: symbols t, x [n_states], P [n_runtime] (ir.runtime_symbols()
+    order), W [n_weights]; `ode` = dx/dt; `init(t, P, W)` the initial states; `outputs(t, x, P, W)`
+    the lets (first n_lets rows) then the observes."""
 
-
-class _ColumnEvaluator:
-    """Evaluates a scalar SX function at many points at once: one numpy operation over all points
-    per instruction of its algorithm. For 1000 output times this is 10-50x faster than a CasADi
-    map, which runs the whole algorithm once per point. `build` returns None when the function
-    uses an operation without a numpy counterpart here; callers then use the CasADi map."""
-
-    def __init__(self, fn: ca.Function, program: list, n_work: int):
-        self.fn = fn
-        self._program = program
-        self._n_work = n_work
-
-    @classmethod
-    def build(cls, fn: ca.Function) -> Optional["_ColumnEvaluator"]:
-        ops = _numpy_ops()
-        program, n_work = [], 0
-        for k in range(fn.n_instructions()):
-            op, inputs, outputs = fn.instruction_id(k), fn.instruction_input(k), fn.instruction_output(k)
-            if op == ca.OP_INPUT:  # (input index, nonzero) -> work slot
-                program.append(("in", inputs[0], inputs[1], outputs[0]))
-            elif op == ca.OP_OUTPUT:  # work slot -> (output index, nonzero)
-                program.append(("out", outputs[0], outputs[1], inputs[0]))
-            elif op == ca.OP_CONST:
-                program.append(("const", fn.instruction_constant(k), None, outputs[0]))
-            elif op in ops:
-                program.append(("op", ops[op], tuple(inputs), outputs[0]))
-            else:
-                return None
-            n_work = max(n_work, outputs[0] + 1) if op != ca.OP_OUTPUT else n_work
-        return cls(fn, program, n_work)
-
-    def __call__(self, args: list, n: int) -> list:
-        """args[i]: an (nnz_i, n) array (one column per point) or a 1-D array shared by all
-        points. Returns per output an (nnz, n) array."""
-        outs = [np.empty((self.fn.nnz_out(i), n)) for i in range(self.fn.n_out())]
-        work = [None] * self._n_work
-        with np.errstate(all="ignore"):  # NaN and inf propagate as in C; callers check them
-            for kind, a, b, slot in self._program:
-                if kind == "op":
-                    work[slot] = a(*(work[i] for i in b))
-                elif kind == "in":
-                    arg = args[a]
-                    work[slot] = arg[b]
-                elif kind == "const":
-                    work[slot] = a
-                else:
-                    outs[a][b] = work[slot]
-        return outs
+    t: ca.SX
+    x: ca.SX
+    P: ca.SX
+    W: ca.SX
+    ode: ca.SX
+    init: ca.Function
+    outputs: ca.Function
+    n_lets: int
 
 
 @dataclass
@@ -244,9 +190,12 @@ class CasadiSimulator:
         env = {s: P[i] for i, s in enumerate(runtime)}
         env.update(extra)
         by_name = {n.name: n for n in ir.neurals}
+        self._neural_calls: list[tuple[str, ca.SX]] = []  # each distinct call once (the memo)
 
         def neural(name, args):
-            return casadi_mlp(by_name[name], args, W[self.weight_slices[name]])
+            out = casadi_mlp(by_name[name], args, W[self.weight_slices[name]])
+            self._neural_calls.append((name, out))
+            return out
 
         memo: dict = {}
 
@@ -272,6 +221,10 @@ class CasadiSimulator:
         self.rhs = ca.Function("rhs", [t, x, P, W], [ode], ["t", "x", "P", "W"], ["dx"])
         self._outputs = ca.Function("outputs", [t, x, P, W], [ca.vertcat(*lets, *observes)],
                                     ["t", "x", "P", "W"], ["y"])
+        # every neural call's output, one row per call: what a neural penalty sums along a run
+        self.neural_call_names = [name for name, _ in self._neural_calls]
+        self._neural_outputs = ca.Function("neural_outputs", [t, x, P, W],
+                                           [ca.vertcat(*[out for _, out in self._neural_calls])])
         # initial values see no states or lets (E306); a fresh walk keeps their symbols out
         init_env = {s: P[i] for i, s in enumerate(ir.runtime_symbols())}
         init_env[ir.time] = t
@@ -284,8 +237,6 @@ class CasadiSimulator:
             self._dose_amount[id(dose)] = ca.Function(f"dose_{dose.name}", [t, x, P, W], [ev(dose.amount)])
         self._output_map: dict[int, ca.Function] = {}
         self._fast_output_map: dict[int, _FastCall] = {}
-        self._column_outputs = _ColumnEvaluator.build(self._outputs)
-        self._column_rhs = None  # built on first use (trough warnings, failure reports)
 
     def _build_static(self):
         ir = self.ir
@@ -299,11 +250,24 @@ class CasadiSimulator:
         self._static = ca.Function("static", [U, P, W], [ca.vertcat(*lets, *observes)],
                                    ["U", "p", "w"], ["y"])
 
-    @property
-    def static_function(self) -> ca.Function:
-        """Static models: `(U [n_inputs], p [n_params], w [n_weights]) -> [lets; observes]`, one
-        data row; use `.map(n_rows)` for a table (U as n_inputs x n_rows)."""
-        return self._static
+    def static_outputs_function(self, inputs) -> ca.Function:
+        """Static models, the counterpart of `trajectory_function`: the rows of an input table
+        (see `static_input_table`) as one differentiable function `F(p, w) -> (y, z)` with
+        y: [n_observes x n_rows], z: [n_lets x n_rows]; the inputs are numbers inside."""
+        table = static_input_table(self.ir, inputs)
+        n = len(next(iter(table.values()))) if table else 1
+        U = ca.DM(np.array([table[u.name] for u in self.ir.inputs]).reshape(len(self.ir.inputs), n))
+        p, w = ca.MX.sym("p", self.n_params), ca.MX.sym("w", self.n_weights)
+        Y = self._static.map(n)(U, p, w)
+        n_let = len(self.ir.lets)
+        return ca.Function("static_outputs", [p, w], [Y[n_let:, :], Y[:n_let, :]],
+                           ["p", "w"], ["y", "z"])
+
+    def symbolic(self) -> SymbolicModel:
+        """The dynamic model as CasADi SX expressions, for tools that differentiate it themselves
+        (the least-squares fit integrates the ODE with its sensitivity equations)."""
+        t, x, P, W, ode = self._ode
+        return SymbolicModel(t, x, P, W, ode, self._init, self._outputs, len(self.ir.lets))
 
     def _output_fn(self, n: int) -> ca.Function:
         fn = self._output_map.get(n)
@@ -323,9 +287,11 @@ class CasadiSimulator:
         opts.update(self.integrator_options)
         return opts
 
-    def integrator(self, t0: float, grid: np.ndarray, rtol: float, atol: float) -> ca.Function:
-        """The cached integrator from t0 with outputs at `grid` (x0, p = [P; W]) -> xf [nx x len(grid)]."""
-        return self._integrator(t0, grid, rtol, atol).fn
+    def integrator_for(self, dae: dict, t0: float, grid, rtol: float, atol: float) -> ca.Function:
+        """A CasADi integrator of another ODE (`dae` as for casadi.integrator, e.g. the model's
+        ODE augmented with its sensitivities) with this simulator's method and options."""
+        return ca.integrator("F_custom", self.method, dae, float(t0), [float(g) for g in grid],
+                             self._integrator_opts(rtol, atol))
 
     def _integrator(self, t0: float, grid: np.ndarray, rtol: float, atol: float) -> _FastCall:
         grid = np.ascontiguousarray(grid, dtype=float)
@@ -365,11 +331,7 @@ class CasadiSimulator:
     # ------------------------------------------------------------ public helpers
     def weight_vector(self, weights: Optional[Mapping] = None) -> np.ndarray:
         """All neural weights concatenated in ir.neurals order (defaults: initial_weights())."""
-        weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(self.weight_slices))
-        if unknown:
-            raise ValueError(f"unknown neural term(s) {', '.join(unknown)}; the model declares: "
-                             f"{', '.join(self.weight_slices) or 'none'}")
+        weights = check_weight_names(self.ir, weights)
         parts = [check_weights(n, weights[n.name]) if n.name in weights else n.initial_weights()
                  for n in self.ir.neurals]
         return np.concatenate(parts) if parts else np.zeros(0)
@@ -377,11 +339,6 @@ class CasadiSimulator:
     def param_vector(self, params: Optional[Mapping] = None) -> np.ndarray:
         """Values of ir.params (params then consts, declaration order): the `p` of trajectory_function."""
         return param_vector(self.ir, params)
-
-    def runtime_vectors(self, protocol: Protocol, params: Optional[Mapping] = None) -> np.ndarray:
-        """Full runtime vectors, one row per segment (n_segments x n_runtime)."""
-        theta = self.param_vector(params)
-        return np.array([np.r_[theta, segment_tail(s)] for s in protocol.segments]).reshape(-1, self.n_runtime)
 
     def protocol(self, times, scenario=None, inputs=None, t_start=None) -> Protocol:
         return build_protocol(self.ir, times, scenario=scenario, inputs=inputs, t_start=t_start)
@@ -401,7 +358,7 @@ class CasadiSimulator:
 
     # ------------------------------------------------------------ the symbolic chain
     def trajectory_function(self, protocol: Protocol, rtol: Optional[float] = None,
-                            atol: Optional[float] = None) -> ca.Function:
+                            atol: Optional[float] = None, neural_outputs: bool = False) -> ca.Function:
         """The whole simulation of `protocol` as one differentiable CasADi function.
 
         Signature: `F(p, w) -> (y, z)` with
@@ -409,7 +366,10 @@ class CasadiSimulator:
                          protocol's set flags and input coefficients are fixed numbers inside),
           w: [n_weights] all neural weights concatenated in ir.neurals order,
           y: [n_observes x n_times] observes at protocol.output_times,
-          z: [(n_states + n_lets) x n_times] states then lets at the same times.
+          z: [(n_states + n_lets) x n_times] states then lets at the same times,
+        and with neural_outputs a third output
+          neural: [n_calls x n_times] every neural call's output (rows: `neural_call_names`),
+                  what a neural penalty sums.
         Built from MX and the cached integrators, so it can be called with MX symbols and
         differentiated (CVODES forward/adjoint sensitivities). Use `param_vector(params)` and
         `weight_vector(weights)` for numeric arguments.
@@ -433,10 +393,14 @@ class CasadiSimulator:
                     out_x[i], out_p[i] = xf[:, int(c)], P
                 x = xf[:, -1]
         X, Pcols = ca.horzcat(*out_x), ca.horzcat(*out_p)
-        Y = self._output_fn(n_t)(ca.DM(protocol.output_times).T, X, Pcols, w)
+        T = ca.DM(protocol.output_times).T
+        Y = self._output_fn(n_t)(T, X, Pcols, w)
         n_let = len(self.ir.lets)
-        return ca.Function("trajectory", [p, w], [Y[n_let:, :], ca.vertcat(X, Y[:n_let, :])],
-                           ["p", "w"], ["y", "z"])
+        outputs, names = [Y[n_let:, :], ca.vertcat(X, Y[:n_let, :])], ["y", "z"]
+        if neural_outputs:
+            outputs.append(self._neural_outputs.map(f"neural_{n_t}", "serial", n_t, [3], [])(T, X, Pcols, w))
+            names.append("neural")
+        return ca.Function("trajectory", [p, w], outputs, ["p", "w"], names)
 
     def _apply_doses(self, seg: Segment, x, P, w, symbolic: bool):
         """The doses at the segment's start, in model order: each amount is evaluated in the
@@ -502,8 +466,6 @@ class CasadiSimulator:
     def _outputs_numeric(self, times, X, Pcols, w) -> np.ndarray:
         """Lets then observes at every output time: [(n_lets + n_observes) x T]."""
         n_t = len(times)
-        if self._column_outputs is not None:
-            return self._column_outputs([times.reshape(1, -1), X, Pcols, w], n_t)[0]
         fast = self._fast_output_map.get(n_t)
         if fast is None:
             fast = self._fast_output_map[n_t] = _FastCall(self._output_fn(n_t))
@@ -532,35 +494,17 @@ class CasadiSimulator:
 
     def _rhs_columns(self, times, X, Pcols, w) -> np.ndarray:
         """The right-hand side at many points: times (n,), X (nx, n), Pcols (n_runtime, n)."""
-        if self._column_rhs is None:
-            self._column_rhs = _ColumnEvaluator.build(self.rhs) or False
         n = len(times)
-        if self._column_rhs:
-            return self._column_rhs([np.reshape(times, (1, -1)), X, Pcols, w], n)[0]
         return np.asarray(self.rhs.map(n)(np.reshape(times, (1, -1)), X, Pcols,
                                           np.repeat(np.reshape(w, (-1, 1)), n, axis=1)), dtype=float)
 
     def _simulate_static(self, inputs, params, w) -> SimulationResult:
         ir = self.ir
-        table = {} if inputs is None else inputs
-        columns = list(table.columns) if hasattr(table, "columns") else list(table.keys())
-        given = {u.name: np.asarray(table[u.name], dtype=float).ravel() for u in ir.inputs if u.name in columns}
-        n = max((len(v) for v in given.values()), default=1)
-        U = np.empty((len(ir.inputs), n))
-        for i, u in enumerate(ir.inputs):
-            if u.name in given:
-                if len(given[u.name]) != n:
-                    raise ValueError(f"input column `{u.name}` has {len(given[u.name])} rows, expected {n}")
-                U[i] = given[u.name]
-            elif u.default is not None:
-                U[i] = u.default
-            else:
-                raise SimulationError(f"input `{u.name}` has no data and no default value; "
-                                      f"give a column `{u.name}`")
+        table = static_input_table(ir, inputs)
+        n = len(next(iter(table.values()))) if table else 1
+        U = np.array([table[u.name] for u in ir.inputs]).reshape(len(ir.inputs), n)
         Y = np.asarray(self._static.map(n)(U, self.param_vector(params), w), dtype=float).reshape(-1, n)
-        values, units = {}, {}
-        for i, u in enumerate(ir.inputs):
-            values[u.name], units[u.name] = U[i], u.unit
+        values, units = dict(table), {u.name: u.unit for u in ir.inputs}
         rows = [(let.name, let.unit) for let in ir.lets] + [(o.name, o.unit) for o in ir.observes]
         for i, (name, unit) in enumerate(rows):
             values[name], units[name] = Y[i], unit

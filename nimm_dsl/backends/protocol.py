@@ -54,10 +54,6 @@ class Segment:
     flags: np.ndarray  # 0/1 per ir.sets entry
     input_coef: np.ndarray  # shape (n_inputs, 2): u(t) = a + b*t on this segment
 
-    @property
-    def length(self) -> float:
-        return self.t1 - self.t0
-
 
 @dataclass
 class Protocol:

@@ -97,7 +97,8 @@ def domain_warnings(times, X: np.ndarray, states, rtol: float, atol: float, time
         column = Xb[:, i, j]
         v = column[(column < lo[i]) | (column > hi[i])][0]
         side = f"below its lower bound {s.lo:g}" if v < s.lo else f"above its upper bound {s.hi:g}"
-        out.append(f"state {s.name} leaves its domain [{s.lo:g}, {s.hi:g}]: {v:.6g} {s.unit} is {side} "
+        unit = f" {s.unit}" if s.unit and s.unit != "1" else ""  # "-0.2 is below", not "-0.2 1 is"
+        out.append(f"state {s.name} leaves its domain [{s.lo:g}, {s.hi:g}]: {v:.6g}{unit} is {side} "
                    f"at {_at(time_name, time_unit, times[j])}")
     return out
 

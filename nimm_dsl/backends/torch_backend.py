@@ -26,6 +26,7 @@ import torch
 from ..errors import SimulationError
 from .protocol import (Protocol, build_protocol, check_scenario, param_vector,
                                  segment_tail)
+from .contract import check_weight_names, static_input_table
 from .results import SimulationResult, domain_warnings, nonfinite_warnings, trough_warnings
 from ..compiler.ir import ModelIR, Ops, walk
 from .neural import TorchMLP, check_weights, neural_penalty, torch_mlp
@@ -182,11 +183,7 @@ class TorchSimulator(torch.nn.Module):
 
     def _weights(self, weights: Optional[Mapping], batch: int) -> dict[str, torch.Tensor]:
         """Every neural term's weights as a tensor (n_w,) or (B, n_w); unknown names -> ValueError."""
-        weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(self.nir))
-        if unknown:
-            raise ValueError(f"unknown neural term(s) {', '.join(unknown)}; the model declares: "
-                             f"{', '.join(self.nir) or 'none'}")
+        weights = check_weight_names(self.ir, weights)
         out = {}
         for name, nir in self.nir.items():
             w = weights.get(name)
@@ -403,22 +400,7 @@ class TorchSimulator(torch.nn.Module):
         return res
 
     def _static_inputs(self, inputs) -> dict[str, torch.Tensor]:
-        table = inputs if inputs is not None else {}
-        columns = set(table.columns) if hasattr(table, "columns") else set(table)
-        n = None
-        for u in self.ir.inputs:
-            if u.name in columns:
-                n = len(np.atleast_1d(np.asarray(table[u.name], dtype=float)))
-        out = {}
-        for u in self.ir.inputs:
-            if u.name in columns:
-                out[u.name] = self._tensor(np.atleast_1d(np.asarray(table[u.name], dtype=float)))
-            elif u.default is not None:
-                out[u.name] = self._tensor(np.full(n or 1, float(u.default)))
-            else:
-                raise SimulationError(f"input `{u.name}` has no data and no default value; "
-                                      f"give a column `{u.name}`")
-        return out
+        return {name: self._tensor(v) for name, v in static_input_table(self.ir, inputs).items()}
 
     # ------------------------------------------------------------ numpy-facing contract
     def param_matrix(self, params: Optional[Mapping] = None) -> tuple[np.ndarray, bool]:

@@ -1,0 +1,459 @@
+"""The CasADi fitting paths: single shooting with IPOPT, and the least-squares path.
+
+IPOPT: the training loss is one CasADi graph of the params (and neural weights) through the
+simulator's `trajectory_function`, with exact gradients (and, without networks, exact Hessians)
+through CVODES.
+
+Least squares: where the loss is a sum of squares in the dynamic params (normal/lognormal/
+least-squares observes, sigmas that are params used nowhere else, no networks, one segment per
+series) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
+trust-region least squares runs on that exact Jacobian, each sigma at its closed-form optimum:
+several times faster than IPOPT with exact Hessians (benchmarks/README.md). Passing
+`ipopt_options={...}` forces IPOPT.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ...backends import compile_ir
+from ...backends.protocol import segment_tail
+from ...compiler.ir import ModelIR
+from ..data import Dataset
+from .failures import IPOPT_CONVERGED, IPOPT_USABLE, StartFailed, ipopt_status_words
+from .loss import array_walk_ops, casadi_loss_ops, dataset_nll, numpy_nll, sigma_values
+from .multistart import StartOutcome, StartSolver, est_params
+from .starts import param_scale
+
+
+def casadi_solver(ir: ModelIR, train: Dataset, rtol: float, atol: float, max_iter: Optional[int],
+                  simulator=None, ipopt_options: Optional[dict] = None, train_weights: bool = True,
+                  weights: Optional[Mapping] = None):
+    """The CasADi path for this model and data: least squares where it applies (see the module
+    docstring), else IPOPT. train_weights=False holds the neural weights at `weights` (default:
+    their initial values) and fits the params only."""
+    sim = simulator if simulator is not None else compile_ir(ir, "casadi", rtol=rtol, atol=atol)
+    max_iter = 500 if max_iter is None else int(max_iter)
+    plan = least_squares_plan(ir, train, sim) if ipopt_options is None else None
+    if plan is not None:
+        return LeastSquaresSolver(ir, train, sim, plan, rtol, atol, max_iter)
+    return IpoptSolver(ir, train, sim, rtol, atol, max_iter, ipopt_options, train_weights, weights)
+
+
+# ---------------------------------------------------------------- IPOPT
+@dataclass
+class CasadiProblem:
+    """The training loss as a CasADi graph of the scaled estimated params `xs` (param = xs * scale)
+    and all neural weights `w`, single shooting through the simulator's trajectory functions."""
+
+    sim: object
+    est: list
+    scale: np.ndarray
+    xs: object
+    w: object
+    loss: object
+
+    def hessian(self) -> Callable:
+        """(natural-unit params, weight vector) -> exact Hessian of the loss in the params."""
+        import casadi as ca
+
+        fn = ca.Function("loss_hessian", [self.xs, self.w], [ca.hessian(self.loss, self.xs)[0]])
+        return lambda x, w: np.asarray(fn(x / self.scale, w), dtype=float) / np.outer(self.scale, self.scale)
+
+    def gradient(self) -> Callable:
+        import casadi as ca
+
+        fn = ca.Function("loss_gradient", [self.xs, self.w], [ca.gradient(self.loss, self.xs)])
+        return lambda x, w: np.asarray(fn(x / self.scale, w), dtype=float).ravel() / self.scale
+
+
+def casadi_problem(ir: ModelIR, train: Dataset, rtol, atol, sim=None) -> CasadiProblem:
+    import casadi as ca
+
+    from ...backends.casadi_backend import CASADI_OPS
+
+    sim = sim if sim is not None else compile_ir(ir, "casadi", rtol=rtol, atol=atol)
+    est = est_params(ir)
+    scale = np.array([param_scale(p) for p in est])
+    xs = ca.MX.sym("x", len(est))
+    w = ca.MX.sym("w", sim.n_weights)
+    col = {p.name: j for j, p in enumerate(est)}
+    p_full = ca.vertcat(*[xs[col[p.name]] * scale[col[p.name]] if p.estimate else ca.MX(p.default)
+                          for p in ir.params]) if ir.params else ca.MX(0, 1)
+    names = train.observed_names
+    obs_row = {o.name: i for i, o in enumerate(ir.observes)}
+    neural_sq = {n.name: 0 for n in ir.neurals}
+    neural_count = {n.name: 0 for n in ir.neurals}
+    predictions = []
+    for s in train.series:
+        if train.static:
+            Y, _ = sim.static_outputs_function(s.input_frame())(p_full, w)
+        else:
+            proto = sim.protocol(s.times, inputs=s.inputs or None)
+            Y, _, N = sim.trajectory_function(proto, rtol, atol, neural_outputs=True)(p_full, w)
+            for r, name in enumerate(sim.neural_call_names):
+                neural_sq[name] = neural_sq[name] + ca.sumsqr(N[r, :])
+                neural_count[name] += len(s.times)
+        predictions.append({n: Y[obs_row[n], :].T for n in names})
+
+    # sigma expressions see only params and consts: an SX function of the param vector
+    P_sx = ca.SX.sym("p", len(ir.params))
+    sig = sigma_values(ir, {p.symbol: P_sx[i] for i, p in enumerate(ir.params)}, CASADI_OPS, names)
+    sig_names = list(sig)
+    sig_mx = ca.Function("sigmas", [P_sx], [ca.vertcat(*[sig[n] for n in sig_names])])(p_full)
+    sigmas = {n: sig_mx[i] for i, n in enumerate(sig_names)}
+
+    loss = dataset_nll(ir, train, predictions, sigmas, casadi_loss_ops())
+    for n in ir.neurals:
+        if n.penalty and neural_count[n.name]:
+            loss = loss + n.penalty * neural_sq[n.name] / neural_count[n.name]
+    return CasadiProblem(sim, est, scale, xs, w, loss)
+
+
+class IpoptSolver(StartSolver):
+    """Single shooting with IPOPT from one start point (see the module docstring)."""
+
+    def __init__(self, ir, train, sim, rtol, atol, max_iter, ipopt_options=None, train_weights=True,
+                 weights=None):
+        import casadi as ca
+
+        self.ir, self.train, self.simulator, self.rtol, self.atol = ir, train, sim, rtol, atol
+        self.problem = prob = casadi_problem(ir, train, rtol, atol, sim)
+        self.est, self.scale = prob.est, prob.scale
+        self.train_weights = train_weights
+        self.w0 = sim.weight_vector(weights)
+        n_free_w = sim.n_weights if train_weights else 0
+        # The exact Hessian (second-order sensitivities through CVODES) is cheap for a few params
+        # and makes IPOPT take sensible first steps; with network weights L-BFGS is affordable.
+        opts = {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": False, "show_eval_warnings": False,
+                "ipopt.hessian_approximation": "exact" if n_free_w == 0 else "limited-memory",
+                "ipopt.max_iter": int(max_iter), "ipopt.tol": 1e-6,
+                # integration error limits how small the gradient can get: accept a stalled optimum
+                "ipopt.acceptable_tol": 1e-4, "ipopt.acceptable_iter": 5}
+        opts.update(ipopt_options or {})
+        nlp = ({"x": ca.vertcat(prob.xs, prob.w), "f": prob.loss} if train_weights
+               else {"x": prob.xs, "p": prob.w, "f": prob.loss})
+        self.solver = ca.nlpsol("fit", "ipopt", nlp, opts)
+        self.lbx = np.r_[[p.lo for p in self.est] / self.scale, np.full(n_free_w, -np.inf)]
+        self.ubx = np.r_[[p.hi for p in self.est] / self.scale, np.full(n_free_w, np.inf)]
+
+    def _values(self, z: np.ndarray) -> tuple[dict, dict]:
+        """(every param and const, neural weights) at the solver's variables z."""
+        values = {p.name: float(p.default) for p in self.ir.params}
+        values.update({p.name: float(z[j] * self.scale[j]) for j, p in enumerate(self.est)})
+        w = z[len(self.est):] if self.train_weights else self.w0
+        weights = {n.name: np.array(w[self.simulator.weight_slices[n.name]]) for n in self.ir.neurals}
+        return values, weights
+
+    def solve(self, start: np.ndarray) -> StartOutcome:
+        n = len(self.est)
+        x0 = np.clip(start / self.scale, self.lbx[:n], self.ubx[:n])
+        args = dict(lbx=self.lbx, ubx=self.ubx)
+        if self.train_weights:
+            args["x0"] = np.r_[x0, self.w0]
+        else:
+            args.update(x0=x0, p=self.w0)
+        try:
+            sol = self.solver(**args)
+        except RuntimeError:  # CasADi's own error text names C++ files, not the model
+            raise StartFailed("failed: the loss could not be evaluated") from None
+        status = self.solver.stats().get("return_status", "")
+        values, weights = self._values(np.asarray(sol["x"], dtype=float).ravel())
+        if status not in IPOPT_USABLE:
+            raise StartFailed(ipopt_status_words(status), values, weights)
+        return StartOutcome(values, weights, float(sol["f"]), ipopt_status_words(status),
+                            status in IPOPT_CONVERGED)
+
+    def curvature(self, outcome: StartOutcome):
+        grad, hess = self.problem.gradient(), self.problem.hessian()
+        w = self.simulator.weight_vector(outcome.weights)
+        return (lambda x: grad(x, w)), (lambda x: hess(x, w))
+
+
+# ---------------------------------------------------------------- least squares with sensitivities
+def _total_derivative(expr, x, S, S2, theta):
+    """d expr / d theta along the trajectory: expr may use the states x, their sensitivities S
+    (nx x n) and theta; S2 (nx*n x n, None for first order) holds dS/dtheta."""
+    import casadi as ca
+
+    d = ca.jacobian(expr, x) @ S + ca.jacobian(expr, theta)
+    if S2 is not None:
+        d = d + ca.jacobian(expr, ca.vec(S)) @ S2
+    return d
+
+
+class Sensitivities:
+    """Observes and their first (and second) derivatives in the dynamic params, from one plain
+    CVODES solve of the ODE augmented with its sensitivity equations. For a few params this is
+    several times cheaper than CasADi's integrator derivatives (no sensitivity machinery, no
+    adjoints), which is what makes the least-squares fit fast."""
+
+    def __init__(self, sim, columns: Sequence[int], order: int, rtol, atol):
+        import casadi as ca
+
+        m = sim.symbolic()
+        t, x, P, W = m.t, m.x, m.P, m.W
+        nx, n = x.shape[0], len(columns)
+        theta = ca.vertcat(*[P[c] for c in columns])
+        S = ca.SX.sym("S", nx, n)
+        S2 = ca.SX.sym("S2", nx * n, n) if order == 2 else None
+        dS = _total_derivative(m.ode, x, S, None, theta)
+        states, rates = [x, ca.vec(S)], [m.ode, ca.vec(dS)]
+        if S2 is not None:
+            states.append(ca.vec(S2))
+            rates.append(ca.vec(_total_derivative(ca.vec(dS), x, S, S2, theta)))
+        self.sim, self.order, self.nx, self.n, self.rtol, self.atol = sim, order, nx, n, rtol, atol
+        self.dae = {"x": ca.vertcat(*states), "p": ca.vertcat(P, W), "t": t, "ode": ca.vertcat(*rates)}
+        x0 = m.init(t, P, W)  # SX in, SX out
+        S0 = ca.jacobian(x0, theta)
+        init = [x0, ca.vec(S0)] + ([ca.vec(ca.jacobian(ca.vec(S0), theta))] if S2 is not None else [])
+        self.init = ca.Function("init_sens", [t, P], [ca.vertcat(*init)])
+        a = ca.vertcat(*states)
+        y = m.outputs(t, x, P, W)[m.n_lets:]
+        dy = _total_derivative(y, x, S, None, theta)
+        outs = [y, ca.vec(dy)]
+        if S2 is not None:
+            outs.append(ca.vec(_total_derivative(ca.vec(dy), x, S, S2, theta)))
+        self.outputs = ca.Function("outputs_sens", [t, a, P, W], [ca.vertcat(*outs)])
+        self.n_obs = y.shape[0]
+        self._integrators = {}
+
+    def __call__(self, protocol, p: np.ndarray):
+        """(y [n_obs x n_t], dy [n_t x n_obs x n], d2y [n_t x n_obs x n x n] or None) at the
+        output times of a one-segment protocol without doses; p: values of ir.params.
+        RuntimeError when the integration fails or gives non-finite values."""
+        import casadi as ca
+
+        seg = protocol.segments[0]
+        times = protocol.output_times
+        P = np.r_[p, segment_tail(seg)]
+        a0 = np.asarray(self.init(seg.t0, P), dtype=float).ravel()
+        later = times > seg.t0
+        grid = np.unique(np.r_[times[later], seg.t1])
+        A = np.repeat(a0[:, None], len(times), axis=1)
+        if grid.size and seg.t1 > seg.t0:
+            key = grid.tobytes() + np.float64(seg.t0).tobytes()
+            F = self._integrators.get(key)
+            if F is None:
+                F = self._integrators[key] = self.sim.integrator_for(self.dae, seg.t0, grid, self.rtol, self.atol)
+            X = np.asarray(F(x0=a0, p=P)["xf"], dtype=float)
+            A[:, later] = X[:, np.searchsorted(grid, times[later])]
+        if not np.all(np.isfinite(A)):
+            raise RuntimeError("the simulation produced non-finite values")
+        out = np.asarray(self.outputs.map(len(times))(ca.DM(times).T, A, P, np.zeros(0)), dtype=float)
+        m, n = self.n_obs, self.n
+        y = out[:m]
+        dy = out[m:m + m * n].T.reshape(len(times), n, m).transpose(0, 2, 1)
+        d2y = (out[m + m * n:].T.reshape(len(times), n, n, m).transpose(0, 3, 2, 1)
+               if self.order == 2 else None)
+        return y, dy, d2y
+
+
+def least_squares_plan(ir: ModelIR, train: Dataset, sim):
+    """When the loss is a sum of squares with nothing but sigmas besides: every observed observe
+    least squares, normal or lognormal, each sigma either fixed (no estimated param) or one
+    estimated param used nowhere else (then profiled out analytically), no networks, and every
+    series one segment without doses. Returns (protocols, {observe: sigma param or float or
+    None}) or None."""
+    if ir.neurals or train.static or not train.series:
+        return None
+    est = {p.symbol: p for p in ir.params if p.estimate}
+    used = set()
+    for expr in (list(ir.derivatives.values()) + [l.expr for l in ir.lets] + [o.expr for o in ir.observes]
+                 + [s.init for s in ir.states]):
+        used |= expr.free_symbols
+    sigma = {}
+    for o in ir.observes:
+        if o.name not in train.observed_names:
+            continue
+        if o.noise == "lsq":
+            sigma[o.name] = None
+        elif o.noise in ("normal", "lognormal") and o.sigma is not None:
+            free = o.sigma.free_symbols & set(est)
+            if not free:
+                env = {p.symbol: float(p.default) for p in ir.params}
+                sigma[o.name] = float(sigma_values(ir, env, array_walk_ops(np, float), [o.name])[o.name])
+            elif o.sigma in est and o.sigma not in used:
+                sigma[o.name] = est[o.sigma].name
+            else:
+                return None
+        else:
+            return None
+    protocols = [sim.protocol(s.times, inputs=s.inputs or None) for s in train.series]
+    if any(len(pr.segments) != 1 or pr.segments[0].doses for pr in protocols):
+        return None
+    return protocols, sigma
+
+
+# scipy.optimize.least_squares' status codes, in words
+_LSQ_STATUS = {0: "stopped at the evaluation limit before converging",
+               1: "converged (gradient small)", 2: "converged (loss no longer changes)",
+               3: "converged (params no longer change)", 4: "converged"}
+
+
+class LeastSquaresProblem:
+    """NLL = sum over sigma groups g of S_g / (2 s_g^2) + n_g log s_g + const, S_g the sum of
+    squared residuals (log residuals for lognormal); least squares: s_g = 1 without the log.
+    With the sigmas fixed the dynamic params are a weighted least-squares problem (scipy's
+    trust-region reflective with exact Jacobians); a sigma param then has its closed form."""
+
+    def __init__(self, ir, train: Dataset, sim, protocols, sigma, rtol, atol):
+        self.ir, self.train, self.sim, self.protocols, self.sigma = ir, train, sim, protocols, sigma
+        self.est = est_params(ir)
+        sigma_params = {v for v in sigma.values() if isinstance(v, str)}
+        self.dyn = [j for j, p in enumerate(self.est) if p.name not in sigma_params]
+        self.sigma_est = [j for j, p in enumerate(self.est) if p.name in sigma_params]
+        index = {p.name: i for i, p in enumerate(ir.params)}
+        columns = [index[self.est[j].name] for j in self.dyn]
+        self.rtol, self.atol, self.columns = rtol, atol, columns
+        self.first = Sensitivities(sim, columns, 1, rtol, atol)
+        self.obs_row = {o.name: i for i, o in enumerate(ir.observes)}
+        self.noise = {o.name: o.noise for o in ir.observes}
+        self.groups = list(dict.fromkeys(self._group(n) for n in sigma))
+
+    def _group(self, name):
+        s = self.sigma[name]
+        return ("lsq",) if s is None else (("param", s) if isinstance(s, str) else ("fixed", s))
+
+    def residuals(self, values: Mapping, order: int = 1, sens: Optional[Sensitivities] = None):
+        """{group: (r, dr, d2r or None)} of the unweighted residuals, and predictions per series."""
+        p = self.sim.param_vector(values)
+        blocks = {g: ([], [], []) for g in self.groups}
+        predictions = []
+        for s, proto in zip(self.train.series, self.protocols):
+            y, dy, d2y = (sens or self.first)(proto, p)
+            predictions.append({n: y[self.obs_row[n]] for n in self.train.observed_names})
+            for name in self.sigma:
+                data = s.observed[name]
+                idx = np.flatnonzero(np.isfinite(data))
+                f, df = y[self.obs_row[name], idx], dy[idx, self.obs_row[name], :]
+                d2f = d2y[idx, self.obs_row[name]] if d2y is not None else None
+                if self.noise[name] == "lognormal":
+                    with np.errstate(all="ignore"):  # a non-positive prediction is a NaN residual
+                        r = np.log(f) - np.log(data[idx])
+                    if d2f is not None:
+                        d2f = d2f / f[:, None, None] - np.einsum("ij,ik->ijk", df, df) / (f ** 2)[:, None, None]
+                    df = df / f[:, None]
+                else:
+                    r = f - data[idx]
+                b = blocks[self._group(name)]
+                b[0].append(r), b[1].append(df), b[2].append(d2f)
+        out = {g: (np.concatenate(r), np.concatenate(dr), np.concatenate(d2r) if order == 2 else None)
+               for g, (r, dr, d2r) in blocks.items()}
+        return out, predictions
+
+    def sigma_of(self, g, values):
+        return 1.0 if g[0] == "lsq" else (values[g[1]] if g[0] == "param" else g[1])
+
+    def hessian_and_gradient(self, values):
+        """Exact NLL gradient and Hessian in the estimated params (natural units), from
+        second-order sensitivities: sum_g (J'J + sum r d2r) / s^2 plus the sigma terms."""
+        n_est = len(self.est)
+        second = Sensitivities(self.sim, self.columns, 2, self.rtol, self.atol)
+        blocks, _ = self.residuals(values, order=2, sens=second)
+        H, g_out = np.zeros((n_est, n_est)), np.zeros(n_est)
+        dyn = np.array(self.dyn, dtype=int)
+        for g, (r, J, d2r) in blocks.items():
+            s = self.sigma_of(g, values)
+            H[np.ix_(dyn, dyn)] += (J.T @ J + np.einsum("i,ijk->jk", r, d2r)) / s ** 2
+            g_out[dyn] += J.T @ r / s ** 2
+            if g[0] == "param":
+                k = [p.name for p in self.est].index(g[1])
+                n, S = r.size, float(r @ r)
+                H[dyn, k] += -2 * (J.T @ r) / s ** 3
+                H[k, dyn] = H[dyn, k]
+                H[k, k] += 3 * S / s ** 4 - n / s ** 2
+                g_out[k] += -S / s ** 3 + n / s
+        return g_out, H
+
+    def solve(self, start: np.ndarray, max_nfev: int) -> tuple[dict, float, int]:
+        """Weighted least squares in the dynamic params, then the closed-form sigmas; repeated
+        while sigmas and params still move each other (never, with one sigma group).
+        StartFailed when the model cannot be evaluated at the start point."""
+        from scipy.optimize import least_squares
+
+        values = {p.name: float(p.default) for p in self.ir.params}
+        values.update({p.name: float(v) for p, v in zip(self.est, start)})
+        dyn_params = [self.est[j] for j in self.dyn]
+        scale = np.array([param_scale(p) for p in dyn_params])
+        lo = np.array([p.lo for p in dyn_params]) / scale
+        hi = np.array([p.hi for p in dyn_params]) / scale
+        cache = {}
+
+        def evaluate(z):
+            """Residual blocks at z, or None where the model cannot be evaluated (the trust region
+            then shrinks, as scipy does for non-finite residuals)."""
+            key = z.tobytes()
+            if key not in cache:
+                cache.clear()
+                trial = dict(values, **{p.name: float(v) for p, v in zip(dyn_params, z * scale)})
+                try:
+                    blocks, _ = self.residuals(trial)
+                except RuntimeError:
+                    blocks = None
+                if blocks is not None and not all(np.all(np.isfinite(b[0])) and np.all(np.isfinite(b[1]))
+                                                  for b in blocks.values()):
+                    blocks = None
+                cache[key] = blocks
+            return cache[key]
+
+        def weights():
+            return {g: 1.0 / self.sigma_of(g, values) for g in self.groups}
+
+        def fun(z):
+            blocks = evaluate(z)
+            if blocks is None:
+                return np.full(self.train.n_observations, np.nan)
+            w = weights()
+            return np.concatenate([blocks[g][0] * w[g] for g in self.groups])
+
+        def jac(z):  # only ever called where fun was finite
+            blocks = evaluate(z)
+            w = weights()
+            return np.concatenate([blocks[g][1] * w[g] for g in self.groups]) * scale
+
+        z = np.clip(np.array([values[p.name] for p in dyn_params]) / scale, lo, hi)
+        if evaluate(z) is None:
+            start_values = dict(values, **{p.name: float(v) for p, v in zip(dyn_params, z * scale)})
+            raise StartFailed("failed: the model cannot be evaluated at the start point", start_values)
+        previous, status, loss = np.inf, 0, np.inf
+        for _ in range(50):
+            res = least_squares(fun, z, jac=jac, bounds=(lo, hi), x_scale="jac", method="trf",
+                                max_nfev=max_nfev)
+            z, status = res.x, res.status
+            values.update({p.name: float(v) for p, v in zip(dyn_params, z * scale)})
+            blocks, predictions = self.residuals(values)
+            for j in self.sigma_est:  # the sigma minimising S/(2 s^2) + n log s, within bounds
+                p = self.est[j]
+                r = blocks[("param", p.name)][0]
+                values[p.name] = float(np.clip(np.sqrt(r @ r / r.size), p.lo, p.hi))
+            loss = numpy_nll(self.ir, self.train, predictions, values)
+            if len(self.groups) == 1 or previous - loss <= 1e-10 * max(1.0, abs(loss)):
+                break
+            previous = loss
+        return values, loss, status
+
+
+class LeastSquaresSolver(StartSolver):
+    """The least-squares path from one start point (see the module docstring)."""
+
+    def __init__(self, ir, train, sim, plan, rtol, atol, max_iter):
+        self.ir, self.train, self.simulator, self.rtol, self.atol = ir, train, sim, rtol, atol
+        self.problem = LeastSquaresProblem(ir, train, sim, *plan, rtol, atol)
+        self.est = self.problem.est
+        self.max_iter = max_iter
+
+    def solve(self, start: np.ndarray) -> StartOutcome:
+        values, loss, status = self.problem.solve(start, self.max_iter)
+        return StartOutcome(values, {}, float(loss), _LSQ_STATUS.get(status, f"stopped (status {status})"),
+                            status > 0)
+
+    def curvature(self, outcome: StartOutcome):
+        # exact first and second derivatives, at the optimum (standard errors)
+        def at(x):
+            return dict(outcome.values, **{p.name: float(v) for p, v in zip(self.est, x)})
+
+        return (lambda x: self.problem.hessian_and_gradient(at(x))[0],
+                lambda x: self.problem.hessian_and_gradient(at(x))[1])

@@ -1,0 +1,120 @@
+"""`fit` and `nll`: from a model and a data table to a FitResult, through one multi-start loop."""
+from __future__ import annotations
+
+import time
+from typing import Mapping, Optional
+
+import numpy as np
+
+from ...backends import check_backend, compile_ir
+from ...compiler.ir import ModelIR
+from ...errors import FitError, SimulationError
+from ..binding import load_bound
+from ..data import Dataset, load_data
+from .failures import native_output_captured
+from .loss import numpy_nll, predict, rmse_by_observe
+from .multistart import MultiStart, est_params, run_starts, start_origins
+from .result import FitResult
+from .starts import finite_difference_hessian, param_labels, standard_errors, start_points
+
+
+def _casadi(ir, train, valid, rtol, atol, max_iter, seed, simulator, **options):
+    from .casadi_paths import casadi_solver
+
+    return casadi_solver(ir, train, rtol, atol, max_iter, simulator, **options)
+
+
+def _torch(ir, train, valid, rtol, atol, max_iter, seed, simulator, **options):
+    from .torch_path import TorchSolver
+
+    return TorchSolver(ir, train, valid, rtol, atol, max_iter, seed, simulator, **options)
+
+
+# back-end name -> the fitting path for it (nimm_dsl.backends.BACKENDS names the back ends)
+PATHS = {"casadi": _casadi, "torch": _torch}
+
+
+def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: float = 0.0,
+        seed: int = 0, rtol: float = 1e-8, atol: float = 1e-8, max_iter: Optional[int] = None,
+        progress: bool = True, file: Optional[str] = None, simulator=None, **options) -> FitResult:
+    """Fit the estimated params (ParamIR.estimate) and neural weights of `ir` to `data` (a CSV
+    path, a DataFrame or a Dataset).
+
+    starts: the defaults, then starts - 1 Latin-hypercube points inside the bounds; every start
+    is kept in FitResult.starts. holdout: fraction of each series' last points kept out of the
+    fit (validation; the Torch fit also stops early on it). simulator: a compiled simulator of
+    `ir` for `backend` to reuse. options: of the path (`ipopt_options` for CasADi; `lr`,
+    `lbfgs_iter`, `warm_start`, ... for Torch). Solver output never reaches the terminal; a
+    fit that fails raises FitError with the cause found and a fix."""
+    t0 = time.perf_counter()
+    check_backend(backend)
+    if starts < 1:
+        raise ValueError(f"starts must be at least 1, got {starts}")
+    if not 0.0 <= holdout < 1.0:  # also refuses NaN
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    dataset = load_bound(ir, data, file=file)  # E601-E603 before any work starts (TASKS.md §5)
+    if not dataset.observed_names:
+        raise FitError(f"{dataset.file}: no observed column to fit")
+    if dataset.n_observations == 0:
+        raise FitError(f"{dataset.file}: every observed value is missing; nothing to fit")
+    train, valid = dataset.split(holdout) if holdout > 0 else (dataset, None)
+    with native_output_captured() as terminal:
+        solver = PATHS[backend](ir, train, valid, rtol, atol, max_iter, seed, simulator, **options)
+        solver.progress = terminal if progress else None
+        points, origins, notes = solver.warm_start(start_points(solver.est, starts, seed), start_origins(starts))
+        run = run_starts(solver, points, origins, seed, terminal if progress else None)
+        run.warnings[:0] = notes
+        return _finish(ir, dataset, train, valid, solver, run, backend, time.perf_counter() - t0)
+
+
+def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solver, run: MultiStart,
+            backend: str, seconds: float) -> FitResult:
+    best, sim, rtol, atol = run.best, solver.simulator, solver.rtol, solver.atol
+    est = est_params(ir)
+    names = [p.name for p in est]
+    x = np.array([best.values[n] for n in names], dtype=float)
+    warnings = list(dataset.warnings) + list(run.warnings) + list(best.notes)
+    if not names and not ir.neurals:
+        warnings.append("nothing to estimate: the model has no `param` (only consts) and no neural "
+                        "term; the loss is that of the declared values")
+    stderr, flat = {n: None for n in names}, []
+    if names:
+        try:
+            grad, hessian = solver.curvature(best)
+            H = (hessian(x) if hessian is not None
+                 else finite_difference_hessian(grad, x, np.maximum(np.abs(x), 1e-8)))
+            lsq_only = all(o.noise == "lsq" for o in ir.observes if o.name in train.observed_names)
+            stderr, flat = standard_errors(H, names, x, best.loss, train.n_observations, lsq_only)
+            if not np.all(np.isfinite(H)):
+                warnings.append("no standard errors: the curvature of the loss is not finite at the estimate")
+        except (SimulationError, RuntimeError, ImportError) as e:
+            warnings.append(f"no standard errors: the curvature of the loss could not be computed ({e})")
+    labels, label_warnings = param_labels(est, best.values, stderr, flat)
+    warnings += label_warnings
+    metrics = {"rmse": rmse_by_observe(train, predict(sim, train, best.values, best.weights, rtol, atol))}
+    holdout_after = {}
+    if valid is not None and valid.series:
+        preds = predict(sim, valid, best.values, best.weights, rtol, atol)
+        metrics["holdout_rmse"] = rmse_by_observe(valid, preds)
+        metrics["holdout_loss"] = float(numpy_nll(ir, valid, preds, best.values))
+        holdout_after = {k: float((full.times[t.n_points - 1] + full.times[t.n_points]) / 2)
+                         for k, (full, t) in enumerate(zip(dataset.series, train.series))
+                         if t.times is not None and t.n_points < full.n_points}
+    return FitResult(model=ir.name, backend=backend, params=dict(best.values), loss=float(best.loss),
+                     metrics=metrics, stderr=stderr, warnings=list(dict.fromkeys(warnings)),
+                     weights=best.weights, units={p.name: p.unit for p in ir.params}, estimated=names,
+                     n_observations=train.n_observations, seconds=seconds, dataset=dataset,
+                     holdout_after=holdout_after, labels={n: v for n, v in labels.items() if v},
+                     starts=run.records)
+
+
+def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backend: str = "casadi",
+        rtol: float = 1e-8, atol: float = 1e-8) -> float:
+    """The negative log-likelihood of `data` at `params` (defaults elsewhere), neural penalties not
+    included: what a fit minimises, for checks and profiles."""
+    dataset = data if isinstance(data, Dataset) else load_data(data, ir)
+    values = {p.name: p.default for p in ir.params}
+    values.update(params or {})
+    options = {"rtol": rtol, "atol": atol} if backend == "casadi" else {}
+    sim = compile_ir(ir, backend, **options)
+    return numpy_nll(ir, dataset, predict(sim, dataset, values, weights, rtol, atol), values)

@@ -1,0 +1,185 @@
+"""What a fit found, its FIT.json form (schema: docs/fit-json.md) and its text report."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ...errors import DataError, FitError
+from ..data import Dataset
+
+FORMAT_VERSION = 1
+
+# Labels of an estimated param (FitResult.labels), worded once for the report and the warnings.
+AT_LOWER, AT_UPPER = "at its lower bound", "at its upper bound"
+UNDETERMINED, POORLY_DETERMINED = "not determined by the data", "poorly determined"
+
+
+@dataclass
+class StartRecord:
+    """One start of a multi-start fit. `start`: the estimated params it began from; `params`:
+    where it ended (None when it failed); `status`: the optimiser's outcome in words; `message`:
+    why it failed (the diagnosis), else None; `origin`: "defaults", "latin hypercube", "rescue"
+    (tried after every requested start failed) or "warm start"."""
+
+    start: dict
+    params: Optional[dict]
+    loss: Optional[float]
+    status: str
+    origin: str
+    ok: bool
+    message: Optional[str] = None
+
+    def to_json(self) -> dict:
+        return {"start": _floats(self.start), "params": None if self.params is None else _floats(self.params),
+                "loss": _finite_or_none(self.loss), "status": self.status, "ok": self.ok,
+                "origin": self.origin, "message": self.message}
+
+
+@dataclass
+class FitResult:
+    """What a fit found. `params`: every param and const (declared units), estimated ones fitted.
+    `stderr`: approximate standard errors of the estimated params (None where the data cannot
+    determine them). `labels`: {estimated param: [AT_LOWER | AT_UPPER | UNDETERMINED |
+    POORLY_DETERMINED, ...]} (empty when the estimate is unremarkable). `weights`: {neural name:
+    flat float64 vector}. `starts`: every start of the fit, in the order tried."""
+
+    model: str
+    backend: str
+    params: dict
+    loss: float
+    metrics: dict
+    stderr: dict
+    warnings: list = field(default_factory=list)
+    weights: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
+    estimated: list = field(default_factory=list)
+    n_observations: int = 0
+    seconds: float = 0.0
+    dataset: Optional[Dataset] = field(default=None, repr=False)
+    # series index -> where the held-out end of a series begins (midway between its last training
+    # point and its first held-out point), for the plots
+    holdout_after: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    starts: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        from ..weights import weights_to_json
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model,
+            "backend": self.backend,
+            "params": _floats(self.params),
+            "estimated": list(self.estimated),
+            "units": dict(self.units),
+            "loss": float(self.loss),
+            "metrics": _jsonable(self.metrics),
+            "stderr": {k: _finite_or_none(v) for k, v in self.stderr.items()},
+            "labels": {k: list(v) for k, v in self.labels.items()},
+            "weights": weights_to_json(self.weights),
+            "n_observations": int(self.n_observations),
+            "seconds": round(float(self.seconds), 3),
+            "starts": [s.to_json() for s in self.starts],
+            "warnings": list(self.warnings),
+        }
+
+    def save(self, path) -> Path:
+        """Write FIT.json (plain JSON, weights as lists; never pickle), atomically: a failed write
+        leaves the previous file whole."""
+        from ..files import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_or_none(v):
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def _floats(d: dict) -> dict:
+    return {k: float(v) for k, v in d.items()}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if x is None:
+        return None
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
+def load_fit(path) -> dict:
+    """{"params": {name: float}, "weights": {name: np.ndarray}} from a FIT.json (FitError if
+    unusable). Files without "format_version" (written before version 1) read the same way."""
+    from ..weights import weights_from_fit_entry
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise FitError(f"{path}: cannot read the fit file ({e.strerror or e})") from None
+    except ValueError as e:
+        raise FitError(f"{path}: not a JSON fit file ({e})") from None
+    params = data.get("params") if isinstance(data, dict) else None
+    if not isinstance(params, dict):
+        raise FitError(f"{path}: expected a JSON object with a \"params\" object")
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise FitError(f"{path}: FIT.json format_version {version!r} is newer than this nimm_dsl "
+                       f"reads ({FORMAT_VERSION}); update nimm_dsl")
+    clean = {}
+    for k, v in params.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise FitError(f"{path}: params.{k} is not a finite number: {v!r}")
+        clean[str(k)] = float(v)
+    weights = {}
+    if data.get("weights"):
+        try:
+            weights = weights_from_fit_entry(data["weights"], path)
+        except DataError as e:
+            raise FitError(str(e)) from None
+    return {"params": clean, "weights": weights}
+
+
+def point_summary(values: dict, limit: int = 4) -> str:
+    """`beta=1.5, gamma=0.5, ...`: a start point in one short phrase."""
+    items = [f"{k}={v:.4g}" for k, v in values.items()]
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+
+
+def start_line(k: int, s: StartRecord) -> str:
+    where = "defaults" if s.origin == "defaults" else s.origin
+    head = f"start {k} ({where}: {point_summary(s.start)})" if s.start else f"start {k} ({where})"
+    loss = f", loss {s.loss:.6g}" if s.loss is not None and np.isfinite(s.loss) else ""
+    return f"{head}: {s.status}{loss}"
+
+
+def format_report(result: FitResult) -> str:
+    """A short human summary: params with standard errors, units and labels, loss, RMSE per
+    observe, and one line per start when there were several."""
+    lines = [f"fit of {result.model} ({result.backend}, {result.n_observations} observations, "
+             f"{result.seconds:.1f} s)", f"  loss (negative log-likelihood): {result.loss:.6g}"]
+    for name in result.estimated:
+        se = result.stderr.get(name)
+        se_text = f" ± {se:.3g}" if se is not None else ""
+        unit = result.units.get(name) or ""
+        labels = result.labels.get(name) or []
+        label_text = f"  ({'; '.join(labels)})" if labels else ""
+        lines.append(f"  {name:<12} = {result.params[name]:.6g}{se_text} {unit}".rstrip() + label_text)
+    for name, v in result.metrics.get("rmse", {}).items():
+        if v is not None:
+            lines.append(f"  rmse {name}: {v:.4g}")
+    for name, v in (result.metrics.get("holdout_rmse") or {}).items():
+        if v is not None:
+            lines.append(f"  hold-out rmse {name}: {v:.4g}")
+    for nname, w in result.weights.items():
+        lines.append(f"  neural {nname}: {len(w)} weights")
+    if len(result.starts) > 1:
+        lines.append(f"  starts ({len(result.starts)}):")
+        lines += [f"    {start_line(k + 1, s)}" for k, s in enumerate(result.starts)]
+    return "\n".join(lines)
