@@ -53,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
 
     g = sub.add_parser("generate", help="ask an LLM for a model, check it and repair it from the diagnostics")
-    g.add_argument("task", metavar="TASK", help="what the model should describe")
+    g.add_argument("task", metavar="TASK",
+                   help="a task file (TASK.toml: its description, scenarios and training table) or the task in words")
+    g.add_argument("--data", metavar="DATA.csv",
+                   help="a training table: summarised in the prompt, and every version is bound to it and probed")
     g.add_argument("--endpoint", required=True, metavar="URL",
                    help="an OpenAI-compatible API base URL (key from $NIMM_LLM_API_KEY)")
     g.add_argument("--llm", required=True, metavar="NAME", help="the model name at that endpoint")
@@ -325,10 +328,26 @@ def cmd_generate(args) -> int:
     if not args.timeout > 0:
         raise UsageError(f"nimm: --timeout needs a positive number of seconds, got {args.timeout}")
     _check_writable(args.output, "--output")
+    import os
+
+    from .llm.prompts import summarize_table, task_text
+    from .tasks import TaskError, load_task
+
+    text, data = args.task, args.data
+    if args.task.endswith(".toml") and os.path.isfile(args.task):
+        try:
+            task = load_task(args.task, read_held_out=False)  # a generator sees no held-out data
+        except TaskError as e:
+            raise UsageError(f"nimm: {e}") from None
+        text = task_text(task.description, [(c.scenario, c.description) for c in task.counterfactuals])
+        data = data or str(task.train)
+    if data is not None and not os.path.isfile(data):
+        raise UsageError(f"nimm: --data `{data}`: no such file")
     client = OpenAIClient(args.endpoint, args.llm, timeout=args.timeout, constrain=args.constrain,
                           allow_insecure=args.allow_insecure)
-    result = generate_model(args.task, client, max_rounds=args.rounds,
-                            file=args.output or "<generated>")
+    summary = summarize_table(data) if data is not None else None
+    result = generate_model(text, client, max_rounds=args.rounds, file=args.output or "<generated>",
+                            data=data, probe=data is not None, data_summary=summary)
     error = result.last.error if result.last else None
     if error and not result.source:  # no model at all: the language model could not be had
         print(f"nimm: error: {error}", file=sys.stderr)
@@ -338,8 +357,9 @@ def cmd_generate(args) -> int:
             f.write(result.source)
     else:
         print(result.source, end="")
+    clean = "binds to the data and probes clean" if data is not None else "checks clean"
     print(f"nimm: {len(result.rounds)} round(s); the last version "
-          f"{'checks clean' if result.ok else 'still has errors'}", file=sys.stderr)
+          f"{clean if result.ok else f'still has errors ({result.stage})'}", file=sys.stderr)
     if result.diagnostics:
         print(render_text(result.diagnostics, result.source), file=sys.stderr)
     if error:

@@ -261,3 +261,27 @@ def test_nimm_check_never_imports_the_sdk_or_the_back_ends():
               "print(sorted(m for m in ('openai', 'httpx', 'httpx2', 'torch', 'casadi') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+
+
+def test_generate_from_a_task_file_repairs_a_wrong_time_name_from_e601(tmp_path, llm_stub, capsys):
+    """`nimm generate TASK.toml`: the task's words and table summary go to the model, the first
+    version names its clock `t` (E601 against the table's `day`), the second binds and probes."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from agent_tasks import EXPONENTIAL, write_logistic_task
+
+    from nimm_dsl.cli import main
+
+    task = write_logistic_task(tmp_path)
+    llm_stub.reply(EXPONENTIAL.replace("time day [day]", "time t [day]"))
+    llm_stub.reply(EXPONENTIAL)
+    out = tmp_path / "model.nimm"
+    assert main(["generate", str(task), "--endpoint", llm_stub.url, "--llm", "m", "--output", str(out)]) == 0
+    first = llm_stub.requests[0].body["messages"][-1]["content"]
+    assert "closed habitat" in first and "Training table: 21 rows" in first
+    repair = llm_stub.requests[1].body["messages"][-1]["content"]
+    assert "E601" in repair and "time day [day]" in repair
+    assert "time day [day]" in out.read_text()
+    assert "binds to the data and probes clean" in capsys.readouterr().err
