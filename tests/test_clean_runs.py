@@ -199,6 +199,7 @@ def runs_or_says_why(text):
 @pytest.mark.slow
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@pytest.mark.slow
 @given(clean_variations())
 def test_random_clean_variations_of_the_examples_run_in_both_back_ends(case):
     name, kind, text = case

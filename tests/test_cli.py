@@ -77,6 +77,7 @@ def test_binary_garbage_is_a_diagnostic_not_a_traceback(tmp_path):
     assert "Traceback" not in p.stderr and "error[E100]" in p.stdout
 
 
+@pytest.mark.slow
 def test_simulate_writes_csv_with_time_states_lets_observes(tmp_path):
     f = tmp_path / "decay.nimm"
     f.write_text("model decay\ntime t [h]\nparam k [1/h] = 0.5 in [0, 2]\nstate x [mg] = 8 in [0, inf]\n"
@@ -102,6 +103,7 @@ def test_model_errors_from_simulate_go_to_stderr_as_diagnostics(tmp_path):
     assert p.returncode == 1 and "error[E201]" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_fit_then_simulate_the_fitted_model_under_a_scenario(tmp_path):
     model = ROOT / "examples" / "flu_sir.nimm"
     data = ROOT / "examples" / "data" / "influenza_england_1978_school.csv"

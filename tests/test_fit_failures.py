@@ -65,6 +65,7 @@ def test_a_fit_failing_everywhere_prints_one_diagnosis_and_no_solver_output(tmp_
     assert "Check the data units" not in err
 
 
+@pytest.mark.slow
 def test_a_rescued_fit_prints_the_report_and_our_warnings_only(tmp_path, capfd):
     model, data = write(tmp_path, BLOW.format(noise="poisson", klo=0.01, xlo=0.5), blow_data(counts=True))
     assert main(["fit", model, data, "--output", str(tmp_path / "FIT.json")]) == 0
@@ -116,6 +117,7 @@ observe y [1] = X ~ lognormal(sigma = 0.05)
     assert f"continued from start {len(origins)}" in note and "Fix:" in note
 
 
+@pytest.mark.slow
 def test_a_fit_failing_everywhere_raises_the_most_specific_diagnosis():
     with pytest.raises(FitError) as info:
         blow_model(klo=0.5, xlo=1).fit(blow_data(), starts=2, progress=False)

@@ -199,6 +199,7 @@ def _loss_fn(sim, protocol, names):
     return loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,tol", [("rk4", 1e-6), ("dopri5", 1e-4)])
 def test_gradients_match_central_differences(method, tol):
     ir = lv_neural_ir(activation="softplus", penalty=0.1)
@@ -294,6 +295,7 @@ def _close_to_casadi(a, b, names):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-7 * scale, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES)
 def test_every_example_matches_casadi(path):
     model = nimm_dsl.load(path)
