@@ -74,6 +74,8 @@ def test_standard_law_siblings_and_an_undetermined_counterfactual(tmp_path):
     laws = {n.change.split(" -> ")[1].split(" in let")[0]: n for n in tree.nodes if n.kind == "law"}
     assert {"Tessier", "Haldane (substrate inhibition)"} <= set(laws)
     assert all(n.parent == 0 for n in laws.values())
+    assert all(n.status not in ("check_failed", "bind_failed") for n in laws.values()), \
+        {k: n.diagnostics for k, n in laws.items() if n.status == "check_failed"}
     assert laws["Tessier"].status == "ok" and laws["Haldane (substrate inhibition)"].status == "ok"
     assert "mu_Ki" in laws["Haldane (substrate inhibition)"].source
     # the learnt rate over the data range and the scenario's: the scenario leaves the data

@@ -31,9 +31,9 @@ LAWS: dict[str, tuple[Law, ...]] = {
         Law("Tessier", "{A} * (1 - exp(-({X}) / {K}))"),
         Law("Haldane (substrate inhibition)", "{A} * {X} / ({K} + {X} + ({X})^2 / {name}_Ki)",
             (("Ki", "X", "10K", None),)),
-        # max(X, 0): a solver may step a vanishing substrate a hair below zero, and a negative
-        # base to a fractional power is NaN
-        Law("Moser / Hill", "{A} * (max({X}, 0) / {K})^{name}_n / (1 + (max({X}, 0) / {K})^{name}_n)",
+        # abs(X): a solver may step a vanishing substrate a hair below zero, and a negative base
+        # to a fractional power is NaN (a bare 0 in max(X, 0) would be dimensionless: E401)
+        Law("Moser / Hill", "{A} * (abs({X}) / {K})^{name}_n / (1 + (abs({X}) / {K})^{name}_n)",
             (("n", "1", "2", (0.5, 6.0)),)),
         Law("Holling III (sigmoid)", "{A} * ({X})^2 / ({K}^2 + ({X})^2)"),
         Law("Holling I (linear)", "{A} * ({X}) / {K}"),
