@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..runtime.files import json_safe
+
 RESULT_MARKER = "NIMM-RESULT "  # the child's last line; anything a solver printed stays above it
 MAX_TRAJECTORY_POINTS = 120
 
@@ -290,21 +292,9 @@ def main() -> int:
         result = score_candidate(payload)
     except Exception as e:  # noqa: BLE001 - an internal error is a node's status, never a hang
         result = {"status": "fit_failed", "error": f"internal error while scoring: {type(e).__name__}: {e}"}
-    sys.stdout.write("\n" + RESULT_MARKER + json.dumps(_jsonable(result), allow_nan=False) + "\n")
+    sys.stdout.write("\n" + RESULT_MARKER + json.dumps(json_safe(result), allow_nan=False) + "\n")
     sys.stdout.flush()
     return 0
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ from typing import Callable, Optional
 
 from ..llm.client import LLMError
 from ..llm.pipeline import build_candidate, validate
-from ..llm.prompts import (language_guide, numbered, proposal_messages, summarize_table, task_text)
-from ..runtime.files import write_text_atomic
+from ..llm.prompts import language_guide, proposal_messages, summarize_table, task_text
 from ..tasks.task import Task, load_task
 from .score import describe_residuals
 from .tree import Node, Tree

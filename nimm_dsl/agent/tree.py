@@ -7,13 +7,12 @@ so a stopped run resumes without repeating finished nodes.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..runtime.files import write_text_atomic
+from ..runtime.files import json_safe, write_text_atomic
 
 # Node statuses: the candidate pipeline's stages, then the scoring's.
 FINISHED = ("ok", "check_failed", "bind_failed", "probe_failed", "fit_failed", "simulate_failed",
@@ -103,18 +102,7 @@ class Tree:
 
 
 def _node_json(node: Node) -> dict:
-    return _finite(asdict(node))
-
-
-def _finite(x):
-    """JSON has no NaN or infinity: they are written as null (text is left as it is)."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    return json_safe(asdict(node))
 
 
 _COMMENT = re.compile(r"#.*$", re.MULTILINE)

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from ..diagnostics import CODES, Diagnostic, render_text
 from ..compiler.builtins import BUILTINS
-from ..grammar.words import BUILTIN_CONSTANTS, STATEMENT_KEYWORDS
+from ..grammar.words import BUILTIN_CONSTANTS
 
 MAX_DIAGNOSTIC_CHARS = 6000  # a repair prompt shows at most this much of the diagnostics
 MAX_SUMMARY_ROWS = 5

@@ -28,3 +28,22 @@ def write_bytes_atomic(path, data: bytes) -> Path:
 
 def write_text_atomic(path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def json_safe(value):
+    """`value` with NaN and infinities as None (JSON has neither) and numpy scalars as Python
+    numbers, through dicts, lists and tuples; text is left as it is."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) or type(value).__module__ == "numpy" and hasattr(value, "dtype"):
+        if getattr(value, "ndim", 0):
+            return json_safe(value.tolist())
+        number = value.item() if hasattr(value, "item") else value
+        if isinstance(number, float) and not math.isfinite(number):
+            return None
+        return number
+    return value

@@ -12,7 +12,6 @@ benchmarks/ and the agent's scores are one definition:
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +85,9 @@ class EvaluationReport:
                "seconds": round(self.seconds, 3)}
         if self.error is not None:
             out["error"] = self.error
-        return _finite(out)
+        from ..runtime.files import json_safe
+
+        return json_safe(out)
 
     def save(self, path) -> Path:
         from ..runtime.files import write_text_atomic
@@ -123,18 +124,6 @@ class EvaluationReport:
 
 def _number(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
-
-
-def _finite(x):
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 class _Failed(Exception):

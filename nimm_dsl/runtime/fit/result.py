@@ -11,6 +11,7 @@ import numpy as np
 
 from ...errors import DataError, FitError
 from ..data import Dataset
+from ..files import json_safe
 
 FORMAT_VERSION = 1
 
@@ -78,7 +79,7 @@ class FitResult:
             "estimated": list(self.estimated),
             "units": dict(self.units),
             "loss": float(self.loss),
-            "metrics": _jsonable(self.metrics),
+            "metrics": json_safe(self.metrics),
             "stderr": {k: _finite_or_none(v) for k, v in self.stderr.items()},
             "labels": {k: list(v) for k, v in self.labels.items()},
             "weights": weights_to_json(self.weights),
@@ -102,16 +103,6 @@ def _finite_or_none(v):
 
 def _floats(d: dict) -> dict:
     return {k: float(v) for k, v in d.items()}
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if x is None:
-        return None
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
 
 
 def load_fit(path) -> dict:
