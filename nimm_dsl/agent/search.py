@@ -313,8 +313,9 @@ class Agent:
 
     def reflection_messages(self, parent: Node) -> list[dict]:
         best = self.tree.scored()[:3]
-        lines = ["Candidates so far (validation score = mean over observed quantities of the "
-                 "hold-out RMSE divided by the data's spread; lower is better):"]
+        lines = [f"Candidates so far (each is fitted without the last {self.config.validation:.0%} of each "
+                 "series' points and scored on them: validation score = mean over observed quantities of "
+                 "that hold-out RMSE divided by the data's spread; lower is better):"]
         for node in best:
             lines.append(f"- node {node.id} ({node.change}): validation {node.score:.4g}"
                          + (f", train RMSE {_fmt_dict(node.scores.get('train_rmse'))}" if node.scores else ""))

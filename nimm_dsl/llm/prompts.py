@@ -38,7 +38,7 @@ STATEMENT_FORMS: dict[str, str] = {
     "der": "der(STATE) = EXPR                            the state's derivative (unit of STATE per time unit)",
     "flow": "flow A -> B = RATE                           moves RATE from A to B; `flow -> B` source, `flow A ->` sink",
     "observe": "observe NAME [unit] = EXPR ~ NOISE            compared with the table's column NAME",
-    "dose": "dose NAME: STATE += AMOUNT at T [every DT times N]   a bolus; `*=` multiplies by a factor",
+    "dose": "dose NAME: STATE += AMOUNT at T [every DT times N]   a bolus (AMOUNT may use params, states, lets); `*=` multiplies",
     "set": "set NAME = EXPR [from T] [to T]               overrides a param/const/input from T (inclusive) to T",
     "scenario": 'scenario NAME "description"                  an intervention: dose / set / remove lines, then',
     "end": "end                                          closes a scenario",
@@ -63,6 +63,8 @@ Rules that matter:
   `poisson`; positive quantities spanning decades `lognormal(sigma = s)`; otherwise
   `normal(sigma = s)` with `param s [unit of the observe] = ... in [..]`.
 - An input column of the table (a treatment, a lockdown flag) is an `input` of the same name.
+- A dose is applied at its time before anything is reported there: a value measured at a dose
+  time is the value after the dose. A dose amount may be an expression evaluated at that time.
 - A neural term should refine a named `let` (a rate, a response), start at zero (`init = zero`)
   and stay small (hidden = [8]); give it `penalty = 1e-3`.
 - Every scenario the task names must be a `scenario NAME ... end` block. Inside it, `set` lines
