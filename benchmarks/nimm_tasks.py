@@ -1,6 +1,6 @@
 """The yardstick: every baseline of every task in benchmarks/tasks/, scored by `nimm evaluate`.
 
-Run from the repository root:  .venv/bin/python benchmarks/nimm_tasks.py [TASK ...] [--workers N]
+Run from the repository root:  .venv/bin/python benchmarks/nimm_tasks.py [TASK ...] [--workers N] [--timeout S]
 Prints one markdown table (task × model: status, train RMSE, test RMSE and skill, counterfactual
 error, seconds), recorded in benchmarks/README.md. Each evaluation runs in its own process, so
 the seconds column is a cold `nimm evaluate` minus the interpreter start.
@@ -20,12 +20,15 @@ TASKS = ROOT / "benchmarks" / "tasks"
 MODEL_ORDER = ("textbook", "neural", "hybrid", "true")
 
 
-def evaluate(task: Path, model: Path) -> dict:
+def evaluate(task: Path, model: Path, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        done = subprocess.run([sys.executable, "-m", "nimm_dsl.cli", "evaluate", str(task), str(model),
-                               "--output", str(report)], capture_output=True, text=True, cwd=ROOT,
-                              timeout=1800)
+        try:
+            done = subprocess.run([sys.executable, "-m", "nimm_dsl.cli", "evaluate", str(task), str(model),
+                                   "--output", str(report)], capture_output=True, text=True, cwd=ROOT,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": f"not finished in {timeout:g} s", "metrics": {}, "seconds": None}
         if report.exists():
             return json.loads(report.read_text())
         return {"status": f"exit {done.returncode}", "error": done.stderr.strip()[-300:], "metrics": {}}
@@ -58,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("tasks", nargs="*", help="task names (default: every TOML in benchmarks/tasks)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per evaluation")
     args = parser.parse_args()
     tasks = [TASKS / f"{name}.toml" for name in args.tasks] or sorted(TASKS.glob("*.toml"))
     jobs = []
@@ -68,7 +72,7 @@ def main() -> None:
             if model.exists():
                 jobs.append((task, name, model))
     with ThreadPoolExecutor(args.workers) as pool:
-        reports = list(pool.map(lambda job: evaluate(job[0], job[2]), jobs))
+        reports = list(pool.map(lambda job: evaluate(job[0], job[2], args.timeout), jobs))
     print("| task | model | status | train RMSE | test RMSE | test skill | counterfactual RMSE (mean abs log error) | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for (task, name, _), report in zip(jobs, reports):
