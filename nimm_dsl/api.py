@@ -21,13 +21,18 @@ def check(source: str, file: str = "<model>") -> list[Diagnostic]:
     """Parse and check model text; returns every diagnostic (errors and warnings), never raises."""
     from .compiler.check import check_source
 
+    from .diagnostics import Span
+
     try:
         return check_source(source, file).diagnostics
     except RecursionError:  # a last line of defence; the parser limits nesting first
-        from .grammar.ast import Span
-
         return [Diagnostic("E100", Span(1, 1, 1, 2), "the model is nested too deeply to check",
                            None, file)]
+    except Exception as error:  # noqa: BLE001 - the last resort of a function that never raises;
+        # tests/test_fuzz_checker.py asserts that no fuzzed model ever reaches it
+        return [Diagnostic("E000", Span(1, 1, 1, 2),
+                           f"internal error in the checker ({type(error).__name__}: {error})",
+                           "this is a bug in nimm_dsl, not in the model: please report it with the model", file)]
 
 
 def load_source(source: str, file: str = "<model>") -> "Model":

@@ -43,6 +43,7 @@ class Area:
 
 # Code ranges, reserved per area: a new code takes the next free number of its area's range.
 AREAS: tuple[Area, ...] = (
+    Area("E000", "E099", "internal", "check"),  # a bug of ours, never the model's fault
     Area("E100", "E199", "syntax", "check"),
     Area("E200", "E299", "names", "check"),
     Area("E300", "E349", "structure", "check"),
@@ -71,6 +72,7 @@ def severity_of(code: str) -> str:
 # Code -> one-line meaning: the one table of diagnostics (LANGUAGE.md §8, TASKS.md §5). The
 # table in docs/language.md §9 shows the same meanings (tests/test_diagnostic_codes.py).
 CODES: dict[str, str] = {
+    "E000": "internal error in the checker (a bug: please report it with the model)",
     "E100": "syntax error: unexpected token or character, unclosed block or bracket",
     "E201": "undefined name",
     "E202": "duplicate declaration, or a model unit with a library unit's name",

@@ -112,7 +112,9 @@ CASES = [
 
 
 def test_cases_cover_every_code_the_checker_reports():
-    assert {c.code for c in CASES} == {code for code in CODES if area_of(code).phase == "check"}
+    # E000 is the last resort of a bug, never a model's fault: tests/test_fuzz_checker.py has its case
+    reported = {code for code in CODES if area_of(code).phase == "check" and area_of(code).name != "internal"}
+    assert {c.code for c in CASES} == reported
 
 
 def test_every_code_lies_in_exactly_one_area_of_its_severity():

@@ -49,6 +49,7 @@ def assert_well_formed(text: str, diagnostics) -> None:
 
 def assert_robust(text: str) -> None:
     diagnostics = nimm_dsl.check(text)
+    assert not [d for d in diagnostics if d.code == "E000"], diagnostics  # the last resort is never reached
     assert_well_formed(text, diagnostics)
     try:
         model = nimm_dsl.load_source(text)
@@ -216,3 +217,16 @@ def test_harmless_edits_keep_valid_models_clean(case):
     after = nimm_dsl.check(text)
     assert before == set()
     assert {d.code for d in after} == before, [(d.code, d.span.line, d.span.column, d.message) for d in after]
+
+
+def test_an_internal_error_becomes_e000_instead_of_an_exception(monkeypatch):
+    """The last resort works (and the fuzz tests above show nothing reaches it)."""
+    from nimm_dsl.compiler import check as check_module
+
+    def broken(source, file):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(check_module, "check_source", broken)
+    diagnostics = nimm_dsl.check("model m\n", "m.nimm")
+    assert [(d.code, d.file, d.is_error) for d in diagnostics] == [("E000", "m.nimm", True)]
+    assert "KeyError" in diagnostics[0].message and "report" in diagnostics[0].hint
