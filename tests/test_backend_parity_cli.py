@@ -28,6 +28,7 @@ def assert_same_table(a, b, rtol):
         np.testing.assert_allclose(a[col], b[col], rtol=rtol, atol=rtol * scale, err_msg=col)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES)
 def test_cli_backends_agree_on_every_example(path, tmp_path):
     model = nimm_dsl.load(path)

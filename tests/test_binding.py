@@ -209,6 +209,7 @@ def test_simulate_data_reports_e601_and_fit_reports_it_before_fitting(tmp_path, 
     assert "error[E601]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_check_stays_light_without_probe(tmp_path):
     """`nimm check` (with --data too) never imports a numeric back end."""
     model = write(tmp_path, "decay.nimm", DECAY)

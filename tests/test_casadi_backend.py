@@ -190,6 +190,7 @@ def test_linear_and_step_inputs():
 
 
 # ------------------------------------------------------------------ failures and warnings
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["cvodes", "rk"])
 def test_blow_up_raises_simulation_error_with_time_and_state(method):
     x = sym("x")

@@ -131,6 +131,7 @@ def test_fit_then_simulate_the_fitted_model_under_a_scenario(tmp_path):
     assert scenario_png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_static_model_simulates_over_its_input_table(tmp_path):
     model = ROOT / "examples" / "michaelis_menten.nimm"
     data = ROOT / "examples" / "data" / "puromycin_treated.csv"
@@ -140,6 +141,7 @@ def test_static_model_simulates_over_its_input_table(tmp_path):
     assert len(lines) == 1 + len(data.read_text().strip().splitlines()) - 1
 
 
+@pytest.mark.slow
 def test_negative_time_range_and_a_fit_of_another_model(tmp_path):
     f = tmp_path / "decay.nimm"
     f.write_text("model decay\ntime t [h]\nparam k [1/h] = 0.5 in [0, 2]\nstate x [mg] = 8 in [0, inf]\n"

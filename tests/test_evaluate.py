@@ -115,6 +115,7 @@ observe y [1] = x
 """
 
 
+@pytest.mark.slow
 def test_a_model_whose_fit_fails_is_fit_failed_with_the_reason(tmp_path):
     task, _ = decay_task(tmp_path, counterfactuals="")
     model = write(tmp_path / "blow_up.nimm", BLOW_UP)

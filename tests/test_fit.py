@@ -120,6 +120,7 @@ def test_lynx_hare_lognormal_fit_matches_an_independent_scipy_fit():
 
 
 # ---------------------------------------------------------------- synthetic recovery
+@pytest.mark.slow
 def test_two_compartment_pk_recovers_params_from_central_concentration_only():
     """Repeated IV doses; the peripheral compartment is hidden. Data simulated independently."""
     model = nimm_dsl.load(EXAMPLES / "pk_two_compartment.nimm")
@@ -170,6 +171,7 @@ def decay_data(seed=0, n=12):
     return pd.DataFrame({"t": t, "y": 8 * np.exp(-0.5 * t) + 0.2 * rng.standard_normal(n)})
 
 
+@pytest.mark.slow
 def test_torch_and_casadi_reach_the_same_optimum():
     ir, data = decay_model(), decay_data()
     a = fit(ir, data, backend="casadi", progress=False)
@@ -324,6 +326,7 @@ def test_hybrid_model_beats_its_mechanistic_part_on_a_held_out_segment(tmp_path)
 
 
 # ---------------------------------------------------------------- plots
+@pytest.mark.slow
 def test_fit_and_scenario_plots_are_written(tmp_path):
     from nimm_dsl.runtime.plots import hidden_states, plot_fit, plot_scenario
 

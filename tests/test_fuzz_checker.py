@@ -209,6 +209,7 @@ def harmless_rewrites(draw) -> tuple[str, str]:
     return name, "\n".join(out) + draw(st.sampled_from(["", "\n", "\n\n\n"]))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(harmless_rewrites())
 def test_harmless_edits_keep_valid_models_clean(case):

@@ -28,6 +28,7 @@ def client_for(stub, **options):
     return OpenAIClient(stub.url, "stub-model", **options)
 
 
+@pytest.mark.slow
 def test_a_normal_reply_and_what_the_server_receives(llm_stub):
     llm_stub.reply("```nimm\nmodel a\n```", usage={"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49})
     client = client_for(llm_stub)
@@ -69,6 +70,7 @@ def test_a_timeout_is_our_error_and_within_the_deadline(llm_stub):
         client.complete(MESSAGES)
 
 
+@pytest.mark.slow
 def test_the_deadline_covers_retries(llm_stub):
     # Every attempt outlasts the deadline; without it the SDK would make all three attempts.
     for _ in range(3):
@@ -263,6 +265,7 @@ def test_nimm_check_never_imports_the_sdk_or_the_back_ends():
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_generate_from_a_task_file_repairs_a_wrong_time_name_from_e601(tmp_path, llm_stub, capsys):
     """`nimm generate TASK.toml`: the task's words and table summary go to the model, the first
     version names its clock `t` (E601 against the table's `day`), the second binds and probes."""

@@ -162,6 +162,7 @@ def test_unmutated_statements_are_accepted_in_both_grammars():
         assert check_agreement(text) == (True, True), text
 
 
+@pytest.mark.slow
 def test_single_deletions_agree_with_the_parser():
     accepted = 0
     for k, (inside, tokens) in enumerate(STATEMENTS):

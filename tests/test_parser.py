@@ -508,6 +508,7 @@ def test_binary_garbage_never_raises():
     assert 0 < len(diagnostics) <= MAX_DIAGNOSTICS + 1
 
 
+@pytest.mark.slow
 def test_five_megabytes_give_capped_diagnostics():
     garbage = "x = = ( ] $\n" * 420_000
     _, diagnostics = errors(garbage)

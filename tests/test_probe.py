@@ -30,6 +30,7 @@ def test_every_probe_code_is_registered():
     assert {"E801", "E802", "W803", "W804"} <= set(CODES)
 
 
+@pytest.mark.slow
 def test_a_let_that_takes_the_log_of_a_vanishing_state():
     found = run("state x [1] = 1\nder(x) = -k\nlet L [1] = log(x)\nobserve y [1] = L ~ normal(sigma = 1)\n")
     assert codes_at(found) == [("E801", 6)]
@@ -37,6 +38,7 @@ def test_a_let_that_takes_the_log_of_a_vanishing_state():
     assert found[0].file == "p.nimm"
 
 
+@pytest.mark.slow
 def test_a_dose_that_makes_a_state_nan_points_at_the_dose():
     found = run("state x [1] = 1 in [0, inf]\nder(x) = -k * x\n"
                 "dose D: x *= sqrt(k * (1 [day]) - 1) at 2\nobserve y [1] = x ~ normal(sigma = 1)\n")
@@ -50,6 +52,7 @@ def test_an_initial_value_that_is_nan_points_at_the_state():
     assert "initial value of state `x`" in found[0].message and "log of -0.5" in found[0].message
 
 
+@pytest.mark.slow
 def test_a_right_hand_side_nan_is_traced_to_its_let_not_to_the_solver():
     # x = 1 - t (the sqrt term is 0 until x < 0.5): sqrt of a negative just after t = 0.5-ish
     found = run("state x [1] = 1\nlet r [1/day] = k * sqrt(x - 0.5)\nder(x) = -r - k\n"
@@ -60,6 +63,7 @@ def test_a_right_hand_side_nan_is_traced_to_its_let_not_to_the_solver():
     assert 0.6 < t < 0.75  # x reaches 0.5 at t = 0.689 (dx/dt = -k - k sqrt(x - 0.5))
 
 
+@pytest.mark.slow
 def test_a_flow_rate_nan_points_at_the_flow():
     # A falls by at least k per day and reaches 0.5 before t = 1: the sqrt of a negative follows
     found = run("unit cell\nstate A [cell] = 1 [cell]\nstate B [cell] = 0 [cell]\n"
@@ -69,12 +73,14 @@ def test_a_flow_rate_nan_points_at_the_flow():
     assert "flow `A -> B`" in found[0].message and "sqrt of -" in found[0].message
 
 
+@pytest.mark.slow
 def test_a_blow_up_is_e802_with_the_time_reached_and_the_fastest_state():
     found = run("state x [1] = 1\nder(x) = k * x^2\nobserve y [1] = x ~ normal(sigma = 1)\n")
     assert codes_at(found) == [("E802", 4)]  # x = 1 / (1 - t/2): no finite value after t = 2
     assert "at t = 2 day" in found[0].message and "fastest-changing state is x" in found[0].message
 
 
+@pytest.mark.slow
 def test_the_step_cap_bounds_a_stiff_run():
     body = "state x [1] = 1\nder(x) = -1e6 * k * (x - cos(t / (1 [day])))\nobserve y [1] = x ~ normal(sigma = 1)\n"
     assert run(body) == []  # CVODES handles it with its default cap...
@@ -96,6 +102,7 @@ def test_a_log_of_a_state_that_decays_below_the_tolerance_is_found():
     assert codes_at(found) == [("E801", 6)] and "log of" in found[0].message
 
 
+@pytest.mark.slow
 def test_domain_and_noise_warnings():
     found = run("state x [1] = 1 in [0, inf]\nder(x) = -k\nobserve y [1] = x ~ lognormal(sigma = 1)\n")
     assert codes_at(found) == [("W803", 4), ("W804", 6)]
@@ -110,6 +117,7 @@ def test_scenarios_are_probed_and_named():
     assert "(scenario `wipe`)" in found[0].message and "t = 5" in found[0].message
 
 
+@pytest.mark.slow
 def test_the_probe_runs_over_the_data_time_range_with_its_inputs():
     body = ("input u [1] = 1\nstate x [1] = 1\nder(x) = -k * u\nlet L [1] = log(x)\n"
             "observe y [1] = L ~ normal(sigma = 1)\n")
@@ -120,6 +128,7 @@ def test_the_probe_runs_over_the_data_time_range_with_its_inputs():
     assert codes_at(found) == [("E801", 7)] and "t = 1:" in found[0].message  # x = 1 - 2t hits 0 at t = 0.5
 
 
+@pytest.mark.slow
 def test_check_probe_on_the_command_line(tmp_path, capsys):
     path = tmp_path / "p.nimm"
     path.write_text(HEAD + "state x [1] = 1\nder(x) = -k\nlet L [1] = log(x)\nobserve y [1] = L ~ normal(sigma = 1)\n")

@@ -26,6 +26,7 @@ observe infectious [person] = I ~ poisson
 TRUTH = {"beta": 0.6, "gamma": 0.2, "E0": 10.0}
 
 
+@pytest.mark.slow
 def test_seir_recovers_transmission_recovery_and_hidden_initial_exposed_from_infectious_counts():
     model = nimm_dsl.load_source(SEIR)
     times = np.arange(0.0, 81.0, 1.0)

@@ -167,6 +167,7 @@ def test_torch_nan_right_hand_side_names_state_and_time():
     assert "right-hand side" in msg and "x" in msg and "t = 0" in msg
 
 
+@pytest.mark.slow
 def test_stiff_model_cvodes_solves_it_and_torch_gives_up_quickly_with_advice():
     model = nimm_dsl.load_source(ROBERTSON)
     res = model.compile("casadi").simulate([0.0, 40.0, 1e5])

@@ -135,6 +135,7 @@ def test_linear_and_step_inputs_follow_the_data():
     np.testing.assert_allclose(step.simulate(times)["X"], 5.0 * times, atol=1e-9)  # the default
 
 
+@pytest.mark.slow
 def test_rk4_fixed_step_agrees_with_dopri5():
     ir = lv_neural_ir()
     times = np.linspace(0, 10, 21)
@@ -171,6 +172,7 @@ def test_neural_outputs_and_penalty_along_the_trajectory():
 
 
 # ------------------------------------------------------------------------- batching
+@pytest.mark.slow
 def test_batched_params_and_weights_equal_single_solves():
     ir = lv_neural_ir()
     sim = compile_torch(ir)
