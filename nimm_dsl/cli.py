@@ -390,6 +390,8 @@ def cmd_evaluate(args) -> int:
         print(f"nimm: report written to {args.output}", file=sys.stderr)
     for path in report.plots:
         print(f"nimm: plot written to {path}", file=sys.stderr)
+    if report.plot_error:
+        print(f"nimm: warning: {report.plot_error}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 

@@ -184,3 +184,20 @@ def test_a_time_variable_not_named_like_the_table_is_check_failed_by_e601(tmp_pa
     assert report.status == "check_failed"
     assert [(d["code"], d["line"]) for d in report.check["diagnostics"] if d["code"] == "E601"] == [("E601", 2)]
     assert report.fit is None
+
+
+def test_task_tables_are_absolute_paths_so_other_processes_find_them(tmp_path, monkeypatch):
+    task, _ = decay_task(tmp_path)
+    monkeypatch.chdir(tmp_path.parent)
+    loaded = load_task(Path(tmp_path.name) / "task.toml")
+    assert loaded.train.is_absolute() and loaded.train == (tmp_path / "train.csv").resolve()
+
+
+def test_a_candidate_without_a_scored_observe_stops_at_binding_like_evaluate(tmp_path):
+    from nimm_dsl.llm.pipeline import validate
+
+    _, model = decay_task(tmp_path)
+    stage, diagnostics = validate(DECAY, "m.nimm", data=str(tmp_path / "train.csv"), probe=False,
+                                  observes=("y", "z"))
+    assert stage == "bind"
+    assert [(d.code, d.span.line) for d in diagnostics if d.is_error] == [("E602", 1)]

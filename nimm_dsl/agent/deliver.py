@@ -40,7 +40,10 @@ def deliver(agent, reason: str):
                        f"{final.get('error')}")
     plausible = plausible_set(agent, best)
     result.plausible = plausible
-    write_text_atomic(run_dir / "plausible.json", json.dumps(plausible, indent=1, allow_nan=False) + "\n")
+    from ..runtime.files import json_safe
+
+    write_text_atomic(run_dir / "plausible.json",
+                      json.dumps(json_safe(plausible), indent=1, allow_nan=False) + "\n")
     plots = write_plots(agent, best, final.get("fit_json"), plausible)
     write_text_atomic(run_dir / "report.md", report_markdown(agent, best, plausible, reason, final, plots))
     tree.save(run_dir)
@@ -55,9 +58,11 @@ def plausible_set(agent, best) -> dict:
     tree = agent.tree
     reference = best.scores.get("validation_nll")
     if reference is None:
-        return {"best": best.id, "members": [best.id], "note": "no validation hold-out: the "
-                "plausible set is the best model alone", "scenarios": scenario_spread(agent, [best])}
-    candidates = [n for n in tree.scored()]
+        return {"best": best.id, "members": [_member(best, None, False)], "note": "no validation "
+                "hold-out: the plausible set is the best model alone",
+                "scenarios": scenario_spread(agent, [best])}
+    # the same observations: a candidate that observes other quantities is not comparable
+    candidates = [n for n in tree.scored() if set(n.noise) == set(best.noise)]
     refit = [n for n in candidates if n is not best and not _same_noise(n.noise, best.noise)]
     nll = {n.id: n.scores.get("validation_nll") for n in candidates if n not in refit}
     if refit:  # the same observation model as the best's before comparing likelihoods
@@ -69,12 +74,18 @@ def plausible_set(agent, best) -> dict:
         "best": best.id,
         "rule": f"validation negative log-likelihood within {PLAUSIBLE_NLL:g} of the best's, under the "
                 "best's observation model",
-        "members": [{"id": n.id, "change": n.change, "validation": n.score,
-                     "validation_nll": nll[n.id], "refitted_under_best_noise": n in refit}
-                    for n in members],
-        "excluded": [{"id": n.id, "validation_nll": nll.get(n.id)} for n in candidates if n not in members],
+        "members": [_member(n, nll[n.id], n in refit) for n in members],
+        "excluded": [{"id": n.id, "validation_nll": nll.get(n.id)} for n in candidates if n not in members]
+        + [{"id": n.id, "reason": "observes other quantities than the best"}
+           for n in tree.scored() if set(n.noise) != set(best.noise)],
         "scenarios": scenario_spread(agent, members),
     }
+
+
+def _member(node, nll, refitted: bool) -> dict:
+    score = node.scores.get("validation")
+    return {"id": node.id, "change": node.change, "validation": score, "validation_nll": nll,
+            "refitted_under_best_noise": refitted}
 
 
 def scenario_spread(agent, members) -> dict:
@@ -139,6 +150,10 @@ def _outside_data(members, scenario: str) -> str:
     return ""
 
 
+def _g(value) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
 def _time_name(node) -> str:
     from ..api import load_source
 
@@ -181,8 +196,7 @@ def report_markdown(agent, best, plausible: dict, reason: str, final: Optional[d
         lines += ["## Plausible set", "", plausible.get("rule", plausible.get("note", "")), "",
                   "| node | change | validation | validation NLL |", "|---|---|---|---|"]
         for m in plausible.get("members", []):
-            if isinstance(m, dict):
-                lines.append(f"| {m['id']} | {m['change']} | {m['validation']:.4g} | {m['validation_nll']:.4g} |")
+            lines.append(f"| {m['id']} | {m['change']} | {_g(m['validation'])} | {_g(m['validation_nll'])} |")
         lines.append("")
         for scenario, entry in plausible.get("scenarios", {}).items():
             verdict = {True: "determined by these data (the plausible models agree within the noise)",
@@ -229,7 +243,7 @@ def write_plots(agent, best, fit_json: Optional[dict], plausible: dict) -> list[
         if fit_json and not ir.is_static:
             dataset = load_data(agent.task.train, ir)
             train, _ = dataset.split(agent.config.validation) if agent.config.validation > 0 else (dataset, None)
-            sim = model.compile("casadi")
+            sim = model.compile(agent.backend)
             from ..runtime.weights import weights_from_fit_entry
 
             weights = weights_from_fit_entry(fit_json["weights"], "best.fit.json") if fit_json.get("weights") else None
@@ -250,7 +264,7 @@ def write_plots(agent, best, fit_json: Optional[dict], plausible: dict) -> list[
             save(fig, "fit.png")
     except Exception as e:  # noqa: BLE001 - a plot is never worth losing the run's results
         agent.progress(f"[agent] warning: no fit plot ({type(e).__name__}: {e})")
-    members = {m["id"] for m in plausible.get("members", []) if isinstance(m, dict)} or {best.id}
+    members = {m["id"] for m in plausible.get("members", [])} or {best.id}
     for scenario in agent.scenarios:
         runs = [(n.id, n.scenarios[scenario]) for n in agent.tree.nodes
                 if n.id in members and n.scenarios.get(scenario)]

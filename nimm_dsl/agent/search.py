@@ -198,7 +198,8 @@ class Agent:
                                     data=self.task.train if full else None,
                                     data_summary=self.summary, repair_budget=self.config.repair_budget,
                                     probe=self.config.probe and full,
-                                    probe_timeout=self.config.probe_timeout, file=file)
+                                    probe_timeout=self.config.probe_timeout, file=file,
+                                    observes=self.task.observes if full else ())
         node = self.tree.add(parent, kind, change, candidate.source, generation)
         node.attempts = [a.to_json() for a in candidate.attempts]
         node.diagnostics = [d.to_dict() for d in candidate.diagnostics]
@@ -266,7 +267,8 @@ class Agent:
             for change, source in siblings:
                 child = self.tree.add(node.id, "law", change, source, node.generation)
                 stage, diagnostics = validate(source, f"nodes/{child.id:03d}.nimm", self.task.train,
-                                              self.config.probe, self.config.probe_timeout)
+                                              self.config.probe, self.config.probe_timeout,
+                                              self.task.observes or ())
                 child.diagnostics = [d.to_dict() for d in diagnostics]
                 child.status = STAGE_STATUS[stage]
                 if child.status == "pending" and (twin := self.tree.find_duplicate(source, child.id)):

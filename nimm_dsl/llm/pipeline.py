@@ -70,7 +70,7 @@ class Candidate:
 
 
 def validate(source: str, file: str = "<candidate>", data=None, probe: bool = True,
-             probe_timeout: float = 60.0) -> tuple[str, list[Diagnostic]]:
+             probe_timeout: float = 60.0, observes=()) -> tuple[str, list[Diagnostic]]:
     """(stage, diagnostics) of one model text: the first stage with errors, or "clean" with
     every warning found on the way."""
     from ..api import check, load_source
@@ -85,9 +85,9 @@ def validate(source: str, file: str = "<candidate>", data=None, probe: bool = Tr
     except ModelError as e:
         return "check", diagnostics + list(e.diagnostics)
     if data is not None:
-        from ..runtime.binding import bind
+        from ..runtime.binding import bind, missing_observes
 
-        found = bind(model, data)
+        found = bind(model, data) + missing_observes(model, observes)
         diagnostics = diagnostics + found
         if has_errors(found):
             return "bind", diagnostics
@@ -104,7 +104,7 @@ def validate(source: str, file: str = "<candidate>", data=None, probe: bool = Tr
 def build_candidate(client: ChatClient, messages: list[dict], task: str, data=None,
                     data_summary: Optional[str] = None, repair_budget: int = 3, probe: bool = True,
                     probe_timeout: float = 60.0, file: str = "<candidate>",
-                    on_attempt: Optional[Callable[[Attempt], None]] = None) -> Candidate:
+                    on_attempt: Optional[Callable[[Attempt], None]] = None, observes=()) -> Candidate:
     """Ask for a model with `messages`, then repair it from its diagnostics at most
     `repair_budget` times (so at most 1 + repair_budget language-model calls)."""
     candidate = Candidate()
@@ -120,7 +120,7 @@ def build_candidate(client: ChatClient, messages: list[dict], task: str, data=No
                 on_attempt(attempt)
             break
         source = extract_model(reply)
-        stage, diagnostics = validate(source, file, data, probe, probe_timeout)
+        stage, diagnostics = validate(source, file, data, probe, probe_timeout, observes)
         usage = getattr(client, "last_usage", None)
         attempt = Attempt(source, stage, diagnostics, note=reply_note(reply),
                           prompt_tokens=getattr(usage, "prompt_tokens", None) if usage else None,

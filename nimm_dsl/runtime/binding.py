@@ -261,3 +261,17 @@ def _renames(columns, names) -> Optional[str]:
     """'column `cases` looks like `case`' for columns close to a model name: a typo on one side."""
     pairs = [f"column `{c}` looks like `{n}`" for c in columns if (n := closest(c, names))]
     return "; ".join(pairs) + ": rename one of them" if pairs else None
+
+
+def missing_observes(model, observes) -> list[Diagnostic]:
+    """E602 for each quantity the task scores that the model does not observe (as `evaluate`)."""
+    have = {o.name for o in model.ir.observes}
+    missing = [name for name in observes or () if name not in have]
+    if not missing:
+        return []
+    header = model.checked.table.model
+    span = header.span if header is not None else Span(1, 1, 1, 2)
+    return [Diagnostic("E602", span, f"the task scores {', '.join(f'`{m}`' for m in missing)}, which the "
+                       "model does not observe",
+                       f"add `observe {missing[0]} [unit] = ...` for the table's column `{missing[0]}`",
+                       model.file)]

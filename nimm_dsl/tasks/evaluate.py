@@ -74,6 +74,7 @@ class EvaluationReport:
     backend: str = "casadi"
     seconds: float = 0.0
     plots: list = field(default_factory=list)
+    plot_error: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -85,6 +86,8 @@ class EvaluationReport:
                "seconds": round(self.seconds, 3)}
         if self.error is not None:
             out["error"] = self.error
+        if self.plot_error is not None:
+            out["plot_error"] = self.plot_error
         from ..runtime.files import json_safe
 
         return json_safe(out)
@@ -148,8 +151,11 @@ def evaluate(task, model, backend: Optional[str] = None, plot_dir=None,
         if plot_dir is not None:
             from .plots import plot_evaluation
 
-            report.plots = [str(p) for p in plot_evaluation(task, loaded, fitted, report, backend,
-                                                            Path(plot_dir))]
+            try:
+                report.plots = [str(p) for p in plot_evaluation(task, loaded, fitted, report, backend,
+                                                                Path(plot_dir))]
+            except (NimmError, OSError, ValueError) as e:  # the scores stand without their figures
+                report.plot_error = f"no plots: {e}"
     except _Failed:
         pass
     report.seconds = time.perf_counter() - started
@@ -194,20 +200,9 @@ def _check(task: Task, model, report: EvaluationReport):
 def _binding(task: Task, model) -> list[Diagnostic]:
     """What the data binding of TASKS.md §5 says about the model and the training table (as a
     fit would bind it), plus the observes the task scores that the model does not define."""
-    from ..runtime.binding import bind
+    from ..runtime.binding import bind, missing_observes
 
-    diagnostics = bind(model, str(task.train), command="fit")
-    observes = {o.name: o for o in model.ir.observes}
-    missing = [name for name in (task.observes or ()) if name not in observes]
-    if missing:
-        span = model.checked.table.model.span if model.checked.table.model else None
-        from ..diagnostics import Span
-
-        diagnostics.append(Diagnostic(
-            "E602", span or Span(1, 1, 1, 2),
-            f"the task scores {', '.join(f'`{m}`' for m in missing)}, which the model does not observe",
-            f"add `observe {missing[0]} [unit] = ...` for the table's column `{missing[0]}`", model.file))
-    return diagnostics
+    return bind(model, str(task.train), command="fit") + missing_observes(model, task.observes)
 
 
 def _fit(task: Task, model, report: EvaluationReport, backend: str, progress: bool):

@@ -179,7 +179,8 @@ def _string(table: dict, key: str, path: Path, where: str, default=_REQUIRED):
 
 
 def _existing(task_file: Path, name: str, where: str) -> Path:
-    path = Path(name) if Path(name).is_absolute() else task_file.parent / name
+    # absolute: the agent's fits run in other processes, on Dask possibly in another folder
+    path = (Path(name) if Path(name).is_absolute() else task_file.parent / name).resolve()
     if not path.is_file():
         raise TaskError(f"{task_file}: {where} `{name}`: no such file ({path})")
     return path
