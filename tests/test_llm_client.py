@@ -288,3 +288,44 @@ def test_generate_from_a_task_file_repairs_a_wrong_time_name_from_e601(tmp_path,
     assert "E601" in repair and "time day [day]" in repair
     assert "time day [day]" in out.read_text()
     assert "binds to the data and probes clean" in capsys.readouterr().err
+
+
+def test_generate_repairs_a_probe_failure_from_e801(tmp_path, llm_stub, capsys):
+    """The first version checks and binds but a log goes negative on day ~6: the probe's E801 at
+    the let's line goes back to the model, the second version is clean."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from agent_tasks import EXPONENTIAL, write_logistic_task
+
+    from nimm_dsl.cli import main
+
+    task = write_logistic_task(tmp_path)
+    broken = EXPONENTIAL.replace("der(x) = r * x", "let room [1] = log(30 - x)\nder(x) = r * x")
+    broken = broken.replace("observe size [1] = x ~", "observe size [1] = x * (1 + 0 * room) ~")
+    llm_stub.reply(broken)
+    llm_stub.reply(EXPONENTIAL)
+    assert main(["generate", str(task), "--endpoint", llm_stub.url, "--llm", "m",
+                 "--output", str(tmp_path / "m.nimm")]) == 0
+    repair = llm_stub.requests[1].body["messages"][-1]["content"]
+    assert "A short simulation at the parameter defaults found" in repair
+    line = broken.split("```nimm\n")[1].splitlines().index("let room [1] = log(30 - x)") + 1
+    assert f"<generated>:{line}:" in repair.replace(str(tmp_path / "m.nimm"), "<generated>") and "E801" in repair
+
+
+def test_a_hostile_reply_costs_bounded_work_and_runs_nothing(tmp_path, llm_stub):
+    """Thousands of statements pretending to be Python, and towers of powers: parsed, reported,
+    never executed; the run ends with an error, not a hang."""
+    from nimm_dsl.cli import main
+
+    marker = tmp_path / "pwned"
+    hostile = ("```nimm\n" + f"import os; open('{marker}', 'w').write('x')\n" * 1500
+               + "const c [1] = 9^9^9\nconst d [1] = 7^(10^8)\n```")
+    llm_stub.reply(hostile)
+    llm_stub.reply(hostile)
+    code = main(["generate", "a model", "--endpoint", llm_stub.url, "--llm", "m", "--rounds", "2",
+                 "--output", str(tmp_path / "m.nimm")])
+    assert code == 1 and not marker.exists()
+    repair = llm_stub.requests[1].body["messages"][-1]["content"]
+    assert len(repair) < 60_000  # the diagnostics sent back are capped

@@ -184,8 +184,22 @@ def generation_messages(task: str) -> list[dict]:
     return proposal_messages(task)
 
 
-def numbered(source: str) -> str:
-    return "\n".join(f"{i:4d} | {line}" for i, line in enumerate(source.splitlines(), 1))
+MAX_ECHOED_CHARS = 30_000  # a repair prompt echoes at most this much of the model
+
+
+def numbered(source: str, limit: int = MAX_ECHOED_CHARS) -> str:
+    """The model with line numbers, cut at `limit` characters (a hostile reply is not echoed back
+    whole)."""
+    out, used = [], 0
+    lines = source.splitlines()
+    for i, line in enumerate(lines, 1):
+        text = f"{i:4d} | {line}"
+        if used + len(text) > limit and out:
+            out.append(f"     | ... {len(lines) - i + 1} more lines not shown")
+            break
+        out.append(text)
+        used += len(text) + 1
+    return "\n".join(out)
 
 
 def diagnostics_text(diagnostics: Sequence[Diagnostic], source: str,
