@@ -184,3 +184,14 @@ def test_nimm_agent_against_a_loopback_server_repairs_a_candidate_from_e601(tmp_
     node = tree["nodes"][0]
     assert [a["stage"] for a in node["attempts"]] == ["bind", "clean"]
     assert node["status"] == "ok" and (out / "best.nimm").read_text() == node["source"]
+
+
+def test_when_every_proposal_fails_the_agent_proposes_again_and_says_why(tmp_path):
+    task = write_logistic_task(tmp_path)
+    broken = EXPONENTIAL.replace("der(x) = r * x", "der(x) = rr * x")  # E201, no repair budget
+    client = ScriptedClient([broken, EXPONENTIAL])
+    result = run_agent(config(task, tmp_path / "run", budget=2, patience=3), client, LocalExecutor(1),
+                       progress=lambda _: None)
+    assert [n.status for n in result.tree.nodes] == ["check_failed", "ok"]
+    assert result.tree.nodes[1].parent is None and result.best is result.tree.nodes[1]
+    assert "it failed: check_failed" in client.prompts[1][-1]["content"]

@@ -142,6 +142,12 @@ class Agent:
             reason = "no search (one candidate)"
         while self.config.search and self.client.left > 0:
             generation += 1
+            if self.tree.best() is None:  # every proposal failed: propose again, told what failed
+                self._propose(generation)
+                self._score_pending()
+                self._save()
+                best = self._best_score()
+                continue
             made = self._refine(generation)
             if not made:
                 reason = "nothing left to expand"
@@ -178,7 +184,10 @@ class Agent:
 
     # ---------------------------------------------------------------- proposing
     def _propose(self, generation: int) -> None:
-        proposed: list[str] = []
+        # a new round of proposals (every earlier one failed) is told what failed and why
+        proposed: list[str] = [f"{_headline(n.source) or 'an invalid model'} (it failed: {n.status}"
+                               + (f", {_first_line(n.error)}" if n.error else "") + ")"
+                               for n in self.tree.nodes if n.parent is None]
         for k in range(self.config.branches if self.config.search else 1):
             if self.client.left <= 0:
                 break
@@ -333,6 +342,11 @@ class Agent:
             for n, v in parent.params.items()))
         if parent.warnings:
             lines.append("Fit warnings:\n" + "\n".join(f"- {w}" for w in parent.warnings[:8]))
+        binding = [d for d in parent.diagnostics if d.get("code", "").startswith(("W6", "W8"))]
+        if binding:  # rule these out first: a fixed initial value far from the data (W606) ...
+            lines.append("Checked against the training table and in a short simulation:\n" + "\n".join(
+                f"- line {d['line']}: {d['code']} {d['message']}" + (f" ({d['hint']})" if d.get("hint") else "")
+                for d in binding[:6]))
         lines.append("Residual patterns (data - model):\n" + "\n".join(
             f"- {describe_residuals(o, p)}" for o, p in parent.residuals.items()))
         for text in describe_lets(parent, self.tree):
