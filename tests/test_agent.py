@@ -52,6 +52,8 @@ def test_a_neural_refinement_wins_on_validation_and_the_run_directory_is_complet
     assert "runs of same-sign residuals" in reflection and "r = " in reflection
     # the learnt let is shown against its driver
     assert child.lets["growth"]["driver"] == "x"
+    assert child.lets_refit["growth"]["driver"] == "x"  # fitted a second time from another seed
+    assert root.lets_refit == {}  # no neural term: nothing to refit
     run = tmp_path / "run"
     for name in ("best.nimm", "best.fit.json", "tree.json", "plausible.json", "transcript.jsonl",
                  "report.md", "nodes/000.nimm", "nodes/001.nimm", "fit.png"):
@@ -195,3 +197,26 @@ def test_when_every_proposal_fails_the_agent_proposes_again_and_says_why(tmp_pat
     assert [n.status for n in result.tree.nodes] == ["check_failed", "ok"]
     assert result.tree.nodes[1].parent is None and result.best is result.tree.nodes[1]
     assert "it failed: check_failed" in client.prompts[1][-1]["content"]
+
+
+def test_a_learnt_let_is_shown_with_its_two_fit_spread_and_its_ratio_to_the_best_law():
+    from nimm_dsl.agent.search import describe_lets
+    from nimm_dsl.agent.tree import Node
+
+    def shape(factor, scenario_factor):
+        xs = [0.0, 1.0, 2.0, 4.0]
+        return {"driver": "S", "data": {"driver_range": [0, 4], "let_range": [0, 1],
+                                        "pairs": [[x, factor * x / (1 + x)] for x in xs]},
+                "scenarios": {"rich": {"driver_range": [0, 40], "outside_data": True,
+                                       "pairs": [[x, scenario_factor * x / (1 + x)] for x in (0.0, 10.0, 40.0)]}}}
+
+    tree = Tree()
+    law = tree.add(None, "propose", "Monod", "model a\nlet mu = 1\n", 0)
+    law.status, law.scores, law.lets = "ok", {"validation": 0.2}, {"mu": shape(1.0, 1.0)}
+    hybrid = tree.add(None, "propose", "hybrid", "model b\nneural f(x) [1] = mlp()\n", 0)
+    hybrid.status, hybrid.scores = "ok", {"validation": 0.1}
+    hybrid.lets, hybrid.lets_refit = {"mu": shape(1.1, 0.5)}, {"mu": shape(1.1 * 1.02, 0.5)}
+    text = "\n".join(describe_lets(hybrid, tree))
+    assert "differs by at most 3% of its size over the data (the two fits agree" in text
+    assert "node 0, Monod): ratio 1.1 to 1.1 over the data; 0.5 to 0.5 under scenario `rich` (outside the data)" in text
+    assert "OUTSIDE the range the data visited" in text

@@ -192,6 +192,11 @@ def report_markdown(agent, best, plausible: dict, reason: str, final: Optional[d
                          f"{'not determined' if se is None else f'{se:.3g}'} | {(fit_json.get('units') or {}).get(name) or ''} |")
         lines.append("")
     lines += ["```nimm", best.source.rstrip(), "```", ""]
+    from .search import describe_lets
+
+    shapes = describe_lets(best, tree)
+    if shapes:
+        lines += ["What the model's key quantities do:", ""] + [f"- {text}" for text in shapes] + [""]
     if plausible:
         lines += ["## Plausible set", "", plausible.get("rule", plausible.get("note", "")), "",
                   "| node | change | validation | validation NLL |", "|---|---|---|---|"]

@@ -230,10 +230,11 @@ class Agent:
 
     # ---------------------------------------------------------------- scoring
     def payload(self, node: Node, validation: Optional[float] = None, noise: Optional[dict] = None,
-                full_fit: bool = False) -> dict:
+                full_fit: bool = False, seed: Optional[int] = None) -> dict:
         return {"source": node.source, "file": f"nodes/{node.id:03d}.nimm", "train": str(self.task.train),
                 "validation": self.config.validation if validation is None else validation,
-                "backend": self.backend, "starts": self.starts, "seed": self.config.seed,
+                "backend": self.backend, "starts": self.starts,
+                "seed": self.config.seed if seed is None else seed,
                 "observes": list(self.task.observes) if self.task.observes else None,
                 "scenarios": self.scenarios, "noise": noise, "full_fit": full_fit,
                 "lets": _shape_lets(node.source)}
@@ -242,6 +243,12 @@ class Agent:
         pending = [n for n in self.tree.nodes if n.status == "pending"]
         if pending:
             self._apply(pending, self.executor.map([self.payload(n) for n in pending]))
+            # what a neural term learnt is only worth reading if a second fit learns the same
+            neural = [n for n in pending if n.status == "ok" and n.lets and "neural " in n.source]
+            if neural:
+                again = self.executor.map([self.payload(n, seed=self.config.seed + 1) for n in neural])
+                for node, result in zip(neural, again):
+                    node.lets_refit = result.get("lets") or {} if result.get("status") == "ok" else {}
         if self.config.laws:
             siblings = self._law_siblings()
             if siblings:
@@ -374,11 +381,79 @@ def describe_lets(node: Node, tree: Tree) -> list[str]:
             text += (f"; under scenario `{scenario}` {shape['driver']} spans {_span(run['driver_range'])}"
                      + (" — OUTSIDE the range the data visited" if run.get("outside_data") else ""))
         out.append(text + ".")
+        refit = (node.lets_refit or {}).get(let)
+        if refit:
+            spread = relative_gap(data["pairs"], refit["data"]["pairs"])
+            if spread is not None:
+                out.append(f"Fitted again from another start, `{let}` differs by at most {spread:.0%} of its "
+                           "size over the data" + (" (the two fits agree: the learnt shape is what the data say)"
+                                                   if spread < 0.1 else " (the two fits disagree: the data do not pin it down)"))
+        law = best_law_for(let, node, tree)
+        if law is not None:
+            ratio = ratio_range(data["pairs"], law.lets[let]["data"]["pairs"])
+            if ratio is not None:
+                text = (f"Against the best fitted standard law for `{let}` (node {law.id}, "
+                        f"{law.change.split(' (')[0]}): ratio {ratio[0]:.2g} to {ratio[1]:.2g} over the data")
+                for scenario, run in shape.get("scenarios", {}).items():
+                    theirs = law.lets[let].get("scenarios", {}).get(scenario)
+                    r = ratio_range(run["pairs"], theirs["pairs"]) if theirs else None
+                    if r is not None:
+                        text += (f"; {r[0]:.2g} to {r[1]:.2g} under scenario `{scenario}`"
+                                 + (" (outside the data)" if run.get("outside_data") else ""))
+                out.append(text)
     siblings = [tree.nodes[c] for c in node.children if tree.nodes[c].kind == "law" and tree.nodes[c].status == "ok"]
     if siblings:
         out.append("Standard laws fitted in place of this let: " + "; ".join(
             f"node {s.id} {s.change.split(' (')[0]}: validation {s.score:.4g}" for s in siblings))
     return out
+
+
+def _common(a_pairs, b_pairs):
+    """Both curves (x, y pairs) on the x values of `a` that lie inside `b`'s x range."""
+    import numpy as np
+
+    a, b = np.asarray(a_pairs, float), np.asarray(b_pairs, float)
+    if a.ndim != 2 or b.ndim != 2 or len(a) < 2 or len(b) < 2:
+        return None
+    b = b[np.argsort(b[:, 0])]
+    inside = (a[:, 0] >= b[0, 0]) & (a[:, 0] <= b[-1, 0])
+    if inside.sum() < 2:
+        return None
+    x = a[inside, 0]
+    return a[inside, 1], np.interp(x, b[:, 0], b[:, 1])
+
+
+def relative_gap(a_pairs, b_pairs):
+    """max |a - b| over the common driver range, relative to the size of a."""
+    import numpy as np
+
+    both = _common(a_pairs, b_pairs)
+    if both is None:
+        return None
+    a, b = both
+    size = max(float(np.mean(np.abs(a))), 1e-12)
+    return float(np.max(np.abs(a - b)) / size)
+
+
+def ratio_range(a_pairs, b_pairs):
+    """(min, max) of a / b over the common driver range, where b is not ~0."""
+    import numpy as np
+
+    both = _common(a_pairs, b_pairs)
+    if both is None:
+        return None
+    a, b = both
+    keep = np.abs(b) > 1e-9 * max(float(np.max(np.abs(b))), 1e-300)
+    if not keep.any():
+        return None
+    r = a[keep] / b[keep]
+    return float(r.min()), float(r.max())
+
+
+def best_law_for(let: str, node: Node, tree: Tree) -> Optional[Node]:
+    """The best-scoring fitted model without neural terms that has a let of the same name."""
+    laws = [n for n in tree.scored() if n is not node and let in (n.lets or {}) and "neural " not in n.source]
+    return laws[0] if laws else None
 
 
 def _span(bounds) -> str:

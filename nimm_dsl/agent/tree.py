@@ -38,6 +38,7 @@ class Node:
     noise: dict = field(default_factory=dict)
     scenarios: dict = field(default_factory=dict)
     lets: dict = field(default_factory=dict)  # let -> its shape against its driver (score.py)
+    lets_refit: dict = field(default_factory=dict)  # the same from a second fit (another seed)
     error: Optional[str] = None
     prompt_tokens: Optional[int] = None
     seconds: float = 0.0  # language-model and scoring time (a timing field: not compared)
