@@ -53,6 +53,8 @@ def test_a_neural_refinement_wins_on_validation_and_the_run_directory_is_complet
     # the learnt let is shown against its driver
     assert child.lets["growth"]["driver"] == "x"
     assert child.lets_refit["growth"]["driver"] == "x"  # fitted a second time from another seed
+    second = child.lets_refit["growth"]["data"]["pairs"]
+    assert second != child.lets["growth"]["data"]["pairs"]  # another start, not a copy of the first fit
     assert root.lets_refit == {}  # no neural term: nothing to refit
     run = tmp_path / "run"
     for name in ("best.nimm", "best.fit.json", "tree.json", "plausible.json", "transcript.jsonl",

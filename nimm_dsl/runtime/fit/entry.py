@@ -21,6 +21,8 @@ from .starts import finite_difference_hessian, param_labels, standard_errors, st
 def _casadi(ir, train, valid, rtol, atol, max_iter, seed, simulator, **options):
     from .casadi_paths import casadi_solver
 
+    if ir.neurals and options.get("weights") is None:  # seeded like the Torch path's weights
+        options["weights"] = {n.name: n.initial_weights(seed) for n in ir.neurals}
     return casadi_solver(ir, train, rtol, atol, max_iter, simulator, **options)
 
 
