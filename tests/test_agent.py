@@ -222,3 +222,19 @@ def test_a_learnt_let_is_shown_with_its_two_fit_spread_and_its_ratio_to_the_best
     assert "differs by at most 3% of its size over the data (the two fits agree" in text
     assert "node 0, Monod): ratio 1.1 to 1.1 over the data; 0.5 to 0.5 under scenario `rich` (outside the data)" in text
     assert "OUTSIDE the range the data visited" in text
+
+
+def test_incidence_laws_read_the_susceptible_state_from_the_flow_not_the_word_order():
+    import nimm_dsl
+    from nimm_dsl.agent.laws import find_role_let, law_siblings
+
+    model = nimm_dsl.load_source(
+        "model m\ntime day [day]\nconst N [1] = 100\nparam beta [1/day] = 0.5 in [0, 2]\n"
+        "param gamma [1/day] = 0.2 in [0, 1]\nstate S [1] = 99 in [0, inf]\nstate I [1] = 1 in [0, inf]\n"
+        "let infection [1/day] = beta * I * S / N\nflow S -> I = infection\nflow I -> = gamma * I\n"
+        "observe y [1] = I\n")
+    role = find_role_let(model)
+    assert (role.role, role.parts["S"], role.parts["I"], role.driver) == ("incidence", "S", "I", "I")
+    saturating = [text for change, text in law_siblings(model, role) if "saturating" in change]
+    assert "beta * S * I / (N + infection_alpha * I)" in saturating[0]
+    assert nimm_dsl.check(saturating[0]) == []

@@ -192,6 +192,13 @@ def report_markdown(agent, best, plausible: dict, reason: str, final: Optional[d
                          f"{'not determined' if se is None else f'{se:.3g}'} | {(fit_json.get('units') or {}).get(name) or ''} |")
         lines.append("")
     lines += ["```nimm", best.source.rstrip(), "```", ""]
+    try:  # the compiled equations, as `nimm show --format text` prints them
+        from ..api import load_source
+
+        lines += ["Equations (declared units):", "", "```", load_source(best.source).equations().rstrip(),
+                  "```", ""]
+    except Exception:  # noqa: BLE001 - the source above says it all
+        pass
     from .search import describe_lets
 
     shapes = describe_lets(best, tree)

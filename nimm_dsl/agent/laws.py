@@ -40,7 +40,7 @@ LAWS: dict[str, tuple[Law, ...]] = {
     ),
     "incidence": (
         Law("frequency-dependent (mass action over N)", "{A} * {S} * {I} / {N}"),
-        Law("density-dependent mass action", "{A} * {S} * {I} / {N0}", (("N0", "N", "N", None),)),
+        Law("density-dependent mass action", "{A} * {S} * {I} / {name}_N0", (("N0", "N", "N", None),)),
         Law("saturating incidence", "{A} * {S} * {I} / ({N} + {name}_alpha * {I})",
             (("alpha", "1", "1", (0.0, 100.0)),)),
     ),
@@ -86,7 +86,8 @@ def find_role_let(model) -> Optional[RoleLet]:
         if type(stmt).__name__ != "LetDecl" or stmt.span.line != stmt.span.end_line:
             continue
         try:
-            found = _saturating(stmt.value, lines, kinds) or _incidence(stmt.value, lines, kinds)
+            found = (_saturating(stmt.value, lines, kinds)
+                     or _incidence(stmt.value, lines, kinds, _flow_sources(model, stmt.name.name)))
         except ValueError:
             continue
         if found is not None:
@@ -119,8 +120,15 @@ def _saturating(value, lines, kinds):
     return None
 
 
-def _incidence(value, lines, kinds):
-    """`B * S * I / N` with S and I states and N a const, param or let."""
+def _flow_sources(model, let: str) -> set:
+    """The source states of the flows whose rate is exactly this let (`flow S -> E = infection`)."""
+    return {stmt.source.name for stmt in model.checked.program.statements
+            if type(stmt).__name__ == "FlowEq" and stmt.source is not None and _name_of(stmt.rate) == let}
+
+
+def _incidence(value, lines, kinds, sources=frozenset()):
+    """`B * S * I / N` with S and I states and N a const, param or let. S is the state the
+    incidence flows out of (so `beta * I * S / N` is read right); else the first in reading order."""
     if type(value).__name__ != "BinOp" or value.op != "/":
         return None
     factors = _factors(value.left)
@@ -131,6 +139,8 @@ def _incidence(value, lines, kinds):
     states = [x for x in names if kinds.get(x) == "state"]
     rates = [x for x in names if kinds.get(x) == "param"]
     if len(states) == 2 and len(rates) == 1:
+        if states[1] in sources and states[0] not in sources:
+            states.reverse()
         return "incidence", {"A": rates[0], "S": states[0], "I": states[1], "N": n}, states[1]
     return None
 

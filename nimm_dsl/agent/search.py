@@ -339,8 +339,10 @@ class Agent:
                          + (f", train RMSE {_fmt_dict(node.scores.get('train_rmse'))}" if node.scores else ""))
         failed = [n for n in self.tree.nodes if n.status not in ("ok", "pending", "duplicate")][-3:]
         for node in failed:
+            reason = node.error or next((f"{d['code']} at line {d['line']}: {d['message']}"
+                                         for d in node.diagnostics if d.get("severity") == "error"), "")
             lines.append(f"- node {node.id} ({node.change}) failed: {node.status}"
-                         + (f" ({_first_line(node.error)})" if node.error else ""))
+                         + (f" ({_first_line(reason)})" if reason else ""))
         lines.append(f"\nThe model to improve (node {parent.id}, validation {parent.score:.4g}):\n"
                      f"```nimm\n{parent.source}```")
         lines.append("Estimates (± standard error): " + ", ".join(
