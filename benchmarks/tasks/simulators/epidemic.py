@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.integrate import solve_ivp
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tables.py beside this file
+from tables import table, write_tables  # noqa: E402
 
 N, BETA, SIGMA, GAMMA, RHO, I0, CONTACT = 50000.0, 0.6, 1 / 3, 1 / 4, 0.3, 5.0, 0.35
 DAYS = np.arange(0, 120)
@@ -61,15 +63,6 @@ def expected_cases(lockdown: np.ndarray) -> np.ndarray:
     return RHO * SIGMA * np.array(E) * 1.0
 
 
-def table(rows: dict) -> str:
-    cols = list(rows)
-    lines = [",".join(cols)]
-    arrays = [np.asarray(rows[c]) for c in cols]
-    for i in range(len(arrays[0])):
-        lines.append(",".join(str(a[i]) if a.dtype.kind == "i" else f"{a[i]:.8g}" for a in arrays))
-    return "\n".join(lines) + "\n"
-
-
 def build() -> dict[str, str]:
     """File name -> CSV text of every table of the task."""
     rng = np.random.default_rng(SEED)
@@ -87,11 +80,5 @@ def build() -> dict[str, str]:
     return out
 
 
-def main(outdir: Path) -> None:
-    outdir.mkdir(parents=True, exist_ok=True)
-    for name, text in build().items():
-        (outdir / name).write_text(text)
-
-
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "data")
+    write_tables(build)

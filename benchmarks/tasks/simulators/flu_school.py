@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tables.py beside this file
+from tables import write_tables  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parents[3] / "examples" / "data" / "influenza_england_1978_school.csv"
 LAST_TRAIN_DAY = 8
@@ -28,11 +30,5 @@ def build() -> dict[str, str]:
             "flu_school_test.csv": "\n".join([keep(header)] + test) + "\n"}
 
 
-def main(outdir: Path) -> None:
-    outdir.mkdir(parents=True, exist_ok=True)
-    for name, text in build().items():
-        (outdir / name).write_text(text)
-
-
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "data")
+    write_tables(build)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.integrate import solve_ivp
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tables.py beside this file
+from tables import table, write_tables  # noqa: E402
 
 MU_MAX, KS, KI, YIELD, S_IN, X0 = 0.5, 0.3, 3.0, 0.5, 10.0, 0.1
 SIGMA = 0.05
@@ -68,15 +70,6 @@ def trajectory(times: np.ndarray, steps) -> np.ndarray:
     return out
 
 
-def table(rows: dict) -> str:
-    cols = list(rows)
-    arrays = [np.asarray(rows[c]) for c in cols]
-    lines = [",".join(cols)]
-    for i in range(len(arrays[0])):
-        lines.append(",".join(str(a[i]) if a.dtype.kind == "i" else f"{a[i]:.8g}" for a in arrays))
-    return "\n".join(lines) + "\n"
-
-
 def build() -> dict[str, str]:
     """File name -> CSV text of every table of the task."""
     rng = np.random.default_rng(SEED)
@@ -96,11 +89,5 @@ def build() -> dict[str, str]:
     return out
 
 
-def main(outdir: Path) -> None:
-    outdir.mkdir(parents=True, exist_ok=True)
-    for name, text in build().items():
-        (outdir / name).write_text(text)
-
-
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "data")
+    write_tables(build)

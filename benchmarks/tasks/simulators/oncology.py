@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.integrate import solve_ivp
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared tables.py beside this file
+from tables import table, write_tables  # noqa: E402
 
 R, K, KILL, KE, V0 = 0.06, 3000.0, 0.08, np.log(2) / 1.0, 60.0
 ALPHA, D_RT = 0.12, 2.0
@@ -65,15 +67,6 @@ def volume(times: np.ndarray, chemo: bool, radio: bool) -> np.ndarray:
     return out
 
 
-def table(rows: dict) -> str:
-    cols = list(rows)
-    arrays = [np.asarray(rows[c]) for c in cols]
-    lines = [",".join(cols)]
-    for i in range(len(arrays[0])):
-        lines.append(",".join(str(a[i]) if a.dtype.kind == "i" else f"{a[i]:.8g}" for a in arrays))
-    return "\n".join(lines) + "\n"
-
-
 def build() -> dict[str, str]:
     """File name -> CSV text of every table of the task."""
     rng = np.random.default_rng(SEED)
@@ -90,11 +83,5 @@ def build() -> dict[str, str]:
     return out
 
 
-def main(outdir: Path) -> None:
-    outdir.mkdir(parents=True, exist_ok=True)
-    for name, text in build().items():
-        (outdir / name).write_text(text)
-
-
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "data")
+    write_tables(build)
