@@ -32,14 +32,14 @@ STATEMENT_FORMS: dict[str, str] = {
     "const": "const NAME [unit] = VALUE                    fixed; VALUE from numbers and consts",
     "param": "param NAME [unit] = VALUE in [LO, HI]        estimated by the fit; always give bounds",
     "state": "state NAME [unit] = INIT in [LO, HI]         INIT from params/consts/inputs; bounds = valid domain",
-    "input": "input NAME [unit] = DEFAULT [interp linear]  a table column of that name, else DEFAULT",
+    "input": "input NAME [unit] = DEFAULT [interp linear]  a table column of that name, else DEFAULT; holds each value (step) unless `interp linear`",
     "let": "let NAME [unit] = EXPR                       an algebraic quantity (unit optional, checked)",
     "neural": "neural NAME(ARG, ...) [unit] = mlp(OPTIONS)  a small network; call it like a function",
     "der": "der(STATE) = EXPR                            the state's derivative (unit of STATE per time unit)",
     "flow": "flow A -> B = RATE                           moves RATE from A to B; `flow -> B` source, `flow A ->` sink",
     "observe": "observe NAME [unit] = EXPR ~ NOISE            compared with the table's column NAME",
     "dose": "dose NAME: STATE += AMOUNT at T [every DT times N]   a bolus (AMOUNT may use params, states, lets); `*=` multiplies",
-    "set": "set NAME = EXPR [from T] [to T]               overrides a param/const/input from T (inclusive) to T",
+    "set": "set NAME = EXPR [from T] [to T]               overrides a param/const/input from T (inclusive) to T (exclusive)",
     "scenario": 'scenario NAME "description"                  an intervention: dose / set / remove lines, then',
     "end": "end                                          closes a scenario",
     "remove": "remove DOSE                                  (inside a scenario) drops a baseline dose",
@@ -49,7 +49,8 @@ IDIOMS = """\
 Rules that matter:
 - One statement per line; a long expression may wrap only inside ( ). `#` starts a comment.
   Order does not matter. Use `^` for powers (not `**`) and `der(X) = ...` (not dX/dt).
-- Units in brackets: [1/day], [mg/L], [person], [1] (dimensionless). A bare number standing
+- Units in brackets: [1/day], [mg/L], [person], [1] (dimensionless); compound units such as
+  [g/L/h] or [mL/(kg*h)] and powers [m^2] are fine. A bare number standing
   alone in a declaration, bound, dose amount or set value takes the declared unit; a number next
   to names is dimensionless, so write `5 [day]`. der(X) has the unit of X per time unit.
 - Arguments of exp, log, sin, ... and of neural terms must be dimensionless: divide by a

@@ -49,7 +49,6 @@ def volume(times: np.ndarray, chemo: bool, radio: bool) -> np.ndarray:
     y = np.array([V0, 0.0])
     t = 0.0
     out = np.empty(len(times))
-    i = 0
     for stop in events + [float(times[-1]) + 1.0]:
         # record the times before this event
         mask = (times >= t) & (times < stop)
