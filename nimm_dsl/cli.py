@@ -238,6 +238,9 @@ def cmd_simulate(args) -> int:
                            f"(is this the fit of another model?)")
     sim = model.compile(args.backend)
     grid = _parse_times(args.times) if args.times else None
+    if grid is not None and ir.t0 is not None and grid[0] < ir.t0:
+        raise UsageError(f"nimm: --times starts at {grid[0]:g}, before the model's clock origin "
+                         f"{ir.time_name} = {ir.t0:g} (`time {ir.time_name} ... from {ir.t0:g}`)")
 
     # One run per data series (a table without `series` is one run); no data: one run.
     runs: list[tuple[object, object, object]] = []  # (series label, times, inputs)

@@ -17,7 +17,7 @@ Inside a segment the right-hand side is smooth: the set flags are constant and e
 
 How a back end runs a protocol (x: state vector):
 
-    x = initial values, evaluated at t_start with runtime_vector(ir, params, segments[0])
+    x = initial values, evaluated at t_start (the model's `from T0` when it has one) with runtime_vector(ir, params, segments[0])
     for seg in protocol.segments:
         for ev in seg.doses: x[ev.state_index] += amount  (or *= factor), amount evaluated with
                              runtime_vector(ir, params, seg) and t = seg.t0
@@ -168,7 +168,12 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
         raise ValueError("output times must be finite numbers")
     if np.any(np.diff(out) < 0):
         raise ValueError("output times must be sorted in increasing order")
-    implicit_start = t_start is None
+    implicit_start = t_start is None and ir.t0 is None
+    if ir.t0 is not None:  # the model's clock origin (`time ... from T0`) wins over any other start
+        if out[0] < ir.t0:
+            raise ValueError(f"output time {ir.time_name} = {out[0]:g} is before the model's clock origin "
+                             f"{ir.time_name} = {ir.t0:g} (`time {ir.time_name} ... from {ir.t0:g}`)")
+        t_start = ir.t0
     t_start = float(out[0]) if t_start is None else float(t_start)
     if t_start > out[0]:
         raise ValueError(f"t_start = {t_start} is after the first output time {out[0]}")
@@ -226,8 +231,9 @@ def default_times(ir: ModelIR, n: int = 201) -> np.ndarray:
     events += [t for s in ir.sets for t in (s.start, s.end) if t is not None]
     for sc in ir.scenarios.values():
         events += [t for d in sc.doses for t in d.times]
-    end = max([100.0] + [t * 1.5 for t in events])
-    return np.linspace(0.0, end, n)
+    start = ir.t0 if ir.t0 is not None else 0.0
+    end = max([start + 100.0] + [t * 1.5 for t in events if t > start])
+    return np.linspace(start, end, n)
 
 
 # ---------------------------------------------------------------- runtime vectors

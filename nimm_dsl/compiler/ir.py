@@ -19,7 +19,8 @@ Conventions every back end relies on:
 * A dose amount may use any value of the model (states, lets, inputs, time, neural calls): it is
   evaluated at the dose time in the state just before that dose, with the set lines in force.
   A set value uses the baseline value of every name, lets included (they are inlined). A sigma
-  uses params and consts only, at their baseline values.
+  or dispersion uses params and consts only, at their baseline values; a normal sigma may also
+  use the observe's own symbol, which stands for its predicted value at each data point.
 * Spans: every statement-level IR object keeps the span of the statement it came from, so that
   diagnostics found after checking (data binding, probes) point at the model line.
 
@@ -101,9 +102,12 @@ class ObserveIR:
     symbol: sp.Symbol
     expr: sp.Expr  # declared unit
     unit: str
-    noise: str  # 'normal' | 'lognormal' | 'poisson' | 'lsq' (no `~`: least squares)
-    sigma: Optional[sp.Expr] = None  # normal: observe unit; lognormal: dimensionless; params and consts only
+    noise: str  # 'normal' | 'lognormal' | 'poisson' | 'negbinomial' | 'lsq' (no `~`: least squares)
+    # normal: observe unit, params, consts and the observe's own symbol (its prediction);
+    # lognormal: dimensionless, params and consts only
+    sigma: Optional[sp.Expr] = None
     span: Optional[Span] = None
+    dispersion: Optional[sp.Expr] = None  # negbinomial: dimensionless, params and consts only
 
 
 @dataclass
@@ -215,6 +219,7 @@ class ModelIR:
     model_span: Optional[Span] = None  # the `model` header
     time_span: Optional[Span] = None  # the `time` line
     der_spans: dict[str, Span] = field(default_factory=dict)  # state -> its `der(...)` line
+    t0: Optional[float] = None  # `time t [u] from T0`: every run starts at T0 (None: at its first time)
 
     @property
     def is_static(self) -> bool:

@@ -154,6 +154,8 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         time=L.time,
         time_name=L.time_name,
         time_unit=L.label(L.time_name) if L.time_name else None,
+        t0=(L.number(table.time.origin, L.time_name)
+            if table.time is not None and table.time.origin is not None else None),
         file=checked.file,
         source=checked.source,
         model_span=model.span if model else None,
@@ -248,14 +250,16 @@ def lower(checked: CheckedModel) -> I.ModelIR:
 
     for o in of(A.ObserveDecl):
         n = o.name.name
-        noise, sigma = "lsq", None
+        noise, sigma, dispersion = "lsq", None, None
         if o.noise is not None:
             noise = o.noise.kind.name
             opts = {op.name.name: op.value for op in o.noise.options}
             if "sigma" in opts:  # fixed over the data: set lines do not change it
                 sigma = L.value(opts["sigma"], n if noise == "normal" else None, baseline=True)
+            if "dispersion" in opts:
+                dispersion = L.value(opts["dispersion"], None, baseline=True)
         ir.observes.append(I.ObserveIR(n, L.sym[n], L.expr(o.value) / L.scale(n), L.label(n), noise, sigma,
-                                       o.span))
+                                       o.span, dispersion))
 
     # doses: baseline, then scenarios
     def dose_ir(d: A.DoseStmt) -> I.DoseIR:
@@ -303,10 +307,11 @@ def to_latex(ir: I.ModelIR) -> str:
         rows.append(rf"{sp.latex(s.symbol)}({sp.latex(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]")
     for o in ir.observes:
         noise = {"normal": r"\mathcal{N}", "lognormal": r"\log\mathcal{N}",
-                 "poisson": r"\mathrm{Poisson}", "lsq": None}[o.noise]
+                 "poisson": r"\mathrm{Poisson}", "negbinomial": r"\mathrm{NegBin}", "lsq": None}[o.noise]
         rhs = tex(o.expr)
         if noise:
             rhs += rf" && \text{{data}} \sim {noise}" + (rf"(\sigma = {tex(o.sigma)})" if o.sigma is not None else "")
+            rhs += rf"(k = {tex(o.dispersion)})" if o.dispersion is not None else ""
         rows.append(rf"{sp.latex(o.symbol)} &= {rhs}")
     for s in ir.sets:
         window = " ".join(filter(None, [rf"{s.start:g} \le" if s.start is not None else "",
@@ -346,7 +351,8 @@ def to_text(ir: I.ModelIR) -> str:
     rows += [f"{s.symbol}({t}0) = {show(s.init)}    [{s.unit}]" for s in ir.states]
     for o in ir.observes:
         noise = "" if o.noise == "lsq" else f"    data ~ {o.noise}" + (
-            f"(sigma = {show(o.sigma)})" if o.sigma is not None else "")
+            f"(sigma = {show(o.sigma)})" if o.sigma is not None else "") + (
+            f"(dispersion = {show(o.dispersion)})" if o.dispersion is not None else "")
         rows.append(f"{o.symbol} = {show(o.expr)}{noise}")
     for s in ir.sets:
         window = " ".join(filter(None, [f"{s.start:g} <=" if s.start is not None else "",

@@ -14,7 +14,8 @@ Choices where LANGUAGE.md is silent:
 * A state's initial value may call a neural term (its weights are fitted like params).
 * `hidden = []` is rejected (E503): a neural term needs at least one hidden layer.
 * A cycle among consts is reported like a cycle among lets (E304).
-* A sigma may use params and consts only (E306): it is one number per observe over the data.
+* A sigma or dispersion may use params and consts only (E306): it is one number per observe over
+  the data; a `normal` sigma may also use the observe's own name (its prediction, LANGUAGE.md §11).
 * A `set` whose target some initial value uses may use only what an initial value may (E306):
   the sets in force at the start take part in the initial values.
 * A set target alone is not a use (W701): `set k = 0.2 from 3` on an otherwise unused `k` still
@@ -41,7 +42,8 @@ NEURAL_KINDS = ("mlp",)
 NEURAL_OPTIONS = ("hidden", "activation", "init", "penalty")
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "gelu")
 NEURAL_INITS = ("zero", "random")
-NOISE_OPTIONS: dict[str, tuple[str, ...]] = {"normal": ("sigma",), "lognormal": ("sigma",), "poisson": ()}
+NOISE_OPTIONS: dict[str, tuple[str, ...]] = {"normal": ("sigma",), "lognormal": ("sigma",), "poisson": (),
+                                              "negbinomial": ("dispersion",)}
 
 # Kinds whose names may appear as values in an expression (neural only as a call).
 VALUE_KINDS = frozenset({"time", "const", "param", "state", "input", "let", "neural"})
@@ -73,6 +75,7 @@ class Position:
     expected: str = ""  # e.g. "numbers and consts"; empty for unrestricted positions
     finite: bool = False  # a declared value, amount or event time: infinity is E504
     observe: Optional[str] = None  # the observe whose noise option this is
+    own_prediction: bool = False  # the observe's own name stands for its prediction (a normal sigma)
 
 
 def iter_expr(expr: Optional[A.Expr]) -> Iterator[A.Expr]:
@@ -215,10 +218,13 @@ class _Checker:
             self.report("E204", node.span, f"`{name}` is a dose (an event), not a value usable in {pos.what}")
             return False
         if sym.kind == "observe" and name == pos.observe:
+            if pos.own_prediction:
+                return False  # the prediction, not a use of another declaration
             self.report("E306", node.span,
-                        f"observe `{name}` inside its own sigma (an error that grows with the prediction) "
-                        "is not supported yet; a sigma may use only params and consts",
-                        "for an error proportional to the prediction use `lognormal(sigma = ...)`")
+                        f"observe `{name}` inside {pos.what}: only a `normal` sigma may use the observe's "
+                        "own prediction; this option may use only params and consts",
+                        "for an error proportional to the prediction use `normal(sigma = b * "
+                        f"{name})` or `lognormal(sigma = ...)`")
             return False
         if sym.kind == "observe" and not pos.expected:
             self.report("E204", node.span,
@@ -387,7 +393,9 @@ class _Checker:
         depends = self.info.depends
         owns = lambda ident: self.table.symbols.get(ident.name) is not None and self.table.symbols[ident.name].decl is stmt
 
-        if isinstance(stmt, A.ConstDecl):
+        if isinstance(stmt, A.TimeDecl):
+            self.resolve_constant_time(stmt.origin, f"the clock origin (`from`) of `{stmt.name.name}`")
+        elif isinstance(stmt, A.ConstDecl):
             used = self.resolve(stmt.value, Position(f"the value of const `{stmt.name.name}`", CONSTANT_KINDS, "numbers and consts", True))
             if owns(stmt.name):
                 depends[stmt.name.name] = used
@@ -528,7 +536,7 @@ class _Checker:
             return set()
         kind = noise.kind.name
         if kind not in NOISE_OPTIONS:
-            self.report("E503", noise.kind.span, f"unknown noise model `{kind}`; expected normal, lognormal or poisson",
+            self.report("E503", noise.kind.span, f"unknown noise model `{kind}`; expected normal, lognormal, poisson or negbinomial",
                         did_you_mean(kind, NOISE_OPTIONS))
             return set()
         allowed = NOISE_OPTIONS[kind]
@@ -548,7 +556,8 @@ class _Checker:
                 seen.add(name)
                 used |= self.resolve(opt.value, Position(f"the {name} of observe `{stmt.name.name}`",
                                                          SIGMA_KINDS, "params and consts",
-                                                         observe=stmt.name.name))
+                                                         observe=stmt.name.name,
+                                                         own_prediction=kind == "normal"))
                 sigma = self.number(opt.value)
                 if sigma is not None and not 0 < sigma < math.inf:
                     self.report("E503", opt.value.span, f"`{name}` must be a positive number, found {sigma:g}")

@@ -188,7 +188,9 @@ class _UnitChecker:
     # ------------------------------------------------------------ statements
     def check_statement(self, stmt) -> None:
         unit = self.decl_units.get(stmt)
-        if isinstance(stmt, (A.ConstDecl, A.ParamDecl)):
+        if isinstance(stmt, A.TimeDecl):
+            self.check_time(stmt.origin, "from")
+        elif isinstance(stmt, (A.ConstDecl, A.ParamDecl)):
             if self.check_value(stmt.value, unit, f"the value of `{stmt.name.name}`"):
                 self.check_bounds(stmt, stmt.value, getattr(stmt, "bounds", None), unit)
         elif isinstance(stmt, A.StateDecl):
@@ -305,6 +307,8 @@ class _UnitChecker:
             if option.name.name == "sigma" and kind in ("normal", "lognormal") and not isinstance(option.value, A.ListValue):
                 expected = unit if kind == "normal" else ONE
                 self.check_value(option.value, expected, f"the sigma of `{stmt.name.name}`")
+            elif option.name.name == "dispersion" and not isinstance(option.value, A.ListValue):
+                self.check_value(option.value, ONE, f"the dispersion of `{stmt.name.name}`")
             else:
                 self.infer_option(option)
 

@@ -166,6 +166,7 @@ class TimeDecl:
     name: Ident
     unit: UnitExpr
     span: Span
+    origin: Optional["Expr"] = None  # `from T0`: initial values hold at T0 (LANGUAGE.md §11)
 
 
 @node

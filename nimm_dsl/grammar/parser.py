@@ -216,7 +216,7 @@ class _Builder(Transformer_NonRecursive):
         return A.ModelDecl(c[0], c[1], self.statement_span)
 
     def time_decl(self, c):
-        return A.TimeDecl(c[0], c[1], self.statement_span)
+        return A.TimeDecl(c[0], c[1], self.statement_span, c[2])
 
     def unit_decl(self, c):
         return A.UnitDecl(c[0], c[1], c[2], self.statement_span)

@@ -24,11 +24,11 @@ from ..errors import DataError, ModelError, SimulationError
 from .data import SERIES_COLUMN, Dataset, load_data, read_table
 from .pointwise import point, start_values
 
-ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606"})
+ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606", "E607"})
 CHECKS = {  # command -> the codes it applies (docs/language.md §9)
     "check": ALL_CHECKS,
     "fit": ALL_CHECKS,
-    "simulate": frozenset({"E601", "E603", "W605"}),
+    "simulate": frozenset({"E601", "E603", "W605", "E607"}),
 }
 W606_SIGMAS = 3.0  # how far (in noise sigmas) a start value may be from the first observation
 # column names that say "time", and the unit each one implies (None: keep the model's unit)
@@ -71,6 +71,14 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
             report("E601", ir.time_span, f"the table {t.file} has no column `{ir.time_name}` for the model's "
                    f"time variable; its columns are {_names(columns)}", _time_hint(ir, time_guess, columns))
     unmatched = [c for c in columns if c not in used and c != time_guess]
+    if not ir.is_static and ir.t0 is not None and ir.time_name in columns:
+        times = t.numbers(ir.time_name)
+        early = np.flatnonzero(np.isfinite(times) & (times < ir.t0))
+        if early.size:
+            i = int(early[0])
+            report("E607", ir.time_span, f"{t.file}, {t.where(i)}: {ir.time_name} = {times[i]:g} is before the "
+                   f"model's clock origin {ir.time_name} = {ir.t0:g} ({early.size} row(s) in all)",
+                   "drop the rows before the origin, or move the origin (`from`) back to the first data time")
 
     present = [o for o in observes if o in columns]
     if not present:
@@ -166,10 +174,10 @@ def _impossible(noise: str, v: np.ndarray) -> Optional[tuple[int, str]]:
         bad = np.flatnonzero(ok & (v <= 0))
         if bad.size:
             return int(bad[0]), f"{v[bad[0]]:g} is not positive, but lognormal noise needs values > 0"
-    elif noise == "poisson":
+    elif noise in ("poisson", "negbinomial"):
         bad = np.flatnonzero(ok & ((v < 0) | (v != np.round(v))))
         if bad.size:
-            return int(bad[0]), f"{v[bad[0]]:g} is not a count, but poisson noise needs whole numbers >= 0"
+            return int(bad[0]), f"{v[bad[0]]:g} is not a count, but {noise} noise needs whole numbers >= 0"
     return None
 
 
@@ -184,12 +192,15 @@ def _start_warnings(ir: ModelIR, dataset: Dataset) -> list[Diagnostic]:
             continue
         for s in dataset.series:
             y, t0 = float(s.observed[o.name][0]), float(s.times[0])
-            if not math.isfinite(y):
-                continue
+            if not math.isfinite(y) or (ir.t0 is not None and t0 != ir.t0):
+                continue  # a series that starts after the clock origin needs integrating: not a start value
             try:
                 pred = start_values(ir, t0, inputs=s.inputs or None)[o.name]
-                sigma = (point(ir, t0, build_protocol(ir, [t0], inputs=s.inputs or None).segments[0]).value(o.sigma)
-                         if o.sigma is not None else None)
+                sigma = None
+                if o.sigma is not None:
+                    at = point(ir, t0, build_protocol(ir, [t0], inputs=s.inputs or None).segments[0])
+                    at.env[o.symbol] = pred  # a sigma may use the observe's own prediction
+                    sigma = at.value(o.sigma)
             except SimulationError:  # an input without data or default: simulate and fit say so
                 break
             far = _far(o.noise, pred, y, sigma)
@@ -217,7 +228,7 @@ def _far(noise: str, pred: float, y: float, sigma: Optional[float]) -> Optional[
         else:
             gap = abs(pred - y) / sigma
         return f"{gap:.1f} noise sigmas away" if gap > W606_SIGMAS else None
-    if noise == "poisson":
+    if noise in ("poisson", "negbinomial"):  # the Poisson spread is the narrowest a negbinomial allows
         gap = abs(pred - y) / math.sqrt(max(pred, 1.0))
         return f"{gap:.1f} Poisson standard deviations away" if gap > W606_SIGMAS else None
     # least squares: no noise scale, so a factor of two is "far"

@@ -180,7 +180,8 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
         if observed and not any(np.isfinite(v).any() for v in observed.values()):
             warnings.append(f"{file}: series `{label}` has no observed value; it does not affect the fit")
         series.append(Series(label, t, observed, inputs, row_numbers[idx]))
-        early = sorted({d.name for d in ir.doses for dt in d.times if dt < t[0]})
+        # with a clock origin every series starts there, so doses before its first row apply
+        early = [] if ir.t0 is not None else sorted({d.name for d in ir.doses for dt in d.times if dt < t[0]})
         if early:
             in_series = f"series `{label}`" if label is not None else "the data"
             warnings.append(f"{file}: {in_series} starts at {ir.time_name} = {t[0]:g}, after dose(s) "
@@ -307,16 +308,16 @@ def _check_noise_domains(ir, values, present_obs, where, warnings):
                 i = bad[0]
                 raise DataError(f"{where.file}: column `{o.name}`, {where(i)}: {v[i]:g} is not positive, "
                                 "but lognormal noise needs values > 0 (leave the cell empty if unobserved)")
-        elif o.noise == "poisson":
+        elif o.noise in ("poisson", "negbinomial"):
             bad = np.flatnonzero(np.isfinite(v) & (v < 0))
             if bad.size:
                 i = bad[0]
                 raise DataError(f"{where.file}: column `{o.name}`, {where(i)}: {v[i]:g} is negative, "
-                                "but poisson noise models counts >= 0")
+                                f"but {o.noise} noise models counts >= 0")
             frac = np.flatnonzero(np.isfinite(v) & (v != np.round(v)))
             if frac.size:
                 warnings.append(f"{where.file}: column `{o.name}`: {frac.size} non-integer count(s) "
-                                f"under poisson noise, first at {where(frac[0])}")
+                                f"under {o.noise} noise, first at {where(frac[0])}")
 
 
 def _check_increasing(t, idx, time_name, label, where):

@@ -242,8 +242,19 @@ def _noise_findings(ir: ModelIR, res, times, under) -> list[Diagnostic]:
         v = np.asarray(res[o.name], dtype=float)
         if o.noise == "lognormal":
             bad, what = v <= 0, "not positive, but lognormal noise needs a positive prediction"
-        elif o.noise == "poisson":
-            bad, what = v < 0, "negative, but a poisson mean cannot be negative"
+        elif o.noise in ("poisson", "negbinomial"):
+            bad, what = v < 0, f"negative, but a {o.noise} mean cannot be negative"
+        elif o.noise == "normal" and o.symbol in o.sigma.free_symbols:
+            from .fit.loss import numpy_sigmas
+
+            with np.errstate(all="ignore"):
+                sigma = np.broadcast_to(numpy_sigmas(ir, {p.name: p.default for p in ir.params}, [o.name])[o.name](v),
+                                        v.shape)
+            bad = sigma <= 0
+            if bad.any():
+                k = int(np.argmax(bad & np.isfinite(v)))
+                what = (f"its sigma is {sigma[k]:.6g} there, but a normal sigma must be positive at every "
+                        "predicted value")
         else:
             continue
         bad &= np.isfinite(v)

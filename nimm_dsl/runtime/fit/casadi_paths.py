@@ -20,7 +20,7 @@ import numpy as np
 
 from ...backends import compile_ir
 from ...backends.protocol import segment_tail
-from ...compiler.ir import ModelIR
+from ...compiler.ir import ModelIR, walk
 from ..data import Dataset
 from .failures import IPOPT_CONVERGED, IPOPT_USABLE, StartFailed, ipopt_status_words
 from .loss import array_walk_ops, casadi_loss_ops, dataset_nll, numpy_nll, sigma_values
@@ -98,12 +98,21 @@ def casadi_problem(ir: ModelIR, train: Dataset, rtol, atol, sim=None) -> CasadiP
                 neural_count[name] += len(s.times)
         predictions.append({n: Y[obs_row[n], :].T for n in names})
 
-    # sigma expressions see only params and consts: an SX function of the param vector
+    # noise options see params and consts: an SX function of the param vector; one that uses the
+    # observe's own prediction is a function of (params, prediction) mapped over the data points
     P_sx = ca.SX.sym("p", len(ir.params))
-    sig = sigma_values(ir, {p.symbol: P_sx[i] for i, p in enumerate(ir.params)}, CASADI_OPS, names)
-    sig_names = list(sig)
+    P_env = {p.symbol: P_sx[i] for i, p in enumerate(ir.params)}
+
+    def per_point(o, expr):
+        y = ca.SX.sym("y")
+        fn = ca.Function(f"sigma_{o.name}", [P_sx, y], [walk(expr, {**P_env, o.symbol: y}, CASADI_OPS, memo={})])
+        return lambda pred: fn.map(pred.shape[0])(p_full, ca.vec(pred).T).T
+
+    sig = sigma_values(ir, P_env, CASADI_OPS, names, per_point)
+    sig_names = [n for n in sig if not callable(sig[n])]
     sig_mx = ca.Function("sigmas", [P_sx], [ca.vertcat(*[sig[n] for n in sig_names])])(p_full)
     sigmas = {n: sig_mx[i] for i, n in enumerate(sig_names)}
+    sigmas.update({n: f for n, f in sig.items() if callable(f)})
 
     loss = dataset_nll(ir, train, predictions, sigmas, casadi_loss_ops())
     for n in ir.neurals:
@@ -270,7 +279,7 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
             continue
         if o.noise == "lsq":
             sigma[o.name] = None
-        elif o.noise in ("normal", "lognormal") and o.sigma is not None:
+        elif o.noise in ("normal", "lognormal") and o.sigma is not None and o.symbol not in o.sigma.free_symbols:
             free = o.sigma.free_symbols & set(est)
             if not free:
                 env = {p.symbol: float(p.default) for p in ir.params}

@@ -147,6 +147,7 @@ def _when(ir: ModelIR, dataset: Dataset, k: int, t: float, row=None) -> str:
 
 
 _NEEDS = {"lognormal": "a positive prediction", "poisson": "a non-negative rate (positive where a count is)",
+          "negbinomial": "a non-negative mean (positive where a count is)",
           "normal": "a finite prediction", "lsq": "a finite prediction"}
 
 
@@ -160,7 +161,7 @@ def find_problem(ir: ModelIR, simulator, dataset: Dataset, values: Mapping, weig
     except (ValueError, ArithmeticError):
         sigmas = {}
     for name, s in sigmas.items():
-        if not (np.isfinite(s) and s > 0):
+        if not callable(s) and not (np.isfinite(s) and s > 0):
             return _Problem(f"the sigma of observe `{name}` is {s:.6g} at this point, where its noise "
                             "model needs a positive value", -np.inf, "sigma", name)
     found: list[_Problem] = []
@@ -189,7 +190,15 @@ def find_problem(ir: ModelIR, simulator, dataset: Dataset, values: Mapping, weig
             y, f = series.observed[name], np.asarray(res[name], dtype=float)
             with np.errstate(all="ignore"):
                 for j in np.flatnonzero(np.isfinite(y) & np.isfinite(f)):
-                    if not np.isfinite(observation_nll(noise[name], y[j:j + 1], f[j:j + 1], sigmas.get(name))):
+                    sigma = sigmas.get(name)
+                    if callable(sigma) and not float(np.atleast_1d(sigma(f[j:j + 1]))[0]) > 0:  # a sigma of the prediction
+                        found.append(_Problem(
+                            f"the sigma of observe `{name}` is {float(np.atleast_1d(sigma(f[j:j + 1]))[0]):.6g} where its prediction "
+                            f"is {f[j]:.6g} {_when(ir, dataset, k, times[j], series.rows[j])}; a normal sigma must "
+                            "stay positive at every predicted value (e.g. `a + b * NAME` with a > 0, b >= 0)",
+                            float(times[j]), "sigma", name))
+                        break
+                    if not np.isfinite(observation_nll(noise[name], y[j:j + 1], f[j:j + 1], sigma)):
                         found.append(_Problem(
                             f"observe `{name}` is {f[j]:.6g} {_when(ir, dataset, k, times[j], series.rows[j])}, "
                             f"where its {noise[name]} noise needs {_NEEDS[noise[name]]}",

@@ -82,6 +82,11 @@ class BoundTransform:
         return u
 
 
+class _NonFiniteLoss(ArithmeticError):
+    def __str__(self) -> str:
+        return "the loss is not finite at a point it tried"
+
+
 class TorchObjective:
     """The training loss of a subset of series as a function of (params, weights), in torch."""
 
@@ -214,6 +219,8 @@ class TorchSolver(StartSolver):
                 for b in range(0, n_series, self.batch_series):
                     adam.zero_grad()
                     loss = objective(transform.to_params(u), W, order[b:b + self.batch_series], rtol=self.adam_rtol)
+                    if not bool(torch.isfinite(loss)):  # NaN would spread into every param
+                        raise StartFailed("failed: the loss is not finite at the point reached", *here())
                     loss.backward()
                     adam.step()
                 bar.update()
@@ -247,6 +254,8 @@ class TorchSolver(StartSolver):
         def closure():
             lbfgs.zero_grad()
             value = objective(transform.to_params(u), W, rtol=self.lbfgs_rtol)
+            if not bool(torch.isfinite(value)):  # torch's line search cannot bracket a NaN
+                raise _NonFiniteLoss()
             value.backward()
             history.append(float(value.detach()))
             return value
@@ -259,7 +268,7 @@ class TorchSolver(StartSolver):
         early_stopped = False
         try:
             lbfgs.step(closure)
-        except SimulationError as e:
+        except (SimulationError, _NonFiniteLoss) as e:
             notes.append(f"L-BFGS stopped early ({e}); the result is Adam's")
             restore()
             history.clear()
