@@ -189,21 +189,33 @@ def test_combined_error_nll_matches_scipy_in_both_fit_paths():
         assert value == pytest.approx(exact, rel=1e-8)
 
 
+NEGATIVE_SIGMA = "param a [mg] = -5 in [-10, 10]\nparam b [1] = 0.1 in [0, 1]"
+SIGMA_DATA = pd.DataFrame({"t": [0.0, 20.0, 30.0], "y": [100.0, 0.2, 0.01]})
+
+
 def test_a_sigma_that_reaches_zero_is_w804_in_the_probe_and_a_clear_fit_error():
-    extra = "param a [mg] = -5 in [-10, 10]\nparam b [1] = 0.1 in [0, 1]"
-    model = decay(COMBINED, extra=extra)
+    model = decay(COMBINED, extra=NEGATIVE_SIGMA)
     found = probe(model)
     assert [(d.code, d.span.line) for d in found] == [("W804", 9)]
     assert "sigma" in found[0].message
-    frame = pd.DataFrame({"t": [0.0, 20.0, 30.0], "y": [100.0, 0.2, 0.01]})
+    assert_sigma_failure_is_named(model, "casadi")
+
+
+@pytest.mark.slow
+def test_the_torch_fit_names_a_sigma_that_reaches_zero_instead_of_crashing():
+    """A NaN loss used to reach torch's L-BFGS line search, which raised IndexError."""
+    assert_sigma_failure_is_named(decay(COMBINED, extra=NEGATIVE_SIGMA), "torch")
+
+
+def assert_sigma_failure_is_named(model, backend):
+    """Other starts may recover; the defaults' failure is named either way."""
     clear = r"the sigma of observe `y` is -4.97\d* where its prediction is 0.247\d* at t = 20 h"
-    for backend in ("casadi", "torch"):  # other starts may recover; the defaults' failure is named
-        try:
-            fit = model.fit(frame, progress=False, max_iter=1, backend=backend)
-        except FitError as e:
-            assert re.search(clear, str(e))
-        else:
-            assert any(re.search(clear, w) for w in fit.warnings)
+    try:
+        fit = model.fit(SIGMA_DATA, progress=False, max_iter=1, backend=backend)
+    except FitError as e:
+        assert re.search(clear, str(e))
+    else:
+        assert any(re.search(clear, w) for w in fit.warnings)
 
 
 # ---------------------------------------------------------------- the shipped example
@@ -236,3 +248,117 @@ def test_the_indometacin_example_fits_like_an_independent_scipy_fit_of_the_same_
     reference = dict(zip(names, np.exp(ref.x)))
     _, torch_value = fit_path_losses(model, data, reference)
     assert torch_value == pytest.approx(ref.fun, abs=1e-5)
+
+
+# ---------------------------------------------------------------- counts over an interval
+SEIR = """model seir_weekly "SEIR with weekly reported counts"
+time t [day] from 0
+unit person
+const N [person] = 100000
+const I0 [person] = 10
+param beta [1/day] = 0.6 in [0.1, 3]
+const sigma [1/day] = 0.2
+const gamma [1/day] = 0.25
+param rho [1] = 0.3 in [0.01, 1]
+param k [1] = 10 in [0.1, 1000]
+state S [person] = N - I0 in [0, inf]
+state E [person] = 0 in [0, inf]
+state I [person] = I0 in [0, inf]
+state R [person] = 0 in [0, inf]
+flow S -> E = beta * S * I / N
+flow E -> I = sigma * E
+flow I -> R = gamma * I
+observe weekly [person] = integral(rho * sigma * E, 7 [day]) ~ negbinomial(dispersion = k)
+
+scenario distancing "contacts reduced by 40% from day 35"
+  set beta = 0.6 * beta from 35
+end
+"""
+WEEKS = 7.0 * np.arange(1, 16)
+
+
+def seir_reference(times, beta=0.6, rho=0.3, window=7.0, switch=None):
+    """Weekly counts of the SEIR above, from a hand-written right-hand side with the cumulative
+    reported incidence as a fifth variable, integrated by scipy (beta * 0.6 from `switch` on)."""
+    from scipy.integrate import solve_ivp
+
+    def rhs(t, y):
+        S, E, I, R, C = y
+        b = beta * (0.6 if switch is not None and t >= switch else 1.0)
+        new = b * S * I / 1e5
+        return [-new, new - 0.2 * E, 0.2 * E - 0.25 * I, 0.25 * I, rho * 0.2 * E]
+
+    grid = np.unique(np.r_[0.0, times, np.maximum(times - window, 0.0)])
+    stops = [0.0, switch, grid[-1]] if switch is not None else [0.0, grid[-1]]
+    y0, cumulative = [1e5 - 10, 0, 10, 0, 0], {}
+    for a, b in zip(stops[:-1], stops[1:]):
+        inside = grid[(grid >= a) & (grid <= b)]
+        sol = solve_ivp(rhs, (a, b), y0, t_eval=inside, rtol=1e-12, atol=1e-9, method="LSODA")
+        cumulative.update(zip(inside, sol.y[4]))
+        y0 = sol.y[:, -1]
+    return np.array([cumulative[t] - cumulative[max(t - window, 0.0)] for t in times])
+
+
+def test_integral_checks_where_it_is_and_its_window():
+    assert errors(SEIR) == []
+    line = 18
+    observe = "observe weekly [person] = integral(rho * sigma * E, 7 [day]) ~ negbinomial(dispersion = k)"
+
+    def with_observe(text):
+        return errors(SEIR.replace(observe, text))
+
+    assert with_observe(observe.replace("7 [day]", "0 [day]")) == [("E503", line, 53)]
+    assert with_observe(observe.replace("7 [day]", "7 [person]")) == [("E405", line, 53)]
+    assert with_observe(observe.replace("7 [day]", "beta"))[0][:2] == ("E306", line)
+    assert with_observe(observe.replace(", 7 [day])", ")")) == [("E205", line, 27)]
+    assert ("E204", line, 36) in with_observe(observe.replace("rho * sigma * E", "integral(E, 1 [day])"))
+    assert with_observe(observe.replace("7 [day])", "7 [day]) / (1 [day])")) == [("E405", line, 27)]
+    in_let = SEIR.replace(observe, observe + "\nlet total = integral(E, 7 [day])")
+    assert [c for c, ln, _ in errors(in_let) if ln == line + 1][0] == "E204"
+    in_sigma = SEIR.replace("~ negbinomial(dispersion = k)", "~ normal(sigma = integral(E, 1 [day]))")
+    assert ("E204", line, 79) in errors(in_sigma)
+    assert [c for c, _, _ in errors(SEIR.replace("param k [1]", "param integral [1]"))][0] == "E203"
+
+
+def test_integral_is_exact_in_both_back_ends_and_cut_at_the_start():
+    model = nimm_dsl.load_source(SEIR)
+    reference = seir_reference(WEEKS)
+    late = nimm_dsl.load_source(SEIR.replace(" from 0\n", "\n"))  # starts at its first time
+    for backend in ("casadi", "torch"):
+        res = model.compile(backend).simulate(WEEKS)
+        np.testing.assert_allclose(res["weekly"], reference, rtol=1e-6)
+        assert not any("accumulator" in name for name in res.names)
+        # without an origin the run starts at day 7: the first window is cut to nothing
+        cut = late.compile(backend).simulate([7.0, 10.0])["weekly"]
+        assert cut[0] == 0.0 and 0 < cut[1] < reference[0]
+        # output times closer than the window: overlapping windows, each exact
+        daily = model.compile(backend).simulate(np.arange(60.0, 71.0))["weekly"]
+        np.testing.assert_allclose(daily, seir_reference(np.arange(60.0, 71.0)), rtol=1e-6)
+
+
+def test_integral_follows_a_scenario_in_both_back_ends():
+    model = nimm_dsl.load_source(SEIR)
+    reference = seir_reference(WEEKS, switch=35.0)
+    for backend in ("casadi", "torch"):
+        res = model.compile(backend).simulate(WEEKS, scenario="distancing")
+        np.testing.assert_allclose(res["weekly"], reference, rtol=1e-6)
+
+
+def test_integral_losses_match_scipy_in_both_fit_paths():
+    model = nimm_dsl.load_source(SEIR)
+    counts = np.array([3, 16, 25, 80, 190, 310, 920, 1500, 3900, 4400, 6100, 3800, 2300, 1700, 700.0])
+    values = {"beta": 0.58, "rho": 0.33, "k": 8.0}
+    mean = seir_reference(WEEKS, beta=0.58, rho=0.33)
+    exact = -stats.nbinom.logpmf(counts, 8.0, 8.0 / (8.0 + mean)).sum()
+    for value in fit_path_losses(model, pd.DataFrame({"t": WEEKS, "weekly": counts}), values):
+        assert value == pytest.approx(exact, rel=1e-7)
+
+
+def test_simulate_writes_the_integral_observe_and_not_its_accumulator(tmp_path):
+    f = tmp_path / "seir.nimm"
+    f.write_text(SEIR)
+    out = tmp_path / "out.csv"
+    assert main(["simulate", str(f), "--times", "7:105:15", "--scenario", "distancing", "--output", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["t", "S", "E", "I", "R", "weekly"]
+    np.testing.assert_allclose(table["weekly"], seir_reference(WEEKS, switch=35.0), rtol=1e-6)

@@ -213,14 +213,18 @@ class CasadiSimulator:
         x = ca.SX.sym("x", nx)
         extra = {s.symbol: x[i] for i, s in enumerate(ir.states)}
         extra[ir.time] = t
+        # each integral's value at an output time (Protocol.integral_values): an input of the outputs
+        I = ca.SX.sym("I", len(ir.integrals))
+        extra.update({g.symbol: I[k] for k, g in enumerate(ir.integrals)})
         P, W, env, ev, neural = self._symbolic_env(extra, ir.runtime_symbols())
         ode = _inside_domains(ca.vertcat(*[ev(ir.derivatives[s.name]) for s in ir.states]), x, ir)
         lets = [env[let.symbol] for let in ir.lets]
         observes = [ev(o.expr) for o in ir.observes]
         self._ode = (t, x, P, W, ode)
         self.rhs = ca.Function("rhs", [t, x, P, W], [ode], ["t", "x", "P", "W"], ["dx"])
-        self._outputs = ca.Function("outputs", [t, x, P, W], [ca.vertcat(*lets, *observes)],
-                                    ["t", "x", "P", "W"], ["y"])
+        self._outputs = ca.Function("outputs", [t, x, P, W] + ([I] if ir.integrals else []),
+                                    [ca.vertcat(*lets, *observes)],
+                                    ["t", "x", "P", "W"] + (["I"] if ir.integrals else []), ["y"])
         # every neural call's output, one row per call: what a neural penalty sums along a run
         self.neural_call_names = [name for name, _ in self._neural_calls]
         self._neural_outputs = ca.Function("neural_outputs", [t, x, P, W],
@@ -392,9 +396,18 @@ class CasadiSimulator:
                 for i, c in zip(plan.later, plan.cols):
                     out_x[i], out_p[i] = xf[:, int(c)], P
                 x = xf[:, -1]
+        times, extra = protocol.output_times, []
+        if protocol.requested is not None:  # integrals: report the asked times only
+            rows = self.ir.integral_rows()
+            extra = [ca.vertcat(*[ca.horzcat(*[out_x[j][r] - out_x[lag][r] for j, lag in zip(protocol.requested, lags)])
+                                  for r, lags in zip(rows, protocol.lags)])]
+            out_x = [out_x[j] for j in protocol.requested]
+            out_p = [out_p[j] for j in protocol.requested]
+            times = times[protocol.requested]
+            n_t = len(times)
         X, Pcols = ca.horzcat(*out_x), ca.horzcat(*out_p)
-        T = ca.DM(protocol.output_times).T
-        Y = self._output_fn(n_t)(T, X, Pcols, w)
+        T = ca.DM(times).T
+        Y = self._output_fn(n_t)(T, X, Pcols, w, *extra)
         n_let = len(self.ir.lets)
         outputs, names = [Y[n_let:, :], ca.vertcat(X, Y[:n_let, :])], ["y", "z"]
         if neural_outputs:
@@ -460,27 +473,34 @@ class CasadiSimulator:
         protocol = self._cached_protocol(times, scenario, inputs, t_start)
         theta = self.param_vector(params)
         X, Pcols = self._run(protocol, theta, w, rtol, atol)
-        Y = self._outputs_numeric(protocol.output_times, X, Pcols, w)
-        return self._result(protocol, X, Y, rtol, atol, Pcols, w)
+        times, integrals = protocol.output_times, None
+        if protocol.requested is not None:  # integrals: report the asked times only
+            integrals = protocol.integral_values(X[self.ir.integral_rows()])
+            X, Pcols, times = X[:, protocol.requested], Pcols[:, protocol.requested], times[protocol.requested]
+        Y = self._outputs_numeric(times, X, Pcols, w, integrals)
+        return self._result(protocol, times, X, Y, rtol, atol, Pcols, w)
 
-    def _outputs_numeric(self, times, X, Pcols, w) -> np.ndarray:
+    def _outputs_numeric(self, times, X, Pcols, w, integrals=None) -> np.ndarray:
         """Lets then observes at every output time: [(n_lets + n_observes) x T]."""
         n_t = len(times)
         fast = self._fast_output_map.get(n_t)
         if fast is None:
             fast = self._fast_output_map[n_t] = _FastCall(self._output_fn(n_t))
         # a CasADi n x T matrix is a (T, n) C-ordered array
-        return fast({0: times, 1: X.T, 2: Pcols.T, 3: w}).T
+        args = {0: times, 1: X.T, 2: Pcols.T, 3: w}
+        if integrals is not None:
+            args[4] = integrals.T
+        return fast(args).T
 
-    def _result(self, protocol, X, Y, rtol, atol, Pcols, w) -> SimulationResult:
+    def _result(self, protocol, times, X, Y, rtol, atol, Pcols, w) -> SimulationResult:
         ir = self.ir
         values, units = {}, {ir.time_name: ir.time_unit}
         for i, s in enumerate(ir.states):
-            values[s.name], units[s.name] = X[i].copy(), s.unit
+            if not s.hidden:
+                values[s.name], units[s.name] = X[i].copy(), s.unit
         rows = [(let.name, let.unit) for let in ir.lets] + [(o.name, o.unit) for o in ir.observes]
         for i, (name, unit) in enumerate(rows):
             values[name], units[name] = Y[i].copy(), unit
-        times = protocol.output_times
 
         def rhs(idx, columns):
             return self._rhs_columns(times[idx], columns, Pcols[:, idx], w)

@@ -65,10 +65,27 @@ class Protocol:
     warnings: list[str] = field(default_factory=list)
     # scratch space for a back end's per-protocol data (e.g. its integrator plan)
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # a model with integrals (ir.IntegralIR) runs on the asked times plus each t - window:
+    # `output_times` is that grid, `requested` the asked times' indices into it and `lags`
+    # [n_integrals x n_requested] the indices of max(t - window, t_start). None without integrals.
+    requested: Optional[np.ndarray] = None
+    lags: Optional[np.ndarray] = None
+
+    def integral_values(self, Q):
+        """Each integral at the requested times, [n_integrals x n_requested], from its
+        accumulator's values Q [n_integrals x n_output_times] (numpy, or a casadi/torch matrix
+        indexed the same way)."""
+        return Q[:, self.requested] - _take_rows(Q, self.lags)
 
     @property
     def t_end(self) -> float:
         return self.segments[-1].t1
+
+
+def _take_rows(Q, idx: np.ndarray):
+    """Q[k, idx[k, j]] as a [n_rows x n_cols] matrix."""
+    rows = np.arange(idx.shape[0])[:, None]
+    return Q[rows, idx]
 
 
 # ---------------------------------------------------------------- inputs
@@ -177,6 +194,13 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
     t_start = float(out[0]) if t_start is None else float(t_start)
     if t_start > out[0]:
         raise ValueError(f"t_start = {t_start} is after the first output time {out[0]}")
+    requested = lags = None
+    if ir.integrals:  # add each t - window (cut at the start) to the grid
+        starts = [np.maximum(out - i.window, t_start) for i in ir.integrals]
+        grid = np.unique(np.concatenate([out, *starts]))
+        requested = np.searchsorted(grid, out)
+        lags = np.array([np.searchsorted(grid, s) for s in starts], dtype=int).reshape(len(starts), len(out))
+        out = grid
     t_end = float(out[-1])
     if hasattr(inputs, "columns"):
         inputs = inputs_from_table(ir, inputs)
@@ -221,7 +245,8 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
         coef = np.array([sig.coef(t0) for sig in signals], dtype=float).reshape(len(signals), 2)
         doses = [e for e in events if e.time == t0]
         segments.append(Segment(t0, t1, doses, np.arange(lo, hi), flags, coef))
-    return Protocol(t_start, out, segments, scenario, [u.name for u in ir.inputs], warnings)
+    return Protocol(t_start, out, segments, scenario, [u.name for u in ir.inputs], warnings,
+                    requested=requested, lags=lags)
 
 
 def default_times(ir: ModelIR, n: int = 201) -> np.ndarray:

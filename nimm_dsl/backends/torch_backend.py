@@ -159,8 +159,10 @@ class TorchSimulator(torch.nn.Module):
         # right-hand side: lets then derivatives
         self._rhs, self._rhs_out, _ = _record(ir, [t, *states, *runtime], derivs, dtype, self.device)
         # outputs at the reported times: lets, observes, and (for penalties) every neural call
+        # (an integral's value is an input of the outputs: Protocol.integral_values)
         self._out, self._out_obs, self._out_lets = _record(
-            ir, [t, *states, *runtime], [*derivs, *[o.expr for o in ir.observes]], dtype, self.device)
+            ir, [t, *states, *runtime, *(g.symbol for g in ir.integrals)],
+            [*derivs, *[o.expr for o in ir.observes]], dtype, self.device)
         self._out_obs = self._out_obs[len(derivs):]
         # initial values: functions of (time, runtime vector); they use no state or let (E306)
         self._events, self._event_out, _ = _record(ir, [t, *runtime], [s.init for s in ir.states],
@@ -235,7 +237,7 @@ class TorchSimulator(torch.nn.Module):
         ev = self._events.run([t_dev(protocol.t_start), *self._columns(P_seg)], self.nir, W)
         y = torch.stack([ev[r].expand(B) for r in self._event_out[:len(self.ir.states)]], dim=1)
 
-        pieces: list[dict[str, torch.Tensor]] = []
+        runs = []  # (output indices, states (T, B, n_s), runtime columns) per segment
         for seg in segments:
             P_seg = self._segment_P(P_params, seg)
             if seg.doses:
@@ -250,9 +252,23 @@ class TorchSimulator(torch.nn.Module):
             else:
                 Y = y.unsqueeze(0).expand(len(idx), -1, -1)
             if len(idx):
-                pieces.append(self._outputs(Y, t_out, P_seg, W))
-        if not pieces:
+                runs.append((idx, Y, P_seg))
+        if not runs:
             raise ValueError("no output times inside the protocol")
+        if protocol.requested is None:
+            pieces = [self._outputs(Y, out_times[idx], P_seg, W) for idx, Y, P_seg in runs]
+        else:  # integrals: the asked times only, each with its integrals' values
+            Q = torch.cat([Y for _, Y, _ in runs])[:, :, self.ir.integral_rows()]  # (T_all, B, n_int)
+            lags = torch.as_tensor(protocol.lags, device=self.device)
+            requested = torch.as_tensor(protocol.requested, device=self.device)
+            values = [Q[requested, :, k] - Q[lags[k], :, k] for k in range(Q.shape[2])]  # each (T_req, B)
+            pieces = []
+            for idx, Y, P_seg in runs:
+                mine = np.flatnonzero((protocol.requested >= idx[0]) & (protocol.requested <= idx[-1]))
+                if mine.size:
+                    local = torch.as_tensor(protocol.requested[mine] - idx[0], device=self.device)
+                    pieces.append(self._outputs(Y[local], out_times[protocol.requested[mine]], P_seg, W,
+                                                [v[torch.as_tensor(mine)] for v in values]))
         return {k: torch.cat([p[k] for p in pieces], dim=1) for k in pieces[0]}
 
     def _apply_doses(self, y, seg, P_seg, W):
@@ -272,11 +288,12 @@ class TorchSimulator(torch.nn.Module):
                                       quantities=[e.dose.name, name])
         return torch.stack(cols, dim=1)
 
-    def _outputs(self, Y, t_out, P_seg, W) -> dict[str, torch.Tensor]:
-        """States, lets, observes and neural outputs at output times; Y: (T, B, n_s) -> (B, T)."""
+    def _outputs(self, Y, t_out, P_seg, W, integrals=()) -> dict[str, torch.Tensor]:
+        """States, lets, observes and neural outputs at output times; Y: (T, B, n_s) -> (B, T);
+        integrals: each integral's values (T, B) at these times."""
         T, B = Y.shape[0], Y.shape[1]
         t = self._tensor(t_out).reshape(T, 1)
-        regs = self._out.run([t, *Y.unbind(2), *self._columns(P_seg)], self.nir, W)
+        regs = self._out.run([t, *Y.unbind(2), *self._columns(P_seg), *integrals], self.nir, W)
         full = lambda r: regs[r].expand(T, B).transpose(0, 1)  # noqa: E731
         res = {n: Y[:, :, i].transpose(0, 1) for i, n in enumerate(self.state_names)}
         res.update({n: full(r) for n, r in zip(self.let_names, self._out_lets)})
@@ -449,7 +466,12 @@ class TorchSimulator(torch.nn.Module):
         outputs = {n: values[n] for n in [*self.let_names, *self.observe_names]}  # states stay finite
         units[self.ir.time_name] = self.ir.time_unit
         ir, times = self.ir, protocol.output_times
+        if protocol.requested is not None:
+            times = times[protocol.requested]
         X = np.stack([values[n] for n in self.state_names], axis=1)  # (B, n_states, T)
+        for s in ir.states:  # integral accumulators are internal
+            if s.hidden:
+                del values[s.name], units[s.name]
         warnings = [*protocol.warnings,
                     *domain_warnings(times, X, ir.states, rtol, atol, ir.time_name, ir.time_unit),
                     *trough_warnings(times, X[0], ir.states, atol, ir.time_name, ir.time_unit,
@@ -464,13 +486,16 @@ class TorchSimulator(torch.nn.Module):
         P = np.empty((len(protocol.output_times), len(self.runtime_symbols)))
         for seg in protocol.segments:
             P[seg.out_idx] = np.r_[p[:self.n_params], segment_tail(seg)]
+        times = protocol.output_times
+        if protocol.requested is not None:  # the reported times only
+            P, times = P[protocol.requested], times[protocol.requested]
 
         def rhs(idx, columns):
             with torch.no_grad():
                 W = self._weights(weights, len(idx))
                 cols = [self._tensor(c) for c in P[idx].T]
                 y = self._tensor(np.asarray(columns).T)
-                regs = self._rhs.run([self._tensor(protocol.output_times[idx]), *self._inside_domains(y), *cols],
+                regs = self._rhs.run([self._tensor(times[idx]), *self._inside_domains(y), *cols],
                                      self.nir, W)
                 return np.stack([regs[r].expand(len(idx)).cpu().numpy() for r in self._rhs_out])
 

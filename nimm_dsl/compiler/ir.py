@@ -65,6 +65,19 @@ class StateIR:
     unit: str
     doc: Optional[str] = None
     span: Optional[Span] = None
+    hidden: bool = False  # an integral's accumulator: integrated like any state, never reported
+
+
+@dataclass
+class IntegralIR:
+    """`integral(RATE, WINDOW)` in an observe (LANGUAGE.md §11), computed exactly: a hidden
+    accumulator state Q (StateIR.hidden, d(state)/dt = RATE, 0 at the start) and, at each output
+    time t, `symbol` = Q(t) - Q(max(t - window, start)). Back ends give `symbol` that value; the
+    protocol adds the times t - window to the integration grid (Protocol.requested/.lags)."""
+
+    symbol: sp.Symbol  # the integral's value, in base units of unit(RATE) x time
+    state: str  # the accumulator's name in ModelIR.states
+    window: float  # time unit
 
 
 @dataclass
@@ -220,6 +233,7 @@ class ModelIR:
     time_span: Optional[Span] = None  # the `time` line
     der_spans: dict[str, Span] = field(default_factory=dict)  # state -> its `der(...)` line
     t0: Optional[float] = None  # `time t [u] from T0`: every run starts at T0 (None: at its first time)
+    integrals: list[IntegralIR] = field(default_factory=list)  # in observes; accumulators in `states`
 
     @property
     def is_static(self) -> bool:
@@ -234,6 +248,15 @@ class ModelIR:
 
     def param(self, name: str) -> ParamIR:
         return next(p for p in self.params if p.name == name)
+
+    @property
+    def reported_states(self) -> list[StateIR]:
+        """The states a simulation reports (integral accumulators are internal)."""
+        return [s for s in self.states if not s.hidden]
+
+    def integral_rows(self) -> list[int]:
+        """Indices into `states` of each integral's accumulator, `integrals` order."""
+        return [self.state_index(i.state) for i in self.integrals]
 
     def state_index(self, name: str) -> int:
         return next(i for i, s in enumerate(self.states) if s.name == name)

@@ -17,6 +17,7 @@ import sympy as sp
 
 from ..grammar import ast as A
 from . import ir as I
+from ..grammar.words import OBSERVE_FUNCTIONS
 from .builtins import BUILTINS
 from .check import CheckedModel
 from .fold import fold, is_bare
@@ -64,6 +65,7 @@ class _Lowerer:
             for name, s in self.table.symbols.items() if s.kind == "input"
         }
         self.overrides: dict[str, sp.Expr] = {}  # name -> effective value (declared unit)
+        self.integrals: list[tuple] = []  # (value symbol, rate in base units, window in time unit)
         self.let_decls = {s.name: s.decl for s in self.table.symbols.values() if s.kind == "let"}
         self._baseline_lets: dict[str, sp.Expr] = {}  # name -> baseline value (base units)
 
@@ -122,6 +124,10 @@ class _Lowerer:
                 return BUILTINS[f].sympy(sp, *args)
             if f in self.neural_fn:
                 return self.neural_fn[f](*args) * self.scale(f)
+            if f in OBSERVE_FUNCTIONS:  # integral(RATE, WINDOW): see ir.IntegralIR
+                value = sp.Symbol(f"integral#{len(self.integrals)}", real=True)
+                self.integrals.append((value, args[0], self.number(e.args[1], self.time_name)))
+                return value
         raise LoweringError("E204", getattr(e, "span", A.Span(1, 1, 1, 1)), f"cannot lower {e!r}")
 
     def value(self, e, unit_name: Optional[str] = None, baseline=False) -> sp.Expr:
@@ -260,6 +266,13 @@ def lower(checked: CheckedModel) -> I.ModelIR:
                 dispersion = L.value(opts["dispersion"], None, baseline=True)
         ir.observes.append(I.ObserveIR(n, L.sym[n], L.expr(o.value) / L.scale(n), L.label(n), noise, sigma,
                                        o.span, dispersion))
+    # each integral's accumulator: a hidden state in base units of unit(RATE) x time, from 0
+    for value, rate, window in L.integrals:
+        name = f"{value}:accumulator"
+        ir.states.append(I.StateIR(name, sp.Symbol(name, real=True), sp.Integer(0), float("-inf"),
+                                   float("inf"), "base units", hidden=True))
+        ir.derivatives[name] = rate * time_scale
+        ir.integrals.append(I.IntegralIR(value, name, window))
 
     # doses: baseline, then scenarios
     def dose_ir(d: A.DoseStmt) -> I.DoseIR:

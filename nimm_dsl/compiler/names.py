@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
 from ..grammar import ast as A
-from ..grammar.words import BUILTIN_CONSTANTS
+from ..grammar.words import BUILTIN_CONSTANTS, OBSERVE_FUNCTIONS
 from ..diagnostics import Diagnostic, did_you_mean
 from .builtins import BUILTINS
 from .fold import FoldError, Value, fold, fold_number
@@ -76,6 +76,7 @@ class Position:
     finite: bool = False  # a declared value, amount or event time: infinity is E504
     observe: Optional[str] = None  # the observe whose noise option this is
     own_prediction: bool = False  # the observe's own name stands for its prediction (a normal sigma)
+    integral: bool = False  # `integral(RATE, WINDOW)` may appear (an observe's expression)
 
 
 def iter_expr(expr: Optional[A.Expr]) -> Iterator[A.Expr]:
@@ -177,7 +178,15 @@ class _Checker:
         """Check every name in `expr` for `pos`; return the model names it uses."""
         used: set[str] = set()
         literals = False  # no literal and no const lookups: nothing for E504 to find
+        skip: set[int] = set()  # the window of an integral, resolved on its own
         for node in iter_expr(expr):
+            if id(node) in skip:
+                continue
+            if isinstance(node, A.Call) and node.func.name in OBSERVE_FUNCTIONS:
+                used |= self.resolve_integral(node, pos)
+                if len(node.args) == 2:
+                    skip |= {id(n) for n in iter_expr(node.args[1])}
+                continue
             if isinstance(node, A.Name):
                 if self.resolve_name(node, pos):
                     used.add(node.name)
@@ -191,6 +200,27 @@ class _Checker:
         if literals or (expr is not None and pos.allowed == CONSTANT_KINDS):
             self.check_constant(expr, pos)
         self.info.used |= used
+        return used
+
+    def resolve_integral(self, node: A.Call, pos: Position) -> set[str]:
+        """`integral(RATE, WINDOW)`: only in an observe's expression, not nested, with a constant
+        positive window (its rate is resolved with the rest of the expression)."""
+        name = node.func.name
+        if not pos.integral:
+            self.report("E204", node.func.span, f"`{name}` is allowed only in an observe's expression, found it in {pos.what}",
+                        "observe the interval count: `observe weekly [person] = integral(rate, 7 [day]) ~ ...`")
+        self.check_arity(node, 2, f"`{name}`")
+        if len(node.args) != 2:
+            return set()
+        nested = next((n for n in iter_expr(node.args[0]) if isinstance(n, A.Call) and n.func.name == name), None)
+        if nested is not None:
+            self.report("E204", nested.func.span, f"`{name}` inside the rate of another `{name}`",
+                        "integrate the rate once")
+        window = node.args[1]
+        used = self.resolve(window, Position(f"the window of `{name}`", CONSTANT_KINDS, "numbers and consts", True))
+        value = self.number(window)
+        if value is not None and not 0 < value < math.inf:
+            self.report("E503", window.span, f"the window of `{name}` must be a positive time, found {value:g}")
         return used
 
     def resolve_name(self, node: A.Name, pos: Position) -> bool:
@@ -421,7 +451,7 @@ class _Checker:
             if owns(stmt.name):
                 depends[stmt.name.name] = used
         elif isinstance(stmt, A.ObserveDecl):
-            used = self.resolve(stmt.value, Position(f"observe `{stmt.name.name}`"))
+            used = self.resolve(stmt.value, Position(f"observe `{stmt.name.name}`", integral=True))
             used |= self.check_noise(stmt)
             if owns(stmt.name):
                 depends[stmt.name.name] = used

@@ -25,6 +25,7 @@ from typing import Optional, Union
 from ..grammar import ast as A
 from ..grammar.words import BUILTIN_CONSTANTS
 from ..diagnostics import Diagnostic
+from ..grammar.words import OBSERVE_FUNCTIONS
 from .builtins import BRANCHES, BUILTINS, DIMENSIONLESS, HALVES_EXPONENTS, KEEPS_UNIT, ONE_DIMENSION
 from .fold import DeclaredValues, is_bare
 from .symbols import Symbol, SymbolTable
@@ -454,6 +455,12 @@ class _UnitChecker:
     def infer_call(self, e: A.Call) -> Ty:
         """A built-in call by its row's unit rule (compiler/builtins.py), or a neural call."""
         name = e.func.name
+        if name in OBSERVE_FUNCTIONS:  # integral(RATE, WINDOW): unit(RATE) x the time unit
+            if len(e.args) != 2 or self.info.time_unit is None:
+                return None  # E205 and E204 are names.py's
+            self.check_value(e.args[1], self.info.time_unit, f"the window of `{name}`")
+            rate = self.infer(e.args[0])
+            return rate * self.info.time_unit if isinstance(rate, Unit) else rate
         args = [self.infer(a) for a in e.args]
         row = BUILTINS.get(name)
         if row is not None:

@@ -8,9 +8,11 @@ KEYWORDS = frozenset(
 )
 BUILTIN_FUNCTIONS = frozenset("exp log log10 sqrt abs sin cos tan tanh min max ifelse".split())
 BUILTIN_CONSTANTS = frozenset({"pi"})
+# Functions of an observe's expression only (LANGUAGE.md §11): `integral(RATE, WINDOW)`.
+OBSERVE_FUNCTIONS = frozenset({"integral"})
 # Keywords, built-in functions and constants. Words with a meaning only in fixed positions (noise
 # models, neural kinds and options) are deliberately not reserved: declaring them is allowed.
-RESERVED = KEYWORDS | BUILTIN_FUNCTIONS | BUILTIN_CONSTANTS | {"inf"}
+RESERVED = KEYWORDS | BUILTIN_FUNCTIONS | BUILTIN_CONSTANTS | OBSERVE_FUNCTIONS | {"inf"}
 
 # Words that start a statement. A continuation line (inside an open bracket) that starts with
 # one of them means the bracket was never closed.

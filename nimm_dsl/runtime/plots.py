@@ -26,7 +26,7 @@ def _label(name: str, unit: Optional[str]) -> str:
 def hidden_states(ir, observed_names: Sequence[str]) -> list[str]:
     """States that no observed quantity reports directly (`observe y = X` makes X visible)."""
     shown = {o.expr for o in ir.observes if o.name in observed_names}
-    return [s.name for s in ir.states if s.symbol not in shown]
+    return [s.name for s in ir.reported_states if s.symbol not in shown]
 
 
 def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
@@ -59,16 +59,24 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
                              figsize=(3.6 * len(columns), 2.8 * len(series)))
     time_label = _label(ir.time_name, ir.time_unit)
     for r, s in enumerate(series):
-        grid = np.linspace(s.times[0], s.times[-1], FINE_GRID)
+        grid = np.linspace(s.times[0] if ir.t0 is None else ir.t0, s.times[-1], FINE_GRID)  # from the run's start
         grid = np.union1d(grid, s.times)  # exact values at the data times (dose jumps stay sharp)
         res = simulator.simulate(grid, params=params, inputs=s.inputs or None, weights=weights)
         for c, name in enumerate(columns):
             ax = axes[r][c]
-            ax.plot(grid, res[name], color="C0", lw=1.6, label="fit")
+            window = _interval(ir, name)
+            if window is None or name not in s.observed:
+                ax.plot(grid, res[name], color="C0", lw=1.6, label="fit")
             if name in s.observed:
                 y = s.observed[name]
                 ok = np.isfinite(y)
-                ax.plot(s.times[ok], y[ok], "o", color="C1", ms=4, label="data")
+                if window is not None:  # a count over an interval: drawn over the interval it covers
+                    at = np.searchsorted(grid, s.times[ok])
+                    ax.hlines(np.asarray(res[name])[at], s.times[ok] - window, s.times[ok], color="C0", lw=1.6,
+                              label="fit")
+                    ax.hlines(y[ok], s.times[ok] - window, s.times[ok], color="C1", lw=2.4, alpha=0.7, label="data")
+                else:
+                    ax.plot(s.times[ok], y[ok], "o", color="C1", ms=4, label="data")
                 ax.set_ylabel(_label(name, obs_units.get(name)))
             else:
                 ax.set_ylabel(_label(name, state_units.get(name)) + " (hidden)")
@@ -86,6 +94,14 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
     fig.suptitle(suptitle)
     fig.tight_layout()
     return _save(plt, fig, path)
+
+
+def _interval(ir, name: str) -> Optional[float]:
+    """The window of an observe that is a count over an interval (`integral(RATE, WINDOW)`;
+    the longest when it has several), else None."""
+    o = next((o for o in ir.observes if o.name == name), None)
+    windows = [g.window for g in ir.integrals if o is not None and g.symbol in o.expr.free_symbols]
+    return max(windows) if windows else None
 
 
 def _plot_static_fit(plt, ir, dataset, params, weights, simulator, path) -> str:

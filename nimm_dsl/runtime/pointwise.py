@@ -88,6 +88,8 @@ def point(ir: ModelIR, t: float, segment: Segment, params: Optional[Mapping] = N
     values = np.r_[param_vector(ir, params), segment_tail(segment)]
     env = {s: float(v) for s, v in zip(ir.runtime_symbols(), values)}
     env[ir.time] = float(t)
+    # one point has no window to integrate over: an integral there is the one at a run's start
+    env.update({g.symbol: 0.0 for g in ir.integrals})
     w = {n.name: np.asarray((weights or {}).get(n.name, n.initial_weights()), dtype=float) for n in ir.neurals}
     return Point(ir, float(t), env, w, {})
 

@@ -215,13 +215,13 @@ def _findings(ir: ModelIR, res, scenario, inputs, under) -> list[Diagnostic]:
         bad |= ~np.isfinite(np.asarray(res[name], dtype=float))
     if bad.any():
         k = int(np.argmax(bad))
-        x = np.array([res[s.name][k] for s in ir.states])
+        x = np.array([res[s.name][k] if s.name in res else 0.0 for s in ir.states])  # accumulators: not reported
         culprit = first_nonfinite(_point_at(ir, times[k], scenario, inputs, times), x, dynamics=False)
         if culprit is not None:
             out.append(Diagnostic("E801", culprit.span or _top(ir),
                                   f"{culprit.what} `{culprit.name}` becomes NaN or inf at {_at(ir, times[k])}{under}: "
                                   f"{culprit.why}", _nan_hint(culprit), ir.file))
-    for s in ir.states:
+    for s in ir.reported_states:
         v = np.asarray(res[s.name], dtype=float)
         slack = 10 * (TOLERANCE + TOLERANCE * np.max(np.abs(v), initial=0.0))  # the solver's own error
         outside = np.flatnonzero((v < s.lo - slack) | (v > s.hi + slack))

@@ -266,7 +266,7 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     estimated param used nowhere else (then profiled out analytically), no networks, and every
     series one segment without doses. Returns (protocols, {observe: sigma param or float or
     None}) or None."""
-    if ir.neurals or train.static or not train.series:
+    if ir.neurals or ir.integrals or train.static or not train.series:  # integrals: outputs need lags
         return None
     est = {p.symbol: p for p in ir.params if p.estimate}
     used = set()
