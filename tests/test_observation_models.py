@@ -361,6 +361,8 @@ def test_simulate_writes_the_integral_observe_and_not_its_accumulator(tmp_path):
     assert main(["simulate", str(f), "--times", "7:105:15", "--scenario", "distancing", "--output", str(out)]) == 0
     table = pd.read_csv(out)
     assert list(table.columns) == ["t", "S", "E", "I", "R", "weekly"]
+    shown = nimm_dsl.load_source(SEIR).equations()
+    assert "weekly = integral(E*rho*sigma, 7.0)" in shown and "accumulator" not in shown
     np.testing.assert_allclose(table["weekly"], seir_reference(WEEKS, switch=35.0), rtol=1e-6)
 
 

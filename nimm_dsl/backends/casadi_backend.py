@@ -577,6 +577,7 @@ class CasadiSimulator:
             kind, involved = "nonfinite", bad
             detail = f"; the derivative of {', '.join(bad)} is NaN or inf there"
         else:
+            speed[[s.hidden for s in ir.states]] = np.nan  # an integral's accumulator is internal
             i = int(np.nanargmax(speed)) if np.isfinite(speed).any() else 0
             involved = [ir.states[i].name]
             detail = (f"; the fastest-changing state is {ir.states[i].name} "

@@ -313,10 +313,10 @@ def to_latex(ir: I.ModelIR) -> str:
     rows = []
     for let in ir.lets:
         rows.append(rf"{sp.latex(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]")
-    for s in ir.states:
+    for s in ir.reported_states:
         rows.append(rf"\frac{{\mathrm{{d}}{sp.latex(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
                     rf" && [\mathrm{{{s.unit}/{ir.time_unit}}}]")
-    for s in ir.states:
+    for s in ir.reported_states:
         rows.append(rf"{sp.latex(s.symbol)}({sp.latex(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]")
     for o in ir.observes:
         noise = {"normal": r"\mathcal{N}", "lognormal": r"\log\mathcal{N}",
@@ -347,6 +347,10 @@ def _display_substitutions(ir: I.ModelIR) -> dict:
     for u in ir.inputs:
         a, b = u.coef
         out[a], out[b] = u.symbol, 0
+    # an integral as written (its accumulator state is internal and not shown)
+    integral = sp.Function("integral")
+    for g in ir.integrals:
+        out[g.symbol] = integral(ir.derivatives[g.state].xreplace(out), sp.Float(g.window, 6))
     return out
 
 
@@ -360,8 +364,9 @@ def to_text(ir: I.ModelIR) -> str:
 
     t = ir.time
     rows = [f"{let.symbol} = {show(let.expr)}    [{let.unit}]" for let in ir.lets]
-    rows += [f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]" for s in ir.states]
-    rows += [f"{s.symbol}({t}0) = {show(s.init)}    [{s.unit}]" for s in ir.states]
+    rows += [f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]"
+             for s in ir.reported_states]
+    rows += [f"{s.symbol}({t}0) = {show(s.init)}    [{s.unit}]" for s in ir.reported_states]
     for o in ir.observes:
         noise = "" if o.noise == "lsq" else f"    data ~ {o.noise}" + (
             f"(sigma = {show(o.sigma)})" if o.sigma is not None else "") + (
