@@ -238,3 +238,26 @@ def test_incidence_laws_read_the_susceptible_state_from_the_flow_not_the_word_or
     saturating = [text for change, text in law_siblings(model, role) if "saturating" in change]
     assert "beta * S * I / (N + infection_alpha * I)" in saturating[0]
     assert nimm_dsl.check(saturating[0]) == []
+
+
+def test_a_candidate_is_refitted_under_a_negative_binomial_reference_noise():
+    """The plausible-set comparison refits a candidate under the reference's noise model; a
+    negbinomial reference must stay negbinomial (it became least squares), with its dispersion
+    estimated afresh from the reference's fitted value."""
+    from types import SimpleNamespace
+
+    from nimm_dsl.agent.score import REFERENCE_DISPERSION, _with_noise, noise_spec
+    from nimm_dsl.api import load_source
+
+    reference = load_source(
+        'model r "ref"\ntime t [day]\nparam k [1] = 5 in [0.1, 100]\nparam a [1/day] = 0.1 in [0, 1]\n'
+        'state x [1] = 10 in [0, inf]\nder(x) = a * x\nobserve y [1] = x ~ negbinomial(dispersion = k)\n')
+    spec = noise_spec(reference.ir, SimpleNamespace(params={"k": 7.5, "a": 0.2}))
+    assert spec == {"y": {"kind": "negbinomial", "sigma": None, "dispersion": 7.5}}
+    source = ('model c "candidate"\ntime t [day]\nparam a [1/day] = 0.1 in [0, 1]\n'
+              'state x [1] = 10 in [0, inf]\nder(x) = a * x\nobserve y [1] = x ~ poisson\n')
+    rewritten = load_source(_with_noise(source, load_source(source), spec))
+    (observe,) = rewritten.ir.observes
+    assert observe.noise == "negbinomial" and str(observe.dispersion) == REFERENCE_DISPERSION + "y"
+    assert "param reference_dispersion_y [1] = 7.5 in [0.0075, 7500]" in _with_noise(
+        source, load_source(source), spec)

@@ -96,23 +96,30 @@ def _score(payload: dict) -> dict:
 
 
 def noise_spec(ir, fitted) -> dict:
-    """Each observe's noise model with its fitted sigma: {observe: {"kind", "sigma"}}; the sigma is
-    None for poisson and least squares, or when it depends on the prediction."""
+    """Each observe's noise model with its fitted sigma: {observe: {"kind", "sigma"}} (plus
+    "dispersion" for negbinomial); a value is None for poisson and least squares, or when it
+    depends on the prediction."""
     import sympy as sp
+
+    def fitted_value(expr):
+        if isinstance(expr, sp.Symbol) and str(expr) in fitted.params:
+            return float(fitted.params[str(expr)])
+        return float(expr) if expr is not None and expr.is_number else None
 
     out = {}
     for o in ir.observes:
-        sigma = None
+        spec = {"kind": o.noise, "sigma": None}
         if o.noise in ("normal", "lognormal") and o.sigma is not None:
-            if isinstance(o.sigma, sp.Symbol) and str(o.sigma) in fitted.params:
-                sigma = float(fitted.params[str(o.sigma)])
-            elif o.sigma.is_number:
-                sigma = float(o.sigma)
-        out[o.name] = {"kind": o.noise, "sigma": sigma}
+            spec["sigma"] = fitted_value(o.sigma)
+        elif o.noise == "negbinomial":
+            spec["dispersion"] = fitted_value(o.dispersion)
+        out[o.name] = spec
     return out
 
 
-REFERENCE_SIGMA = "reference_sigma_"  # params added when a candidate is refitted under another's noise
+# params added when a candidate is refitted under another's noise
+REFERENCE_SIGMA = "reference_sigma_"
+REFERENCE_DISPERSION = "reference_dispersion_"
 
 
 def _with_noise(source: str, model, noise: dict) -> str:
@@ -138,6 +145,11 @@ def _with_noise(source: str, model, noise: dict) -> str:
             value = spec.get("sigma") or 1.0
             added.append(f"param {name} [{unit}] = {value:.6g} in [{value / 1000:.6g}, {value * 1000:.6g}]")
             lines[row] = f"{head} ~ {kind}(sigma = {name})"
+        elif kind == "negbinomial":
+            name = REFERENCE_DISPERSION + decl.name.name
+            value = spec.get("dispersion") or 10.0
+            added.append(f"param {name} [1] = {value:.6g} in [{value / 1000:.6g}, {value * 1000:.6g}]")
+            lines[row] = f"{head} ~ negbinomial(dispersion = {name})"
         elif kind == "poisson":
             lines[row] = f"{head} ~ poisson"
         else:

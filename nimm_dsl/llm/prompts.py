@@ -27,7 +27,7 @@ MAX_SUMMARY_ROWS = 5
 # One line of form per statement keyword; a test checks every keyword of the grammar has one.
 STATEMENT_FORMS: dict[str, str] = {
     "model": 'model NAME "description"                    first line, exactly once',
-    "time": "time NAME [unit]                             once in a dynamic model; NAME = the table's time column",
+    "time": "time NAME [unit] [from T0]                   once in a dynamic model; NAME = the table's time column",
     "unit": 'unit NAME  |  unit NAME = 1000 [other]       a new base unit (person, cell) or a derived one',
     "const": "const NAME [unit] = VALUE                    fixed; VALUE from numbers and consts",
     "param": "param NAME [unit] = VALUE in [LO, HI]        estimated by the fit; always give bounds",
@@ -56,13 +56,19 @@ Rules that matter:
 - Arguments of exp, log, sin, ... and of neural terms must be dimensionless: divide by a
   reference scale (S / N).
 - The time variable is named exactly like the data table's time column (`time day [day]` for a
-  column `day`), and the clock starts at the table's first time: initial values hold there.
+  column `day`). Without `from`, the clock starts at each series' first data time and initial
+  values hold there; `time t [h] from 0` makes them hold at t = 0 (a dose at 0 before the first
+  sample, for instance).
 - An unknown initial value is a param: `param E0 [person] = 10 in [1, 1000]` and
   `state E [person] = E0 in [0, inf]`. State bounds are the valid domain, not an estimate range.
 - Every data column to fit needs an `observe` of the same name and unit. A reported fraction of
-  incidence per day is `observe cases [person] = rho * rate * 1 [day] ~ poisson`. Counts use
-  `poisson`; positive quantities spanning decades `lognormal(sigma = s)`; otherwise
-  `normal(sigma = s)` with `param s [unit of the observe] = ... in [..]`.
+  incidence per day is `observe cases [person] = rho * rate * 1 [day] ~ poisson`; counts reported
+  per week are the integral of the rate over the week: `observe weekly [person] =
+  integral(rho * rate, 7 [day]) ~ negbinomial(dispersion = k)` (`integral` only in observes).
+  Counts use `poisson` or, when overdispersed, `negbinomial` with `param k [1]`; positive
+  quantities spanning decades `lognormal(sigma = s)`; otherwise `normal(sigma = s)` with
+  `param s [unit of the observe] = ... in [..]`. The observe's own name in its sigma is its
+  prediction: `observe C [mg/L] = A / V ~ normal(sigma = a + b * C)` is combined error.
 - An input column of the table (a treatment, a lockdown flag) is an `input` of the same name.
 - A dose is applied at its time before anything is reported there: a value measured at a dose
   time is the value after the dose. A dose amount may be an expression evaluated at that time.
