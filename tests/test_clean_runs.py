@@ -129,7 +129,7 @@ def test_a_set_that_reaches_an_initial_value_may_use_only_what_it_may():
 
 # ---------------------------------------------------------------- random clean variations
 EXAMPLES = {p.stem: p.read_text() for p in sorted((ROOT / "examples").glob("*.nimm"))}
-DECLARED = re.compile(r"^(state|param|const|input|let)\s+(\w+)\s*\[([^\]]*)\]", re.M)
+DECLARED = re.compile(r"^(state|param|const|input|let)\s+(\w+)(\[\w+ in \w+\])?\s*\[(?![^\]]* in )([^\]]*)\]", re.M)
 TIME = re.compile(r"^time\s+(\w+)\s*\[([^\]]*)\]", re.M)
 DYNAMIC = sorted(name for name, text in EXAMPLES.items() if TIME.search(text))
 HORIZON = 2.0  # time units: short runs
@@ -137,7 +137,8 @@ HORIZON = 2.0  # time units: short runs
 
 def declared(text):
     """[(kind, name, unit)] of the declarations that write their unit."""
-    return [(m.group(1), m.group(2), m.group(3)) for m in DECLARED.finditer(text)]
+    # a family's first element stands for it (the examples' indexes start at 1)
+    return [(m.group(1), m.group(2) + ("[1]" if m.group(3) else ""), m.group(4)) for m in DECLARED.finditer(text)]
 
 
 @st.composite

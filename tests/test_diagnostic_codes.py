@@ -30,14 +30,15 @@ class Case:
     column: int
     end_column: int | None = None  # checked when given
     also: frozenset = frozenset()  # other codes that truly follow from the same fault
+    files: tuple = ()  # (name, text) written beside the model, which is then checked from its file
 
     @property
     def id(self) -> str:
         return self.code
 
 
-def case(code, source, line, column, end_column=None, also=()):
-    return Case(code, source, line, column, end_column, frozenset(also))
+def case(code, source, line, column, end_column=None, also=(), files=()):
+    return Case(code, source, line, column, end_column, frozenset(also), tuple(files))
 
 
 CASES = [
@@ -103,6 +104,25 @@ CASES = [
     case("E504", HEADER + "param k [1/day] = 1 / (2 - 2) in [0, 2]\nstate x [1] = 1\nder(x) = -k * x\n"
          "observe y [1] = x\n", 3, 19, 30),
     # W7xx: warnings
+    # E35x: index families (a family line with an error is dropped, so `c` may go unused)
+    case("E350", HEADER + DECAY + "const c[i in nn] [1] = 1\n", 7, 14, 16),
+    case("E351", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = 1\nobserve z [1] = c * x\n",
+         9, 17, 18, also={"W701"}),
+    case("E351", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = 1\nobserve z[i in n] [1] = c[i, i] * x\n",
+         9, 25, 32, also={"W701"}),
+    case("E352", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = 1\nobserve z[i in n] [1] = c[j] * x\n",
+         9, 27, 28, also={"W701"}),
+    case("E352", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = 1\nobserve z [1] = c[4] * x\n",
+         9, 19, 20, also={"W701"}),
+    case("E353", HEADER + DECAY + "index n = 1..3\nindex g = [a, b]\nconst c[i in n] [1] = 1\n"
+         "observe z[j in g] [1] = c[j] * x\n", 10, 27, 28, also={"W701"}),
+    case("E354", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = table(\"c.csv\")\n"
+         "observe z[i in n] [1] = c[i] * x\n", 8, 29, 37),  # model text without a folder
+    case("E354", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = table(\"../c.csv\")\n"
+         "observe z[i in n] [1] = c[i] * x\n", 8, 29, 40, files=[("c.csv", "n,c\n1,1\n2,2\n3,3\n")]),
+    case("E355", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = table(\"c.csv\")\n"
+         "observe z[i in n] [1] = c[i] * x\n", 8, 29, 37, files=[("c.csv", "n,c\n1,1\n2,2\n4,3\n")]),
+    case("E356", HEADER + DECAY + "index n = 1..3\nconst c[i in n, i in n] [1] = 1\n", 8, 17, 18),
     case("W701", HEADER + DECAY + "const c [1] = 1\n", 7, 7, 8),
     case("W702", HEADER + DECAY + "state z [1] = 0\nder(z) = k * x\n", 7, 7, 8),
     case("W703", HEADER + "param k [1/day] = 1\nstate x [1] = 1\nder(x) = -k * x\nobserve y [1] = x\n", 3, 7, 8),
@@ -142,8 +162,15 @@ def test_the_base_model_is_clean():
 
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
-def test_code_at_its_token(c: Case):
-    diagnostics = nimm_dsl.check(c.source)
+def test_code_at_its_token(c: Case, tmp_path):
+    if c.files:
+        for name, text in c.files:
+            (tmp_path / name).write_text(text)
+        model = tmp_path / "m.nimm"
+        model.write_text(c.source)
+        diagnostics = nimm_dsl.check(c.source, str(model))
+    else:
+        diagnostics = nimm_dsl.check(c.source)
     found = [d for d in diagnostics if d.code == c.code]
     assert [(d.span.line, d.span.column) for d in found] == [(c.line, c.column)], diagnostics
     if c.end_column is not None:

@@ -29,7 +29,7 @@ UNITS = ["[1/day]", "[mg/L]", "[L/(h*kg)]", "[m^(1/2)]", "[1]", "[person]", "[au
 NUMBERS = ["0", "1", "-1", ".5", "1e-3", "2.5E+4", "1e309", "0.0", "1/0", "inf", "-inf", "99999999999999999999"]
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Tokens of the language, for re-spacing a line without changing its meaning.
-TOKEN_RE = re.compile(r'"[^"\n]*"|#.*|(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[A-Za-z_][A-Za-z0-9_]*'
+TOKEN_RE = re.compile(r'"[^"\n]*"|#.*|\d+\.\.\d+|(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[A-Za-z_][A-Za-z0-9_]*'
                       r"|->|\+=|\*=|<=|>=|==|!=|\S")
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

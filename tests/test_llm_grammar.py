@@ -114,7 +114,7 @@ def test_intentional_differences(text, lark, gbnf, why):
 
 
 # ---------------------------------------------------------------- mutated statements
-_TOKEN = re.compile(r'"[^"\n]*"|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[A-Za-z_]\w*|->|\+=|\*=|<=|>=|==|!=|\S')
+_TOKEN = re.compile(r'"[^"\n]*"|\d+\.\.\d+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[A-Za-z_]\w*|->|\+=|\*=|<=|>=|==|!=|\S')  # `1..10` is one token
 
 
 def _statements() -> list:

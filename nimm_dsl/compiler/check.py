@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
 from ..grammar import ast as A
 from ..grammar.parser import parse
 from ..diagnostics import Diagnostic, has_errors, sort_key
+from .families import FamilyInfo, TableAccess, expand_families
 from .symbols import SymbolTable, build_symbol_table
 
 
@@ -25,6 +28,7 @@ class CheckedModel:
     names: "object"  # names.NameInfo: let order, dependency graph
     units: "object"  # unitcheck.UnitInfo: declared unit per symbol, inferred unit per expression
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    families: FamilyInfo = field(default_factory=FamilyInfo)
 
     @property
     def ok(self) -> bool:
@@ -32,7 +36,7 @@ class CheckedModel:
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DECLARED = re.compile(r"^\s*(?:const|param|state|input|let|neural|observe|unit|time|dose)\s+([A-Za-z_][A-Za-z0-9_]*)")
+_DECLARED = re.compile(r"^\s*(?:const|param|state|input|let|neural|observe|unit|time|dose|index)\s+([A-Za-z_][A-Za-z0-9_]*)")
 # Diagnostics about a name that an unparsed statement may well define or use.
 _FOLLOW_ON_USE = {"W701", "W702", "W704", "E301"}
 # Whole-model reachability: any unparsed statement but these may have been an influence path.
@@ -74,7 +78,7 @@ def _without_follow_on(diags: list[Diagnostic], source: str, unparsed: list[A.Sp
             continue
         if d.code in _REACHABILITY and paths_failed:
             continue
-        if d.code == "E201" and subject(d) in declared:
+        if d.code in ("E201", "E350") and subject(d) in declared:
             continue
         if d.code == "E305" and header_failed and "found none" in d.message:
             continue
@@ -84,13 +88,25 @@ def _without_follow_on(diags: list[Diagnostic], source: str, unparsed: list[A.Sp
     return kept
 
 
-def check_source(source: str, file: str = "<model>") -> CheckedModel:
+def default_tables(file: str) -> TableAccess:
+    """`table(...)` reads beside the model file; model text without a file reads nothing."""
+    path = Path(file)
+    try:
+        return TableAccess(path.parent if path.is_file() else None)
+    except (OSError, ValueError):
+        return TableAccess(None)
+
+
+def check_source(source: str, file: str = "<model>", tables: Optional[TableAccess] = None) -> CheckedModel:
+    """`tables`: which files `table(...)` may read (default: any CSV beside `file`)."""
     from .names import check_names
     from .unitcheck import check_units
 
     if source.startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the model
         source = " " + source[1:]
     program, diags = parse(source, file)
+    program, d, families = expand_families(program, file, tables if tables is not None else default_tables(file))
+    diags += d
     table, d = build_symbol_table(program, file)
     diags += d
     names, d = check_names(program, table, file)
@@ -98,7 +114,12 @@ def check_source(source: str, file: str = "<model>") -> CheckedModel:
     units, d = check_units(program, table, file)
     diags += d
     # One diagnostic per (code, place): phases may meet the same fault from two sides.
+    # A family line's elements share its span: one warning per line and code, not one per element.
     unique: dict[tuple, Diagnostic] = {}
     for x in _without_follow_on(diags, source, program.unparsed):
-        unique.setdefault((x.code, x.span, x.message), x)
-    return CheckedModel(source, file, program, table, names, units, sorted(unique.values(), key=sort_key))
+        if families.follows_from_failure(x):
+            continue
+        key = (x.code, x.span) if not x.is_error and x.span.line in families.lines else (x.code, x.span, x.message)
+        unique.setdefault(key, x)
+    return CheckedModel(source, file, program, table, names, units, sorted(unique.values(), key=sort_key),
+                        families)

@@ -108,6 +108,10 @@ class _Lowerer:
             return _rational(fold(e, unit_scale=self.unit_scale))
         if isinstance(e, A.Name):
             return self.base_value_of_name(e.name, baseline)
+        if isinstance(e, A.BinOp) and e.op in "+-":
+            # one n-ary Add per sum: a binary `+` per term re-flattens the whole sum each time,
+            # quadratic in its length (docs/architecture.md, the IR decision)
+            return sp.Add(*(term if positive else -term for term, positive in self._terms(e, go)))
         if isinstance(e, A.BinOp):
             return _ARITHMETIC[e.op](go(e.left), go(e.right))
         if isinstance(e, A.UnaryOp):
@@ -129,6 +133,20 @@ class _Lowerer:
                 self.integrals.append((value, args[0], self.number(e.args[1], self.time_name)))
                 return value
         raise LoweringError("E204", getattr(e, "span", A.Span(1, 1, 1, 1)), f"cannot lower {e!r}")
+
+    @staticmethod
+    def _terms(e, go) -> list:
+        """The terms of a chain of `+` and `-` (any shape: index sums are balanced trees), with
+        their signs, lowered; iterative, so a long sum costs no recursion."""
+        terms, stack = [], [(e, True)]
+        while stack:
+            node, positive = stack.pop()
+            if isinstance(node, A.BinOp) and node.op in "+-":
+                stack.append((node.right, positive if node.op == "+" else not positive))
+                stack.append((node.left, positive))
+            else:
+                terms.append((go(node), positive))
+        return terms
 
     def value(self, e, unit_name: Optional[str] = None, baseline=False) -> sp.Expr:
         """A value in a declared-unit position (the unit of `unit_name`, else dimensionless),
@@ -232,10 +250,10 @@ def lower(checked: CheckedModel) -> I.ModelIR:
                                    L.label(name), lets[name].span))
 
     # states and their dynamics (der lines, or the sum of flows, each end in its own unit)
-    derivatives: dict[str, sp.Expr] = {}
+    derivatives: dict[str, list] = {}  # state -> terms, added once (n-ary)
     for d in of(A.DerEq):
         n = d.state.name
-        derivatives[n] = L.expr(d.value) * time_scale / L.scale(n)
+        derivatives[n] = [L.expr(d.value) * time_scale / L.scale(n)]
         ir.der_spans[n] = d.span
     for f in of(A.FlowEq):
         rate_base = L.expr(f.rate)
@@ -244,15 +262,15 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         unit_ref = src or dst
         ir.flows.append(I.FlowIR(src, dst, rate_base * time_scale / L.scale(unit_ref), f.span))
         if src:
-            derivatives[src] = derivatives.get(src, 0) - rate_base * time_scale / L.scale(src)
+            derivatives.setdefault(src, []).append(-rate_base * time_scale / L.scale(src))
         if dst:
-            derivatives[dst] = derivatives.get(dst, 0) + rate_base * time_scale / L.scale(dst)
+            derivatives.setdefault(dst, []).append(rate_base * time_scale / L.scale(dst))
     for s in of(A.StateDecl):
         n = s.name.name
         lo, hi = bounds(s)
         init = L.value(s.init, n)
         ir.states.append(I.StateIR(n, L.sym[n], init, lo, hi, L.label(n), s.doc, s.span))
-        ir.derivatives[n] = sp.Integer(0) + derivatives.get(n, 0)
+        ir.derivatives[n] = sp.Add(*derivatives.get(n, []))
 
     for o in of(A.ObserveDecl):
         n = o.name.name

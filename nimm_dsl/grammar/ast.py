@@ -116,7 +116,49 @@ class BoolOp:
     span: Span
 
 
-Expr = Union[Number, Name, Call, BinOp, UnaryOp, Compare, BoolOp]
+# ---------------------------------------------------------------- index families
+@node
+class Binder:
+    """`d in district`: a variable ranging over an index (in a declaration, a target or `sum`)."""
+
+    var: Ident
+    index: Ident
+    span: Span
+
+
+# A subscript: a Binder, or an Ident that is a variable, a named member or digits (`3`).
+Subscript = Union[Binder, Ident]
+
+
+@node
+class Element:
+    """`S[d]`, `C[d, k]`, `I[3]`, `beta[d in treated]`: one element (or, with variables, each
+    element) of a family; an expression or the target of der/flow/dose/set."""
+
+    name: Ident
+    subscripts: list[Subscript]
+    span: Span
+
+
+@node
+class IndexSum:
+    """`sum(k in district, EXPR)`."""
+
+    binder: Binder
+    body: "Expr"
+    span: Span
+
+
+@node
+class TableRef:
+    """`table("districts.csv", pop)`: a const family's values from a CSV beside the model."""
+
+    file: str
+    column: Optional[Ident]
+    span: Span
+
+
+Expr = Union[Number, Name, Call, BinOp, UnaryOp, Compare, BoolOp, Element, IndexSum, TableRef]
 
 
 # ---------------------------------------------------------------- option lists
@@ -155,6 +197,17 @@ class Bounds:
 
 # ---------------------------------------------------------------- statements
 @node
+class IndexDecl:
+    """`index district = 1..12` (members "1".."12") or `index age = [child, adult]`."""
+
+    name: Ident
+    members: list[str]
+    numeric: bool  # members are whole numbers: an index variable then has a value
+    doc: Optional[str]
+    span: Span
+
+
+@node
 class ModelDecl:
     name: Ident
     doc: Optional[str]
@@ -186,6 +239,7 @@ class ConstDecl:
     value: Expr
     doc: Optional[str]
     span: Span
+    family: Optional[list[Binder]] = None  # `[d in district]`: one element per member
 
 
 @node
@@ -196,6 +250,7 @@ class ParamDecl:
     bounds: Optional[Bounds]
     doc: Optional[str]
     span: Span
+    family: Optional[list[Binder]] = None  # `[d in district]`: one element per member
 
 
 @node
@@ -206,6 +261,7 @@ class StateDecl:
     bounds: Optional[Bounds]
     doc: Optional[str]
     span: Span
+    family: Optional[list[Binder]] = None  # `[d in district]`: one element per member
 
 
 @node
@@ -225,6 +281,7 @@ class LetDecl:
     value: Expr
     doc: Optional[str]
     span: Span
+    family: Optional[list[Binder]] = None  # `[d in district]`: one element per member
 
 
 @node
@@ -260,6 +317,7 @@ class ObserveDecl:
     value: Expr
     noise: Optional[Noise]  # None: least squares
     span: Span
+    family: Optional[list[Binder]] = None  # `[d in district]`: one element per member
 
 
 @node
@@ -299,7 +357,7 @@ class ScenarioBlock:
 
 
 Statement = Union[
-    ModelDecl, TimeDecl, UnitDecl, ConstDecl, ParamDecl, StateDecl, InputDecl, LetDecl,
+    ModelDecl, IndexDecl, TimeDecl, UnitDecl, ConstDecl, ParamDecl, StateDecl, InputDecl, LetDecl,
     NeuralDecl, DerEq, FlowEq, ObserveDecl, DoseStmt, SetStmt, ScenarioBlock,
     RemoveStmt,  # only valid inside a scenario; at top level the checker reports it
 ]

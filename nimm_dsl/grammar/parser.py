@@ -222,13 +222,13 @@ class _Builder(Transformer_NonRecursive):
         return A.UnitDecl(c[0], c[1], c[2], self.statement_span)
 
     def const_decl(self, c):
-        return A.ConstDecl(c[0], c[1], c[2], c[3], self.statement_span)
+        return A.ConstDecl(c[0], c[2], c[3], c[4], self.statement_span, c[1])
 
     def param_decl(self, c):
-        return A.ParamDecl(c[0], c[1], c[2], c[3], c[4], self.statement_span)
+        return A.ParamDecl(c[0], c[2], c[3], c[4], c[5], self.statement_span, c[1])
 
     def state_decl(self, c):
-        return A.StateDecl(c[0], c[1], c[2], c[3], c[4], self.statement_span)
+        return A.StateDecl(c[0], c[2], c[3], c[4], c[5], self.statement_span, c[1])
 
     def input_decl(self, c):
         return A.InputDecl(c[0], c[1], c[2], c[3] or "step", c[4], self.statement_span)
@@ -237,12 +237,85 @@ class _Builder(Transformer_NonRecursive):
         return str(c[0])
 
     def let_decl(self, c):
-        return A.LetDecl(c[0], c[1], c[2], c[3], self.statement_span)
+        return A.LetDecl(c[0], c[2], c[3], c[4], self.statement_span, c[1])
 
     def neural_decl(self, c):
         name, _lpar, params, _rpar, unit, kind, options = c
         return A.NeuralDecl(name, params or [], unit, kind, options[0] if options else [],
                             self.statement_span)
+
+    def index_decl(self, c):
+        name, members, doc = c
+        if isinstance(members, Token):  # INDEX_RANGE `1..12`
+            lo, hi = (int(x) for x in str(members).split(".."))
+            if hi < lo:
+                raise _Problem(self._span(members), f"empty index range `{members}`: the first number must not exceed the second")
+            if hi - lo >= 100_000:
+                raise _Problem(self._span(members), f"index range `{members}` is too large (at most 100000 members)")
+            return A.IndexDecl(name, [str(k) for k in range(lo, hi + 1)], True, doc, self.statement_span)
+        texts = [m.name for m in members]
+        seen: set = set()
+        for m in members:
+            if m.name in seen:
+                raise _Problem(m.span, f"member `{m.name}` is listed twice")
+            seen.add(m.name)
+        numeric = all(t.isdigit() for t in texts)
+        if not numeric and any(t[0].isdigit() for t in texts):
+            bad = next(m for m in members if m.name[0].isdigit())
+            raise _Problem(bad.span, "an index's members are all names or all whole numbers")
+        return A.IndexDecl(name, texts, numeric, doc, self.statement_span)
+
+    def index_members(self, c):
+        return list(c[1:-1])
+
+    def index_member(self, c):
+        return self._member(c[0])
+
+    def _member(self, tok: Token) -> A.Ident:
+        if tok.type == "NUMBER" and not str(tok).isdigit():
+            raise _Problem(self._span(tok), f"`{tok}` is not a member: members are names or whole numbers")
+        if tok.type == "NUMBER":
+            return A.Ident(str(int(str(tok))), self._span(tok))
+        return self._reference(tok)
+
+    def family(self, c):
+        return list(c[1:-1])
+
+    def binder(self, c):
+        var, index = self._reference(c[0]), self._reference(c[1])
+        return A.Binder(var, index, var.span.to(index.span))
+
+    def sub_name(self, c):
+        return self._reference(c[0])
+
+    def sub_number(self, c):
+        return self._member(c[0])
+
+    def subscripts(self, c):
+        return list(c[1:-1]), self._span(c[-1])
+
+    def element(self, c):
+        return list(c[1:-1]), self._span(c[-1])
+
+    def target(self, c):
+        ident, subs = self._reference(c[0]), c[1]
+        if subs is None:
+            return ident
+        return A.Element(ident, subs[0], ident.span.to(subs[1]))
+
+    def indexed(self, c):
+        ident, (subs, end) = self._reference(c[0]), c[1]
+        return A.Element(ident, subs, ident.span.to(end))
+
+    def index_sum(self, c):
+        _lpar, var, index, body, rpar = c
+        binder = self.binder([var, index])
+        return A.IndexSum(binder, body, binder.span.to(self._span(rpar)))
+
+    def table_call(self, c):
+        lpar, file, column, rpar = c
+        return A.TableRef(str(file)[1:-1], self._reference(column) if column is not None else None,
+                          self._span(file).to(self._span(rpar)))
 
     def der_eq(self, c):
         return A.DerEq(c[0], c[1], self.statement_span)
@@ -251,7 +324,7 @@ class _Builder(Transformer_NonRecursive):
         return A.FlowEq(c[0], c[2], c[3], self._span(c[1]), self.statement_span)
 
     def observe_decl(self, c):
-        return A.ObserveDecl(c[0], c[1], c[2], c[3], self.statement_span)
+        return A.ObserveDecl(c[0], c[2], c[3], c[4], self.statement_span, c[1])
 
     def dose_stmt(self, c):
         name, state, op, amount, at, every, times = c
@@ -496,7 +569,7 @@ _READABLE = {
     "MUL_OP": "`*`/`/`",
     "$END": "the end of the statement",
 }
-_VALUE_TERMINALS = ("NAME", "NUMBER", "INF", "LPAR", "MINUS", "PLUS", "NOT")
+_VALUE_TERMINALS = ("NAME", "NUMBER", "INF", "LPAR", "MINUS", "PLUS", "NOT", "SUM", "TABLE")
 _OPERATOR_TERMINALS = frozenset({"ADD_OP", "MUL_OP", "POW", "COMPARE", "AND", "OR"})
 _GROUPS = {"<expression>": "an expression (a number, a name or `(`)", "<operator>": "an operator"}
 _MAX_EXPECTED = 6

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 KEYWORDS = frozenset(
     "model time unit param const state input let neural der flow observe dose set scenario end "
-    "remove in at every times from to and or not".split()
+    "remove in at every times from to and or not index sum table".split()
 )
 BUILTIN_FUNCTIONS = frozenset("exp log log10 sqrt abs sin cos tan tanh min max ifelse".split())
 BUILTIN_CONSTANTS = frozenset({"pi"})
@@ -18,5 +18,5 @@ RESERVED = KEYWORDS | BUILTIN_FUNCTIONS | BUILTIN_CONSTANTS | OBSERVE_FUNCTIONS 
 # one of them means the bracket was never closed.
 STATEMENT_KEYWORDS = frozenset(
     "model time unit param const state input let neural der flow observe dose set scenario end "
-    "remove".split()
+    "remove index".split()
 )

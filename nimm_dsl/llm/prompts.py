@@ -29,6 +29,7 @@ STATEMENT_FORMS: dict[str, str] = {
     "model": 'model NAME "description"                    first line, exactly once',
     "time": "time NAME [unit] [from T0]                   once in a dynamic model; NAME = the table's time column",
     "unit": 'unit NAME  |  unit NAME = 1000 [other]       a new base unit (person, cell) or a derived one',
+    "index": "index NAME = 1..12  |  index NAME = [a, b]     an index set; then `state S[d in NAME] [unit] = ...`, `S[d]`, `sum(k in NAME, EXPR)`",
     "const": "const NAME [unit] = VALUE                    fixed; VALUE from numbers and consts",
     "param": "param NAME [unit] = VALUE in [LO, HI]        estimated by the fit; always give bounds",
     "state": "state NAME [unit] = INIT in [LO, HI]         INIT from params/consts/inputs; bounds = valid domain",

@@ -24,7 +24,7 @@ from ..errors import DataError, ModelError, SimulationError
 from .data import SERIES_COLUMN, Dataset, load_data, read_table
 from .pointwise import point, start_values
 
-ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606", "E607"})
+ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606", "E607", "E608", "E609"})
 CHECKS = {  # command -> the codes it applies (docs/language.md §9)
     "check": ALL_CHECKS,
     "fit": ALL_CHECKS,
@@ -79,6 +79,7 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
             report("E607", ir.time_span, f"{t.file}, {t.where(i)}: {ir.time_name} = {times[i]:g} is before the "
                    f"model's clock origin {ir.time_name} = {ir.t0:g} ({early.size} row(s) in all)",
                    "drop the rows before the origin, or move the origin (`from`) back to the first data time")
+    unmatched = _family_columns(ir, columns, unmatched, report, t.file)
 
     present = [o for o in observes if o in columns]
     if not present:
@@ -92,7 +93,7 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
                    f"with NAME one of {_names(columns)}")
     else:
         for o in ir.observes:
-            if o.name not in columns:
+            if o.name not in columns and not _family(o.name):  # a family's missing columns are E609
                 report("W604", o.span, f"observe `{o.name}` has no column in {t.file}: it is simulated but not fitted",
                        _renames(unmatched, [o.name]))
     if unmatched:
@@ -128,6 +129,43 @@ def load_bound(ir: ModelIR, data, file: Optional[str] = None, command: str = "fi
         dataset.warnings = [w for w in dataset.warnings if "ignored column" not in w]
     dataset.warnings = notes + dataset.warnings
     return dataset
+
+
+def _family(name: str) -> Optional[str]:
+    """`cases` for a column or observe `cases[3]` (an element of a family, docs/language.md §4.1)."""
+    head, bracket, rest = name.partition("[")
+    return head if bracket and rest.endswith("]") else None
+
+
+def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) -> list:
+    """An observed family is bound column by column (`cases[3]`): a column for an element the
+    family lacks is E608, an element without a column while its siblings have one is E609.
+    Returns the unmatched columns that are not E608's."""
+    families: dict[str, list] = {}
+    for o in ir.observes:
+        if _family(o.name):
+            families.setdefault(_family(o.name), []).append(o)
+    if not families:
+        return unmatched
+    rest = []
+    for c in unmatched:
+        family = _family(c)
+        if family in families:
+            elements = [o.name for o in families[family]]
+            report("E608", families[family][0].span, f"column `{c}` of {file} is not an element of the observed "
+                   f"family `{family}`, which has {_names(elements[:5])}{' ...' if len(elements) > 5 else ''}",
+                   "remove or rename the column, or add the member to the index")
+        else:
+            rest.append(c)
+    for family, observes in families.items():
+        with_data = [o for o in observes if o.name in columns]
+        without = [o for o in observes if o.name not in columns]
+        if with_data and without:
+            report("E609", without[0].span, f"the table {file} has columns for {len(with_data)} of the "
+                   f"{len(observes)} elements of `{family}`, but none for {_names([o.name for o in without[:5]])}"
+                   f"{' ...' if len(without) > 5 else ''}",
+                   "add the missing columns (empty cells where nothing was measured)")
+    return rest
 
 
 def one_line(d: Diagnostic) -> str:

@@ -1,0 +1,499 @@
+"""Index families, written once, become one scalar statement per element (docs/language.md §4.1).
+
+`index district = 1..12` declares an index; `state S[d in district] [person] = ...` a family
+with one state per member, named `S[1]` ... `S[12]`; `flow S[d] -> I[d] = ...` one flow per
+member; `sum(k in district, EXPR)` the sum of EXPR over the members. This pass runs between the
+parser and the checker: it resolves every subscript (E350-E356), reads `table(...)` values
+(E354, E355) and hands the checker an ordinary program whose names happen to contain brackets.
+Each element keeps the span of the line it came from, so every later diagnostic points at the
+family's line and names the element.
+
+Sums become balanced trees of `+` (depth log2 N, so the checker's recursive walks stay shallow),
+and lowering flattens them into one n-ary sum.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+from fractions import Fraction
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..diagnostics import Diagnostic, Span, did_you_mean
+from ..grammar import ast as A
+from ..grammar.words import RESERVED
+from .builtins import BUILTINS
+from .fold import FoldError, fold
+
+MAX_TABLE_BYTES = 20_000_000
+MAX_ELEMENTS = 1_000_000  # elements of one statement (a 1000 x 1000 matrix)
+
+
+@dataclass
+class TableAccess:
+    """Which files `table(...)` may read: only plain file names in `folder` (no path separators,
+    no `..`), and, when `allowed` is not None, only those names (the agent passes the files its
+    task provides, or an empty set to refuse every table)."""
+
+    folder: Optional[Path]
+    allowed: Optional[frozenset] = None
+
+
+@dataclass
+class FamilyInfo:
+    """What the expansion found, for later phases: index members and each family's indexes."""
+
+    indexes: dict[str, list[str]] = field(default_factory=dict)
+    families: dict[str, list[str]] = field(default_factory=dict)  # name -> index per position
+    lines: set = field(default_factory=set)  # first lines of the statements that were expanded
+    failed: set = field(default_factory=set)  # declarations dropped for an error already reported
+
+    def follows_from_failure(self, d: Diagnostic) -> bool:
+        """An `undefined name` that only says a family line with an error was dropped."""
+        return d.code == "E201" and any(f"`{name}[" in d.message for name in self.failed)
+
+
+def element_name(name: str, members: Iterable[str]) -> str:
+    """`I[3]`, `C[2,5]`, `I[north]`: the one spelling used for results, CSV columns and data."""
+    return f"{name}[{','.join(members)}]"
+
+
+class _Fail(Exception):
+    def __init__(self, code: Optional[str], span: Span, message: str, hint: Optional[str] = None):
+        """code None: drop the statement silently (an error elsewhere already explains it)."""
+        super().__init__(message)
+        self.diagnostic = (code, span, message, hint)
+
+
+_DECLS = (A.ConstDecl, A.ParamDecl, A.StateDecl, A.LetDecl, A.ObserveDecl)
+
+
+class _Expander:
+    def __init__(self, program: A.Program, file: str, tables: Optional[TableAccess]):
+        self.file = file
+        self.tables = tables
+        self.info = FamilyInfo()
+        self.diagnostics: list[Diagnostic] = []
+        self.index_spans: dict[str, Span] = {}
+        self.scalars: set[str] = set()
+        for s in program.statements:
+            if isinstance(s, A.IndexDecl):
+                self._declare_index(s)
+        declared = [s for s in program.statements if type(s) in A.DECLARATION_KINDS]
+        self.broken: set[str] = set()  # families over an undeclared index (E350 on their line)
+        for s in declared:
+            family = getattr(s, "family", None)
+            if family and all(b.index.name in self.info.indexes for b in family):
+                self.info.families[s.name.name] = [b.index.name for b in family]
+            elif family:
+                self.broken.add(s.name.name)
+            else:
+                self.scalars.add(s.name.name)
+        for s in declared:
+            if s.name.name in self.info.indexes:
+                self._report("E202", s.name.span, f"`{s.name.name}` is already declared as an index",
+                             "rename one of them")
+
+    def _report(self, code, span, message, hint=None) -> None:
+        self.diagnostics.append(Diagnostic(code, span, message, hint, self.file))
+
+    def _declare_index(self, s: A.IndexDecl) -> None:
+        name = s.name.name
+        if name in RESERVED:
+            self._report("E203", s.name.span, f"`{name}` is a reserved word and cannot name an index")
+        elif name in self.info.indexes:
+            self._report("E202", s.name.span, f"index `{name}` is declared twice")
+        else:
+            self.info.indexes[name] = s.members
+            self.index_spans[name] = s.name.span
+
+    # -- statements
+    def run(self, program: A.Program) -> A.Program:
+        out = A.Program([], program.unparsed)
+        for s in program.statements:
+            if isinstance(s, A.IndexDecl):
+                continue
+            if isinstance(s, A.ScenarioBlock):
+                body = [x for b in s.body for x in self.statement(b)]
+                out.statements.append(replace(s, body=body))
+                continue
+            out.statements.extend(self.statement(s))
+        return out
+
+    def statement(self, s) -> list:
+        try:
+            variables = self.variables(s)
+            self._env_index = {v: index for v, (index, _span) in variables.items()}
+            if not variables:
+                return [self.instance(s, {})]
+            names = list(variables)
+            members = [self.info.indexes[variables[v][0]] for v in names]
+            count = math.prod(len(m) for m in members)
+            if count > MAX_ELEMENTS:
+                raise _Fail("E353", s.span, f"this line has {count} elements (at most {MAX_ELEMENTS})")
+            self.info.lines.add(s.span.line)
+            return [self.instance(s, dict(zip(names, combo))) for combo in itertools.product(*members)]
+        except _Fail as fail:
+            if fail.diagnostic[0] is not None:
+                self._report(*fail.diagnostic)
+            if isinstance(s, _DECLS):
+                self.info.failed.add(s.name.name)
+            return []
+
+    def check_index(self, ident: A.Ident) -> list[str]:
+        if ident.name not in self.info.indexes:
+            raise _Fail("E350", ident.span, f"unknown index `{ident.name}`",
+                        _hint_among(ident.name, self.info.indexes, "index"))
+        return self.info.indexes[ident.name]
+
+    def variables(self, s) -> dict[str, tuple[str, Span]]:
+        """The statement's index variables: var -> (index name, span of its binder)."""
+        found: dict[str, tuple[str, Span]] = {}
+
+        def bind(var: A.Ident, index: str, span: Span) -> None:
+            if var.name in found:
+                raise _Fail("E356", var.span, f"index variable `{var.name}` is bound twice on this line",
+                            "give each position its own variable: `C[d in district, k in district]`")
+            found[var.name] = (index, span)
+
+        if isinstance(s, _DECLS) and s.family:
+            for b in s.family:
+                self.check_index(b.index)
+                bind(b.var, b.index.name, b.span)
+            return found
+        for target in _targets(s):
+            if not isinstance(target, A.Element):
+                continue
+            indexes = self.family_indexes(target)
+            for sub, index in zip(target.subscripts, indexes):
+                if isinstance(sub, A.Binder):
+                    self.check_index(sub.index)
+                    self.check_subset(sub.index.name, index, sub.index.span)
+                    bind(sub.var, sub.index.name, sub.span)
+                elif sub.name in found:
+                    if not self.is_subset(found[sub.name][0], index):
+                        raise _Fail("E353", sub.span, f"`{sub.name}` ranges over `{found[sub.name][0]}`, "
+                                                      f"but this position of `{target.name.name}` is over `{index}`")
+                elif sub.name not in self.info.indexes[index]:
+                    # a name that is not a member of the position's index ranges over that index
+                    if sub.name[0].isdigit():
+                        raise _Fail("E352", sub.span, f"`{sub.name}` is not a member of index `{index}`",
+                                    _members_hint(self.info.indexes[index]))
+                    bind(sub, index, sub.span)
+        return found
+
+    def family_indexes(self, e: A.Element) -> list[str]:
+        name = e.name.name
+        if name in self.broken:  # its declaration's error says it all
+            raise _Fail(None, e.span, "")
+        if name not in self.info.families:
+            if name in self.scalars:
+                raise _Fail("E351", e.span, f"`{name}` is not a family: it takes no subscripts",
+                            f"write `{name}`, or declare it as a family: `{name}[d in INDEX]`")
+            raise _Fail("E201", e.name.span, f"undefined name `{name}`")
+        indexes = self.info.families[name]
+        if len(e.subscripts) != len(indexes):
+            raise _Fail("E351", e.span, f"`{name}` takes {len(indexes)} subscript{'s' if len(indexes) > 1 else ''} "
+                                        f"(over {', '.join(indexes)}), found {len(e.subscripts)}")
+        return indexes
+
+    def is_subset(self, index: str, of: str) -> bool:
+        return index == of or set(self.info.indexes[index]) <= set(self.info.indexes[of])
+
+    def check_subset(self, index: str, of: str, span: Span) -> None:
+        if not self.is_subset(index, of):
+            missing = [m for m in self.info.indexes[index] if m not in set(self.info.indexes[of])]
+            raise _Fail("E353", span, f"index `{index}` is not part of `{of}`: `{of}` has no member "
+                                      f"`{missing[0]}`", f"use `{of}` or a subset of its members")
+
+    def instance(self, s, env: dict[str, str]):
+        """The statement for one assignment of its variables (env: var -> member)."""
+        x = lambda e: self.expr(e, env) if e is not None else None  # noqa: E731
+        if isinstance(s, _DECLS):
+            name = s.name
+            if s.family:
+                name = A.Ident(element_name(name.name, (env[b.var.name] for b in s.family)), name.span)
+            changes = {"name": name, "family": None}
+            if isinstance(s, A.ConstDecl) and isinstance(s.value, A.TableRef):
+                changes["value"] = self.table_value(s, env)
+            elif isinstance(s, A.StateDecl):
+                changes["init"] = x(s.init)
+            else:
+                changes["value"] = x(s.value)
+            if getattr(s, "bounds", None) is not None:
+                changes["bounds"] = replace(s.bounds, lo=x(s.bounds.lo), hi=x(s.bounds.hi))
+            if isinstance(s, A.ObserveDecl) and s.noise is not None:
+                changes["noise"] = replace(s.noise, options=[self.option(o, env) for o in s.noise.options])
+            return replace(s, **changes)
+        if isinstance(s, A.DerEq):
+            return replace(s, state=self.target(s.state, env), value=x(s.value))
+        if isinstance(s, A.FlowEq):
+            return replace(s, source=self.target(s.source, env), target=self.target(s.target, env), rate=x(s.rate))
+        if isinstance(s, A.SetStmt):
+            return replace(s, target=self.target(s.target, env), value=x(s.value), start=x(s.start), end=x(s.end))
+        if isinstance(s, A.DoseStmt):
+            name = s.name
+            if env:
+                name = A.Ident(element_name(name.name, env.values()), name.span)
+            return replace(s, name=name, state=self.target(s.state, env), amount=x(s.amount), at=x(s.at),
+                           every=x(s.every), times=x(s.times))
+        if isinstance(s, A.InputDecl) and s.default is not None:
+            return replace(s, default=x(s.default))
+        if isinstance(s, A.NeuralDecl):
+            return replace(s, options=[self.option(o, env) for o in s.options])
+        return s
+
+    def option(self, o: A.Option, env) -> A.Option:
+        if isinstance(o.value, A.ListValue):
+            return replace(o, value=replace(o.value, items=[self.expr(i, env) for i in o.value.items]))
+        return replace(o, value=self.expr(o.value, env))
+
+    def target(self, t, env):
+        if t is None or isinstance(t, A.Ident):
+            if t is not None and t.name in self.info.families:
+                raise _Fail("E351", t.span, f"`{t.name}` is a family over {', '.join(self.info.families[t.name])}: "
+                                            "name its elements", f"write `{t.name}[d]` for every element")
+            return t
+        indexes = self.family_indexes(t)
+        members = [self.member(sub.var if isinstance(sub, A.Binder) else sub, index, env, t.name.name)
+                   for sub, index in zip(t.subscripts, indexes)]
+        return A.Ident(element_name(t.name.name, members), t.span)
+
+    def member(self, sub: A.Ident, index: str, env, family: str) -> str:
+        if sub.name in env:
+            return env[sub.name]
+        if sub.name in self.info.indexes[index]:
+            return sub.name
+        raise _Fail("E352", sub.span, f"`{sub.name}` is neither an index variable in scope here nor a member "
+                                      f"of `{index}` (the index of this position of `{family}`)",
+                    "bind it on the declaration (`[d in district]`) or in a `sum(k in district, ...)`")
+
+    # -- expressions
+    def expr(self, e, env):
+        node, constant, varying = self._expr(e, env)
+        return _folded(node) if constant and varying else node
+
+    def _expr(self, e, env):
+        """(node, constant, varying): `constant` when the subtree holds only unannotated numbers,
+        index values and built-ins; `varying` when it uses an index value. Constant parts that
+        vary with the index are folded here, once per element (`exp(-abs(d - k))` becomes one
+        number), so a family's equations stay as small as the scalar ones."""
+        if isinstance(e, A.Number):
+            return e, e.unit is None, False
+        if isinstance(e, A.Name):
+            if e.name in env:
+                return self.variable_value(e, env), True, True
+            if e.name in self.broken:
+                raise _Fail(None, e.span, "")
+            if e.name in self.info.families:
+                raise _Fail("E351", e.span, f"`{e.name}` is a family over {', '.join(self.info.families[e.name])}: "
+                                            "it needs subscripts", f"write `{e.name}[d]`, or sum it: "
+                                                                   f"`sum(k in {self.info.families[e.name][0]}, {e.name}[k])`")
+            return e, e.name == "pi", False
+        if isinstance(e, A.Element):
+            indexes = self.family_indexes(e)
+            members = []
+            for sub, index in zip(e.subscripts, indexes):
+                var_index = self._env_index.get(sub.name)
+                if sub.name in env and var_index is not None and not self.is_subset(var_index, index):
+                    raise _Fail("E353", sub.span, f"`{sub.name}` ranges over `{var_index}`, but this position "
+                                                  f"of `{e.name.name}` is over `{index}`")
+                members.append(self.member(sub, index, env, e.name.name))
+            return A.Name(element_name(e.name.name, members), e.span), False, False
+        if isinstance(e, A.IndexSum):
+            var, index = e.binder.var.name, e.binder.index
+            if var in env:
+                raise _Fail("E356", e.binder.var.span, f"index variable `{var}` is already bound here",
+                            "use another name for the sum's variable")
+            members = self.check_index(index)
+            saved = self._env_index.get(var)
+            self._env_index[var] = index.name
+            try:
+                terms = [self.expr(e.body, {**env, var: m}) for m in members]
+            finally:
+                if saved is None:
+                    self._env_index.pop(var, None)
+                else:
+                    self._env_index[var] = saved
+            return _balanced_sum(terms, e.span), False, False
+        if isinstance(e, A.TableRef):
+            raise _Fail("E354", e.span, "`table(...)` gives the values of a const family and stands alone",
+                        "write `const pop[d in district] [person] = table(\"districts.csv\", pop)`")
+        if isinstance(e, A.Call):
+            parts = [self._expr(a, env) for a in e.args]
+            constant = e.func.name in BUILTINS and all(p[1] for p in parts)
+            varying = any(p[2] for p in parts)
+            args = [p[0] if constant or not (p[1] and p[2]) else _folded(p[0]) for p in parts]
+            return A.Call(e.func, args, e.span), constant, varying
+        if isinstance(e, (A.BinOp, A.Compare, A.BoolOp)):
+            left, right = self._expr(e.left, env), self._expr(e.right, env)
+            constant, varying = left[1] and right[1], left[2] or right[2]
+            l, r = left[0], right[0]
+            if not constant:
+                l = _folded(l) if left[1] and left[2] else l
+                r = _folded(r) if right[1] and right[2] else r
+            return type(e)(e.op, l, r, e.span), constant, varying
+        if isinstance(e, A.UnaryOp):
+            operand, constant, varying = self._expr(e.operand, env)
+            return A.UnaryOp(e.op, operand, e.span), constant, varying
+        return e, False, False
+
+    _env_index: dict
+
+    def variable_value(self, e: A.Name, env) -> A.Number:
+        member = env[e.name]
+        if not member.isdigit():
+            raise _Fail("E352", e.span, f"`{e.name}` ranges over named members (`{member}`, ...): it has no "
+                                        "numeric value", "use it as a subscript only")
+        return A.Number(float(member), member, None, e.span)
+
+    # -- table(...)
+    def table_value(self, s: A.ConstDecl, env):
+        values = self._tables.get(id(s))
+        if values is None:
+            values = self._tables[id(s)] = self.read_table(s)
+        key = tuple(env[b.var.name] for b in s.family)
+        v = values[key]
+        span = s.value.span
+        number = A.Number(abs(v), repr(abs(v)), None, span)
+        return A.UnaryOp("-", number, span) if v < 0 else number
+
+    _tables: dict
+
+    def read_table(self, s: A.ConstDecl) -> dict:
+        ref: A.TableRef = s.value
+        name = ref.file
+        if "/" in name or "\\" in name or ".." in name or name.startswith(".") or not name:
+            raise _Fail("E354", ref.span, f"table file `{name}` must be a plain file name beside the model "
+                                          "(no folders, no `..`)", "put the CSV file in the model's folder")
+        access = self.tables
+        if access is None or access.folder is None:
+            raise _Fail("E354", ref.span, f"`table(\"{name}\")` needs the model's folder",
+                        "load the model from its file (nimm_dsl.load, or the nimm command)")
+        if access.allowed is not None and name not in access.allowed:
+            raise _Fail("E354", ref.span, f"table file `{name}` is not one this model may read",
+                        "only files that the task provides: " + (", ".join(sorted(access.allowed)) or "none"))
+        path = access.folder / name
+        try:
+            if not path.is_file() or path.is_symlink():
+                raise _Fail("E354", ref.span, f"table file `{name}` is not in the model's folder ({access.folder})")
+            if path.stat().st_size > MAX_TABLE_BYTES:
+                raise _Fail("E354", ref.span, f"table file `{name}` is larger than {MAX_TABLE_BYTES} bytes")
+            text = path.read_bytes().decode("utf-8-sig", errors="replace")
+        except OSError as error:
+            raise _Fail("E354", ref.span, f"table file `{name}` cannot be read ({error.strerror})") from None
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows:
+            raise _Fail("E355", ref.span, f"table file `{name}` is empty")
+        header = [h.strip() for h in rows[0]]
+        column = ref.column.name if ref.column is not None else s.name.name
+        if column not in header:
+            raise _Fail("E355", ref.span, f"table file `{name}` has no column `{column}`",
+                        "its columns: " + ", ".join(header))
+        positions = []
+        for b in s.family:
+            for candidate in (b.var.name, b.index.name):
+                if candidate in header and header.index(candidate) not in positions:
+                    positions.append(header.index(candidate))
+                    break
+            else:
+                raise _Fail("E355", ref.span, f"table file `{name}` has no key column for `{b.var.name} in "
+                                              f"{b.index.name}`", f"name a column `{b.index.name}` (or `{b.var.name}` "
+                                                                  "when the index appears twice)")
+        members = [set(self.info.indexes[b.index.name]) for b in s.family]
+        value_col = header.index(column)
+        values: dict[tuple, float] = {}
+        for row_no, row in enumerate(rows[1:], start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            cells = [row[p].strip() if p < len(row) else "" for p in positions]
+            key = tuple(str(int(c)) if c.isdigit() else c for c in cells)
+            for k, allowed, b in zip(key, members, s.family):
+                if k not in allowed:
+                    raise _Fail("E355", ref.span, f"{name}, row {row_no}: `{k}` is not a member of index "
+                                                  f"`{b.index.name}`", _members_hint(self.info.indexes[b.index.name]))
+            if key in values:
+                raise _Fail("E355", ref.span, f"{name}, row {row_no}: a second row for {element_name(s.name.name, key)}")
+            cell = row[value_col].strip() if value_col < len(row) else ""
+            try:
+                v = float(cell)
+            except ValueError:
+                v = math.nan
+            if not math.isfinite(v):
+                raise _Fail("E355", ref.span, f"{name}, row {row_no}, column `{column}`: `{cell}` is not a finite number")
+            values[key] = v
+        wanted = itertools.product(*(self.info.indexes[b.index.name] for b in s.family))
+        missing = [k for k in wanted if k not in values]
+        if missing:
+            raise _Fail("E355", ref.span, f"table file `{name}` has no row for {element_name(s.name.name, missing[0])}"
+                                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                        "every member of the index needs a row")
+        return values
+
+
+def _targets(s) -> list:
+    if isinstance(s, A.DerEq):
+        return [s.state]
+    if isinstance(s, A.FlowEq):
+        return [t for t in (s.source, s.target) if t is not None]
+    if isinstance(s, A.SetStmt):
+        return [s.target]
+    if isinstance(s, A.DoseStmt):
+        return [s.state]
+    return []
+
+
+def _folded(node):
+    """A constant subtree as one number (exact values stay exact); left alone when it has no
+    number value (a comparison, a domain error that the checker will report as E504)."""
+    if isinstance(node, A.Number):
+        return node
+    try:
+        value = fold(node)
+    except FoldError:
+        return node
+    if value is None or isinstance(value, bool):
+        return node
+    span = node.span
+    magnitude = abs(value)
+    if isinstance(magnitude, Fraction) and magnitude.denominator != 1:
+        number = A.BinOp("/", _number(magnitude.numerator, span), _number(magnitude.denominator, span), span)
+    else:
+        number = _number(magnitude, span)
+    return A.UnaryOp("-", number, span) if value < 0 else number
+
+
+def _number(value, span: Span) -> A.Number:
+    if isinstance(value, Fraction):
+        value = value.numerator
+    text = str(value) if isinstance(value, int) else repr(float(value))
+    return A.Number(float(value), text, None, span)
+
+
+def _balanced_sum(terms: list, span: Span):
+    while len(terms) > 1:
+        paired = [A.BinOp("+", terms[i], terms[i + 1], span) for i in range(0, len(terms) - 1, 2)]
+        if len(terms) % 2:
+            paired.append(terms[-1])
+        terms = paired
+    return terms[0]
+
+
+def _members_hint(members: list[str]) -> str:
+    shown = ", ".join(members[:5]) + (", ..." if len(members) > 5 else "")
+    return f"its members: {shown}"
+
+
+def _hint_among(name: str, names, what: str) -> Optional[str]:
+    return did_you_mean(name, list(names)) if names else f"declare it: `index {name} = 1..10`"
+
+
+def expand_families(program: A.Program, file: str, tables: Optional[TableAccess] = None):
+    """(scalar program, diagnostics, FamilyInfo)."""
+    x = _Expander(program, file, tables)
+    x._env_index = {}
+    x._tables = {}
+    return x.run(program), x.diagnostics, x.info

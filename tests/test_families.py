@@ -1,0 +1,274 @@
+"""Index families (docs/language.md, "Index families"): one line per family, checked, lowered and run
+in both back ends, against a hand-vectorised numpy right-hand side integrated by scipy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import nimm_dsl
+from nimm_dsl.compiler.check import check_source
+from nimm_dsl.compiler.families import TableAccess
+from nimm_dsl.runtime.binding import bind
+
+N = 100
+# A 100-district SEIR in under 25 lines: contacts decay with the distance between district numbers.
+def seir(n: int) -> str:
+    return SEIR.replace("1..100", f"1..{n}")
+
+
+SEIR = f'''model metapop "SEIR in {N} districts"
+time t [day]
+unit person
+index district = 1..{N}
+index treated = [2, 3, 5]
+const pop[d in district] [person] = 1000 * (1 + d / 10)
+param beta [1/day] = 0.6 in [0.01, 3]
+param sigma [1/day] = 0.25 in [0.01, 1]
+param gamma [1/day] = 0.2 in [0.01, 1]
+param contact[d in district] [1] = 1 in [0.1, 2]
+state S[d in district] [person] = pop[d] - ifelse(d == 1, 5 [person], 0 [person])
+state E[d in district] [person] = 0
+state I[d in district] [person] = ifelse(d == 1, 5, 0)
+state R[d in district] [person] = 0
+let force[d in district] [1/day] = beta * contact[d] * sum(k in district, exp(-abs(d - k) / 3) * I[k] / pop[k])
+flow S[d] -> E[d] = force[d] * S[d]
+flow E[d] -> I[d] = sigma * E[d]
+flow I[d] -> R[d] = gamma * I[d]
+observe cases[d in district] [person/day] = sigma * E[d] ~ poisson
+scenario distancing
+  set contact[d in treated] = 0.5 * contact[d] from 10
+end
+'''
+TIMES = np.linspace(0, 120, 25)
+
+
+def numpy_reference(beta=0.6, sigma=0.25, gamma=0.2, n=N, treated=(), cut_from=None, times=TIMES):
+    """The same model written by hand as vectorised numpy, integrated by scipy's LSODA."""
+    d = np.arange(1, n + 1)
+    pop = 1000 * (1 + d / 10)
+    kernel = np.exp(-np.abs(d[:, None] - d[None, :]) / 3)
+    in_treated = np.isin(d, treated)
+
+    def rhs(t, y):
+        S, E, I, R = y.reshape(4, n)
+        contact = np.where(in_treated & (cut_from is not None and t >= cut_from), 0.5, 1.0)
+        infection = beta * contact * (kernel @ (I / pop)) * S
+        return np.concatenate([-infection, infection - sigma * E, sigma * E - gamma * I, gamma * I])
+
+    y0 = np.concatenate([pop - np.where(d == 1, 5, 0), np.zeros(n), np.where(d == 1, 5.0, 0.0), np.zeros(n)])
+    spans = [(times[0], cut_from), (cut_from, times[-1])] if cut_from is not None else [(times[0], times[-1])]
+    out, y = [], y0
+    for a, b in spans:  # restart at the switch, as the back ends do at a set window
+        inside = times[(times >= a) & ((times < b) if b != times[-1] else (times <= b))]
+        sol = solve_ivp(rhs, (a, b), y, method="LSODA", t_eval=np.unique(np.r_[inside, b]),
+                        rtol=1e-10, atol=1e-10)
+        keep = np.isin(sol.t, inside)
+        out.append(sol.y[:, keep])
+        y = sol.y[:, -1]
+    return np.concatenate(out, axis=1).reshape(4, n, -1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return nimm_dsl.load_source(SEIR)
+
+
+def test_the_family_model_is_short_and_checks_clean():
+    assert len(SEIR.strip().splitlines()) < 25
+    # R is not observed and feeds back nowhere: one warning for the family line, not one per district
+    assert [(d.code, d.span.line) for d in nimm_dsl.check(SEIR)] == [("W702", 14)]
+
+
+def test_elements_are_named_with_brackets(model):
+    names = [s.name for s in model.ir.states]
+    assert names[:3] == ["S[1]", "S[2]", "S[3]"] and len(names) == 4 * N
+    assert [p.name for p in model.ir.params if p.estimate][3:5] == ["contact[1]", "contact[2]"]
+
+
+def test_a_sum_lowers_to_one_n_ary_sum(model):
+    force = next(x for x in model.ir.lets if x.name == "force[50]")
+    # beta * contact * (sum of N terms): the sum is one Add with every term, not a nested chain
+    adds = [node for node in _preorder(force.expr) if node.is_Add]
+    assert max(len(a.args) for a in adds) == N
+
+
+def _preorder(expr):
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.args)
+
+
+def test_casadi_matches_a_vectorised_scipy_reference(model):
+    res = model.simulate(TIMES, rtol=1e-10, atol=1e-10)
+    ref = numpy_reference()
+    for k, family in enumerate("SEIR"):
+        got = np.array([res[f"{family}[{d}]"] for d in range(1, N + 1)])
+        np.testing.assert_allclose(got, ref[k], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_both_back_ends_agree_on_the_family_model():
+    # 6 districts: the Torch back end runs the elements as scalars, so 100 take minutes
+    model = nimm_dsl.load_source(seir(6))
+    a = model.simulate(TIMES, backend="casadi", rtol=1e-10, atol=1e-10)
+    b = model.simulate(TIMES, backend="torch", rtol=1e-10, atol=1e-10)
+    for name in a.names:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_a_scenario_on_a_subset_changes_those_districts_as_the_reference_says(model):
+    res = model.simulate(TIMES, scenario="distancing", rtol=1e-10, atol=1e-10)
+    ref = numpy_reference(treated=(2, 3, 5), cut_from=10.0)
+    got = np.array([res[f"I[{d}]"] for d in range(1, N + 1)])
+    np.testing.assert_allclose(got, ref[2], rtol=1e-6, atol=1e-6)
+    base = model.simulate(TIMES)
+    assert np.max(np.abs(res["I[3]"] - base["I[3]"])) > 1.0  # a treated district changes
+
+
+SMALL = '''model small "SEIR in 6 districts with wide data"
+time t [day]
+unit person
+index district = 1..6
+const pop[d in district] [person] = 2000 * d
+param beta [1/day] = 0.5 in [0.05, 3]
+param gamma [1/day] = 0.3 in [0.05, 1]
+state S[d in district] [person] = pop[d] - 10 [person]
+state I[d in district] [person] = 10
+flow S[d] -> I[d] = beta * S[d] * (0.8 * I[d] / pop[d] + 0.2 / 6 * sum(k in district, I[k] / pop[k]))
+flow I[d] -> = gamma * I[d]
+observe cases[d in district] [person/day] = beta * S[d] * I[d] / pop[d]
+'''
+
+
+def test_a_fit_of_shared_params_to_district_counts_recovers_them(tmp_path):
+    model = nimm_dsl.load_source(SMALL)
+    times = np.arange(0.0, 41.0, 2.0)
+    truth = {"beta": 0.8, "gamma": 0.35}
+    res = model.simulate(times, params=truth)
+    table = {"t": times, **{f"cases[{d}]": res[f"cases[{d}]"] for d in range(1, 7)}}
+    import pandas as pd
+
+    data = tmp_path / "districts.csv"
+    pd.DataFrame(table).to_csv(data, index=False)
+    assert [d.code for d in bind(model, str(data))] == []
+    fit = model.fit(str(data))
+    assert fit.params["beta"] == pytest.approx(0.8, rel=1e-4)
+    assert fit.params["gamma"] == pytest.approx(0.35, rel=1e-4)
+
+
+def test_wide_data_columns_that_do_not_match_the_family_are_e608_and_e609(tmp_path):
+    model = nimm_dsl.load_source(SMALL)
+    data = tmp_path / "d.csv"
+    data.write_text("t,cases[1],cases[2],cases[3],cases[4],cases[5],cases[7]\n0,1,1,1,1,1,1\n")
+    found = {d.code: d for d in bind(model, str(data))}
+    assert "E608" in found and "cases[7]" in found["E608"].message
+    assert "E609" in found and "cases[6]" in found["E609"].message
+    assert found["E609"].span.line == 12  # the observe line of the family
+
+
+def write(folder, name, text):
+    (folder / name).write_text(text)
+    return folder / name
+
+
+TABLE_MODEL = '''model tables
+time t [day]
+index district = [north, south, east]
+const rate[d in district] [1/day] = table("rates.csv")
+const C[d in district, k in district] [1] = table("mixing.csv", weight)
+state x[d in district] [1] = 1
+der(x[d]) = -rate[d] * sum(k in district, C[d, k] * x[k])
+observe y[d in district] [1] = x[d]
+'''
+RATES = "district,rate\nnorth,0.1\nsouth,0.2\neast,0.3\n"
+MIXING = "d,k,weight\n" + "".join(f"{a},{b},{1.0 if a == b else 0.0}\n"
+                                  for a in ("north", "south", "east") for b in ("north", "south", "east"))
+
+
+def test_tables_fill_a_family_and_a_matrix_in_long_form(tmp_path):
+    write(tmp_path, "rates.csv", RATES)
+    write(tmp_path, "mixing.csv", MIXING)
+    model = nimm_dsl.load(write(tmp_path, "m.nimm", TABLE_MODEL))
+    res = model.simulate(np.array([0.0, 10.0]))
+    assert res["x[south]"][-1] == pytest.approx(np.exp(-2.0), rel=1e-6)  # C is the identity
+    assert res["y[east]"][-1] == pytest.approx(np.exp(-3.0), rel=1e-6)
+
+
+def test_a_table_key_that_is_not_a_member_or_a_missing_row_is_e355(tmp_path):
+    write(tmp_path, "mixing.csv", MIXING)
+    path = write(tmp_path, "m.nimm", TABLE_MODEL)
+    write(tmp_path, "rates.csv", "district,rate\nnorth,0.1\nsouth,0.2\nwest,0.3\n")
+    (d,) = [x for x in check_source(TABLE_MODEL, str(path)).diagnostics if x.is_error]
+    assert d.code == "E355" and "`west`" in d.message and (d.span.line, d.span.column) == (4, 43)  # at the file name
+    write(tmp_path, "rates.csv", "district,rate\nnorth,0.1\nsouth,0.2\n")
+    (d,) = [x for x in check_source(TABLE_MODEL, str(path)).diagnostics if x.is_error]
+    assert d.code == "E355" and "rate[east]" in d.message
+
+
+def test_tables_read_only_plain_files_beside_the_model_and_only_those_allowed(tmp_path):
+    write(tmp_path, "rates.csv", RATES)
+    write(tmp_path, "mixing.csv", MIXING)
+    path = write(tmp_path, "m.nimm", TABLE_MODEL)
+    for bad in ("../rates.csv", "sub/rates.csv", "/etc/passwd", ".hidden.csv"):
+        (d,) = [x for x in check_source(TABLE_MODEL.replace("rates.csv", bad), str(path)).diagnostics
+                if x.is_error]
+        assert d.code == "E354" and "plain file name" in d.message
+    # the agent's switch: only the task's files, or none
+    refused = check_source(TABLE_MODEL, str(path), TableAccess(tmp_path, frozenset({"rates.csv"})))
+    assert [(d.code, d.span.line) for d in refused.diagnostics if d.is_error] == [("E354", 5)]
+    assert check_source(TABLE_MODEL, str(path), TableAccess(tmp_path, frozenset({"rates.csv", "mixing.csv"}))).ok
+
+
+def test_named_members_a_single_element_dose_and_cli_columns(tmp_path):
+    text = TABLE_MODEL + "dose boost: x[north] += 1 at 5\n"
+    write(tmp_path, "rates.csv", RATES)
+    write(tmp_path, "mixing.csv", MIXING)
+    model = nimm_dsl.load(write(tmp_path, "m.nimm", text))
+    res = model.simulate(np.array([0.0, 5.0, 10.0]))
+    assert res["x[north]"][1] == pytest.approx(np.exp(-0.5) + 1, rel=1e-6)
+    assert res["x[south]"][1] == pytest.approx(np.exp(-1.0), rel=1e-6)
+    frame = res.to_frame()
+    assert list(frame.columns)[:4] == ["t", "x[north]", "x[south]", "x[east]"]
+
+
+NEURAL = '''model hybrid
+time t [day]
+index patch = 1..4
+param r [1/day] = 0.3 in [0, 1]
+state N[p in patch] [1] = 0.1 * p
+neural g(x) [1/day] = mlp(hidden = [4], init = random)
+der(N[p]) = r * N[p] * (1 - N[p]) + g(N[p]) * N[p]
+observe y[p in patch] [1] = N[p]
+'''
+
+
+def test_a_neural_term_is_applied_elementwise_with_one_set_of_weights():
+    model = nimm_dsl.load_source(NEURAL)
+    assert [n.name for n in model.ir.neurals] == ["g"]
+    times = np.linspace(0, 5, 6)
+    a = model.simulate(times, backend="casadi")
+    b = model.simulate(times, backend="torch")
+    for p in range(1, 5):
+        np.testing.assert_allclose(a[f"N[{p}]"], b[f"N[{p}]"], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("line, code", [
+    ("observe z [1] = sum(k in nope, 1) * x[1]", "E350"),
+    ("observe z [1] = x", "E351"),
+    ("observe z [1] = x[1, 2]", "E351"),
+    ("observe z [1] = r[1] * x[1]", "E351"),
+    ("observe z [1] = x[k]", "E352"),
+    ("observe z [1] = x[9]", "E352"),
+    ("observe z [1] = sum(k in colour, x[k])", "E353"),
+    ("observe z [1] = sum(p in patch, sum(p in patch, x[p]))", "E356"),
+])
+def test_index_errors_are_located_at_the_offending_token(line, code):
+    text = ("model m\ntime t [day]\nindex patch = 1..4\nindex colour = [red, blue]\n"
+            "param r [1/day] = 0.3 in [0, 1]\nstate x[p in patch] [1] = 1\nder(x[p]) = -r * x[p]\n"
+            "observe y[p in patch] [1] = x[p]\n" + line + "\n")
+    found = [d for d in nimm_dsl.check(text) if d.is_error]
+    assert [d.code for d in found] == [code], found
+    assert found[0].span.line == 9 and found[0].span.column > 16
