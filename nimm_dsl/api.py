@@ -17,14 +17,16 @@ def read_model_text(path) -> str:
     return Path(path).read_bytes().decode("utf-8-sig", errors="replace")
 
 
-def check(source: str, file: str = "<model>") -> list[Diagnostic]:
-    """Parse and check model text; returns every diagnostic (errors and warnings), never raises."""
+def check(source: str, file: str = "<model>", tables=None) -> list[Diagnostic]:
+    """Parse and check model text; returns every diagnostic (errors and warnings), never raises.
+    `tables` (compiler.families.TableAccess): which files `table(...)` may read; by default any
+    CSV beside `file` when it names a file, none otherwise."""
     from .compiler.check import check_source
 
     from .diagnostics import Span
 
     try:
-        return check_source(source, file).diagnostics
+        return check_source(source, file, tables).diagnostics
     except RecursionError:  # a last line of defence; the parser limits nesting first
         return [Diagnostic("E100", Span(1, 1, 1, 2), "the model is nested too deeply to check",
                            None, file)]
@@ -35,11 +37,12 @@ def check(source: str, file: str = "<model>") -> list[Diagnostic]:
                            "this is a bug in nimm_dsl, not in the model: please report it with the model", file)]
 
 
-def load_source(source: str, file: str = "<model>") -> "Model":
-    """Parse, check and lower model text; raises ModelError (with .diagnostics) on errors."""
+def load_source(source: str, file: str = "<model>", tables=None) -> "Model":
+    """Parse, check and lower model text; raises ModelError (with .diagnostics) on errors.
+    `tables` as for `check`."""
     from .compiler.check import check_source
 
-    checked = check_source(source, file)
+    checked = check_source(source, file, tables)
     if not checked.ok:
         raise ModelError(checked.diagnostics, source)
     return Model(checked)

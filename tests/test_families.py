@@ -272,3 +272,16 @@ def test_index_errors_are_located_at_the_offending_token(line, code):
     found = [d for d in nimm_dsl.check(text) if d.is_error]
     assert [d.code for d in found] == [code], found
     assert found[0].span.line == 9 and found[0].span.column > 16
+
+
+def test_a_language_models_text_reads_no_table_unless_the_task_provides_it(tmp_path):
+    from nimm_dsl.llm.pipeline import validate
+
+    write(tmp_path, "rates.csv", RATES)
+    write(tmp_path, "mixing.csv", MIXING)
+    path = write(tmp_path, "m.nimm", TABLE_MODEL)
+    stage, found = validate(TABLE_MODEL, str(path), probe=False)
+    assert stage == "check" and {d.code for d in found if d.is_error} == {"E354"}
+    given = TableAccess(tmp_path, frozenset({"rates.csv", "mixing.csv"}))
+    stage, found = validate(TABLE_MODEL, str(path), probe=False, tables=given)
+    assert stage == "clean", found

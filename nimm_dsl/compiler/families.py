@@ -42,6 +42,9 @@ class TableAccess:
     allowed: Optional[frozenset] = None
 
 
+NO_TABLES = TableAccess(None, frozenset())  # model text from a language model, by default
+
+
 @dataclass
 class FamilyInfo:
     """What the expansion found, for later phases: index members and each family's indexes."""

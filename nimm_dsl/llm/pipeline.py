@@ -70,17 +70,20 @@ class Candidate:
 
 
 def validate(source: str, file: str = "<candidate>", data=None, probe: bool = True,
-             probe_timeout: float = 60.0, observes=()) -> tuple[str, list[Diagnostic]]:
+             probe_timeout: float = 60.0, observes=(), tables=None) -> tuple[str, list[Diagnostic]]:
     """(stage, diagnostics) of one model text: the first stage with errors, or "clean" with
-    every warning found on the way."""
+    every warning found on the way. A language model's text may read no `table(...)` file
+    unless `tables` (compiler.families.TableAccess) names the files its task provides."""
     from ..api import check, load_source
+    from ..compiler.families import NO_TABLES
     from ..errors import ModelError
 
-    diagnostics = check(source, file)
+    tables = NO_TABLES if tables is None else tables
+    diagnostics = check(source, file, tables)
     if has_errors(diagnostics):
         return "check", diagnostics
     try:
-        model = load_source(source, file)
+        model = load_source(source, file, tables)
         model.ir  # lowering problems are the checker's too
     except ModelError as e:
         return "check", diagnostics + list(e.diagnostics)
