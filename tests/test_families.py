@@ -285,3 +285,14 @@ def test_a_language_models_text_reads_no_table_unless_the_task_provides_it(tmp_p
     given = TableAccess(tmp_path, frozenset({"rates.csv", "mixing.csv"}))
     stage, found = validate(TABLE_MODEL, str(path), probe=False, tables=given)
     assert stage == "clean", found
+
+
+def test_a_dose_over_a_family_gives_each_element_its_dose_and_a_scenario_removes_them_all():
+    text = NEURAL.replace("neural g(x) [1/day] = mlp(hidden = [4], init = random)\n", "").replace(
+        " + g(N[p]) * N[p]", "") + "dose seed: N[p] += 0.5 at 1\nscenario none\n  remove seed\nend\n"
+    model = nimm_dsl.load_source(text)
+    assert [d.name for d in model.ir.doses] == ["seed[1]", "seed[2]", "seed[3]", "seed[4]"]
+    times = np.array([0.0, 1.0])
+    with_dose, without = model.simulate(times), model.simulate(times, scenario="none")
+    for p in range(1, 5):
+        assert with_dose[f"N[{p}]"][1] == pytest.approx(without[f"N[{p}]"][1] + 0.5, rel=1e-6)

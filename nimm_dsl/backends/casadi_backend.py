@@ -238,7 +238,7 @@ class CasadiSimulator:
         # a dose amount may use any value: it is evaluated in the state just before the dose
         self._dose_amount = {}
         for dose in [d for d in ir.doses] + [d for sc in ir.scenarios.values() for d in sc.doses]:
-            self._dose_amount[id(dose)] = ca.Function(f"dose_{dose.name}", [t, x, P, W], [ev(dose.amount)])
+            self._dose_amount[id(dose)] = ca.Function("dose_amount", [t, x, P, W], [ev(dose.amount)])
         self._output_map: dict[int, ca.Function] = {}
         self._fast_output_map: dict[int, _FastCall] = {}
 

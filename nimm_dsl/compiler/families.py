@@ -116,18 +116,21 @@ class _Expander:
     # -- statements
     def run(self, program: A.Program) -> A.Program:
         out = A.Program([], program.unparsed)
+        # top-level lines first, so that a scenario's `remove D` knows the elements of a dose family
+        expanded = {id(s): self.statement(s) for s in program.statements
+                    if not isinstance(s, (A.IndexDecl, A.ScenarioBlock))}
         for s in program.statements:
-            if isinstance(s, A.IndexDecl):
-                continue
             if isinstance(s, A.ScenarioBlock):
                 body = [x for b in s.body for x in self.statement(b)]
                 out.statements.append(replace(s, body=body))
-                continue
-            out.statements.extend(self.statement(s))
+            elif not isinstance(s, A.IndexDecl):
+                out.statements.extend(expanded[id(s)])
         return out
 
     def statement(self, s) -> list:
         try:
+            if isinstance(s, A.RemoveStmt):
+                return self.removals(s)
             variables = self.variables(s)
             self._env_index = {v: index for v, (index, _span) in variables.items()}
             if not variables:
@@ -138,7 +141,10 @@ class _Expander:
             if count > MAX_ELEMENTS:
                 raise _Fail("E353", s.span, f"this line has {count} elements (at most {MAX_ELEMENTS})")
             self.info.lines.add(s.span.line)
-            return [self.instance(s, dict(zip(names, combo))) for combo in itertools.product(*members)]
+            out = [self.instance(s, dict(zip(names, combo))) for combo in itertools.product(*members)]
+            if isinstance(s, A.DoseStmt):
+                self.dose_families.setdefault(s.name.name, []).extend(x.name.name for x in out)
+            return out
         except _Fail as fail:
             if fail.diagnostic[0] is not None:
                 self._report(*fail.diagnostic)
@@ -248,6 +254,13 @@ class _Expander:
         if isinstance(s, A.NeuralDecl):
             return replace(s, options=[self.option(o, env) for o in s.options])
         return s
+
+    def removals(self, s: A.RemoveStmt) -> list:
+        """`remove D` of a dose family removes every element's dose."""
+        names = self.dose_families.get(s.name.name)
+        if not names:
+            return [s]
+        return [A.RemoveStmt(A.Ident(n, s.name.span), s.span) for n in names]
 
     def option(self, o: A.Option, env) -> A.Option:
         if isinstance(o.value, A.ListValue):
@@ -499,4 +512,5 @@ def expand_families(program: A.Program, file: str, tables: Optional[TableAccess]
     x = _Expander(program, file, tables)
     x._env_index = {}
     x._tables = {}
+    x.dose_families = {}
     return x.run(program), x.diagnostics, x.info
