@@ -296,3 +296,10 @@ def test_a_dose_over_a_family_gives_each_element_its_dose_and_a_scenario_removes
     with_dose, without = model.simulate(times), model.simulate(times, scenario="none")
     for p in range(1, 5):
         assert with_dose[f"N[{p}]"][1] == pytest.approx(without[f"N[{p}]"][1] + 0.5, rel=1e-6)
+
+
+def test_a_nested_sum_too_large_to_expand_is_refused_quickly():
+    text = ("model m\ntime t [day]\nindex n = 1..100000\nstate x [1] = 1\n"
+            "der(x) = -x / 1 [day] * sum(i in n, sum(j in n, 1))\nobserve y [1] = x\n")
+    (d,) = [d for d in nimm_dsl.check(text) if d.is_error]
+    assert d.code == "E353" and d.span.line == 5

@@ -30,6 +30,7 @@ from .fold import FoldError, fold
 
 MAX_TABLE_BYTES = 20_000_000
 MAX_ELEMENTS = 1_000_000  # elements of one statement (a 1000 x 1000 matrix)
+MAX_TERMS = 2_000_000  # sum terms expanded for one statement: a nested sum must not hang the checker
 
 
 @dataclass
@@ -53,10 +54,16 @@ class FamilyInfo:
     families: dict[str, list[str]] = field(default_factory=dict)  # name -> index per position
     lines: set = field(default_factory=set)  # first lines of the statements that were expanded
     failed: set = field(default_factory=set)  # declarations dropped for an error already reported
+    failed_dynamics: set = field(default_factory=set)  # states whose der/flow line was dropped
 
     def follows_from_failure(self, d: Diagnostic) -> bool:
-        """An `undefined name` that only says a family line with an error was dropped."""
-        return d.code == "E201" and any(f"`{name}[" in d.message for name in self.failed)
+        """An `undefined name` or a state without dynamics that only says that a line with an
+        index error was dropped."""
+        if d.code == "E201":
+            return any(f"`{name}[" in d.message for name in self.failed)
+        if d.code == "E301":
+            return any(f"`{name}`" in d.message or f"`{name}[" in d.message for name in self.failed_dynamics)
+        return False
 
 
 def element_name(name: str, members: Iterable[str]) -> str:
@@ -133,11 +140,13 @@ class _Expander:
                 return self.removals(s)
             variables = self.variables(s)
             self._env_index = {v: index for v, (index, _span) in variables.items()}
+            self._scale = 1  # elements of the line times the sizes of the enclosing sums
             if not variables:
                 return [self.instance(s, {})]
             names = list(variables)
             members = [self.info.indexes[variables[v][0]] for v in names]
             count = math.prod(len(m) for m in members)
+            self._scale = count
             if count > MAX_ELEMENTS:
                 raise _Fail("E353", s.span, f"this line has {count} elements (at most {MAX_ELEMENTS})")
             self.info.lines.add(s.span.line)
@@ -150,6 +159,8 @@ class _Expander:
                 self._report(*fail.diagnostic)
             if isinstance(s, _DECLS):
                 self.info.failed.add(s.name.name)
+            for t in _targets(s) if isinstance(s, (A.DerEq, A.FlowEq)) else ():
+                self.info.failed_dynamics.add(t.name.name if isinstance(t, A.Element) else t.name)
             return []
 
     def check_index(self, ident: A.Ident) -> list[str]:
@@ -325,11 +336,17 @@ class _Expander:
                 raise _Fail("E356", e.binder.var.span, f"index variable `{var}` is already bound here",
                             "use another name for the sum's variable")
             members = self.check_index(index)
+            outer = self._scale
+            if outer * len(members) > MAX_TERMS:  # refused before any work, however deep the nesting
+                raise _Fail("E353", e.span, f"this line expands to {outer * len(members)} terms "
+                                            f"(at most {MAX_TERMS})", "split it into lets, one per family")
+            self._scale = outer * len(members)
             saved = self._env_index.get(var)
             self._env_index[var] = index.name
             try:
                 terms = [self.expr(e.body, {**env, var: m}) for m in members]
             finally:
+                self._scale = outer
                 if saved is None:
                     self._env_index.pop(var, None)
                 else:
@@ -511,6 +528,7 @@ def expand_families(program: A.Program, file: str, tables: Optional[TableAccess]
     """(scalar program, diagnostics, FamilyInfo)."""
     x = _Expander(program, file, tables)
     x._env_index = {}
+    x._scale = 1
     x._tables = {}
     x.dose_families = {}
     return x.run(program), x.diagnostics, x.info
