@@ -26,7 +26,8 @@ def check(source: str, file: str = "<model>", tables=None) -> list[Diagnostic]:
     from .diagnostics import Span
 
     try:
-        return check_source(source, file, tables).diagnostics
+        checked = check_source(source, file) if tables is None else check_source(source, file, tables)
+        return checked.diagnostics
     except RecursionError:  # a last line of defence; the parser limits nesting first
         return [Diagnostic("E100", Span(1, 1, 1, 2), "the model is nested too deeply to check",
                            None, file)]
