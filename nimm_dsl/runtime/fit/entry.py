@@ -14,8 +14,8 @@ from ..data import Dataset, load_data
 from .failures import native_output_captured
 from .loss import numpy_nll, predict, rmse_by_observe
 from .multistart import MultiStart, est_params, run_starts, start_origins
-from .result import FitResult
-from .starts import finite_difference_hessian, param_labels, standard_errors, start_points
+from .result import FitResult, matrix_dict
+from .starts import correlation, finite_difference_hessian, param_labels, standard_errors, start_points
 
 
 def _casadi(ir, train, valid, rtol, atol, max_iter, seed, simulator, **options):
@@ -79,14 +79,14 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
     if not names and not ir.neurals:
         warnings.append("nothing to estimate: the model has no `param` (only consts) and no neural "
                         "term; the loss is that of the declared values")
-    stderr, flat = {n: None for n in names}, []
+    stderr, flat, cov = {n: None for n in names}, [], np.full((len(names), len(names)), np.nan)
     if names:
         try:
             grad, hessian = solver.curvature(best)
             H = (hessian(x) if hessian is not None
                  else finite_difference_hessian(grad, x, np.maximum(np.abs(x), 1e-8)))
             lsq_only = all(o.noise == "lsq" for o in ir.observes if o.name in train.observed_names)
-            stderr, flat = standard_errors(H, names, x, best.loss, train.n_observations, lsq_only)
+            stderr, flat, cov = standard_errors(H, names, x, best.loss, train.n_observations, lsq_only)
             if not np.all(np.isfinite(H)):
                 warnings.append("no standard errors: the curvature of the loss is not finite at the estimate")
         except (SimulationError, RuntimeError, ImportError) as e:
@@ -107,7 +107,8 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
                      weights=best.weights, units={p.name: p.unit for p in ir.params}, estimated=names,
                      n_observations=train.n_observations, seconds=seconds, dataset=dataset,
                      holdout_after=holdout_after, labels={n: v for n, v in labels.items() if v},
-                     starts=run.records)
+                     starts=run.records, covariance=matrix_dict(names, cov),
+                     correlation=matrix_dict(names, correlation(cov)))
 
 
 def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backend: str = "casadi",

@@ -18,6 +18,7 @@ FORMAT_VERSION = 1
 # Labels of an estimated param (FitResult.labels), worded once for the report and the warnings.
 AT_LOWER, AT_UPPER = "at its lower bound", "at its upper bound"
 UNDETERMINED, POORLY_DETERMINED = "not determined by the data", "poorly determined"
+STRONG_CORRELATION = 0.95  # |r| above this is flagged in the report: the pair trade off
 
 
 @dataclass
@@ -67,6 +68,12 @@ class FitResult:
     holdout_after: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
     starts: list = field(default_factory=list)
+    # {param: {param: number or None}} over the estimated params, in declared units (None where
+    # the data cannot determine a param); neural weights are not included
+    covariance: dict = field(default_factory=dict)
+    correlation: dict = field(default_factory=dict)
+    # {param: {"values", "nll", "ci95", "not_identifiable"}} after `profile` (runtime/fit/profile.py)
+    profiles: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         from ..weights import weights_to_json
@@ -85,9 +92,11 @@ class FitResult:
             "weights": weights_to_json(self.weights),
             "n_observations": int(self.n_observations),
             "seconds": round(float(self.seconds), 3),
+            "covariance": _matrix_json(self.covariance),
+            "correlation": _matrix_json(self.correlation),
             "starts": [s.to_json() for s in self.starts],
             "warnings": list(self.warnings),
-        }
+        } | ({"profiles": json_safe(self.profiles)} if self.profiles else {})
 
     def save(self, path) -> Path:
         """Write FIT.json (plain JSON, weights as lists; never pickle), atomically: a failed write
@@ -95,6 +104,38 @@ class FitResult:
         from ..files import write_text_atomic
 
         return write_text_atomic(path, json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
+
+
+def matrix_dict(names, matrix) -> dict:
+    """{row name: {column name: number or None}}: a square matrix over `names`, NaN as None."""
+    return {a: {b: _finite_or_none(matrix[i, j]) for j, b in enumerate(names)} for i, a in enumerate(names)}
+
+
+def matrix_array(matrix: dict, names) -> np.ndarray:
+    """The inverse of `matrix_dict`: a float array over `names` (NaN where missing or None)."""
+    out = np.full((len(names), len(names)), np.nan)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            v = (matrix.get(a) or {}).get(b)
+            if v is not None:
+                out[i, j] = v
+    return out
+
+
+def _matrix_json(matrix: dict) -> dict:
+    return {a: {b: _finite_or_none(v) for b, v in row.items()} for a, row in matrix.items()}
+
+
+def strong_correlations(result: "FitResult", threshold: float = STRONG_CORRELATION) -> list[tuple[str, str, float]]:
+    """(a, b, r) for every pair of estimated params with |r| > threshold, strongest first."""
+    names = list(result.estimated)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            r = (result.correlation.get(a) or {}).get(b)
+            if r is not None and abs(r) > threshold:
+                pairs.append((a, b, float(r)))
+    return sorted(pairs, key=lambda p: -abs(p[2]))
 
 
 def _finite_or_none(v):
@@ -162,6 +203,10 @@ def format_report(result: FitResult) -> str:
         labels = result.labels.get(name) or []
         label_text = f"  ({'; '.join(labels)})" if labels else ""
         lines.append(f"  {name:<12} = {result.params[name]:.6g}{se_text} {unit}".rstrip() + label_text)
+    pairs = strong_correlations(result)
+    if pairs:
+        lines.append(f"  strongly correlated (|r| > {STRONG_CORRELATION}): "
+                     + "; ".join(f"{a} and {b} (r = {r:+.3f})" for a, b, r in pairs))
     for name, v in result.metrics.get("rmse", {}).items():
         if v is not None:
             lines.append(f"  rmse {name}: {v:.4g}")

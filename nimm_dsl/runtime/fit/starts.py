@@ -84,15 +84,18 @@ def finite_difference_hessian(grad: Callable[[np.ndarray], np.ndarray], x: np.nd
 
 
 def standard_errors(H: np.ndarray, names: Sequence[str], values: np.ndarray, loss: float,
-                    n_obs: int, least_squares_only: bool) -> tuple[dict, list[list[str]]]:
-    """Standard errors from the Hessian of the NLL (inverse observed information), and the groups
-    of params along which the loss is flat (the data cannot determine them; their standard error
-    is None). With least squares only, the residual variance scales the covariance (the loss is
-    then 0.5 * SSR, not a likelihood). A Hessian that is not finite gives no standard errors and
-    no groups."""
+                    n_obs: int, least_squares_only: bool) -> tuple[dict, list[list[str]], np.ndarray]:
+    """Standard errors and their covariance matrix from the Hessian of the NLL (inverse observed
+    information), and the groups of params along which the loss is flat (the data cannot
+    determine them; their standard error is None and their rows and columns of the covariance
+    are NaN). With least squares only, the residual variance scales the covariance (the loss is
+    then 0.5 * SSR, not a likelihood). A Hessian that is not finite gives no standard errors, no
+    groups and an all-NaN covariance. The one place where curvature becomes uncertainty: the
+    report, FIT.json's `covariance` and `correlation`, and the prediction bands all start here."""
     stderr = {name: None for name in names}
+    cov_out = np.full((len(names), len(names)), np.nan)
     if len(names) == 0 or not np.all(np.isfinite(H)):
-        return stderr, []
+        return stderr, [], cov_out
     # relative to the params' own size, so that the test below does not depend on units
     D = np.diag(np.maximum(np.abs(values), 1e-12))
     eig, vec = np.linalg.eigh(D @ H @ D)
@@ -111,7 +114,17 @@ def standard_errors(H: np.ndarray, names: Sequence[str], values: np.ndarray, los
         var = cov[j, j]
         if j not in weak_params and np.isfinite(var) and var >= 0:
             stderr[name] = math.sqrt(var)
-    return stderr, groups
+    determined = [j for j, name in enumerate(names) if stderr[name] is not None]
+    cov_out[np.ix_(determined, determined)] = cov[np.ix_(determined, determined)]
+    return stderr, groups, cov_out
+
+
+def correlation(cov: np.ndarray) -> np.ndarray:
+    """The correlation matrix of a covariance matrix (NaN where a variance is NaN or zero)."""
+    sd = np.sqrt(np.diag(cov))
+    with np.errstate(all="ignore"):
+        r = cov / np.outer(sd, sd)
+    return np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), np.nan)
 
 
 def param_labels(est: Sequence[ParamIR], values: Mapping, stderr: Mapping,
