@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of each series' last times held out for early stopping (torch)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--profile", nargs="*", metavar="NAME",
+                   help="profile likelihood of these estimated params (none named: all); with --plot "
+                        "also writes PLOT_profiles.png. Put it after MODEL and DATA.csv")
 
     g = sub.add_parser("generate", help="ask an LLM for a model, check it and repair it from the diagnostics")
     g.add_argument("task", metavar="TASK",
@@ -307,6 +310,11 @@ def cmd_fit(args) -> int:
     model = _load(args.model)
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
                        seed=args.seed, progress=sys.stderr.isatty())
+    if args.profile is not None:
+        from .runtime.fit import profile
+
+        profile(model.ir, args.data, result, args.profile or None, holdout=args.holdout,
+                simulator=model.compile(args.backend))
     print(format_report(result), flush=True)  # before the notes on stderr
     for w in result.warnings:
         print(f"nimm: warning: {w}", file=sys.stderr)
@@ -318,6 +326,12 @@ def cmd_fit(args) -> int:
 
         written = plot_fit(model.ir, result.dataset, result, model.compile(args.backend), args.plot)
         print(f"nimm: plot written to {written}", file=sys.stderr)
+        if result.profiles:
+            from .runtime.plots import plot_profiles
+
+            stem, ext = os.path.splitext(args.plot)
+            written = plot_profiles(result, f"{stem}_profiles{ext or '.png'}")
+            print(f"nimm: profile plot written to {written}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -9,7 +9,7 @@ import pytest
 import sympy as sp
 
 from nimm_dsl.compiler.ir import InputIR, ModelIR, ObserveIR, ParamIR
-from nimm_dsl.runtime.fit import fit, format_report
+from nimm_dsl.runtime.fit import fit, format_report, profile
 from nimm_dsl.runtime.fit.result import UNDETERMINED
 
 from test_fit import decay_data, decay_model
@@ -75,3 +75,65 @@ def test_a_param_the_data_cannot_determine_has_no_covariance():
     assert res.covariance["k1"]["k1"] is None and res.covariance["X0"]["k2"] is None
     assert res.covariance["X0"]["X0"] == pytest.approx(res.stderr["X0"] ** 2)
     assert res.correlation["X0"]["X0"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- profiles
+def known_sigma_line_ir():
+    """y = a * u + b ~ normal(sigma = 1): the profile of a is exactly (a - a_hat)^2 / (2 var_a)."""
+    ir = line_ir()
+    ir.observes = [ObserveIR("y", sp.Symbol("y"), ir.observes[0].expr, "1", "normal", sp.Float(1.0))]
+    return ir
+
+
+def test_profile_of_a_linear_model_is_the_closed_form_parabola():
+    data = line_data(np.linspace(0, 10, 15))
+    ir = known_sigma_line_ir()
+    res = fit(ir, data, progress=False)
+    prof = profile(ir, data, res, ["a"])["a"]
+    X = np.c_[data["u"], np.ones(len(data))]
+    coef, *_ = np.linalg.lstsq(X, data["y"], rcond=None)
+    se_a = np.sqrt(np.linalg.inv(X.T @ X)[0, 0])  # sigma = 1
+    values, nll = np.array(prof["values"]), np.array(prof["nll"])
+    assert len(values) >= 9
+    np.testing.assert_allclose(nll - res.loss, (values - coef[0]) ** 2 / (2 * se_a ** 2), atol=1e-6)
+    lo, hi = prof["ci95"]
+    # linear interpolation between the grid points of a parabola: within 0.5% of the width
+    assert lo == pytest.approx(coef[0] - 1.959964 * se_a, abs=0.01 * se_a)
+    assert hi == pytest.approx(coef[0] + 1.959964 * se_a, abs=0.01 * se_a)
+    assert prof["not_identifiable"] == [] and res.profiles["a"] is prof
+    assert "profile a" in format_report(res)
+
+
+def test_least_squares_profile_interval_matches_the_standard_error():
+    data = line_data(np.linspace(0, 10, 15))
+    res = fit(line_ir(), data, progress=False)
+    lo, hi = profile(line_ir(), data, res)["b"]["ci95"]
+    se = res.stderr["b"]
+    assert (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.01)
+
+
+def product_ir():
+    """dX/dt = -k1 k2 X: only the product is identifiable (wide bounds so that it stays flat)."""
+    k1, k2 = sp.symbols("k1 k2")
+    ir = decay_model(sigma_param=False)
+    ir.params = [ParamIR("k1", k1, 0.3, 1e-4, 1e4, "1/h", True), ParamIR("k2", k2, 1.0, 1e-4, 1e4, "1", True),
+                 ir.params[1]]
+    ir.derivatives = {"X": -k1 * k2 * sp.Symbol("X")}
+    return ir
+
+
+def test_profile_flags_a_product_of_two_params_as_not_identifiable(tmp_path):
+    ir, data = product_ir(), decay_data()
+    res = fit(ir, data, progress=False)
+    profs = profile(ir, data, res, ["k1", "X0"])
+    k1 = profs["k1"]
+    assert k1["not_identifiable"] == ["lower", "upper"] and k1["ci95"] == [None, None]
+    assert max(k1["values"]) / min(k1["values"]) > 100  # walked far out on both sides
+    assert np.ptp(k1["nll"]) < 1e-3  # and stayed flat: k2 made up for k1
+    assert profs["X0"]["not_identifiable"] == [] and None not in profs["X0"]["ci95"]
+    report = format_report(res)
+    line = next(s for s in report.splitlines() if "profile k1" in s)
+    assert "not identifiable from these data" in line and "lower and upper" in line
+    doc = json.loads(res.save(tmp_path / "FIT.json").read_text())
+    assert doc["profiles"]["k1"]["ci95"] == [None, None]
+    assert doc["profiles"]["X0"]["values"] == pytest.approx(profs["X0"]["values"])

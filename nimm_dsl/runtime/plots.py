@@ -157,6 +157,43 @@ def plot_scenario(baseline_result, scenario_result, path, names: Optional[Sequen
     return _save(plt, fig, path)
 
 
+def grid_shape(n: int, max_columns: int = 3) -> tuple[int, int]:
+    """(rows, columns) for n panels: at most `max_columns` wide, so each panel stays readable."""
+    ncol = max(1, min(n, max_columns))
+    return -(-n // ncol), ncol
+
+
+def plot_profiles(fit_result, path) -> str:
+    """One panel per profiled param: the rise of the loss over its minimum against the param's
+    value, the 95% threshold as a dashed line, the estimate as a dotted one, and the interval's
+    ends where the profile crosses the threshold. Returns the path written."""
+    plt = _pyplot()
+    profiles = fit_result.profiles
+    nrow, ncol = grid_shape(len(profiles))
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(3.8 * ncol, 2.9 * nrow))
+    for k, (name, pr) in enumerate(profiles.items()):
+        ax = axes[k // ncol][k % ncol]
+        nll = np.asarray(pr["nll"], dtype=float)
+        base = float(np.nanmin(nll))
+        ax.plot(pr["values"], nll - base, "o-", color="C0", ms=3, lw=1.4)
+        ax.axhline(pr["threshold"] - base, color="C3", ls="--", lw=1, label="95% threshold")
+        ax.axvline(pr["estimate"], color="0.4", ls=":", lw=1, label="estimate")
+        for end in pr["ci95"]:
+            if end is not None:
+                ax.axvline(end, color="C3", lw=0.8, alpha=0.6)
+        ax.set_xlabel(_label(name, fit_result.units.get(name)))
+        ax.set_ylabel("rise of the loss")
+        flat = pr.get("not_identifiable") or []
+        ax.set_title(name + (f" (flat: {' and '.join(flat)})" if flat else ""), fontsize=9)
+        if k == 0:
+            ax.legend(fontsize=8)
+    for k in range(len(profiles), nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    fig.suptitle(f"{fit_result.model}: profile likelihood")
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
 def _save(plt, fig, path) -> str:
     """Write the figure; a name without extension gets `.png` here, so the path we report is the
     file matplotlib writes. Returns that path."""

@@ -15,6 +15,7 @@ One module per concern:
 * `casadi_paths.py` — IPOPT single shooting, and the least-squares path with CVODES sensitivities.
 * `torch_path.py` — Adam then L-BFGS for hybrid models, with a convergence check.
 * `entry.py` — `fit` and `nll`.
+* `profile.py` — profile likelihood: the loss along one param, the others refitted.
 """
 from .entry import PATHS as PATHS
 from .entry import fit as fit
@@ -27,6 +28,7 @@ from .loss import casadi_loss_ops as casadi_loss_ops
 from .loss import dataset_nll as dataset_nll
 from .loss import observation_nll as observation_nll
 from .loss import torch_loss_ops as torch_loss_ops
+from .profile import profile as profile
 from .result import FORMAT_VERSION as FORMAT_VERSION
 from .result import FitResult as FitResult
 from .result import StartRecord as StartRecord

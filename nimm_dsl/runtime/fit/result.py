@@ -18,6 +18,7 @@ FORMAT_VERSION = 1
 # Labels of an estimated param (FitResult.labels), worded once for the report and the warnings.
 AT_LOWER, AT_UPPER = "at its lower bound", "at its upper bound"
 UNDETERMINED, POORLY_DETERMINED = "not determined by the data", "poorly determined"
+NOT_IDENTIFIABLE = "not identifiable from these data"  # a profile flat on a side
 STRONG_CORRELATION = 0.95  # |r| above this is flagged in the report: the pair trade off
 
 
@@ -207,6 +208,7 @@ def format_report(result: FitResult) -> str:
     if pairs:
         lines.append(f"  strongly correlated (|r| > {STRONG_CORRELATION}): "
                      + "; ".join(f"{a} and {b} (r = {r:+.3f})" for a, b, r in pairs))
+    lines += profile_lines(result.profiles, result.units)
     for name, v in result.metrics.get("rmse", {}).items():
         if v is not None:
             lines.append(f"  rmse {name}: {v:.4g}")
@@ -219,3 +221,17 @@ def format_report(result: FitResult) -> str:
         lines.append(f"  starts ({len(result.starts)}):")
         lines += [f"    {start_line(k + 1, s)}" for k, s in enumerate(result.starts)]
     return "\n".join(lines)
+
+
+def profile_lines(profiles: dict, units: dict) -> list[str]:
+    """The report's lines about profiles (runtime/fit/profile.py): the 95% interval, and the
+    side(s) along which the profile stays flat ("?" for that end of the interval)."""
+    lines = []
+    for name, pr in profiles.items():
+        lo, hi = pr["ci95"]
+        unit = units.get(name) or ""
+        ends = ", ".join("?" if v is None else f"{v:.4g}" for v in (lo, hi))
+        flat = pr.get("not_identifiable") or []
+        note = f"  ({NOT_IDENTIFIABLE}: flat on the {' and '.join(flat)} side)" if flat else ""
+        lines.append(f"  profile {name:<12} 95% interval [{ends}] {unit}".rstrip() + note)
+    return lines
