@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("casadi", "torch"), default="casadi")
     s.add_argument("--output", metavar="OUT.csv", help="write the table here (default: stdout)")
     s.add_argument("--plot", metavar="PLOT.png", help="plot the run (baseline vs scenario with --scenario)")
+    s.add_argument("--bands", type=float, metavar="LEVEL",
+                   help="with --fit: NAME_lo and NAME_hi columns, from params drawn from the fit's covariance "
+                        "(e.g. 0.95): prediction intervals for observes, confidence bands for states and lets")
+    s.add_argument("--draws", type=int, default=300, help="parameter draws for --bands (default 300)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draws for --bands")
     s.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance of the solver (default 1e-8)")
     s.add_argument("--atol", type=float, default=1e-8,
                    help="absolute tolerance, in each state's unit (default 1e-8)")
@@ -229,7 +234,10 @@ def cmd_simulate(args) -> int:
     if args.scenario is not None and args.scenario not in ir.scenarios:
         known = ", ".join(ir.scenarios) or "none"
         raise UsageError(f"nimm: unknown scenario `{args.scenario}` (this model declares: {known})")
-    params, weights = None, None
+    if args.bands is not None and not (args.fit and 0 < args.bands < 1 and args.draws >= 10):
+        raise UsageError("nimm: --bands needs --fit FIT.json, a level between 0 and 1 (e.g. 0.95) "
+                         "and --draws of at least 10")
+    params, weights, uncertainty = None, None, None
     if args.fit:
         from .runtime.fit import load_fit
 
@@ -239,6 +247,13 @@ def cmd_simulate(args) -> int:
         if unknown:
             raise FitError(f"{args.fit}: params {', '.join(unknown)} are not in model `{ir.name}` "
                            f"(is this the fit of another model?)")
+        if args.bands is not None:
+            from .runtime.bands import Uncertainty
+
+            try:
+                uncertainty = Uncertainty.from_fit(restored["document"], ir)
+            except FitError as e:
+                raise FitError(f"{args.fit}: {e}") from None
     sim = model.compile(args.backend)
     grid = _parse_times(args.times) if args.times else None
     if grid is not None and ir.t0 is not None and grid[0] < ir.t0:
@@ -275,17 +290,24 @@ def cmd_simulate(args) -> int:
         for w in result.warnings:
             print(f"nimm: warning: {w}", file=sys.stderr)
         frame = result.to_frame()
+        band = None
+        if uncertainty is not None:
+            from .runtime.bands import bands, with_bands
+
+            band = bands(sim, ir, uncertainty, times, level=args.bands, n_draws=args.draws, seed=args.seed,
+                         scenario=args.scenario, inputs=inputs, weights=weights, rtol=args.rtol, atol=args.atol)
+            frame = with_bands(frame, band)
         if len(runs) > 1:
             frame.insert(0, "series", label)
         frames.append(frame)
-        results.append((result, times, inputs))
+        results.append((result, times, inputs, band))
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     table.to_csv(args.output if args.output else sys.stdout, index=False)
 
     if args.plot:
         from .runtime.plots import plot_scenario
 
-        result, times, inputs = results[0]  # the first series
+        result, times, inputs, band = results[0]  # the first series
         title = ir.name if len(runs) == 1 else f"{ir.name}, series {runs[0][0]}"
         if args.scenario is not None:
             baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights,

@@ -3,16 +3,23 @@ the report's strongly correlated pairs, profiles against closed forms and a non-
 product, and prediction bands (coverage)."""
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import sympy as sp
 
-from nimm_dsl.compiler.ir import InputIR, ModelIR, ObserveIR, ParamIR
+import nimm_dsl
+from nimm_dsl.backends import compile_ir
+from nimm_dsl.compiler.ir import InputIR, ModelIR, ObserveIR, ParamIR, StateIR
+from nimm_dsl.runtime.bands import Uncertainty, bands
 from nimm_dsl.runtime.fit import fit, format_report, profile
 from nimm_dsl.runtime.fit.result import UNDETERMINED
 
 from test_fit import decay_data, decay_model
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def line_ir():
@@ -137,3 +144,78 @@ def test_profile_flags_a_product_of_two_params_as_not_identifiable(tmp_path):
     doc = json.loads(res.save(tmp_path / "FIT.json").read_text())
     assert doc["profiles"]["k1"]["ci95"] == [None, None]
     assert doc["profiles"]["X0"]["values"] == pytest.approx(profs["X0"]["values"])
+
+
+# ---------------------------------------------------------------- bands
+def test_prediction_interval_of_a_linear_model_matches_the_closed_form():
+    data = line_data(np.linspace(0, 10, 15))
+    ir = line_ir()
+    res = fit(ir, data, progress=False)
+    x0 = np.array([0.0, 5.0, 12.0])
+    band = bands(compile_ir(ir, "casadi"), ir, Uncertainty.from_fit(res, ir), None, n_draws=4000,
+                 inputs=pd.DataFrame({"u": x0}))
+    X = np.c_[data["u"], np.ones(len(data))]
+    coef, *_ = np.linalg.lstsq(X, data["y"], rcond=None)
+    s2 = np.sum((X @ coef - data["y"]) ** 2) / (len(data) - 2)
+    X0 = np.c_[x0, np.ones(3)]
+    half = 1.959964 * np.sqrt(s2 * (1 + np.einsum("ij,jk,ik->i", X0, np.linalg.inv(X.T @ X), X0)))
+    lo, hi = band["y"]
+    np.testing.assert_allclose(lo, X0 @ coef - half, atol=0.06 * half.max())
+    np.testing.assert_allclose(hi, X0 @ coef + half, atol=0.06 * half.max())
+
+
+def test_confidence_band_of_a_state_matches_the_delta_method():
+    ir, data = decay_model(), decay_data()
+    res = fit(ir, data, progress=False)
+    t = np.array([0.0, 2.0, 5.0])
+    band = bands(compile_ir(ir, "casadi"), ir, Uncertainty.from_fit(res, ir), t, n_draws=2000)
+    k, X0 = res.params["k"], res.params["X0"]
+    x = X0 * np.exp(-k * t)
+    grad = np.c_[-t * x, np.exp(-k * t)]  # d/dk, d/dX0
+    cov = np.array([[res.covariance[a][b] for b in ("k", "X0")] for a in ("k", "X0")])
+    half = 1.959964 * np.sqrt(np.einsum("ij,jk,ik->i", grad, cov, grad))
+    lo, hi = band["X"]
+    np.testing.assert_allclose(hi - lo, 2 * half, rtol=0.08)
+    np.testing.assert_allclose((hi + lo) / 2, x, atol=0.1 * half.max())
+    # the observe's interval adds the noise: wider than the state's band by about 2 * 1.96 * sigma
+    ylo, yhi = band["y"]
+    assert np.all(yhi - ylo > hi - lo)
+    assert np.mean(yhi - ylo) == pytest.approx(2 * np.hypot(1.959964 * res.params["sig"], half).mean(), rel=0.1)
+
+
+@pytest.mark.slow
+def test_hudson_bay_prediction_intervals_contain_most_observations():
+    model = nimm_dsl.load(EXAMPLES / "lotka_volterra.nimm")
+    data = pd.read_csv(EXAMPLES / "data" / "hudson_bay_lynx_hare.csv")
+    res = model.fit(data, progress=False)
+    band = bands(model.compile(), model.ir, Uncertainty.from_fit(res, model.ir), data["year"].to_numpy())
+    inside = [(data[n] >= band[n][0]) & (data[n] <= band[n][1]) for n in ("hare", "lynx")]
+    assert np.mean(np.r_[inside[0], inside[1]]) >= 0.90
+
+
+def two_compartment_ir():
+    """A -> B -> out, only B observed (normal, sigma 0.3): A is hidden."""
+    A, B, ka, ke = sp.symbols("A B ka ke")
+    params = [ParamIR("ka", ka, 0.8, 0.01, 10, "1/h", True), ParamIR("ke", ke, 0.3, 0.01, 10, "1/h", True)]
+    states = [StateIR("A", A, sp.Float(10.0), 0, np.inf, "mg"), StateIR("B", B, sp.Float(0.0), 0, np.inf, "mg")]
+    return ModelIR("absorption", None, sp.Symbol("t"), "t", "h", states, params,
+                   derivatives={"A": -ka * A, "B": ka * A - ke * B},
+                   observes=[ObserveIR("y", sp.Symbol("y"), B, "mg", "normal", sp.Float(0.3))])
+
+
+@pytest.mark.slow
+def test_confidence_band_of_a_hidden_state_covers_the_truth_in_about_95_percent_of_replicates():
+    ir = two_compartment_ir()
+    sim = compile_ir(ir, "casadi")
+    t = np.linspace(0, 8, 12)
+    truth = sim.simulate(np.array([0.0, 1.0]), params={"ka": 0.8, "ke": 0.3})["A"][1]  # A at t = 1
+    rng = np.random.default_rng(2024)
+    clean = np.asarray(sim.simulate(t, params={"ka": 0.8, "ke": 0.3})["y"])
+    covered, n = 0, 60
+    for r in range(n):
+        data = pd.DataFrame({"t": t, "y": clean + 0.3 * rng.standard_normal(t.size)})
+        res = fit(ir, data, progress=False, simulator=sim)
+        lo, hi = bands(sim, ir, Uncertainty.from_fit(res, ir), np.array([0.0, 1.0]), n_draws=200,
+                       seed=r, names=["A"])["A"]
+        covered += lo[1] <= truth <= hi[1]
+    assert 0.88 <= covered / n <= 0.99

@@ -148,8 +148,8 @@ def _floats(d: dict) -> dict:
 
 
 def load_fit(path) -> dict:
-    """{"params": {name: float}, "weights": {name: np.ndarray}} from a FIT.json (FitError if
-    unusable). Files without "format_version" (written before version 1) read the same way."""
+    """{"params": {name: float}, "weights": {name: np.ndarray}, "document": the whole JSON object}
+    from a FIT.json (FitError if unusable). Files without "format_version" (written before version 1) read the same way."""
     from ..weights import weights_from_fit_entry
 
     try:
@@ -176,7 +176,8 @@ def load_fit(path) -> dict:
             weights = weights_from_fit_entry(data["weights"], path)
         except DataError as e:
             raise FitError(str(e)) from None
-    return {"params": clean, "weights": weights}
+    # the rest (covariance, rmse, ...) for `--bands` (runtime/bands.py reads what it needs)
+    return {"params": clean, "weights": weights, "document": data}
 
 
 def point_summary(values: dict, limit: int = 4) -> str:
