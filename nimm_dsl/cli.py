@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --fit: NAME_lo and NAME_hi columns, from params drawn from the fit's covariance "
                         "(e.g. 0.95): prediction intervals for observes, confidence bands for states and lets")
     s.add_argument("--draws", type=int, default=300, help="parameter draws for --bands (default 300)")
+    s.add_argument("--states", action="store_true", help="plot the states too (default: the observes)")
+    s.add_argument("--log", action="store_true", help="logarithmic value axes in the plot (positive quantities)")
     s.add_argument("--seed", type=int, default=0, help="seed of the draws for --bands")
     s.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance of the solver (default 1e-8)")
     s.add_argument("--atol", type=float, default=1e-8,
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of each series' last times held out for early stopping (torch)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--log", action="store_true", help="logarithmic value axes in the plot (positive quantities)")
     f.add_argument("--profile", nargs="*", metavar="NAME",
                    help="profile likelihood of these estimated params (none named: all); with --plot "
                         "also writes PLOT_profiles.png. Put it after MODEL and DATA.csv")
@@ -184,6 +187,7 @@ def _load(path: str):
     return load_source(_read(path), path)
 
 
+MAX_PLOTTED_SERIES = 6  # facets of a simulate plot; more would be unreadable
 MAX_OUTPUT_TIMES = 1_000_000  # more is a typo, not a table anyone reads; refuse it instead of hanging
 
 
@@ -305,17 +309,27 @@ def cmd_simulate(args) -> int:
     table.to_csv(args.output if args.output else sys.stdout, index=False)
 
     if args.plot:
-        from .runtime.plots import plot_scenario
+        from .runtime.plots import ScenarioRun, save_figure, scenario_figure
 
-        result, times, inputs, band = results[0]  # the first series
-        title = ir.name if len(runs) == 1 else f"{ir.name}, series {runs[0][0]}"
-        if args.scenario is not None:
+        plot_runs = []
+        for (label, times, inputs), (result, _, _, band) in zip(runs, results):
+            data = next((x for x in dataset.series if x.label == label), None) if args.data else None
+            if args.scenario is None:
+                plot_runs.append(ScenarioRun(result, None, band, None, data, label if len(runs) > 1 else None))
+                continue
             baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights,
                                     rtol=args.rtol, atol=args.atol)
-            written = plot_scenario(baseline, result, args.plot,
-                                    title=f"{title}: baseline vs {args.scenario}", scenario=args.scenario)
-        else:
-            written = plot_scenario(result, None, args.plot, title=title)
+            base_band = None
+            if uncertainty is not None:
+                base_band = bands(sim, ir, uncertainty, times, level=args.bands, n_draws=args.draws,
+                                  seed=args.seed, inputs=inputs, weights=weights, rtol=args.rtol, atol=args.atol)
+            plot_runs.append(ScenarioRun(baseline, result, base_band, band, data, label if len(runs) > 1 else None))
+        shown = plot_runs[:MAX_PLOTTED_SERIES]
+        title = ir.name if args.scenario is None else f"{ir.name}: baseline vs {args.scenario}"
+        if len(plot_runs) > len(shown):
+            title += f" (first {len(shown)} of {len(plot_runs)} series)"
+        figure = scenario_figure(shown, ir, states=args.states, title=title, scenario=args.scenario, log=args.log)
+        written = save_figure(figure, args.plot)
         print(f"nimm: plot written to {written}", file=sys.stderr)
     return EXIT_OK
 
@@ -346,7 +360,8 @@ def cmd_fit(args) -> int:
     if args.plot:
         from .runtime.plots import plot_fit
 
-        written = plot_fit(model.ir, result.dataset, result, model.compile(args.backend), args.plot)
+        written = plot_fit(model.ir, result.dataset, result, model.compile(args.backend), args.plot,
+                           bands=0.95, log=args.log)
         print(f"nimm: plot written to {written}", file=sys.stderr)
         if result.profiles:
             from .runtime.plots import plot_profiles

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -29,10 +30,9 @@ def hidden_states(ir, observed_names: Sequence[str]) -> list[str]:
     return [s.name for s in ir.reported_states if s.symbol not in shown]
 
 
-def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
-    """Data points against the fitted model: per series (rows) one panel per observed quantity,
-    then one per hidden state. The trajectory is simulated on a fine grid from each series' start.
-    Static models get predicted-versus-observed panels. Returns the path written.
+def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None, bands: Optional[float] = None,
+             log: bool = False) -> str:
+    """Data points against the fitted model (see `fit_figure`). Returns the path written.
 
     Also callable as `plot_fit(ir, fit_result, path)`: the data are then the fit's own
     (`fit_result.dataset`) and the simulator a CasADi one."""
@@ -40,6 +40,17 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
         dataset, fit_result, path = dataset.dataset, dataset, fit_result
     if dataset is None or fit_result is None or path is None:
         raise ValueError("plot_fit needs the data, the fit result and an output path")
+    plt = _pyplot()
+    return _save(plt, fit_figure(ir, dataset, fit_result, simulator, bands=bands, log=log), path)
+
+
+def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] = None, log: bool = False):
+    """The fit as a matplotlib Figure: one panel per observed quantity, then one per hidden state,
+    in a grid at most three panels wide (several series: one row of panels per series). Data as
+    points, the model as a line simulated on a fine grid, `bands` (a level such as 0.95, from the
+    fit's covariance; runtime/bands.py) as shading, the held-out end shaded grey, dose times as
+    vertical lines and the baseline's set windows as spans. Static models get predicted-versus-
+    observed panels. log: logarithmic value axes (for positive quantities)."""
     if simulator is None:
         from ..backends.casadi_backend import compile_casadi
 
@@ -48,23 +59,32 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
     params = dict(fit_result.params)
     weights = getattr(fit_result, "weights", None) or None
     series = dataset.series[:MAX_SERIES_PLOTTED]
-    obs_units = {o.name: o.unit for o in ir.observes}
     if dataset.static:
-        return _plot_static_fit(plt, ir, dataset, params, weights, simulator, path)
+        return _static_fit_figure(plt, ir, dataset, params, weights, simulator)
+    uncertainty = _uncertainty(ir, fit_result) if bands else None
 
     hidden = hidden_states(ir, dataset.observed_names)
     columns = list(dataset.observed_names) + hidden
-    state_units = {s.name: s.unit for s in ir.states}
-    fig, axes = plt.subplots(len(series), len(columns), squeeze=False,
-                             figsize=(3.6 * len(columns), 2.8 * len(series)))
+    units = quantity_units(ir)
+    if len(series) == 1:
+        nrow, ncol = grid_shape(len(columns))
+        place = lambda r, c: divmod(c, ncol)  # noqa: E731 - one series: wrap the panels
+    else:
+        nrow, ncol = len(series), len(columns)
+        place = lambda r, c: (r, c)  # noqa: E731 - one row per series
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(4.2 * ncol, 3.1 * nrow))
     time_label = _label(ir.time_name, ir.time_unit)
     for r, s in enumerate(series):
         grid = np.linspace(s.times[0] if ir.t0 is None else ir.t0, s.times[-1], FINE_GRID)  # from the run's start
         grid = np.union1d(grid, s.times)  # exact values at the data times (dose jumps stay sharp)
         res = simulator.simulate(grid, params=params, inputs=s.inputs or None, weights=weights)
+        band = _bands(simulator, ir, uncertainty, grid, bands, inputs=s.inputs or None, weights=weights)
         for c, name in enumerate(columns):
-            ax = axes[r][c]
+            ax = axes[place(r, c)[0]][place(r, c)[1]]
             window = _interval(ir, name)
+            if band and name in band and window is None:
+                ax.fill_between(grid, *band[name], color="C0", alpha=0.2, lw=0,
+                                label=_band_label(name, ir, bands))
             if window is None or name not in s.observed:
                 ax.plot(grid, res[name], color="C0", lw=1.6, label="fit")
             if name in s.observed:
@@ -77,23 +97,27 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
                     ax.hlines(y[ok], s.times[ok] - window, s.times[ok], color="C1", lw=2.4, alpha=0.7, label="data")
                 else:
                     ax.plot(s.times[ok], y[ok], "o", color="C1", ms=4, label="data")
-                ax.set_ylabel(_label(name, obs_units.get(name)))
+                ax.set_ylabel(_label(name, units.get(name)))
             else:
-                ax.set_ylabel(_label(name, state_units.get(name)) + " (hidden)")
+                ax.set_ylabel(_label(name, units.get(name)) + " (hidden)")
             ax.set_xlabel(time_label)
             cut = getattr(fit_result, "holdout_after", {}).get(r)
             if cut is not None:  # the held-out end of the series, not used for fitting
-                ax.axvspan(cut, s.times[-1], color="0.9", zorder=0,
-                           label="held out" if r == 0 and c == 0 else None)
-            title = name if s.label is None else f"{name} — series {s.label}"
+                ax.axvspan(cut, s.times[-1], color="0.9", zorder=0, label="held out")
+            mark_protocol(ax, ir, None, s.times[0], s.times[-1])
+            if log:
+                _log_axis(ax)
+            title = name if s.label is None else f"{name}, series {s.label}"
             ax.set_title(title, fontsize=9)
             if r == 0 and c == 0:
-                ax.legend(fontsize=8)
+                ax.legend(fontsize=7)
+    for k in range(len(columns), nrow * ncol) if len(series) == 1 else ():
+        axes[k // ncol][k % ncol].axis("off")
     more = len(dataset.series) - len(series)
     suptitle = f"{ir.name}: fit" + (f" (first {len(series)} of {len(dataset.series)} series)" if more > 0 else "")
     fig.suptitle(suptitle)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return fig
 
 
 def _interval(ir, name: str) -> Optional[float]:
@@ -104,14 +128,72 @@ def _interval(ir, name: str) -> Optional[float]:
     return max(windows) if windows else None
 
 
-def _plot_static_fit(plt, ir, dataset, params, weights, simulator, path) -> str:
+def quantity_units(ir) -> dict:
+    """The declared unit of every state, let and observe (and the time variable) by name."""
+    units = {x.name: x.unit for x in (*ir.states, *ir.lets, *ir.observes)}
+    if ir.time_name:
+        units[ir.time_name] = ir.time_unit
+    return units
+
+
+def _uncertainty(ir, fit_result):
+    from ..errors import FitError
+    from .bands import Uncertainty
+
+    try:
+        return Uncertainty.from_fit(fit_result, ir)
+    except FitError:  # nothing estimated, or no covariance: no bands, the rest of the plot stands
+        return None
+
+
+def _bands(simulator, ir, uncertainty, times, level, **options) -> Optional[dict]:
+    if uncertainty is None or not level:
+        return None
+    from .bands import BAND_DRAWS_FOR_PLOTS, bands
+
+    return bands(simulator, ir, uncertainty, times, level=level, n_draws=BAND_DRAWS_FOR_PLOTS, **options)
+
+
+def _band_label(name: str, ir, level: float) -> str:
+    kind = "prediction interval" if name in {o.name for o in ir.observes} else "confidence band"
+    return f"{level:.0%} {kind}"
+
+
+def _log_axis(ax) -> None:
+    """Logarithmic value axis where everything drawn is positive; a linear one otherwise."""
+    values = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+    values = [v[np.isfinite(v)] for v in values if v.size]
+    if values and all(np.all(v > 0) for v in values if v.size):
+        ax.set_yscale("log")
+
+
+def mark_protocol(ax, ir, scenario: Optional[str], t0: float, t1: float) -> None:
+    """Dose times as dotted vertical lines (gid "dose") and the set windows in force under
+    `scenario` (None: the baseline's) as light spans (gid "set window"), within [t0, t1]."""
+    dose_times = sorted({t for d in ir.doses_for(scenario) for t in d.times if t0 <= t <= t1})
+    for k, t in enumerate(dose_times):
+        ax.axvline(t, color="0.35", ls=":", lw=0.9, gid="dose", label="dose" if k == 0 else None)
+    windows = sorted({(s.start if s.start is not None else t0, s.end if s.end is not None else t1)
+                      for s in ir.sets if s.scenario in (None, scenario)
+                      and (s.start is not None or s.end is not None)})
+    for k, (a, b) in enumerate(windows):
+        a, b = max(a, t0), min(b, t1)
+        if a < b:
+            ax.axvspan(a, b, color="C2", alpha=0.08, lw=0, zorder=0, gid="set window",
+                       label="set window" if k == 0 else None)
+
+
+def _static_fit_figure(plt, ir, dataset, params, weights, simulator):
     s = dataset.series[0]
     res = simulator.simulate(None, params=params, inputs=s.input_frame(), weights=weights)
     names = list(dataset.observed_names)
     units = {o.name: o.unit for o in ir.observes}
-    fig, axes = plt.subplots(1, len(names), squeeze=False, figsize=(3.8 * len(names), 3.4))
+    nrow, ncol = grid_shape(len(names))
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(3.8 * ncol, 3.4 * nrow))
+    for k in range(len(names), nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
     for c, name in enumerate(names):
-        ax = axes[0][c]
+        ax = axes[c // ncol][c % ncol]
         y, pred = s.observed[name], np.asarray(res[name])
         ok = np.isfinite(y)
         ax.plot(y[ok], pred[ok], "o", ms=4, color="C1")
@@ -121,40 +203,94 @@ def _plot_static_fit(plt, ir, dataset, params, weights, simulator, path) -> str:
         ax.set_ylabel("fitted " + _label(name, units.get(name)))
     fig.suptitle(f"{ir.name}: fitted against observed")
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return fig
 
 
 def plot_scenario(baseline_result, scenario_result, path, names: Optional[Sequence[str]] = None,
-                  title: Optional[str] = None, scenario: Optional[str] = None) -> str:
-    """Baseline against counterfactual, one panel per name (default: every name of the result:
-    states, lets, observes). scenario_result None plots the baseline alone. Returns the path."""
+                  title: Optional[str] = None, scenario: Optional[str] = None, **options) -> str:
+    """Baseline against counterfactual (see `scenario_figure`; one run). Returns the path."""
+    run = ScenarioRun(baseline_result, scenario_result, **{k: options.pop(k) for k in
+                                                          ("baseline_band", "scenario_band", "data") if k in options})
     plt = _pyplot()
-    names = list(names) if names else list(baseline_result.names)
-    units = getattr(baseline_result, "units", {}) or {}
-    time_name, time_unit = _time_axis(baseline_result)
-    if scenario is None and scenario_result is not None:
-        scenario = getattr(scenario_result, "scenario", None)
-    n = len(names)
-    ncol = min(n, 3)
-    nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(3.8 * ncol, 2.9 * nrow))
-    for k, name in enumerate(names):
-        ax = axes[k // ncol][k % ncol]
-        ax.plot(baseline_result.times, np.asarray(baseline_result[name]).T, color="C0", label="baseline")
-        if scenario_result is not None:
-            ax.plot(scenario_result.times, np.asarray(scenario_result[name]).T, color="C3", ls="--",
-                    label=scenario or "scenario")
-        ax.set_ylabel(_label(name, units.get(name)))
-        ax.set_xlabel(_label(time_name, time_unit))
-        if k == 0 and scenario_result is not None:
-            handles, labels = ax.get_legend_handles_labels()
-            ax.legend(handles[:1] + handles[-1:], labels[:1] + labels[-1:], fontsize=8)
-    for k in range(n, nrow * ncol):
+    return _save(plt, scenario_figure([run], names=names, title=title, scenario=scenario, **options), path)
+
+
+@dataclass
+class ScenarioRun:
+    """One series of a scenario plot: the baseline and scenario results, their bands ({name:
+    (lo, hi)}, optional) and the data to show as points (a data.Series, optional)."""
+
+    baseline: object
+    scenario: object = None
+    baseline_band: Optional[dict] = None
+    scenario_band: Optional[dict] = None
+    data: object = None
+    label: object = None
+
+
+def scenario_figure(runs: Sequence[ScenarioRun], ir=None, names: Optional[Sequence[str]] = None,
+                    states: bool = False, title: Optional[str] = None, scenario: Optional[str] = None,
+                    log: bool = False):
+    """Baseline against counterfactual as a matplotlib Figure: one column per quantity and one row
+    (facet) per series. Quantities: `names`, else (with `ir`) the observes, plus the states when
+    `states`; without `ir` every name of the result. An observe equal to a state is drawn once.
+    Bands as shading, data as points, the scenario's set windows shaded and dose times marked."""
+    plt = _pyplot()
+    first = runs[0].baseline
+    if scenario is None and runs[0].scenario is not None:
+        scenario = getattr(runs[0].scenario, "scenario", None)
+    if names:
+        names = list(names)
+    elif ir is not None:
+        names = [o.name for o in ir.observes]
+        if states:
+            shown = {o.expr for o in ir.observes}
+            names += [x.name for x in ir.states if x.symbol not in shown]
+        names = [n for n in names if n in first] or list(first.names)
+    else:
+        names = list(first.names)
+    units = getattr(first, "units", {}) or {}
+    time_name, time_unit = _time_axis(first)
+    if len(runs) == 1:
+        nrow, ncol = grid_shape(len(names))
+        place = lambda r, c: divmod(c, ncol)  # noqa: E731 - one series: wrap the panels
+    else:
+        nrow, ncol = len(runs), len(names)
+        place = lambda r, c: (r, c)  # noqa: E731 - a facet (row) per series
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(4.2 * ncol, 3.1 * nrow))
+    for k in range(len(names), nrow * ncol) if len(runs) == 1 else ():
         axes[k // ncol][k % ncol].axis("off")
-    default_title = "simulation" if scenario_result is None else f"baseline vs {scenario or 'scenario'}"
+    label = scenario or "scenario"
+    for r, run in enumerate(runs):
+        for c, name in enumerate(names):
+            ax = axes[place(r, c)[0]][place(r, c)[1]]
+            t = run.baseline.times
+            first_text = "baseline" if run.scenario is not None else "model"
+            for result, band, color, text in ((run.baseline, run.baseline_band, "C0", first_text),
+                                              (run.scenario, run.scenario_band, "C3", label)):
+                if result is None:
+                    continue
+                if band and name in band:
+                    ax.fill_between(result.times, *band[name], color=color, alpha=0.18, lw=0)
+                ax.plot(result.times, np.asarray(result[name]).T, color=color,
+                        ls="--" if result is run.scenario else "-", lw=1.6, label=text)
+            if run.data is not None and name in getattr(run.data, "observed", {}):
+                y = run.data.observed[name]
+                ok = np.isfinite(y)
+                ax.plot(run.data.times[ok], y[ok], "o", color="k", ms=3.5, label="data")
+            if ir is not None and t is not None and len(t):
+                mark_protocol(ax, ir, scenario if run.scenario is not None else None, t[0], t[-1])
+            ax.set_ylabel(_label(name, units.get(name)))
+            ax.set_xlabel(_label(time_name, time_unit))
+            ax.set_title(name if run.label is None else f"{name}, series {run.label}", fontsize=9)
+            if log:
+                _log_axis(ax)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    default_title = "simulation" if runs[0].scenario is None else f"baseline vs {label}"
     fig.suptitle(title or default_title)
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return fig
 
 
 def grid_shape(n: int, max_columns: int = 3) -> tuple[int, int]:
@@ -192,6 +328,11 @@ def plot_profiles(fit_result, path) -> str:
     fig.suptitle(f"{fit_result.model}: profile likelihood")
     fig.tight_layout()
     return _save(plt, fig, path)
+
+
+def save_figure(fig, path) -> str:
+    """Write a figure made here (`fit_figure`, `scenario_figure`); see `_save`."""
+    return _save(_pyplot(), fig, path)
 
 
 def _save(plt, fig, path) -> str:
