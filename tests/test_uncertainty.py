@@ -219,3 +219,26 @@ def test_confidence_band_of_a_hidden_state_covers_the_truth_in_about_95_percent_
                        seed=r, names=["A"])["A"]
         covered += lo[1] <= truth <= hi[1]
     assert 0.88 <= covered / n <= 0.99
+
+
+def test_profile_figure_has_a_panel_per_param_with_the_threshold(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from nimm_dsl.runtime.plots import plot_profiles, profile_figure
+
+    ir, data = product_ir(), decay_data()
+    res = fit(ir, data, progress=False)
+    profile(ir, data, res)
+    fig = profile_figure(res)
+    axes = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in axes] == ["k1 (flat: lower and upper)", "k2 (flat: lower and upper)", "X0"]
+    assert [ax.get_xlabel() for ax in axes] == ["k1 [1/h]", "k2 [1]", "X0 [mg]"]
+    for ax, name in zip(axes, ("k1", "k2", "X0")):
+        horizontal = [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert len(horizontal) == 1 and horizontal[0].get_ydata()[0] == pytest.approx(1.920729, rel=1e-4)
+    # X0's interval ends are drawn where the profile crosses the threshold
+    ends = sorted(line.get_xdata()[0] for line in axes[2].lines if line.get_linestyle() == "-"
+                  and len(line.get_xdata()) == 2)
+    assert ends == pytest.approx(res.profiles["X0"]["ci95"])
+    plt.close(fig)
+    assert plot_profiles(res, tmp_path / "p.png").endswith("p.png")

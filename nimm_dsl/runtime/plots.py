@@ -161,7 +161,7 @@ def _band_label(name: str, ir, level: float) -> str:
 
 def _log_axis(ax) -> None:
     """Logarithmic value axis where everything drawn is positive; a linear one otherwise."""
-    values = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+    values = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines() if line.get_gid() != "dose"]
     values = [v[np.isfinite(v)] for v in values if v.size]
     if values and all(np.all(v > 0) for v in values if v.size):
         ax.set_yscale("log")
@@ -300,6 +300,11 @@ def grid_shape(n: int, max_columns: int = 3) -> tuple[int, int]:
 
 
 def plot_profiles(fit_result, path) -> str:
+    """`profile_figure` written to `path`; returns the path written."""
+    return _save(_pyplot(), profile_figure(fit_result), path)
+
+
+def profile_figure(fit_result):
     """One panel per profiled param: the rise of the loss over its minimum against the param's
     value, the 95% threshold as a dashed line, the estimate as a dotted one, and the interval's
     ends where the profile crosses the threshold. Returns the path written."""
@@ -318,7 +323,7 @@ def plot_profiles(fit_result, path) -> str:
             if end is not None:
                 ax.axvline(end, color="C3", lw=0.8, alpha=0.6)
         ax.set_xlabel(_label(name, fit_result.units.get(name)))
-        ax.set_ylabel("rise of the loss")
+        ax.set_ylabel("rise of the loss (negative log-likelihood)", fontsize=8)
         flat = pr.get("not_identifiable") or []
         ax.set_title(name + (f" (flat: {' and '.join(flat)})" if flat else ""), fontsize=9)
         if k == 0:
@@ -327,7 +332,7 @@ def plot_profiles(fit_result, path) -> str:
         axes[k // ncol][k % ncol].axis("off")
     fig.suptitle(f"{fit_result.model}: profile likelihood")
     fig.tight_layout()
-    return _save(plt, fig, path)
+    return fig
 
 
 def save_figure(fig, path) -> str:

@@ -1,0 +1,114 @@
+"""Figures inspected as matplotlib objects: panel count and layout, axis labels with units, a
+vertical line per dose time, a span per set window, one facet per series, bands as shading."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import nimm_dsl
+from nimm_dsl.runtime.data import load_data
+from nimm_dsl.runtime.plots import ScenarioRun, fit_figure, grid_shape, scenario_figure
+
+MODEL = """
+model pk "an oral dose every 12 h"
+time t [h]
+param ka [1/h] = 1.2 in [0.1, 10]
+param ke [1/h] = 0.25 in [0.01, 5]
+param sigma [mg] = 0.3 in [0.01, 5]
+param sigma_lost [mg/h] = 0.3 in [0.01, 5]
+state G [mg] = 0 in [0, inf] "gut"
+state A [mg] = 0 in [0, inf] "body"
+let out [mg/h] = ke * A
+der(G) = -ka * G
+der(A) = ka * G - out
+observe amount [mg] = A ~ normal(sigma = sigma)
+observe lost [mg/h] = out ~ normal(sigma = sigma_lost)
+dose D: G += 10 at 0 every 12 times 3
+set ke = 0.5 * ke from 30 to 36
+scenario blocked "elimination slowed from 6 h to 18 h"
+  set ke = 0.1 * ke from 6 to 18
+end
+"""
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    model = nimm_dsl.load_source(MODEL, "pk.nimm")
+    sim = model.compile()
+    t = np.linspace(0, 36, 25)
+    clean = sim.simulate(t)
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"t": t, "amount": np.asarray(clean["amount"]) + 0.3 * rng.standard_normal(t.size),
+                         "lost": np.asarray(clean["lost"]) + 0.3 * rng.standard_normal(t.size)})
+    return model, sim, data, model.fit(data, progress=False)
+
+
+def _shown(fig):
+    return [ax for ax in fig.axes if ax.axison]
+
+
+def _gid(ax, gid):
+    return [a for a in (*ax.lines, *ax.patches) if a.get_gid() == gid]
+
+
+def test_grid_keeps_panels_at_most_three_wide():
+    assert [grid_shape(n) for n in (1, 2, 3, 4, 7)] == [(1, 1), (1, 2), (1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.slow
+def test_fit_figure_panels_units_doses_windows_and_bands(fitted):
+    model, sim, data, res = fitted
+    fig = fit_figure(model.ir, res.dataset, res, sim, bands=0.95)
+    axes = _shown(fig)
+    # two observes and the hidden gut state, in a grid of one row of three
+    assert [ax.get_title() for ax in axes] == ["amount", "lost", "G"]
+    assert axes[0].get_subplotspec().get_gridspec().get_geometry() == (1, 3)
+    assert [ax.get_ylabel() for ax in axes] == ["amount [mg]", "lost [mg/h]", "G [mg] (hidden)"]
+    assert all(ax.get_xlabel() == "t [h]" for ax in axes)
+    for ax in axes:
+        assert sorted(line.get_xdata()[0] for line in _gid(ax, "dose")) == [0.0, 12.0, 24.0]
+        (span,) = _gid(ax, "set window")  # the baseline's set window, not the scenario's
+        xs = span.get_x(), span.get_x() + span.get_width()
+        assert xs == pytest.approx((30.0, 36.0))
+        assert len(ax.collections) == 1  # the band
+    assert "95% prediction interval" in axes[0].get_legend_handles_labels()[1]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_log_axes_only_where_everything_is_positive(fitted):
+    model, sim, data, res = fitted
+    fig = fit_figure(model.ir, res.dataset, res, sim, log=True)
+    scales = {ax.get_title(): ax.get_yscale() for ax in _shown(fig)}
+    # the gut holds the dose from t = 0 on; the body starts empty (A(0) = 0), so it stays linear
+    assert scales == {"amount": "linear", "lost": "linear", "G": "log"}
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_scenario_figure_shows_observes_shades_the_window_and_facets_series(fitted):
+    model, sim, data, res = fitted
+    t = np.linspace(0, 36, 73)
+    two = pd.concat([data.assign(series="a"), data.assign(series="b")], ignore_index=True)
+    dataset = load_data(two, model.ir)
+    runs = [ScenarioRun(sim.simulate(t, params=res.params), sim.simulate(t, params=res.params, scenario="blocked"),
+                        data=s, label=s.label) for s in dataset.series]
+    fig = scenario_figure(runs, model.ir, scenario="blocked")
+    axes = _shown(fig)
+    assert axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 2)  # a row per series
+    assert [ax.get_title() for ax in axes] == ["amount, series a", "lost, series a",
+                                               "amount, series b", "lost, series b"]
+    for ax in axes:
+        windows = sorted((p.get_x(), p.get_x() + p.get_width()) for p in _gid(ax, "set window"))
+        assert windows == [pytest.approx((6.0, 18.0)), pytest.approx((30.0, 36.0))]
+        assert len(_gid(ax, "dose")) == 3
+        assert "data" in ax.get_legend_handles_labels()[1] or ax is not axes[0]
+        assert sum(1 for line in ax.lines if line.get_marker() == "o") == 1  # the data points
+    fig2 = scenario_figure(runs[:1], model.ir, states=True)
+    # A is `amount` already: only the gut is added
+    assert [ax.get_title() for ax in _shown(fig2)] == ["amount, series a", "lost, series a", "G, series a"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    plt.close(fig2)
