@@ -18,7 +18,14 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("nimm_dsl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        installed = "(not installed)"
     p = argparse.ArgumentParser(prog="nimm", description="Check, simulate and fit .nimm models.")
+    p.add_argument("--version", action="version", version=f"nimm {installed}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="parse and check model files")
@@ -294,6 +301,11 @@ def cmd_simulate(args) -> int:
         for w in result.warnings:
             print(f"nimm: warning: {w}", file=sys.stderr)
         frame = result.to_frame()
+        if times is not None:  # the inputs in force, beside the outputs (a static table has them already)
+            from .runtime.input_values import input_values
+
+            for k, (name, values) in enumerate(input_values(ir, times, args.scenario, inputs, params).items()):
+                frame.insert(1 + k, name, values)
         band = None
         if uncertainty is not None:
             from .runtime.bands import bands, with_bands

@@ -140,6 +140,9 @@ class Diagnostic:
     def is_error(self) -> bool:
         return self.severity == "error"
 
+    def __repr__(self) -> str:
+        return f"<{self.severity} {self.code} at {self.file}:{self.span.line}:{self.span.column}: {self.message}>"
+
     def with_file(self, file: str) -> "Diagnostic":
         return Diagnostic(self.code, self.span, self.message, self.hint, file)
 

@@ -62,6 +62,11 @@ class SimulationResult:
         return f"<SimulationResult {n} times x {len(self.names)} values{extra}>"
 
 
+    def _repr_html_(self) -> str:
+        """The table (`to_frame`), for notebooks."""
+        return self.to_frame()._repr_html_()
+
+
 def nonfinite_warnings(times, values: Mapping[str, np.ndarray], time_name: str) -> list[str]:
     """One warning per quantity that is NaN or inf at some output time (values: (T,) or (B, T)),
     naming the first such time; the states are finite (back ends stop on non-finite states)."""

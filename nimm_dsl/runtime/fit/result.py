@@ -99,6 +99,29 @@ class FitResult:
             "warnings": list(self.warnings),
         } | ({"profiles": json_safe(self.profiles)} if self.profiles else {})
 
+    def summary(self) -> str:
+        """The text report `nimm fit` prints (`format_report`)."""
+        return format_report(self)
+
+    def __repr__(self) -> str:
+        status = f", {len(self.warnings)} warning(s)" if self.warnings else ""
+        return (f"<FitResult of {self.model} ({self.backend}): loss {self.loss:.6g}, "
+                f"{len(self.estimated)} param(s) estimated{status}>")
+
+    def _repr_html_(self) -> str:
+        """The estimates as a table, for notebooks."""
+        from html import escape
+
+        rows = []
+        for name in self.estimated:
+            se = self.stderr.get(name)
+            rows.append("<tr>" + "".join(f"<td>{escape(str(x))}</td>" for x in (
+                name, f"{self.params[name]:.6g}", "" if se is None else f"{se:.3g}", self.units.get(name, ""),
+                "; ".join(self.labels.get(name, [])))) + "</tr>")
+        head = "".join(f"<th>{h}</th>" for h in ("param", "estimate", "std. error", "unit", "note"))
+        return (f"<p>fit of <b>{escape(self.model)}</b> ({escape(self.backend)}), loss {self.loss:.6g}, "
+                f"{self.n_observations} observations</p><table><tr>{head}</tr>{''.join(rows)}</table>")
+
     def save(self, path) -> Path:
         """Write FIT.json (plain JSON, weights as lists; never pickle), atomically: a failed write
         leaves the previous file whole."""
