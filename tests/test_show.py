@@ -21,3 +21,35 @@ def test_latex_is_the_default_and_latex_flag_is_an_alias(capsys):
     assert main(["show", SEIR, "--latex"]) == 0
     assert capsys.readouterr().out == default
     assert default.startswith("\\begin{aligned}") and "#" not in default
+
+
+def _balanced(tex: str) -> bool:
+    depth = 0
+    for ch in tex.replace(r"\{", "").replace(r"\}", ""):
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_latex_of_every_example_is_free_of_internal_names_and_balanced(capsys):
+    import re
+
+    for path in sorted((Path(SEIR).parent).glob("*.nimm")):
+        assert main(["show", str(path)]) == 0, path
+        tex = capsys.readouterr().out
+        assert "#" not in tex and _balanced(tex), path.name
+        # a name of several letters is never a product of italic letters: `\mathrm{...}` or a command
+        assert not re.search(r"(?<![\\{A-Za-z])[a-z]{3,}(?![A-Za-z}])", re.sub(r"\\[A-Za-z]+\{[^}]*\}|\\[A-Za-z]+", "", tex)), path.name
+
+
+def test_latex_reads_with_the_users_names_and_shows_inputs_as_inputs(capsys):
+    assert main(["show", SEIR]) == 0
+    tex = capsys.readouterr().out
+    assert r"\mathrm{infection} &= \frac{I S \beta \mathrm{mobility}(\mathrm{day})}{\mathrm{population}}" in tex
+    assert r"\mathrm{mobility}(\mathrm{day}) &: \text{input (linear interpolation, default 1)}" in tex
+    assert r"\text{scenario late\_lockdown},\ 44 \le \mathrm{day} < 104" in tex
+    from nimm_dsl.compiler.lower import latex_name
+
+    assert [latex_name(n) for n in ("I0", "beta", "beta_eff", "ka", "x")] == [
+        "I_{0}", r"\beta", r"\mathrm{beta\_eff}", r"\mathrm{ka}", "x"]

@@ -10,6 +10,7 @@ Model text never reaches sympify: every sympy object is built from tree nodes.
 from __future__ import annotations
 
 import operator
+import re
 from fractions import Fraction
 from typing import Optional
 
@@ -319,23 +320,30 @@ def to_latex(ir: I.ModelIR) -> str:
     Set lines are shown as windows beside the equations rather than as the Piecewise switches
     the back ends use, and doses as jumps."""
     baseline = _display_substitutions(ir)
+    inputs = {u.name for u in ir.inputs}
+    time_tex = latex_name(ir.time_name) if ir.time_name else ""
+
+    def ltx(e) -> str:  # the user's names: \mathrm{beta\_eff}, inputs as functions of time
+        names = {x: latex_name(x.name) + (f"({time_tex})" if x.name in inputs and time_tex else "")
+                 for x in getattr(e, "free_symbols", ())}
+        return sp.latex(e, symbol_names=names)
 
     def tex(e) -> str:
-        return sp.latex(e.xreplace(baseline) if isinstance(e, sp.Basic) else e)
+        return ltx(e.xreplace(baseline) if isinstance(e, sp.Basic) else e)
 
     def text(name: str) -> str:  # a name inside \text{}: underscores must be escaped
         return name.replace("_", r"\_")
 
     t = ir.time
-    dt = rf"\mathrm{{d}}{sp.latex(t)}" if t is not None else ""
+    dt = rf"\mathrm{{d}}{ltx(t)}" if t is not None else ""
     rows = []
     for let in ir.lets:
-        rows.append(rf"{sp.latex(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]")
+        rows.append(rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]")
     for s in ir.reported_states:
-        rows.append(rf"\frac{{\mathrm{{d}}{sp.latex(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
+        rows.append(rf"\frac{{\mathrm{{d}}{ltx(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
                     rf" && [\mathrm{{{s.unit}/{ir.time_unit}}}]")
     for s in ir.reported_states:
-        rows.append(rf"{sp.latex(s.symbol)}({sp.latex(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]")
+        rows.append(rf"{ltx(s.symbol)}({ltx(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]")
     for o in ir.observes:
         noise = {"normal": r"\mathcal{N}", "lognormal": r"\log\mathcal{N}",
                  "poisson": r"\mathrm{Poisson}", "negbinomial": r"\mathrm{NegBin}", "lsq": None}[o.noise]
@@ -343,19 +351,33 @@ def to_latex(ir: I.ModelIR) -> str:
         if noise:
             rhs += rf" && \text{{data}} \sim {noise}" + (rf"(\sigma = {tex(o.sigma)})" if o.sigma is not None else "")
             rhs += rf"(k = {tex(o.dispersion)})" if o.dispersion is not None else ""
-        rows.append(rf"{sp.latex(o.symbol)} &= {rhs}")
+        rows.append(rf"{ltx(o.symbol)} &= {rhs}")
     for s in ir.sets:
         window = " ".join(filter(None, [rf"{s.start:g} \le" if s.start is not None else "",
-                                        sp.latex(t) if t is not None else "",
+                                        ltx(t) if t is not None else "",
                                         rf"< {s.end:g}" if s.end is not None else ""]))
         where = rf"\text{{scenario {text(s.scenario)}}}" if s.scenario else r"\text{baseline}"
-        rows.append(rf"{sp.latex(sp.Symbol(s.target))} &\leftarrow {sp.latex(s.expr)} && {where},\ {window}")
+        rows.append(rf"{latex_name(s.target)} &\leftarrow {tex(s.expr)} && {where},\ {window}")
     for d in ir.doses:
         op = "+" if d.op == "+" else r"\times"
         times = ", ".join(f"{x:g}" for x in d.times)
-        rows.append(rf"{sp.latex(sp.Symbol(d.state))} &\mathrel{{{op}}}= {sp.latex(d.amount)} && "
-                    rf"\text{{dose {text(d.name)} at }} {sp.latex(t)} \in \{{{times}\}}")
+        rows.append(rf"{latex_name(d.state)} &\mathrel{{{op}}}= {tex(d.amount)} && "
+                    rf"\text{{dose {text(d.name)} at }} {ltx(t)} \in \{{{times}\}}")
+    for u in ir.inputs:
+        how = {"linear": "linear interpolation", "step": "steps"}.get(u.interp, u.interp)
+        default = f", default {u.default:g}" if u.default is not None else ", from the data"
+        rows.append(rf"{tex(u.symbol)} &: \text{{input ({how}{default})}} && [\mathrm{{{u.unit}}}]")
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}\n"
+
+
+def latex_name(name: str) -> str:
+    """A user's name in LaTeX: one letter or a Greek letter, optionally followed by digits, as
+    sympy writes it (`I0` -> I_{0}, `beta` -> \\beta); any other name upright and whole
+    (`beta_eff` -> \\mathrm{beta\\_eff}), never as a product of letters or a subscript."""
+    head = re.fullmatch(r"([A-Za-z]+?)(\d*)", name)
+    if head and (len(head.group(1)) == 1 or sp.latex(sp.Symbol(head.group(1))).startswith("\\")):
+        return sp.latex(sp.Symbol(name))
+    return r"\mathrm{" + name.replace("_", r"\_") + "}"
 
 
 def _display_substitutions(ir: I.ModelIR) -> dict:
