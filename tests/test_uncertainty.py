@@ -242,3 +242,29 @@ def test_profile_figure_has_a_panel_per_param_with_the_threshold(tmp_path):
     assert ends == pytest.approx(res.profiles["X0"]["ci95"])
     plt.close(fig)
     assert plot_profiles(res, tmp_path / "p.png").endswith("p.png")
+
+
+@pytest.mark.slow
+def test_cli_fit_with_profiles_then_a_scenario_with_bands(tmp_path, capsys):
+    from nimm_dsl.cli import main
+
+    model, data = str(EXAMPLES / "flu_sir.nimm"), str(EXAMPLES / "data" / "influenza_england_1978_school.csv")
+    fit_json, fit_png = tmp_path / "FIT.json", tmp_path / "fit.png"
+    assert main(["fit", model, data, "--output", str(fit_json), "--plot", str(fit_png), "--profile", "beta"]) == 0
+    report = capsys.readouterr().out
+    doc = json.loads(fit_json.read_text())
+    lo, hi = doc["profiles"]["beta"]["ci95"]
+    se, beta = doc["stderr"]["beta"], doc["params"]["beta"]
+    assert lo < beta < hi and (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.1)
+    assert "profile beta" in report and set(doc["correlation"]) == set(doc["estimated"])
+    assert (tmp_path / "fit_profiles.png").stat().st_size > 10_000 and fit_png.stat().st_size > 10_000
+
+    out, plot = tmp_path / "iso.csv", tmp_path / "iso.png"
+    assert main(["simulate", model, "--fit", str(fit_json), "--bands", "0.95", "--scenario", "isolation",
+                 "--data", data, "--output", str(out), "--plot", str(plot), "--draws", "100"]) == 0
+    table = pd.read_csv(out)
+    for name in ("S", "I", "R", "in_bed"):
+        assert list(table.columns[table.columns.get_loc(name):][:3]) == [name, f"{name}_lo", f"{name}_hi"]
+        assert np.all(table[f"{name}_lo"] <= table[name] + 1e-9) and np.all(table[name] <= table[f"{name}_hi"] + 1e-9)
+    assert plot.stat().st_size > 10_000
+    assert main(["simulate", model, "--bands", "0.95"]) == 2  # bands need a fit
