@@ -61,7 +61,7 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
     series = dataset.series[:MAX_SERIES_PLOTTED]
     if dataset.static:
         return _static_fit_figure(plt, ir, dataset, params, weights, simulator)
-    uncertainty = _uncertainty(ir, fit_result) if bands else None
+    uncertainty = fit_uncertainty(ir, fit_result) if bands else None
 
     hidden = hidden_states(ir, dataset.observed_names)
     columns = list(dataset.observed_names) + hidden
@@ -78,7 +78,7 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
         grid = np.linspace(s.times[0] if ir.t0 is None else ir.t0, s.times[-1], FINE_GRID)  # from the run's start
         grid = np.union1d(grid, s.times)  # exact values at the data times (dose jumps stay sharp)
         res = simulator.simulate(grid, params=params, inputs=s.inputs or None, weights=weights)
-        band = _bands(simulator, ir, uncertainty, grid, bands, inputs=s.inputs or None, weights=weights)
+        band = draw_bands(simulator, ir, uncertainty, grid, bands, inputs=s.inputs or None, weights=weights)
         for c, name in enumerate(columns):
             ax = axes[place(r, c)[0]][place(r, c)[1]]
             window = _interval(ir, name)
@@ -136,7 +136,8 @@ def quantity_units(ir) -> dict:
     return units
 
 
-def _uncertainty(ir, fit_result):
+def fit_uncertainty(ir, fit_result):
+    """The fit's runtime/bands.Uncertainty, or None when it has no covariance (no bands drawn)."""
     from ..errors import FitError
     from .bands import Uncertainty
 
@@ -146,7 +147,8 @@ def _uncertainty(ir, fit_result):
         return None
 
 
-def _bands(simulator, ir, uncertainty, times, level, **options) -> Optional[dict]:
+def draw_bands(simulator, ir, uncertainty, times, level, **options) -> Optional[dict]:
+    """{name: (lo, hi)} for plotting (runtime/bands.py), or None without an uncertainty."""
     if uncertainty is None or not level:
         return None
     from .bands import BAND_DRAWS_FOR_PLOTS, bands

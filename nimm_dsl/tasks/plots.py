@@ -10,6 +10,7 @@ import numpy as np
 
 MAX_SERIES = 4  # columns of the grid; more series would be unreadable
 FINE_POINTS = 300
+BAND_LEVEL = 0.95  # the shaded band around the fitted model and each counterfactual
 
 
 def _pyplot():
@@ -53,6 +54,9 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
         plt.close(fig)
         written.append(write_bytes_atomic(directory / name, buffer.getvalue()))
 
+    from ..runtime.plots import draw_bands, fit_uncertainty, mark_protocol
+
+    uncertainty = fit_uncertainty(ir, fitted)
     series_list = dataset.series[:MAX_SERIES]
     fig, axes = plt.subplots(len(observes), len(series_list), squeeze=False,
                              figsize=(5.0 * len(series_list), 3.2 * len(observes)))
@@ -60,13 +64,19 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
         fine = np.union1d(np.linspace(series.times[0], series.times[-1], FINE_POINTS), series.times)
         run = sim.simulate(fine, params=fitted.params, inputs=dict(series.inputs) or None,
                            weights=fitted.weights or None)
+        band = draw_bands(sim, ir, uncertainty, fine, BAND_LEVEL, inputs=dict(series.inputs) or None,
+                          weights=fitted.weights or None, names=observes)
         in_train = series.rows <= n_train
         for row, observe in enumerate(observes):
             ax = axes[row][column]
             if (~in_train).any():
                 ax.axvspan(series.times[~in_train][0], series.times[-1], color="0.92", lw=0,
                            label="test window")
+            if band:
+                ax.fill_between(fine, *band[observe], color="C0", alpha=0.18, lw=0,
+                                label=f"{BAND_LEVEL:.0%} prediction interval")
             ax.plot(fine, run[observe], color="C0", label="fitted model")
+            mark_protocol(ax, ir, None, fine[0], fine[-1])
             ax.plot(series.times[in_train], series.observed[observe][in_train], "o", ms=3.5,
                     color="k", label="train data")
             if (~in_train).any():
@@ -101,10 +111,16 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
                                     weights=fitted.weights or None)
             under = sim.simulate(fine, params=fitted.params, scenario=cf.scenario,
                                  inputs=dict(series.inputs) or None, weights=fitted.weights or None)
+            band = draw_bands(sim, ir, uncertainty, fine, BAND_LEVEL, scenario=cf.scenario,
+                              inputs=dict(series.inputs) or None, weights=fitted.weights or None, names=shown)
             for row, observe in enumerate(shown):
                 ax = axes[row][column]
                 ax.plot(series.times, series.observed[observe], "-", lw=3, color="0.75", label="truth")
+                if band:
+                    ax.fill_between(fine, *band[observe], color="C1", alpha=0.18, lw=0,
+                                    label=f"{BAND_LEVEL:.0%} prediction interval")
                 ax.plot(fine, under[observe], color="C1", label=f"model: {cf.scenario}")
+                mark_protocol(ax, ir, cf.scenario, fine[0], fine[-1])
                 ax.plot(fine, baseline[observe], "--", color="C0", label="model: factual")
                 ax.set_xlabel(f"{ir.time_name} [{ir.time_unit}]")
                 ax.set_ylabel(f"{observe} [{units.get(observe)}]")
