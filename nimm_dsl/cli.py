@@ -239,6 +239,9 @@ def cmd_simulate(args) -> int:
             raise UsageError(f"nimm: {option} needs a tolerance between 0 and 1, got {value:g}")
     model = _load(args.model)
     ir = model.ir
+    if ir.is_static and args.plot:
+        raise UsageError(f"nimm: `{ir.name}` is a static model (no time axis to plot): --plot does not apply; "
+                         "`nimm fit --plot` draws it fitted against observed")
     if ir.is_static and args.times:
         raise UsageError(f"nimm: `{ir.name}` is a static model (no time): --times does not apply; "
                          "give its inputs with --data TABLE.csv")

@@ -43,3 +43,19 @@ def test_simulate_table_has_the_input_in_force_under_a_scenario(tmp_path, capsys
     # `set mobility = 0.3 from 30 to 90`: the window's end is exclusive
     expected = np.where((table["day"] >= 30) & (table["day"] < 90), 0.3, 1.0)
     np.testing.assert_allclose(table["mobility"], expected)
+
+
+def test_static_model_bands_leave_the_inputs_alone_and_plot_is_refused(tmp_path, capsys):
+    from nimm_dsl.cli import main
+
+    root = SEIR.parent
+    model, data = str(root / "michaelis_menten.nimm"), str(root / "data" / "puromycin_treated.csv")
+    fit_json = tmp_path / "FIT.json"
+    assert main(["fit", model, data, "--output", str(fit_json)]) == 0
+    out = tmp_path / "mm.csv"
+    assert main(["simulate", model, "--fit", str(fit_json), "--bands", "0.95", "--data", data,
+                 "--output", str(out), "--draws", "50"]) == 0
+    assert list(pd.read_csv(out).columns) == ["conc", "rate", "rate_lo", "rate_hi"]
+    capsys.readouterr()
+    assert main(["simulate", model, "--data", data, "--plot", str(tmp_path / "p.png")]) == 2
+    assert "static model" in capsys.readouterr().err

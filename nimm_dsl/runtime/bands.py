@@ -110,13 +110,14 @@ def bands(simulator, ir: ModelIR, uncertainty: Uncertainty, times, level: float 
         raise ValueError(f"the band level must be between 0 and 1, got {level}")
     rng = np.random.default_rng(seed + 1)
     observes = {o.name for o in ir.observes}
+    inputs = {u.name for u in ir.inputs}  # a static result repeats its inputs: no band for them
     samples: dict[str, list] = {}
     for params in uncertainty.draws(ir, n_draws, seed):
         try:
             res = simulator.simulate(times, params=params, **simulate_options)
         except (SimulationError, ValueError, ArithmeticError, RuntimeError):
             continue  # a draw the model cannot run (the band is over the draws that ran)
-        for name in names or res.names:
+        for name in names or [n for n in res.names if n not in inputs]:
             v = np.asarray(res[name], dtype=float)
             if name in observes:
                 v = add_noise(ir, name, v, params, uncertainty.lsq_scale, rng.uniform(1e-12, 1 - 1e-12))
