@@ -268,3 +268,16 @@ def test_cli_fit_with_profiles_then_a_scenario_with_bands(tmp_path, capsys):
         assert np.all(table[f"{name}_lo"] <= table[name] + 1e-9) and np.all(table[name] <= table[f"{name}_hi"] + 1e-9)
     assert plot.stat().st_size > 10_000
     assert main(["simulate", model, "--bands", "0.95"]) == 2  # bands need a fit
+
+
+def test_a_fit_file_without_a_usable_covariance_gives_no_bands():
+    from nimm_dsl.errors import FitError
+
+    ir = line_ir()
+    doc = {"params": {"a": 2.0, "b": 1.0}, "estimated": ["a", "b"]}
+    with pytest.raises(FitError, match="no `covariance`"):
+        Uncertainty.from_fit(doc, ir)
+    with pytest.raises(FitError, match="not a covariance matrix"):
+        Uncertainty.from_fit(doc | {"covariance": {"a": {"a": 1.0, "b": 2.0}, "b": {"a": 2.0, "b": 1.0}}}, ir)
+    with pytest.raises(FitError, match="not a matrix of numbers"):
+        Uncertainty.from_fit(doc | {"covariance": {"a": {"a": "big"}}}, ir)

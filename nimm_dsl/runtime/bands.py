@@ -55,6 +55,10 @@ class Uncertainty:
         keep = [j for j in range(len(names)) if np.isfinite(cov[j, j])]  # determined params only
         names = [names[j] for j in keep]
         cov = cov[np.ix_(keep, keep)]
+        if cov.size and not (np.all(np.isfinite(cov)) and np.allclose(cov, cov.T, rtol=1e-6, atol=0)
+                             and np.linalg.eigvalsh(cov).min() >= -1e-9 * np.abs(cov).max()):
+            raise FitError("the fit file's `covariance` is not a covariance matrix (finite, symmetric, "
+                           "positive semi-definite)")
         n_obs, p = int(doc.get("n_observations") or 0), len(doc.get("estimated") or names)
         rmse = (doc.get("metrics") or {}).get("rmse") or {}
         correction = np.sqrt(n_obs / (n_obs - p)) if n_obs > p else 1.0
