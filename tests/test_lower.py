@@ -95,5 +95,5 @@ der(x) = sqrt(A) / 1 [s]
 def test_latex_shows_baseline_equations_with_set_windows_and_doses_beside_them():
     latex = nimm_dsl.load_source(MIXED + "set CL = 2 * CL from 1 to 2\n").latex()
     assert "set#" not in latex and "cases" not in latex  # no flag switches in the equations
-    assert r"CL &\leftarrow 2 CL && \text{baseline},\ 1 \le t < 2" in latex
+    assert r"\mathrm{CL} &\leftarrow 2 \mathrm{CL} && \text{baseline},\ 1 \le t < 2" in latex
     assert r"\text{dose D at } t \in \{0.5, 1.5, 2.5\}" in latex
