@@ -112,3 +112,30 @@ def test_scenario_figure_shows_observes_shades_the_window_and_facets_series(fitt
 
     plt.close(fig)
     plt.close(fig2)
+
+
+def test_evaluation_figures_shade_the_prediction_interval_and_mark_doses(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from nimm_dsl.tasks import evaluate, load_task
+
+    (tmp_path / "decay.nimm").write_text(
+        "model decay\ntime t [day]\nparam k [1/day] = 0.4 in [0.01, 5]\nparam s [mg] = 0.5 in [0.01, 10]\n"
+        "state x [mg] = 10 in [0, inf]\nder(x) = -k * x\nobserve y [mg] = x ~ normal(sigma = s)\n"
+        "dose D: x += 5 at 2\nscenario slower \"half the rate\"\n  set k = 0.5 * k from 1 to 3\nend\n")
+    (tmp_path / "train.csv").write_text("t,y\n0,10.3\n1,6.2\n2,8.6\n3,5.5\n")
+    (tmp_path / "test.csv").write_text("t,y\n4,3.1\n5,2.2\n")
+    (tmp_path / "truth.csv").write_text("t,y\n0,10\n2,13\n4,7\n")
+    (tmp_path / "task.toml").write_text(
+        '[task]\nname = "decay"\ndescription = "a drug decays"\n[data]\ntrain = "train.csv"\ntest = "test.csv"\n'
+        '[[counterfactual]]\nscenario = "slower"\ndescription = "half k"\ntruth = "truth.csv"\n')
+    figures = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), original(fig, *a, **k))[1])
+    report = evaluate(load_task(tmp_path / "task.toml"), tmp_path / "decay.nimm", plot_dir=tmp_path / "plots")
+    assert report.ok and len(figures) == 2
+    for fig, window in zip(figures, ([], [(1.0, 3.0)])):
+        (ax,) = [a for a in fig.axes if a.axison]
+        assert [line.get_xdata()[0] for line in ax.lines if line.get_gid() == "dose"] == [2.0]
+        assert [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_gid() == "set window"] == window
+        assert "95% prediction interval" in ax.get_legend_handles_labels()[1]
