@@ -281,3 +281,25 @@ def test_a_fit_file_without_a_usable_covariance_gives_no_bands():
         Uncertainty.from_fit(doc | {"covariance": {"a": {"a": 1.0, "b": 2.0}, "b": {"a": 2.0, "b": 1.0}}}, ir)
     with pytest.raises(FitError, match="not a matrix of numbers"):
         Uncertainty.from_fit(doc | {"covariance": {"a": {"a": "big"}}}, ir)
+
+
+def test_noise_quantiles_of_every_noise_model_match_scipy():
+    from scipy import stats
+
+    from nimm_dsl.runtime.bands import add_noise
+
+    f, u = np.array([2.0, 8.0]), 0.9
+    s, k, mu = sp.symbols("s k mu")
+    obs = {"normal": ObserveIR("y", sp.Symbol("y"), mu, "1", "normal", s),
+           "lognormal": ObserveIR("y", sp.Symbol("y"), mu, "1", "lognormal", s),
+           "poisson": ObserveIR("y", sp.Symbol("y"), mu, "1", "poisson"),
+           "negbinomial": ObserveIR("y", sp.Symbol("y"), mu, "1", "negbinomial", dispersion=k),
+           "combined": ObserveIR("y", sp.Symbol("y"), mu, "1", "normal", s * sp.Symbol("y"))}
+    expected = {"normal": stats.norm.ppf(u, f, 0.5), "lognormal": stats.lognorm.ppf(u, 0.5, scale=f),
+                "poisson": stats.poisson.ppf(u, f), "negbinomial": stats.nbinom.ppf(u, 3.0, 3.0 / (3.0 + f)),
+                "combined": stats.norm.ppf(u, f, 0.5 * f)}
+    for kind, o in obs.items():
+        ir = ModelIR("m", None, None, None, None, [], [ParamIR("s", s, 0.5, 0, np.inf, "1", True),
+                                                       ParamIR("k", k, 3.0, 0, np.inf, "1", True)], observes=[o])
+        got = add_noise(ir, "y", f, {"s": 0.5, "k": 3.0}, {}, u)
+        np.testing.assert_allclose(got, expected[kind], rtol=1e-9, err_msg=kind)

@@ -6,8 +6,8 @@ simulated at each draw, and the band is the central `level` quantile range over 
 
 * states and lets: a confidence band (parameter uncertainty only);
 * observes: a prediction interval (parameter uncertainty plus a draw from the observe's noise
-  model at each draw's params: normal, lognormal, Poisson; least squares uses the fit's RMSE of
-  that observe, corrected for the number of estimated params).
+  model at each draw's params: normal, lognormal, Poisson, negative binomial; least squares uses
+  the fit's RMSE of that observe, corrected for the number of estimated params).
 
 Params the data cannot determine (no covariance) stay at their fitted values, and so do the
 neural weights; a draw whose simulation fails is left out.
@@ -91,17 +91,23 @@ def add_noise(ir: ModelIR, name: str, values: np.ndarray, params: Mapping, lsq_s
     """Observe `name` around its predicted `values` at the quantile `u` (in (0, 1)) of its noise
     model at `params`. One `u` per parameter draw for every time: each time's quantiles are
     those of independent noise, and the band's edges come out smooth instead of jagged."""
-    from scipy.stats import norm, poisson
+    from scipy.stats import nbinom, norm, poisson
 
     obs = next(o for o in ir.observes if o.name == name)
     f = np.asarray(values, dtype=float)
-    if obs.noise == "poisson":
-        return poisson.ppf(u, np.clip(np.nan_to_num(f, nan=0.0), 0, None))
+    if obs.noise in ("poisson", "negbinomial"):
+        mean = np.clip(np.nan_to_num(f, nan=0.0), 0, None)
+        if obs.noise == "poisson":
+            return poisson.ppf(u, mean)
+        k = numpy_sigmas(ir, params, [name])[name]  # the dispersion: variance mean + mean^2 / k
+        return nbinom.ppf(u, k, k / (k + mean))
     z = float(norm.ppf(u))
     if obs.noise == "lsq":
         return f + lsq_scale.get(name, 0.0) * z
     sigma = numpy_sigmas(ir, params, [name])[name]
     with np.errstate(all="ignore"):
+        if callable(sigma):  # a sigma that uses the observe's own prediction (combined error)
+            sigma = np.asarray(sigma(f), dtype=float)
         return f * np.exp(sigma * z) if obs.noise == "lognormal" else f + sigma * z
 
 
