@@ -105,11 +105,15 @@ def test_scenario_figure_shows_observes_shades_the_window_and_facets_series(fitt
         assert len(_gid(ax, "dose")) == 3
         assert "data" in ax.get_legend_handles_labels()[1] or ax is not axes[0]
         assert sum(1 for line in ax.lines if line.get_marker() == "o") == 1  # the data points
+    one = scenario_figure(runs, model.ir, names=["amount"])  # one quantity: the facets wrap
+    assert one.axes[0].get_subplotspec().get_gridspec().get_geometry() == (1, 2)
+    assert [ax.get_title() for ax in _shown(one)] == ["amount, series a", "amount, series b"]
+    import matplotlib.pyplot as plt
+
+    plt.close(one)
     fig2 = scenario_figure(runs[:1], model.ir, states=True)
     # A is `amount` already: only the gut is added
     assert [ax.get_title() for ax in _shown(fig2)] == ["amount, series a", "lost, series a", "G, series a"]
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
     plt.close(fig2)
 

@@ -72,7 +72,7 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
     else:
         nrow, ncol = len(series), len(columns)
         place = lambda r, c: (r, c)  # noqa: E731 - one row per series
-    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(4.2 * ncol, 3.1 * nrow))
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(4.2 * ncol, 3.1 * nrow), layout="constrained")
     time_label = _label(ir.time_name, ir.time_unit)
     for r, s in enumerate(series):
         grid = np.linspace(s.times[0] if ir.t0 is None else ir.t0, s.times[-1], FINE_GRID)  # from the run's start
@@ -116,7 +116,6 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
     more = len(dataset.series) - len(series)
     suptitle = f"{ir.name}: fit" + (f" (first {len(series)} of {len(dataset.series)} series)" if more > 0 else "")
     fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
@@ -191,7 +190,7 @@ def _static_fit_figure(plt, ir, dataset, params, weights, simulator):
     names = list(dataset.observed_names)
     units = {o.name: o.unit for o in ir.observes}
     nrow, ncol = grid_shape(len(names))
-    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(3.8 * ncol, 3.4 * nrow))
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(3.8 * ncol, 3.4 * nrow), layout="constrained")
     for k in range(len(names), nrow * ncol):
         axes[k // ncol][k % ncol].axis("off")
     for c, name in enumerate(names):
@@ -204,7 +203,6 @@ def _static_fit_figure(plt, ir, dataset, params, weights, simulator):
         ax.set_xlabel("observed " + _label(name, units.get(name)))
         ax.set_ylabel("fitted " + _label(name, units.get(name)))
     fig.suptitle(f"{ir.name}: fitted against observed")
-    fig.tight_layout()
     return fig
 
 
@@ -256,11 +254,14 @@ def scenario_figure(runs: Sequence[ScenarioRun], ir=None, names: Optional[Sequen
     if len(runs) == 1:
         nrow, ncol = grid_shape(len(names))
         place = lambda r, c: divmod(c, ncol)  # noqa: E731 - one series: wrap the panels
+    elif len(names) == 1:
+        nrow, ncol = grid_shape(len(runs))
+        place = lambda r, c: divmod(r, ncol)  # noqa: E731 - one quantity: wrap the facets
     else:
         nrow, ncol = len(runs), len(names)
         place = lambda r, c: (r, c)  # noqa: E731 - a facet (row) per series
-    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(4.2 * ncol, 3.1 * nrow))
-    for k in range(len(names), nrow * ncol) if len(runs) == 1 else ():
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(4.2 * ncol, 3.1 * nrow), layout="constrained")
+    for k in range(len(names) * len(runs), nrow * ncol) if len(runs) == 1 or len(names) == 1 else ():
         axes[k // ncol][k % ncol].axis("off")
     label = scenario or "scenario"
     for r, run in enumerate(runs):
@@ -291,7 +292,6 @@ def scenario_figure(runs: Sequence[ScenarioRun], ir=None, names: Optional[Sequen
                 ax.legend(fontsize=7)
     default_title = "simulation" if runs[0].scenario is None else f"baseline vs {label}"
     fig.suptitle(title or default_title)
-    fig.tight_layout()
     return fig
 
 
@@ -313,7 +313,7 @@ def profile_figure(fit_result):
     plt = _pyplot()
     profiles = fit_result.profiles
     nrow, ncol = grid_shape(len(profiles))
-    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(3.8 * ncol, 2.9 * nrow))
+    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(3.8 * ncol, 2.9 * nrow), layout="constrained")
     for k, (name, pr) in enumerate(profiles.items()):
         ax = axes[k // ncol][k % ncol]
         nll = np.asarray(pr["nll"], dtype=float)
@@ -333,7 +333,6 @@ def profile_figure(fit_result):
     for k in range(len(profiles), nrow * ncol):
         axes[k // ncol][k % ncol].axis("off")
     fig.suptitle(f"{fit_result.model}: profile likelihood")
-    fig.tight_layout()
     return fig
 
 
