@@ -68,6 +68,7 @@ class _Lowerer:
         self.integrals: list[tuple] = []  # (value symbol, rate in base units, window in time unit)
         self.let_decls = {s.name: s.decl for s in self.table.symbols.values() if s.kind == "let"}
         self._baseline_lets: dict[str, sp.Expr] = {}  # name -> baseline value (base units)
+        self.table_dose: Optional[tuple[str, sp.Expr]] = None  # (name, base-unit value) inside its amount
 
     # -- units
     def scale(self, name: str) -> sp.Expr:
@@ -86,6 +87,8 @@ class _Lowerer:
             return sp.pi
         if name == self.time_name:
             return self.time * self.scale(name)
+        if self.table_dose is not None and name == self.table_dose[0]:
+            return self.table_dose[1]
         kind = self.table.kind(name)
         if kind == "let" and baseline:
             # a set value sees the baseline of every name (docs/language.md §8): its lets are
@@ -295,6 +298,14 @@ def lower(checked: CheckedModel) -> I.ModelIR:
     # doses: baseline, then scenarios
     def dose_ir(d: A.DoseStmt) -> I.DoseIR:
         state = d.state.name
+        if d.from_data:
+            # the row's amount is a runtime value of each dose instant (backends/protocol.py)
+            symbol = I.table_dose_symbol(d.name.name)
+            L.table_dose = (d.name.name, symbol * _rational(L.unit_scale(d.unit)))
+            amount = L.value(d.amount, state) if d.op == "+=" else L.value(d.amount)
+            L.table_dose = None
+            return I.DoseIR(d.name.name, state, "+" if d.op == "+=" else "*", amount, [], d.span,
+                            amount_symbol=symbol)
         # evaluated at the dose time with the set lines then in force (LANGUAGE.md §4)
         amount = L.value(d.amount, state) if d.op == "+=" else L.value(d.amount)
         at = L.number(d.at, L.time_name)
