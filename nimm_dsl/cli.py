@@ -226,12 +226,13 @@ def cmd_simulate(args) -> int:
     if args.scenario is not None and args.scenario not in ir.scenarios:
         known = ", ".join(ir.scenarios) or "none"
         raise UsageError(f"nimm: unknown scenario `{args.scenario}` (this model declares: {known})")
-    params, weights = None, None
+    params, weights, per_series = None, None, {}
     if args.fit:
         from .runtime.fit import load_fit
 
         restored = load_fit(args.fit)
         params, weights = restored["params"], restored.get("weights") or None
+        per_series = restored.get("series_params") or {}
         unknown = sorted(set(params) - {p.name for p in ir.params})
         if unknown:
             raise FitError(f"{args.fit}: params {', '.join(unknown)} are not in model `{ir.name}` "
@@ -243,7 +244,7 @@ def cmd_simulate(args) -> int:
                          f"{ir.time_name} = {ir.t0:g} (`time {ir.time_name} ... from {ir.t0:g}`)")
 
     # One run per data series (a table without `series` is one run); no data: one run.
-    runs: list[tuple[object, object, object]] = []  # (series label, times, inputs)
+    runs: list[tuple[object, object, dict]] = []  # (series label, times, inputs and table doses)
     if args.data:
         from .runtime.binding import load_bound
 
@@ -252,13 +253,12 @@ def cmd_simulate(args) -> int:
             print(f"nimm: warning: {w}", file=sys.stderr)
         for series in dataset.series:
             if dataset.static:
-                runs.append((series.label, None, series.input_frame()))
+                runs.append((series.label, None, {"inputs": series.input_frame()}))
             else:
-                runs.append((series.label, grid if grid is not None else series.times,
-                             dict(series.inputs) or None))
+                runs.append((series.label, grid if grid is not None else series.times, series.run_options()))
     else:
         times = grid if grid is not None else (None if ir.is_static else default_times(ir))
-        runs.append((None, times, None))
+        runs.append((None, times, {}))
 
     if not runs:
         raise NimmError(f"{args.data}: the table has no data rows")
@@ -266,8 +266,10 @@ def cmd_simulate(args) -> int:
     import pandas as pd
 
     frames, results = [], []
-    for label, times, inputs in runs:
-        result = sim.simulate(times, params=params, scenario=args.scenario, inputs=inputs,
+    for label, times, options in runs:
+        # a per-series param takes its series' fitted value (FIT.json series_params), else the mean
+        own = {k: v[label] for k, v in per_series.items() if label in v}
+        result = sim.simulate(times, params={**(params or {}), **own} or None, scenario=args.scenario, **options,
                               weights=weights, rtol=args.rtol, atol=args.atol)
         for w in result.warnings:
             print(f"nimm: warning: {w}", file=sys.stderr)
@@ -275,17 +277,17 @@ def cmd_simulate(args) -> int:
         if len(runs) > 1:
             frame.insert(0, "series", label)
         frames.append(frame)
-        results.append((result, times, inputs))
+        results.append((result, times, options))
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     table.to_csv(args.output if args.output else sys.stdout, index=False)
 
     if args.plot:
         from .runtime.plots import plot_scenario
 
-        result, times, inputs = results[0]  # the first series
+        result, times, options = results[0]  # the first series
         title = ir.name if len(runs) == 1 else f"{ir.name}, series {runs[0][0]}"
         if args.scenario is not None:
-            baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights,
+            baseline = sim.simulate(times, params=params, scenario=None, **options, weights=weights,
                                     rtol=args.rtol, atol=args.atol)
             written = plot_scenario(baseline, result, args.plot,
                                     title=f"{title}: baseline vs {args.scenario}", scenario=args.scenario)

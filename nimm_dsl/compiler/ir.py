@@ -53,6 +53,7 @@ class ParamIR:
     estimate: bool  # True for `param`, False for `const`
     doc: Optional[str] = None
     span: Optional[Span] = None  # the declaring statement, for diagnostics after checking
+    per_series: bool = False  # `per series`: a fit estimates one value per data series
 
 
 @dataclass

@@ -204,7 +204,7 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         lo, hi = bounds(p)
         ir.params.append(I.ParamIR(p.name.name, L.sym[p.name.name],
                                    L.number(p.value, p.name.name),
-                                   lo, hi, L.label(p.name.name), True, p.doc, p.span))
+                                   lo, hi, L.label(p.name.name), True, p.doc, p.span, p.per_series))
     for c in of(A.ConstDecl):
         n = c.name.name
         ir.params.append(I.ParamIR(n, L.sym[n], L.number(c.value, n),

@@ -67,6 +67,10 @@ class FitResult:
     holdout_after: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
     starts: list = field(default_factory=list)
+    # per-series params: {param: {series label: value}} and their standard errors; `params` then
+    # holds the mean over the series
+    series_params: dict = field(default_factory=dict)
+    series_stderr: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         from ..weights import weights_to_json
@@ -86,6 +90,9 @@ class FitResult:
             "n_observations": int(self.n_observations),
             "seconds": round(float(self.seconds), 3),
             "starts": [s.to_json() for s in self.starts],
+            "series_params": {k: _floats(v) for k, v in self.series_params.items()},
+            "series_stderr": {k: {s: _finite_or_none(e) for s, e in v.items()}
+                              for k, v in self.series_stderr.items()},
             "warnings": list(self.warnings),
         }
 
@@ -134,7 +141,13 @@ def load_fit(path) -> dict:
             weights = weights_from_fit_entry(data["weights"], path)
         except DataError as e:
             raise FitError(str(e)) from None
-    return {"params": clean, "weights": weights}
+    series = {}
+    for k, by_label in (data.get("series_params") or {}).items():
+        if not isinstance(by_label, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in by_label.values()):
+            raise FitError(f"{path}: series_params.{k} is not an object of finite numbers")
+        series[str(k)] = {str(s): float(v) for s, v in by_label.items()}
+    return {"params": clean, "weights": weights, "series_params": series}
 
 
 def point_summary(values: dict, limit: int = 4) -> str:
@@ -161,6 +174,13 @@ def format_report(result: FitResult) -> str:
         unit = result.units.get(name) or ""
         labels = result.labels.get(name) or []
         label_text = f"  ({'; '.join(labels)})" if labels else ""
+        if name in result.series_params:
+            lines.append(f"  {name} per series [{unit}] (mean {result.params[name]:.6g}):")
+            for label, v in result.series_params[name].items():
+                se = result.series_stderr.get(name, {}).get(label)
+                se_text = f" ± {se:.3g}" if se is not None else ""
+                lines.append(f"    {label:<10} = {v:.6g}{se_text}")
+            continue
         lines.append(f"  {name:<12} = {result.params[name]:.6g}{se_text} {unit}".rstrip() + label_text)
     for name, v in result.metrics.get("rmse", {}).items():
         if v is not None:
