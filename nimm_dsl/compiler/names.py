@@ -504,15 +504,15 @@ class _Checker:
 
     def check_dose(self, stmt: A.DoseStmt, scenario: Optional[A.ScenarioBlock]) -> None:
         where = f"dose `{stmt.name.name}`"
+        if isinstance(stmt.at, A.Name) and stmt.at.name == "data" and self.kind_of("data") is None:
+            self.report("E201", stmt.at.span, f"`at data` in {where} needs the unit of the table's amounts",
+                        f"write `dose {stmt.name.name} [UNIT]: ... at data`")
+            return
         own = stmt.name.name if stmt.from_data else None
         used = self.resolve(stmt.amount, Position(f"the amount of {where}", finite=True, dose=own))
         if stmt.from_data and self.table.time is None:
             self.report("E303", stmt.span, f"{where} comes from the data table at times of the "
                         "model's clock, but the model declares no `time`")
-        if isinstance(stmt.at, A.Name) and stmt.at.name == "data" and self.kind_of("data") is None:
-            self.report("E201", stmt.at.span, f"`at data` in {where} needs the unit of the table's amounts",
-                        f"write `dose {stmt.name.name} [UNIT]: ... at data`")
-            return
         timing = set()
         for word, expr in (("at", stmt.at), ("every", stmt.every), ("times", stmt.times)):
             timing |= self.resolve_constant_time(expr, f"`{word}` of {where}")

@@ -191,8 +191,10 @@ def one_line(d: Diagnostic) -> str:
 def _dose_columns(ir: ModelIR, unmatched) -> dict:
     """{column: (span, why)} for unmatched columns that hold doses: one named after a dose the
     model text times itself, or a conventional dose word when the model reads no table dose."""
-    text_doses = {d.name: d for d in ir.doses + [d for sc in ir.scenarios.values() for d in sc.doses]
-                  if not d.from_data}
+    text_doses = {}  # the baseline dose, else the first scenario's
+    for d in ir.doses + [d for sc in ir.scenarios.values() for d in sc.doses]:
+        if not d.from_data:
+            text_doses.setdefault(d.name, d)
     found = {}
     for c in unmatched:
         if c in text_doses:
@@ -205,8 +207,10 @@ def _dose_columns(ir: ModelIR, unmatched) -> dict:
 def _dose_checks(ir: ModelIR, t, table_doses, report) -> None:
     """E612 negative amounts, E613 doses after a series' last observation, W614 a table dose
     without a column; located at the dose's line."""
-    spans = {d.name: d.span for d in ir.doses + [d for sc in ir.scenarios.values() for d in sc.doses]
-             if d.from_data}
+    spans = {}  # the baseline dose's line, else the first scenario's
+    for d in ir.doses + [d for sc in ir.scenarios.values() for d in sc.doses]:
+        if d.from_data:
+            spans.setdefault(d.name, d.span)
     times = t.numbers(ir.time_name)
     labels = (t.frame[SERIES_COLUMN].map(lambda v: str(v).strip()).to_numpy()
               if SERIES_COLUMN in t.columns else np.array([None] * len(times)))
