@@ -4,6 +4,7 @@ forms in both back ends, scenarios that replace or remove table doses, and fits 
 independent scipy fits of the same likelihood on the shipped Indometacin and Phenobarb data."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import pytest
 from scipy.optimize import minimize
 
 import nimm_dsl
+from nimm_dsl.cli import main
 from nimm_dsl.runtime.binding import bind
+from nimm_dsl.runtime.fit import format_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,6 +143,40 @@ def _indometh_reference():
     return np.exp(best.x), best.fun, subjects
 
 
+def test_a_per_series_rate_matches_scipy_and_the_other_params_stay_shared():
+    data = table()  # two series, doses of 2 mg (a) and 1 + 0.5 mg (b), sigma fixed
+    fit = pk().fit(data, progress=False)
+    obs = data[data.amount.notna()]
+
+    def sse(z):
+        return sum(np.sum((closed_form(g.t, doses, k) - g.amount) ** 2)
+                   for k, (_, g), doses in zip(z, obs.groupby("series"), ([(0, 2.0)], [(0, 1.0), (2, 0.5)])))
+
+    ref = minimize(sse, [0.2, 0.2], method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-14}).x
+    assert fit.series_params["k"] == pytest.approx({"a": ref[0], "b": ref[1]}, rel=1e-4)
+    assert fit.estimated == ["k"] and fit.params["k"] == pytest.approx(ref.mean(), rel=1e-4)
+    report = format_report(fit)
+    assert "k per series" in report and "\n    a " in report and "\n    b " in report
+
+
+def test_simulate_gives_each_series_its_fitted_value_and_doses(tmp_path, capsys):
+    """`nimm simulate --fit --data --scenario`: every subject's counterfactual, from FIT.json."""
+    model = tmp_path / "pk.nimm"
+    model.write_text(PK)
+    data = tmp_path / "pk.csv"
+    table().to_csv(data, index=False)
+    fit = tmp_path / "fit.json"
+    fit.write_text(json.dumps({"params": {"k": 0.3}, "series_params": {"k": {"a": 0.1, "b": 0.5}}}))
+    out = tmp_path / "out.csv"
+    assert main(["simulate", str(model), "--fit", str(fit), "--data", str(data), "--scenario", "double",
+                 "--output", str(out)]) == 0
+    got = pd.read_csv(out)
+    for label, k, doses in (("a", 0.1, [(0, 2.0)]), ("b", 0.5, [(0, 1.0), (2, 0.5)])):
+        rows = got[got.series == label]
+        assert np.allclose(rows.A, 2 * closed_form(rows.t, doses, k), rtol=1e-6)
+
+
+@pytest.mark.slow
 def test_indometh_per_subject_elimination_matches_scipy_within_1_percent():
     ref, ref_nll, subjects = _indometh_reference()
     model = nimm_dsl.load(ROOT / "examples/indometh_per_subject.nimm")

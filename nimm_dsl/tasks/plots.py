@@ -58,7 +58,7 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
                              figsize=(5.0 * len(series_list), 3.2 * len(observes)))
     for column, series in enumerate(series_list):
         fine = np.union1d(np.linspace(series.times[0], series.times[-1], FINE_POINTS), series.times)
-        run = sim.simulate(fine, params=fitted.params, inputs=dict(series.inputs) or None,
+        run = sim.simulate(fine, params=fitted.params_for(series.label), **series.run_options(),
                            weights=fitted.weights or None)
         in_train = series.rows <= n_train
         for row, observe in enumerate(observes):

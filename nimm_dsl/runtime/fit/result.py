@@ -72,6 +72,10 @@ class FitResult:
     series_params: dict = field(default_factory=dict)
     series_stderr: dict = field(default_factory=dict)
 
+    def params_for(self, label) -> dict:
+        """`params` for one data series: each per-series param at that series' fitted value."""
+        return {**self.params, **{k: v[label] for k, v in self.series_params.items() if label in v}}
+
     def to_json(self) -> dict:
         from ..weights import weights_to_json
 
