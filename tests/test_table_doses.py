@@ -59,6 +59,12 @@ def test_a_table_with_dose_rows_binds_cleanly():
     assert bind(pk(), table()) == []
 
 
+def test_a_measurement_on_a_dose_row_is_after_the_dose_for_W606():
+    # 2 mg given and 2.0 measured at t = 0 of series a: no "starts far from the data"
+    assert bind(pk(), table(amount=[2.0, 1.6, 1.1, 1.0, 0.9, 0.6])) == []
+    assert [d.code for d in bind(pk(), table(amount=[9.0, 1.6, 1.1, 1.0, 0.9, 0.6]))] == ["W606"]
+
+
 def test_a_negative_amount_is_E612_at_the_dose_line():
     found = bind(pk(), table(iv=[1000, None, None, -5, 250, None]))
     assert located(found) == [("E612", 8, 1)]

@@ -304,7 +304,7 @@ def _start_warnings(ir: ModelIR, dataset: Dataset) -> list[Diagnostic]:
             if not math.isfinite(y) or (ir.t0 is not None and t0 != ir.t0):
                 continue  # a series that starts after the clock origin needs integrating: not a start value
             try:
-                pred = start_values(ir, t0, inputs=s.inputs or None)[o.name]
+                pred = start_values(ir, t0, **s.run_options())[o.name]
                 sigma = None
                 if o.sigma is not None:
                     at = point(ir, t0, build_protocol(ir, [t0], **s.run_options()).segments[0])

@@ -57,6 +57,8 @@ def probe(model, data=None, timeout: float = DEFAULT_TIMEOUT, max_steps: int = D
         request["times"] = np.unique(np.concatenate([s.times for s in dataset.series])).tolist()
         first = dataset.series[0].inputs
         request["inputs"] = {k: [np.asarray(t).tolist(), np.asarray(v).tolist()] for k, (t, v) in first.items()}
+        request["doses"] = {k: [np.asarray(t).tolist(), np.asarray(a).tolist()]
+                            for k, (t, a) in dataset.series[0].doses.items()}  # the first series' too
     else:
         request["times"] = default_times(ir).tolist()
     try:
@@ -110,10 +112,11 @@ def _runs(request: dict) -> list[Diagnostic]:
         return _static_findings(ir, res)
     times = np.asarray(request["times"], dtype=float)
     inputs = {k: (np.asarray(t), np.asarray(v)) for k, (t, v) in (request["inputs"] or {}).items()}
+    doses = {k: (np.asarray(t), np.asarray(a)) for k, (t, a) in (request.get("doses") or {}).items()}
     for scenario in [None, *ir.scenarios]:
         under = f" (scenario `{scenario}`)" if scenario else ""
         try:
-            res = sim.simulate(times, scenario=scenario, inputs=inputs or None)
+            res = sim.simulate(times, scenario=scenario, inputs=inputs or None, doses=doses or None)
         except SimulationError as e:
             found.append(_failure(ir, e, times, scenario, inputs, under))
             continue
