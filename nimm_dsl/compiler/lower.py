@@ -364,8 +364,10 @@ def to_latex(ir: I.ModelIR) -> str:
     for d in ir.doses:
         op = "+" if d.op == "+" else r"\times"
         times = ", ".join(f"{x:g}" for x in d.times)
-        rows.append(rf"{sp.latex(sp.Symbol(d.state))} &\mathrel{{{op}}}= {sp.latex(d.amount)} && "
-                    rf"\text{{dose {text(d.name)} at }} {sp.latex(t)} \in \{{{times}\}}")
+        when = (r"\text{ at the table's dose times}" if d.from_data
+                else rf"\text{{ at }} {sp.latex(t)} \in \{{{times}\}}")
+        rows.append(rf"{sp.latex(sp.Symbol(d.state))} &\mathrel{{{op}}}= {tex(d.amount)} && "
+                    rf"\text{{dose {text(d.name)}}}" + when)
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}\n"
 
 
@@ -376,6 +378,9 @@ def _display_substitutions(ir: I.ModelIR) -> dict:
     for u in ir.inputs:
         a, b = u.coef
         out[a], out[b] = u.symbol, 0
+    for d in ir.doses:  # a table dose's row amount is shown under the dose's name
+        if d.from_data:
+            out[d.amount_symbol] = sp.Symbol(d.name, real=True)
     # an integral as written (its accumulator state is internal and not shown)
     integral = sp.Function("integral")
     for g in ir.integrals:
@@ -408,6 +413,7 @@ def to_text(ir: I.ModelIR) -> str:
         rows.append(f"{s.target} <- {sp.sstr(s.expr)}    {'scenario ' + s.scenario if s.scenario else 'baseline'}"
                     + (f", {window}" if window else ""))
     for d in ir.doses:
-        rows.append(f"{d.state} {d.op}= {sp.sstr(d.amount)}    dose {d.name} at {t} in "
-                    f"{{{', '.join(f'{x:g}' for x in d.times)}}}")
+        when = ("at the table's dose times" if d.from_data
+                else f"at {t} in {{{', '.join(f'{x:g}' for x in d.times)}}}")
+        rows.append(f"{d.state} {d.op}= {show(d.amount)}    dose {d.name} {when}")
     return "\n".join(rows) + "\n"
