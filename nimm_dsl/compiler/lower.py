@@ -364,10 +364,10 @@ def to_latex(ir: I.ModelIR) -> str:
     for d in ir.doses:
         op = "+" if d.op == "+" else r"\times"
         times = ", ".join(f"{x:g}" for x in d.times)
-        when = (r"\text{ at the table's dose times}" if d.from_data
-                else rf"\text{{ at }} {sp.latex(t)} \in \{{{times}\}}")
+        when = (r" at the table's dose times}" if d.from_data
+                else rf" at }} {sp.latex(t)} \in \{{{times}\}}")
         rows.append(rf"{sp.latex(sp.Symbol(d.state))} &\mathrel{{{op}}}= {tex(d.amount)} && "
-                    rf"\text{{dose {text(d.name)}}}" + when)
+                    rf"\text{{dose {text(d.name)}" + when)
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}\n"
 
 
