@@ -248,3 +248,24 @@ def test_phenobarb_59_subjects_match_scipy_within_1_percent_and_a_dose_counterfa
         expected = closed_form(s.times, list(zip(td, amt / v)), cl / v)
         assert np.allclose(base, expected, rtol=1e-5, atol=1e-6)
         assert np.allclose(double, 2 * expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fit_plot_draws_each_series_with_its_own_value_and_doses(tmp_path):
+    from nimm_dsl.runtime.binding import load_bound
+    from nimm_dsl.runtime.fit import FitResult
+    from nimm_dsl.runtime.plots import plot_fit
+
+    model = pk()
+    dataset = load_bound(model.ir, table())
+    result = FitResult("pk", "casadi", {"k": 0.3}, 0.0, {}, {}, dataset=dataset,
+                       series_params={"k": {"a": 0.1, "b": 0.5}})
+    sim, seen = model.compile("casadi"), []
+
+    class Recording:
+        def simulate(self, times, **options):
+            seen.append((options["params"]["k"], sorted(options["doses"])))
+            return sim.simulate(times, **options)
+
+    plot_fit(model.ir, dataset, result, Recording(), tmp_path / "fit.png")
+    assert seen == [(0.1, ["iv"]), (0.5, ["iv"])]
+    assert (tmp_path / "fit.png").stat().st_size > 0

@@ -6,8 +6,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .series_params import series_values
-
 MAX_SERIES_PLOTTED = 6  # more series would make an unreadable grid; the first ones are shown
 FINE_GRID = 400
 
@@ -63,7 +61,7 @@ def plot_fit(ir, dataset, fit_result=None, simulator=None, path=None) -> str:
     for r, s in enumerate(series):
         grid = np.linspace(s.times[0] if ir.t0 is None else ir.t0, s.times[-1], FINE_GRID)  # from the run's start
         grid = np.union1d(grid, s.times)  # exact values at the data times (dose jumps stay sharp)
-        res = simulator.simulate(grid, params=series_values(ir, params, s), **s.run_options(), weights=weights)
+        res = simulator.simulate(grid, params=fit_result.params_for(s.label), **s.run_options(), weights=weights)
         for c, name in enumerate(columns):
             ax = axes[r][c]
             window = _interval(ir, name)
