@@ -269,3 +269,15 @@ def test_the_fit_plot_draws_each_series_with_its_own_value_and_doses(tmp_path):
     plot_fit(model.ir, dataset, result, Recording(), tmp_path / "fit.png")
     assert seen == [(0.1, ["iv"]), (0.5, ["iv"])]
     assert (tmp_path / "fit.png").stat().st_size > 0
+
+
+def test_the_probe_runs_a_table_dose_model_with_and_without_its_table():
+    from nimm_dsl.runtime.probe import probe
+
+    text = PK.replace("normal(sigma = 0.05)", "lognormal(sigma = 0.1)")
+    model = nimm_dsl.load_source(text, "pk.nimm")
+    # without a table nothing is dosed: a zero amount is no finding under lognormal noise
+    assert probe(model) == []
+    # with the table, the first series' doses are given and predictions are judged
+    assert probe(model, table(amount=[2.0, 1.6, 1.1, 1.0, 0.9, 0.6])) == []
+    assert [d.code for d in probe(model, table(iv=[None, None, 1000, 500, 250, None]))] == ["W804"]

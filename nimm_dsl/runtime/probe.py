@@ -120,7 +120,7 @@ def _runs(request: dict) -> list[Diagnostic]:
         except SimulationError as e:
             found.append(_failure(ir, e, times, scenario, inputs, under))
             continue
-        found += _findings(ir, res, scenario, inputs, under)
+        found += _findings(ir, res, scenario, inputs, under, judge_noise=bool(doses) or not ir.table_dose_names())
     unique: dict = {}
     for d in found:  # a fault the baseline shows is not repeated for every scenario
         unique.setdefault((d.code, d.span.line), d)
@@ -206,8 +206,9 @@ def _nan_hint(culprit) -> Optional[str]:
     return None
 
 
-def _findings(ir: ModelIR, res, scenario, inputs, under) -> list[Diagnostic]:
-    """E801 for lets/observes that are NaN or inf at an output time; W803 and W804."""
+def _findings(ir: ModelIR, res, scenario, inputs, under, judge_noise: bool = True) -> list[Diagnostic]:
+    """E801 for lets/observes that are NaN or inf at an output time; W803 and W804 (not when
+    judge_noise is False: a run without the table's doses, whose predictions say nothing)."""
     from .pointwise import first_nonfinite
 
     out = []
@@ -235,7 +236,8 @@ def _findings(ir: ModelIR, res, scenario, inputs, under) -> list[Diagnostic]:
                                   f"{under}: {v[k]:.6g} {s.unit}",
                                   "check the signs and units of its flows or der line, or widen the domain if "
                                   "the value is possible", ir.file))
-    out += _noise_findings(ir, res, times, under)
+    if judge_noise:
+        out += _noise_findings(ir, res, times, under)
     return out
 
 
