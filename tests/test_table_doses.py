@@ -281,3 +281,30 @@ def test_the_probe_runs_a_table_dose_model_with_and_without_its_table():
     # with the table, the first series' doses are given and predictions are judged
     assert probe(model, table(amount=[2.0, 1.6, 1.1, 1.0, 0.9, 0.6])) == []
     assert [d.code for d in probe(model, table(iv=[None, None, 1000, 500, 250, None]))] == ["W804"]
+
+
+def test_nimm_check_with_data_reports_dose_problems_as_located_json(tmp_path, capsys):
+    model = tmp_path / "pk.nimm"
+    model.write_text(PK)
+    data = tmp_path / "pk.csv"
+    table(iv=[1000, None, None, -5, 250, None]).to_csv(data, index=False)
+    assert main(["check", "--format", "json", str(model), "--data", str(data)]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert [(d["code"], d["line"], d["column"], d["severity"]) for d in found] == [("E612", 8, 1, "error")]
+
+
+def test_a_table_dose_needs_a_clock():
+    found = nimm_dsl.check("model m\ninput x [mg] = 1\nlet y [mg] = 2 * x\ndose iv [mg]: y += iv at data\n")
+    assert ("E303", 4) in [(d.code, d.span.line) for d in found]
+
+
+def test_one_series_estimates_a_per_series_param_once_under_its_name():
+    data = table().query("series == 'a'").drop(columns="series")
+    fit = pk().fit(data, progress=False)
+    assert fit.series_params == {} and fit.estimated == ["k"] and fit.stderr["k"] is not None
+
+
+def test_a_sigma_may_not_use_a_per_series_param():
+    text = PK.replace("normal(sigma = 0.05)", "normal(sigma = 0.05 [mg] * k * 1 [h])")
+    with pytest.raises(nimm_dsl.FitError, match="per-series param"):
+        nimm_dsl.load_source(text, "pk.nimm").fit(table(), progress=False)
