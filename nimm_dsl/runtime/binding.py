@@ -31,8 +31,8 @@ CHECKS = {  # command -> the codes it applies (docs/language.md §9)
     "fit": ALL_CHECKS,
     "simulate": frozenset({"E601", "E603", "W605", "E607", "E611", "E612", "W614"}),
 }
-# Column names that hold dose amounts in common dataset layouts (NONMEM's AMT, R's `dose`): a
-# column so named that no dose of the model reads is E611, not an ignored column.
+# Column names that hold dose amounts in common dataset layouts (NONMEM's AMT, R's `dose`): in a
+# model that reads doses from the table, a column so named that no dose reads is E611.
 DOSE_WORDS = frozenset({"dose", "amt", "amount", "doses"})
 W606_SIGMAS = 3.0  # how far (in noise sigmas) a start value may be from the first observation
 # column names that say "time", and the unit each one implies (None: keep the model's unit)
@@ -190,7 +190,8 @@ def one_line(d: Diagnostic) -> str:
 # ---------------------------------------------------------------- doses from the table (E611-W614)
 def _dose_columns(ir: ModelIR, unmatched) -> dict:
     """{column: (span, why)} for unmatched columns that hold doses: one named after a dose the
-    model text times itself, or a conventional dose word when the model reads no table dose."""
+    model text times itself, or a conventional dose word (`amt`) in a model that reads its doses
+    from the table (elsewhere such a column is only ignored, W605, as LANGUAGE.md §7 says)."""
     text_doses = {}  # the baseline dose, else the first scenario's
     for d in ir.doses + [d for sc in ir.scenarios.values() for d in sc.doses]:
         if not d.from_data:
@@ -199,8 +200,9 @@ def _dose_columns(ir: ModelIR, unmatched) -> dict:
     for c in unmatched:
         if c in text_doses:
             found[c] = (text_doses[c].span, f"dose `{c}` is timed in the model text, not read from the data")
-        elif c.lower() in DOSE_WORDS and not ir.is_static:
-            found[c] = (_top(ir), "no dose of the model reads it (`... at data`)")
+        elif c.lower() in DOSE_WORDS and not ir.is_static and ir.table_dose_names():
+            found[c] = (_top(ir), f"no dose of the model reads it (the doses from the data are "
+                        f"{_names(ir.table_dose_names())})")
     return found
 
 
