@@ -310,3 +310,36 @@ def test_a_sigma_may_not_use_a_per_series_param():
     text = PK.replace("normal(sigma = 0.05)", "normal(sigma = 0.05 [mg] * k * 1 [h])")
     with pytest.raises(nimm_dsl.FitError, match="per-series param"):
         nimm_dsl.load_source(text, "pk.nimm").fit(table(), progress=False)
+
+
+def _three_series():
+    # series c comes first and is too short for a hold-out point (round(0.2 * 2) = 0), so the
+    # validation set holds a and b only: its series are not the training set's
+    extra = pd.DataFrame({"series": ["c", "c"], "t": [0, 1], "iv": [1000, None], "amount": [None, 1.8]})
+    return pd.concat([extra, table()], ignore_index=True)
+
+
+def test_a_hold_out_with_fewer_validation_series_keeps_each_series_value():
+    fit = pk().fit(_three_series(), holdout=0.2, progress=False)
+    assert list(fit.series_params["k"]) == ["c", "a", "b"]
+    assert np.isfinite(fit.metrics["holdout_loss"])
+
+
+@pytest.mark.slow
+def test_the_torch_validation_loss_reads_each_series_own_value():
+    import torch
+
+    from nimm_dsl.runtime.binding import load_bound
+    from nimm_dsl.runtime.fit.loss import numpy_nll, predict
+    from nimm_dsl.runtime.fit.torch_path import TorchObjective
+    from nimm_dsl.runtime.series_params import estimated_params
+
+    model = pk()
+    train, valid = load_bound(model.ir, _three_series()).split(0.2)
+    assert [s.label for s in valid.series] == ["a", "b"]
+    est = estimated_params(model.ir, train)
+    values = {"k": 0.3, "W": 2.0, "k[c]": 0.9, "k[a]": 0.1, "k[b]": 0.5}
+    objective = TorchObjective(model.ir, model.compile("torch"), valid, 1e-8, 1e-8, est)
+    got = float(objective(torch.tensor([values[p.name] for p in est], dtype=torch.float64), {}))
+    expected = numpy_nll(model.ir, valid, predict(model.compile("casadi"), valid, values, None, 1e-8, 1e-8), values)
+    assert got == pytest.approx(expected, rel=1e-6)

@@ -91,13 +91,15 @@ class _NonFiniteLoss(ArithmeticError):
 class TorchObjective:
     """The training loss of a subset of series as a function of (params, weights), in torch."""
 
-    def __init__(self, ir, sim, dataset: Dataset, rtol, atol):
+    def __init__(self, ir, sim, dataset: Dataset, rtol, atol, est: Optional[Sequence[ParamIR]] = None):
+        """est: the fit's estimated params, the entries of x (default: those of `dataset`; a
+        validation set passes the training set's, since it may hold fewer series)."""
         import torch
 
         self.ir, self.sim, self.dataset = ir, sim, dataset
         self.rtol, self.atol = rtol, atol
         # per series: which entry of x each estimated model param takes (its own per-series copy)
-        names = [p.name for p in estimated_params(ir, dataset)]
+        names = [p.name for p in (est if est is not None else estimated_params(ir, dataset))]
         self.est_index = [i for i, p in enumerate(ir.params) if p.estimate]
         self.x_index = [[names.index(series_key(p.name, s.label) if p.per_series else p.name)
                          for p in ir.params if p.estimate] for s in dataset.series]
@@ -161,8 +163,8 @@ class TorchSolver(StartSolver):
         self.simulator = sim = simulator if simulator is not None else compile_ir(ir, "torch")
         self.est = estimated_params(ir, train)
         self.transform = BoundTransform(self.est)
-        self.objective = TorchObjective(ir, sim, train, rtol, atol)
-        self.validation = (TorchObjective(ir, sim, valid, rtol, atol)
+        self.objective = TorchObjective(ir, sim, train, rtol, atol, self.est)
+        self.validation = (TorchObjective(ir, sim, valid, rtol, atol, self.est)
                            if valid is not None and valid.series else None)
         self.epochs = max_iter if max_iter is not None else (30 if ir.neurals else 50)
         self.lr, self.weight_lr, self.lbfgs_iter = lr, weight_lr, lbfgs_iter
