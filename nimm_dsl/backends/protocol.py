@@ -171,7 +171,7 @@ def check_scenario(ir: ModelIR, scenario: Optional[str]) -> None:
                          + f"; the model declares: {', '.join(names) or 'no scenarios'}")
 
 
-def table_dose_events(ir: ModelIR, dose: DoseIR, doses: Optional[Mapping]) -> list[tuple[float, float]]:
+def table_dose_events(dose: DoseIR, doses: Optional[Mapping]) -> list[tuple[float, float]]:
     """(time, amount) of a table dose in one series: `doses[name] = (times, amounts)` in the time
     unit and the dose's declared unit. Amounts of one dose at one instant add up."""
     times, amounts = (np.asarray(a, dtype=float).ravel() for a in (doses or {}).get(dose.name, ([], [])))
@@ -233,7 +233,7 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
     for dose in ir.doses_for(scenario):
         k = ir.state_index(dose.state)
         if dose.from_data:
-            for t, a in table_dose_events(ir, dose, doses):
+            for t, a in table_dose_events(dose, doses):
                 if t_start <= t <= t_end:
                     events.append(DoseEvent(dose, t, k))
                     amount_at.setdefault(t, np.zeros(len(amount_slot)))[amount_slot[dose.amount_symbol]] = a
@@ -242,7 +242,8 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
     # model order within one instant; sort is stable
     events.sort(key=lambda e: e.time)
     warnings = []
-    skipped = sorted({d.name for d in ir.doses_for(scenario) if any(t < t_start for t in d.times)})
+    skipped = sorted({d.name for d in ir.doses_for(scenario)
+                      if any(t < t_start for t in (d.times or [t for t, _ in table_dose_events(d, doses)]))})
     if skipped and implicit_start:
         warnings.append(f"dose(s) {', '.join(skipped)} come before the first output time "
                         f"{ir.time_name} = {t_start:g} and are not applied (a run starts at its first "
