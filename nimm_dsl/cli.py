@@ -251,12 +251,13 @@ def cmd_simulate(args) -> int:
     if args.bands is not None and not (args.fit and 0 < args.bands < 1 and args.draws >= 10):
         raise UsageError("nimm: --bands needs --fit FIT.json, a level between 0 and 1 (e.g. 0.95) "
                          "and --draws of at least 10")
-    params, weights, uncertainty = None, None, None
+    params, weights, uncertainty, per_series = None, None, None, {}
     if args.fit:
         from .runtime.fit import load_fit
 
         restored = load_fit(args.fit)
         params, weights = restored["params"], restored.get("weights") or None
+        per_series = restored.get("series_params") or {}
         unknown = sorted(set(params) - {p.name for p in ir.params})
         if unknown:
             raise FitError(f"{args.fit}: params {', '.join(unknown)} are not in model `{ir.name}` "
@@ -275,7 +276,7 @@ def cmd_simulate(args) -> int:
                          f"{ir.time_name} = {ir.t0:g} (`time {ir.time_name} ... from {ir.t0:g}`)")
 
     # One run per data series (a table without `series` is one run); no data: one run.
-    runs: list[tuple[object, object, object]] = []  # (series label, times, inputs)
+    runs: list[tuple[object, object, dict]] = []  # (series label, times, inputs and table doses)
     if args.data:
         from .runtime.binding import load_bound
 
@@ -284,13 +285,12 @@ def cmd_simulate(args) -> int:
             print(f"nimm: warning: {w}", file=sys.stderr)
         for series in dataset.series:
             if dataset.static:
-                runs.append((series.label, None, series.input_frame()))
+                runs.append((series.label, None, {"inputs": series.input_frame()}))
             else:
-                runs.append((series.label, grid if grid is not None else series.times,
-                             dict(series.inputs) or None))
+                runs.append((series.label, grid if grid is not None else series.times, series.run_options()))
     else:
         times = grid if grid is not None else (None if ir.is_static else default_times(ir))
-        runs.append((None, times, None))
+        runs.append((None, times, {}))
 
     if not runs:
         raise NimmError(f"{args.data}: the table has no data rows")
@@ -298,8 +298,11 @@ def cmd_simulate(args) -> int:
     import pandas as pd
 
     frames, results = [], []
-    for label, times, inputs in runs:
-        result = sim.simulate(times, params=params, scenario=args.scenario, inputs=inputs,
+    for label, times, options in runs:
+        # a per-series param takes its series' fitted value (FIT.json series_params), else the mean
+        own = {k: v[label] for k, v in per_series.items() if label in v}
+        inputs = options.get("inputs")
+        result = sim.simulate(times, params={**(params or {}), **own} or None, scenario=args.scenario, **options,
                               weights=weights, rtol=args.rtol, atol=args.atol)
         for w in result.warnings:
             print(f"nimm: warning: {w}", file=sys.stderr)
@@ -313,13 +316,13 @@ def cmd_simulate(args) -> int:
         if uncertainty is not None:
             from .runtime.bands import bands, with_bands
 
-            band = bands(sim, ir, uncertainty, times, level=args.bands, n_draws=args.draws, seed=args.seed,
-                         scenario=args.scenario, inputs=inputs, weights=weights, rtol=args.rtol, atol=args.atol)
+            band = bands(sim, ir, uncertainty.with_values(own), times, level=args.bands, n_draws=args.draws, seed=args.seed,
+                         scenario=args.scenario, **options, weights=weights, rtol=args.rtol, atol=args.atol)
             frame = with_bands(frame, band)
         if len(runs) > 1:
             frame.insert(0, "series", label)
         frames.append(frame)
-        results.append((result, times, inputs, band))
+        results.append((result, times, options, own, band))
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     table.to_csv(args.output if args.output else sys.stdout, index=False)
 
@@ -327,17 +330,19 @@ def cmd_simulate(args) -> int:
         from .runtime.plots import ScenarioRun, save_figure, scenario_figure
 
         plot_runs = []
-        for (label, times, inputs), (result, _, _, band) in zip(runs, results):
+        for (label, times, options), (result, _, _, own, band) in zip(runs, results):
             data = next((x for x in dataset.series if x.label == label), None) if args.data else None
             if args.scenario is None:
                 plot_runs.append(ScenarioRun(result, None, band, None, data, label if len(runs) > 1 else None))
                 continue
-            baseline = sim.simulate(times, params=params, scenario=None, inputs=inputs, weights=weights,
+            baseline = sim.simulate(times, params={**(params or {}), **own} or None, scenario=None, **options,
+                                    weights=weights,
                                     rtol=args.rtol, atol=args.atol)
             base_band = None
             if uncertainty is not None:
-                base_band = bands(sim, ir, uncertainty, times, level=args.bands, n_draws=args.draws,
-                                  seed=args.seed, inputs=inputs, weights=weights, rtol=args.rtol, atol=args.atol)
+                base_band = bands(sim, ir, uncertainty.with_values(own), times,
+                                  level=args.bands, n_draws=args.draws, seed=args.seed, **options,
+                                  weights=weights, rtol=args.rtol, atol=args.atol)
             plot_runs.append(ScenarioRun(baseline, result, base_band, band, data, label if len(runs) > 1 else None))
         shown = plot_runs[:MAX_PLOTTED_SERIES]
         title = ir.name if args.scenario is None else f"{ir.name}: baseline vs {args.scenario}"

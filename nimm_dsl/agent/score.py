@@ -162,7 +162,7 @@ def _predict(sim, dataset, series, fitted) -> dict:
         res = sim.simulate(None, params=fitted.params, inputs=series.input_frame(),
                            weights=fitted.weights or None)
     else:
-        res = sim.simulate(series.times, params=fitted.params, inputs=dict(series.inputs) or None,
+        res = sim.simulate(series.times, params=fitted.params_for(series.label), **series.run_options(),
                            weights=fitted.weights or None)
     return {o: np.asarray(res[o], float) for o in dataset.observed_names}
 
@@ -177,8 +177,8 @@ def _scenario_runs(sim, dataset, fitted, scenario: str) -> dict:
         times = np.arange(series.n_points, dtype=float)
     else:
         times = np.linspace(series.times[0], series.times[-1], MAX_TRAJECTORY_POINTS)
-        res = sim.simulate(times, params=fitted.params, scenario=scenario,
-                           inputs=dict(series.inputs) or None, weights=fitted.weights or None)
+        res = sim.simulate(times, params=fitted.params_for(series.label), scenario=scenario,
+                           **series.run_options(), weights=fitted.weights or None)
     return {"times": times.tolist(),
             "values": {o: np.asarray(res[o], float).tolist() for o in dataset.observed_names}}
 

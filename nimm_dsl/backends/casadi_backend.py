@@ -344,13 +344,13 @@ class CasadiSimulator:
         """Values of ir.params (params then consts, declaration order): the `p` of trajectory_function."""
         return param_vector(self.ir, params)
 
-    def protocol(self, times, scenario=None, inputs=None, t_start=None) -> Protocol:
-        return build_protocol(self.ir, times, scenario=scenario, inputs=inputs, t_start=t_start)
+    def protocol(self, times, scenario=None, inputs=None, t_start=None, doses=None) -> Protocol:
+        return build_protocol(self.ir, times, scenario=scenario, inputs=inputs, t_start=t_start, doses=doses)
 
-    def _cached_protocol(self, times, scenario, inputs, t_start) -> Protocol:
-        """Protocols without data inputs depend only on the grid and scenario: reuse them."""
-        if inputs is not None:
-            return self.protocol(times, scenario, inputs, t_start)
+    def _cached_protocol(self, times, scenario, inputs, t_start, doses=None) -> Protocol:
+        """Protocols without data inputs or doses depend only on the grid and scenario: reuse them."""
+        if inputs is not None or doses:
+            return self.protocol(times, scenario, inputs, t_start, doses)
         grid = np.ascontiguousarray(times, dtype=float)
         key = (grid.tobytes(), scenario, None if t_start is None else float(t_start))
         protocol = self._protocols.get(key)
@@ -459,8 +459,9 @@ class CasadiSimulator:
 
     # ------------------------------------------------------------ numeric simulation
     def simulate(self, times=None, params=None, scenario=None, inputs=None, rtol: float = None,
-                 atol: float = None, weights=None, t_start=None) -> SimulationResult:
+                 atol: float = None, weights=None, t_start=None, doses=None) -> SimulationResult:
         """Simulate at `times` (model time unit). See LANGUAGE.md §9 and the back-end contract.
+        doses: the table doses of this run, {dose name: (times, amounts)}.
 
         Static models: `simulate(inputs=table)` evaluates lets and observes row by row."""
         rtol = self.rtol if rtol is None else float(rtol)
@@ -470,7 +471,7 @@ class CasadiSimulator:
             return self._simulate_static(inputs, params, w)
         if times is None:
             raise ValueError("simulate needs output times for a dynamic model")
-        protocol = self._cached_protocol(times, scenario, inputs, t_start)
+        protocol = self._cached_protocol(times, scenario, inputs, t_start, doses)
         theta = self.param_vector(params)
         X, Pcols = self._run(protocol, theta, w, rtol, atol)
         times, integrals = protocol.output_times, None

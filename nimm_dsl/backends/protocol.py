@@ -53,6 +53,8 @@ class Segment:
     out_idx: np.ndarray  # indices into Protocol.output_times with t0 <= t < t1 (last segment: t <= t1)
     flags: np.ndarray  # 0/1 per ir.sets entry
     input_coef: np.ndarray  # shape (n_inputs, 2): u(t) = a + b*t on this segment
+    # the table's amount per ir.table_dose_symbols() entry for the doses at t0 (0 where none)
+    dose_amounts: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass
@@ -169,12 +171,31 @@ def check_scenario(ir: ModelIR, scenario: Optional[str]) -> None:
                          + f"; the model declares: {', '.join(names) or 'no scenarios'}")
 
 
+def table_dose_events(dose: DoseIR, doses: Optional[Mapping]) -> list[tuple[float, float]]:
+    """(time, amount) of a table dose in one series: `doses[name] = (times, amounts)` in the time
+    unit and the dose's declared unit. Amounts of one dose at one instant add up."""
+    times, amounts = (np.asarray(a, dtype=float).ravel() for a in (doses or {}).get(dose.name, ([], [])))
+    if times.shape != amounts.shape:
+        raise ValueError(f"dose {dose.name}: {len(times)} times but {len(amounts)} amounts")
+    total: dict[float, float] = {}
+    for t, a in zip(times, amounts):
+        if np.isfinite(t) and np.isfinite(a):
+            total[float(t)] = total.get(float(t), 0.0) + float(a)
+    return sorted(total.items())
+
+
 def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
-                   inputs: Optional[Mapping] = None, t_start: Optional[float] = None) -> Protocol:
+                   inputs: Optional[Mapping] = None, t_start: Optional[float] = None,
+                   doses: Optional[Mapping] = None) -> Protocol:
     """Cut [t_start, times[-1]] into event segments (see the module docstring).
 
     times: sorted output times in the model's time unit. inputs: {name: (times, values)} or
-    {name: constant}; a pandas DataFrame is accepted too (see `inputs_from_table`)."""
+    {name: constant}; a pandas DataFrame is accepted too (see `inputs_from_table`). doses: the
+    table doses of this run, {dose name: (times, amounts)} (see `table_dose_events`)."""
+    unknown = sorted(set(doses or {}) - set(ir.table_dose_names()))
+    if unknown:
+        raise ValueError(f"unknown table dose(s) {', '.join(unknown)}; the model's doses from the data: "
+                         f"{', '.join(ir.table_dose_names()) or 'none'}")
     if ir.is_static:
         raise ValueError("a static model has no time protocol; simulate it over a table of inputs")
     check_scenario(ir, scenario)
@@ -207,13 +228,22 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
     signals = _input_signals(ir, inputs)
 
     events: list[DoseEvent] = []
+    amount_slot = {sym: j for j, sym in enumerate(ir.table_dose_symbols())}
+    amount_at: dict[float, np.ndarray] = {}  # dose instant -> the table amounts there
     for dose in ir.doses_for(scenario):
         k = ir.state_index(dose.state)
+        if dose.from_data:
+            for t, a in table_dose_events(dose, doses):
+                if t_start <= t <= t_end:
+                    events.append(DoseEvent(dose, t, k))
+                    amount_at.setdefault(t, np.zeros(len(amount_slot)))[amount_slot[dose.amount_symbol]] = a
+            continue
         events += [DoseEvent(dose, float(t), k) for t in dose.times if t_start <= t <= t_end]
     # model order within one instant; sort is stable
     events.sort(key=lambda e: e.time)
     warnings = []
-    skipped = sorted({d.name for d in ir.doses_for(scenario) if any(t < t_start for t in d.times)})
+    skipped = sorted({d.name for d in ir.doses_for(scenario)
+                      if any(t < t_start for t in (d.times or [t for t, _ in table_dose_events(d, doses)]))})
     if skipped and implicit_start:
         warnings.append(f"dose(s) {', '.join(skipped)} come before the first output time "
                         f"{ir.time_name} = {t_start:g} and are not applied (a run starts at its first "
@@ -244,7 +274,8 @@ def build_protocol(ir: ModelIR, times, scenario: Optional[str] = None,
                 flags[i] = 1.0
         coef = np.array([sig.coef(t0) for sig in signals], dtype=float).reshape(len(signals), 2)
         doses = [e for e in events if e.time == t0]
-        segments.append(Segment(t0, t1, doses, np.arange(lo, hi), flags, coef))
+        amounts = amount_at.get(t0, np.zeros(len(amount_slot))) if doses else np.zeros(len(amount_slot))
+        segments.append(Segment(t0, t1, doses, np.arange(lo, hi), flags, coef, amounts))
     return Protocol(t_start, out, segments, scenario, [u.name for u in ir.inputs], warnings,
                     requested=requested, lags=lags)
 
@@ -275,8 +306,8 @@ def param_vector(ir: ModelIR, params: Optional[Mapping] = None) -> np.ndarray:
 
 
 def segment_tail(segment: Segment) -> np.ndarray:
-    """The protocol-fixed part of the runtime vector: flags then (a, b) per input."""
-    return np.concatenate([segment.flags, segment.input_coef.ravel()])
+    """The protocol-fixed part of the runtime vector: flags, (a, b) per input, table dose amounts."""
+    return np.concatenate([segment.flags, segment.input_coef.ravel(), segment.dose_amounts])
 
 
 def runtime_vector(ir: ModelIR, params: Optional[Mapping], segment: Segment) -> np.ndarray:

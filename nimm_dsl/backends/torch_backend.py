@@ -437,7 +437,7 @@ class TorchSimulator(torch.nn.Module):
         return P, batched
 
     def simulate(self, times=None, params=None, scenario=None, inputs=None, rtol=1e-8, atol=1e-8,
-                 weights=None, t_start=None) -> SimulationResult:
+                 weights=None, t_start=None, doses=None) -> SimulationResult:
         """Simulate one parameter set, or a batch: params {name: (B,) array} and/or weights
         {name: (B, n_w)} give results of shape (B, T). See the module docstring."""
         P, batched = self.param_matrix(params)
@@ -459,7 +459,7 @@ class TorchSimulator(torch.nn.Module):
                                         warnings=[])
             if times is None:
                 raise ValueError("simulate needs output times for a dynamic model")
-            protocol = build_protocol(self.ir, times, scenario, inputs, t_start)
+            protocol = build_protocol(self.ir, times, scenario, inputs, t_start, doses)
             traj = self.trajectory(protocol, self._tensor(P), weights, rtol, atol)
         names = [*self.state_names, *self.let_names, *self.observe_names]
         values = {n: traj[n].cpu().numpy() for n in names}

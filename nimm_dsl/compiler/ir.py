@@ -53,6 +53,7 @@ class ParamIR:
     estimate: bool  # True for `param`, False for `const`
     doc: Optional[str] = None
     span: Optional[Span] = None  # the declaring statement, for diagnostics after checking
+    per_series: bool = False  # `per series`: a fit estimates one value per data series
 
 
 @dataclass
@@ -184,8 +185,21 @@ class DoseIR:
     state: str
     op: str  # '+' (add amount, state unit) | '*' (multiply by dimensionless factor)
     amount: sp.Expr  # any value of the model, evaluated at the dose time in the current state
-    times: list[float]  # time unit, sorted
+    times: list[float]  # time unit, sorted; empty for a dose from the data table
     span: Optional[Span] = None
+    # a dose from the data table (`at data`): its times and amounts come with each series, and
+    # `amount` reads the row's amount (in the dose's declared unit) through this runtime symbol
+    amount_symbol: Optional[sp.Symbol] = None
+
+    @property
+    def from_data(self) -> bool:
+        return self.amount_symbol is not None
+
+
+def table_dose_symbol(name: str) -> sp.Symbol:
+    """The runtime symbol of a table dose's row amount: one per dose name, shared by the baseline
+    and the scenarios that replace it (`#` keeps it apart from model names)."""
+    return sp.Symbol(f"{name}#amount", real=True)
 
 
 @dataclass
@@ -244,7 +258,17 @@ class ModelIR:
         syms += [s.flag for s in self.sets]
         for u in self.inputs:
             syms += list(u.coef)
-        return syms
+        return syms + self.table_dose_symbols()
+
+    def table_dose_symbols(self) -> list[sp.Symbol]:
+        """The row-amount symbols of the table doses (baseline and scenarios), first use order."""
+        doses = [*self.doses, *(d for sc in self.scenarios.values() for d in sc.doses)]
+        return list(dict.fromkeys(d.amount_symbol for d in doses if d.from_data))
+
+    def table_dose_names(self) -> list[str]:
+        """Names of the doses the data table may give (baseline or any scenario)."""
+        doses = [*self.doses, *(d for sc in self.scenarios.values() for d in sc.doses)]
+        return list(dict.fromkeys(d.name for d in doses if d.from_data))
 
     def param(self, name: str) -> ParamIR:
         return next(p for p in self.params if p.name == name)

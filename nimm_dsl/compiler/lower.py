@@ -69,6 +69,7 @@ class _Lowerer:
         self.integrals: list[tuple] = []  # (value symbol, rate in base units, window in time unit)
         self.let_decls = {s.name: s.decl for s in self.table.symbols.values() if s.kind == "let"}
         self._baseline_lets: dict[str, sp.Expr] = {}  # name -> baseline value (base units)
+        self.table_dose: Optional[tuple[str, sp.Expr]] = None  # (name, base-unit value) inside its amount
 
     # -- units
     def scale(self, name: str) -> sp.Expr:
@@ -87,6 +88,8 @@ class _Lowerer:
             return sp.pi
         if name == self.time_name:
             return self.time * self.scale(name)
+        if self.table_dose is not None and name == self.table_dose[0]:
+            return self.table_dose[1]
         kind = self.table.kind(name)
         if kind == "let" and baseline:
             # a set value sees the baseline of every name (docs/language.md §8): its lets are
@@ -202,7 +205,7 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         lo, hi = bounds(p)
         ir.params.append(I.ParamIR(p.name.name, L.sym[p.name.name],
                                    L.number(p.value, p.name.name),
-                                   lo, hi, L.label(p.name.name), True, p.doc, p.span))
+                                   lo, hi, L.label(p.name.name), True, p.doc, p.span, p.per_series))
     for c in of(A.ConstDecl):
         n = c.name.name
         ir.params.append(I.ParamIR(n, L.sym[n], L.number(c.value, n),
@@ -296,6 +299,14 @@ def lower(checked: CheckedModel) -> I.ModelIR:
     # doses: baseline, then scenarios
     def dose_ir(d: A.DoseStmt) -> I.DoseIR:
         state = d.state.name
+        if d.from_data:
+            # the row's amount is a runtime value of each dose instant (backends/protocol.py)
+            symbol = I.table_dose_symbol(d.name.name)
+            L.table_dose = (d.name.name, symbol * _rational(L.unit_scale(d.unit)))
+            amount = L.value(d.amount, state) if d.op == "+=" else L.value(d.amount)
+            L.table_dose = None
+            return I.DoseIR(d.name.name, state, "+" if d.op == "+=" else "*", amount, [], d.span,
+                            amount_symbol=symbol)
         # evaluated at the dose time with the set lines then in force (LANGUAGE.md §4)
         amount = L.value(d.amount, state) if d.op == "+=" else L.value(d.amount)
         at = L.number(d.at, L.time_name)
@@ -361,8 +372,10 @@ def to_latex(ir: I.ModelIR) -> str:
     for d in ir.doses:
         op = "+" if d.op == "+" else r"\times"
         times = ", ".join(f"{x:g}" for x in d.times)
+        when = (r" at the table's dose times}" if d.from_data
+                else rf" at }} {ltx(t)} \in \{{{times}\}}")
         rows.append(rf"{latex_name(d.state)} &\mathrel{{{op}}}= {tex(d.amount)} && "
-                    rf"\text{{dose {text(d.name)} at }} {ltx(t)} \in \{{{times}\}}")
+                    rf"\text{{dose {text(d.name)}" + when)
     for u in ir.inputs:
         how = {"linear": "linear interpolation", "step": "steps"}.get(u.interp, u.interp)
         default = f", default {u.default:g}" if u.default is not None else ", from the data"
@@ -387,6 +400,9 @@ def _display_substitutions(ir: I.ModelIR) -> dict:
     for u in ir.inputs:
         a, b = u.coef
         out[a], out[b] = u.symbol, 0
+    for d in ir.doses:  # a table dose's row amount is shown under the dose's name
+        if d.from_data:
+            out[d.amount_symbol] = sp.Symbol(d.name, real=True)
     # an integral as written (its accumulator state is internal and not shown)
     integral = sp.Function("integral")
     for g in ir.integrals:
@@ -419,6 +435,7 @@ def to_text(ir: I.ModelIR) -> str:
         rows.append(f"{s.target} <- {sp.sstr(s.expr)}    {'scenario ' + s.scenario if s.scenario else 'baseline'}"
                     + (f", {window}" if window else ""))
     for d in ir.doses:
-        rows.append(f"{d.state} {d.op}= {sp.sstr(d.amount)}    dose {d.name} at {t} in "
-                    f"{{{', '.join(f'{x:g}' for x in d.times)}}}")
+        when = ("at the table's dose times" if d.from_data
+                else f"at {t} in {{{', '.join(f'{x:g}' for x in d.times)}}}")
+        rows.append(f"{d.state} {d.op}= {show(d.amount)}    dose {d.name} {when}")
     return "\n".join(rows) + "\n"

@@ -77,6 +77,7 @@ class Position:
     observe: Optional[str] = None  # the observe whose noise option this is
     own_prediction: bool = False  # the observe's own name stands for its prediction (a normal sigma)
     integral: bool = False  # `integral(RATE, WINDOW)` may appear (an observe's expression)
+    dose: Optional[str] = None  # a table dose whose own name is the row's amount here
 
 
 def iter_expr(expr: Optional[A.Expr]) -> Iterator[A.Expr]:
@@ -225,8 +226,8 @@ class _Checker:
 
     def resolve_name(self, node: A.Name, pos: Position) -> bool:
         name = node.name
-        if name in BUILTIN_CONSTANTS or name == "inf":
-            return False
+        if name in BUILTIN_CONSTANTS or name == "inf" or name == pos.dose:
+            return False  # (a table dose's amount: a number of the data, like a literal)
         sym = self.table.symbols.get(name)
         if sym is None:
             if name in BUILTINS:
@@ -503,7 +504,15 @@ class _Checker:
 
     def check_dose(self, stmt: A.DoseStmt, scenario: Optional[A.ScenarioBlock]) -> None:
         where = f"dose `{stmt.name.name}`"
-        used = self.resolve(stmt.amount, Position(f"the amount of {where}", finite=True))
+        if isinstance(stmt.at, A.Name) and stmt.at.name == "data" and self.kind_of("data") is None:
+            self.report("E201", stmt.at.span, f"`at data` in {where} needs the unit of the table's amounts",
+                        f"write `dose {stmt.name.name} [UNIT]: ... at data`")
+            return
+        own = stmt.name.name if stmt.from_data else None
+        used = self.resolve(stmt.amount, Position(f"the amount of {where}", finite=True, dose=own))
+        if stmt.from_data and self.table.time is None:
+            self.report("E303", stmt.span, f"{where} comes from the data table at times of the "
+                        "model's clock, but the model declares no `time`")
         timing = set()
         for word, expr in (("at", stmt.at), ("every", stmt.every), ("times", stmt.times)):
             timing |= self.resolve_constant_time(expr, f"`{word}` of {where}")

@@ -72,6 +72,7 @@ class _UnitChecker:
         self.walked_lets: set[A.LetDecl] = set()
         self.info.values = DeclaredValues(table, lambda sym: self.decl_units.get(sym.decl), self.unit_scale)
         self.current_state: Optional[str] = None  # for the `gamma * I` hint
+        self.table_dose: Optional[A.DoseStmt] = None  # whose own name is the row's amount
 
     # ------------------------------------------------------------ reporting
     def report(self, code: str, span: A.Span, message: str, hint: Optional[str] = None) -> None:
@@ -275,10 +276,12 @@ class _UnitChecker:
     def check_dose(self, stmt: A.DoseStmt) -> None:
         target = self.state_unit(stmt.state)
         expected = ONE if stmt.op == "*=" else target
+        self.table_dose = stmt if stmt.from_data else None
         if stmt.op == "*=" or target is not None:
             self.check_value(stmt.amount, expected, f"the amount of dose `{stmt.name.name}`")
         else:
             self.infer(stmt.amount)
+        self.table_dose = None
         self.check_time(stmt.at, "at")
         self.check_time(stmt.every, "every")
         if stmt.times is not None:
@@ -373,6 +376,8 @@ class _UnitChecker:
         if isinstance(e, A.Number):
             return ONE if e.unit is None else self.resolve(e.unit)
         if isinstance(e, A.Name):
+            if self.table_dose is not None and e.name == self.table_dose.name.name:
+                return self.decl_units.get(self.table_dose)  # the row's amount, in the dose's unit
             sym = self.symbol(e.name)
             if sym is not None:
                 return self.symbol_unit(sym)

@@ -251,6 +251,7 @@ class ParamDecl:
     doc: Optional[str]
     span: Span
     family: Optional[list[Binder]] = None  # `[d in district]`: one element per member
+    per_series: bool = False  # `per series`: one value per data series, estimated separately
 
 
 @node
@@ -330,6 +331,13 @@ class DoseStmt:
     every: Optional[Expr]
     times: Optional[Expr]
     span: Span
+    # `dose NAME [UNIT]: ... at data`: the table's column NAME gives times and amounts (in
+    # `unit`); `at`, `every`, `times` are then None and NAME inside `amount` is the row's amount
+    unit: Optional[UnitExpr] = None
+
+    @property
+    def from_data(self) -> bool:
+        return self.unit is not None
 
 
 @node

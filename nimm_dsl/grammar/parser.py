@@ -225,7 +225,10 @@ class _Builder(Transformer_NonRecursive):
         return A.ConstDecl(c[0], c[2], c[3], c[4], self.statement_span, c[1])
 
     def param_decl(self, c):
-        return A.ParamDecl(c[0], c[2], c[3], c[4], c[5], self.statement_span, c[1])
+        return A.ParamDecl(c[0], c[2], c[3], c[4], c[6], self.statement_span, c[1], per_series=c[5] is not None)
+
+    def per_series(self, c):
+        return True
 
     def state_decl(self, c):
         return A.StateDecl(c[0], c[2], c[3], c[4], c[5], self.statement_span, c[1])
@@ -329,6 +332,10 @@ class _Builder(Transformer_NonRecursive):
     def dose_stmt(self, c):
         name, state, op, amount, at, every, times = c
         return A.DoseStmt(name, state, str(op), amount, at, every, times, self.statement_span)
+
+    def table_dose_stmt(self, c):
+        name, unit, state, op, amount, _data = c
+        return A.DoseStmt(name, state, str(op), amount, None, None, None, self.statement_span, unit=unit)
 
     def set_stmt(self, c):
         return A.SetStmt(c[0], c[1], c[2], c[3], self.statement_span)

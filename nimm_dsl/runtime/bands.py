@@ -14,7 +14,7 @@ neural weights; a draw whose simulation fails is left out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 import numpy as np
@@ -65,6 +65,11 @@ class Uncertainty:
         lsq = {o.name: float(rmse[o.name]) * correction for o in ir.observes
                if o.noise == "lsq" and isinstance(rmse.get(o.name), (int, float))}
         return cls({k: float(v) for k, v in params.items()}, names, cov, lsq)
+
+    def with_values(self, values: Mapping) -> "Uncertainty":
+        """The same uncertainty around other values of params it does not cover: a series' own
+        values of per-series params (the fit's `params` hold their mean over the series)."""
+        return replace(self, params={**self.params, **{k: float(v) for k, v in values.items()}})
 
     def draws(self, ir: ModelIR, n: int, seed: int = 0) -> list[dict]:
         """`n` param dicts (every param and const): the fitted values with the covariance's params

@@ -24,12 +24,16 @@ from ..errors import DataError, ModelError, SimulationError
 from .data import SERIES_COLUMN, Dataset, load_data, read_table
 from .pointwise import point, start_values
 
-ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606", "E607", "E608", "E609"})
+ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606", "E607", "E608", "E609",
+                        "E611", "E612", "E613", "W614"})
 CHECKS = {  # command -> the codes it applies (docs/language.md §9)
     "check": ALL_CHECKS,
     "fit": ALL_CHECKS,
-    "simulate": frozenset({"E601", "E603", "W605", "E607"}),
+    "simulate": frozenset({"E601", "E603", "W605", "E607", "E611", "E612", "W614"}),
 }
+# Column names that hold dose amounts in common dataset layouts (NONMEM's AMT, R's `dose`): in a
+# model that reads doses from the table, a column so named that no dose reads is E611.
+DOSE_WORDS = frozenset({"dose", "amt", "amount", "doses"})
 W606_SIGMAS = 3.0  # how far (in noise sigmas) a start value may be from the first observation
 # column names that say "time", and the unit each one implies (None: keep the model's unit)
 TIME_WORDS = {"t": None, "time": None, "date": None, "s": "s", "sec": "s", "second": "s", "seconds": "s",
@@ -62,7 +66,8 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
     columns = t.columns
     observes = [o.name for o in ir.observes]
     inputs = [u.name for u in ir.inputs]
-    used = set(observes) | set(inputs)
+    table_doses = [] if ir.is_static else ir.table_dose_names()
+    used = set(observes) | set(inputs) | set(table_doses)
     time_guess = None
     if not ir.is_static:
         used |= {ir.time_name, SERIES_COLUMN}
@@ -80,6 +85,11 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
                    f"model's clock origin {ir.time_name} = {ir.t0:g} ({early.size} row(s) in all)",
                    "drop the rows before the origin, or move the origin (`from`) back to the first data time")
     unmatched = _family_columns(ir, columns, unmatched, report, t.file)
+    undeclared = _dose_columns(ir, unmatched)
+    for column, (span, why) in undeclared.items():
+        report("E611", span, f"column `{column}` of {t.file} holds doses, but {why}",
+               f"declare it: `dose {column} [UNIT]: STATE += {column} at data` (the table's amounts in UNIT)")
+    unmatched = [c for c in unmatched if c not in undeclared]
 
     present = [o for o in observes if o in columns]
     if not present:
@@ -108,6 +118,9 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
                 report("E603", o.span, f"column `{o.name}` of {t.file}, {t.where(i)}: {what}",
                        "leave the cell empty where nothing was measured, or choose a noise model that "
                        "allows these values")
+
+    if not ir.is_static and ir.time_name in columns:
+        _dose_checks(ir, t, table_doses, report)
 
     if "W606" in checks and present and not ir.is_static and not any(d.is_error for d in found):
         found += _start_warnings(ir, load_data(table, ir, file=t.file))
@@ -174,6 +187,66 @@ def one_line(d: Diagnostic) -> str:
     return f"{d.file}:{d.span.line}: {d.severity}[{d.code}]: {d.message}{hint}"
 
 
+# ---------------------------------------------------------------- doses from the table (E611-W614)
+def _dose_columns(ir: ModelIR, unmatched) -> dict:
+    """{column: (span, why)} for unmatched columns that hold doses: one named after a dose the
+    model text times itself, or a conventional dose word (`amt`) in a model that reads its doses
+    from the table (elsewhere such a column is only ignored, W605, as LANGUAGE.md §7 says)."""
+    text_doses = {}  # the baseline dose, else the first scenario's
+    for d in ir.doses + [d for sc in ir.scenarios.values() for d in sc.doses]:
+        if not d.from_data:
+            text_doses.setdefault(d.name, d)
+    found = {}
+    for c in unmatched:
+        if c in text_doses:
+            found[c] = (text_doses[c].span, f"dose `{c}` is timed in the model text, not read from the data")
+        elif c.lower() in DOSE_WORDS and not ir.is_static and ir.table_dose_names():
+            found[c] = (_top(ir), f"no dose of the model reads it (the doses from the data are "
+                        f"{_names(ir.table_dose_names())})")
+    return found
+
+
+def _dose_checks(ir: ModelIR, t, table_doses, report) -> None:
+    """E612 negative amounts, E613 doses after a series' last observation, W614 a table dose
+    without a column; located at the dose's line."""
+    spans = {}  # the baseline dose's line, else the first scenario's
+    for d in ir.doses + [d for sc in ir.scenarios.values() for d in sc.doses]:
+        if d.from_data:
+            spans.setdefault(d.name, d.span)
+    times = t.numbers(ir.time_name)
+    labels = (t.frame[SERIES_COLUMN].map(lambda v: str(v).strip()).to_numpy()
+              if SERIES_COLUMN in t.columns else np.array([None] * len(times)))
+    observed = np.zeros(len(times), dtype=bool)
+    for o in ir.observes:
+        if o.name in t.columns:
+            observed |= np.isfinite(t.numbers(o.name))
+    for name in table_doses:
+        if name not in t.columns:
+            report("W614", spans[name], f"dose `{name}` comes from the data, but {t.file} has no column "
+                   f"`{name}`: no dose `{name}` is given", f"add a column `{name}` with the amounts on the dose rows")
+            continue
+        amounts = t.numbers(name)
+        given = np.flatnonzero(np.isfinite(amounts))
+        negative = given[amounts[given] < 0]
+        if negative.size:
+            i = negative[0]
+            report("E612", spans[name], f"column `{name}` of {t.file}, {t.where(i)}: the dose amount "
+                   f"{amounts[i]:g} is negative", "a dose adds an amount >= 0; leave the cell empty on rows without a dose")
+        if not observed.any():
+            continue
+        for i in given:
+            mine = labels == labels[i]
+            last = times[mine & observed].max() if (mine & observed).any() else -np.inf
+            if np.isfinite(times[i]) and times[i] > last:
+                in_series = f"series `{labels[i]}`" if labels[i] is not None else "the table"
+                ends = (f"whose last observation is at {ir.time_name} = {last:g}" if np.isfinite(last)
+                        else "which has no observation")
+                report("E613", spans[name], f"column `{name}` of {t.file}, {t.where(i)}: a dose at "
+                       f"{ir.time_name} = {times[i]:g} lies outside {in_series}, {ends}",
+                       "check the row's series label and time (in the model's time unit)")
+                break
+
+
 # ---------------------------------------------------------------- E601
 def _time_column(t, used: set) -> Optional[str]:
     """The column that most likely holds the time: a time word, else the first numeric column
@@ -233,10 +306,10 @@ def _start_warnings(ir: ModelIR, dataset: Dataset) -> list[Diagnostic]:
             if not math.isfinite(y) or (ir.t0 is not None and t0 != ir.t0):
                 continue  # a series that starts after the clock origin needs integrating: not a start value
             try:
-                pred = start_values(ir, t0, inputs=s.inputs or None)[o.name]
+                pred = start_values(ir, t0, **s.run_options())[o.name]
                 sigma = None
                 if o.sigma is not None:
-                    at = point(ir, t0, build_protocol(ir, [t0], inputs=s.inputs or None).segments[0])
+                    at = point(ir, t0, build_protocol(ir, [t0], **s.run_options()).segments[0])
                     at.env[o.symbol] = pred  # a sigma may use the observe's own prediction
                     sigma = at.value(o.sigma)
             except SimulationError:  # an input without data or default: simulate and fit say so

@@ -45,6 +45,13 @@ class Series:
     observed: dict[str, np.ndarray]
     inputs: dict
     rows: np.ndarray  # 1-based data row of each point (see module docstring)
+    # table doses: {dose name: (times, amounts)} in the time unit and the dose's declared unit,
+    # for `build_protocol(..., doses=...)`; rows without an amount left out
+    doses: dict = field(default_factory=dict)
+
+    def run_options(self) -> dict:
+        """What a simulation of this series takes besides its times and params."""
+        return {"inputs": self.inputs or None, "doses": self.doses or None}
 
     @property
     def n_points(self) -> int:
@@ -95,7 +102,7 @@ def _take(s: Series, sl: slice) -> Series:
     return Series(s.label, None if s.times is None else s.times[sl],
                   {k: v[sl] for k, v in s.observed.items()},
                   s.inputs if s.times is not None else {k: v[sl] for k, v in s.inputs.items()},
-                  s.rows[sl])
+                  s.rows[sl], s.doses)  # doses after the last kept time are never applied
 
 
 def _validation_part(s: Series, cut: int) -> Series:
@@ -108,7 +115,7 @@ def _validation_part(s: Series, cut: int) -> Series:
         masked = v.copy()
         masked[:cut] = np.nan
         observed[k] = masked
-    return Series(s.label, s.times, observed, s.inputs, s.rows)
+    return Series(s.label, s.times, observed, s.inputs, s.rows, s.doses)
 
 
 # ---------------------------------------------------------------- reading
@@ -123,7 +130,8 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
 
     observe_names = [o.name for o in ir.observes]
     input_names = [u.name for u in ir.inputs]
-    used = set(observe_names) | set(input_names)
+    dose_names = [] if ir.is_static else ir.table_dose_names()
+    used = set(observe_names) | set(input_names) | set(dose_names)
     if not ir.is_static:
         used |= {ir.time_name, SERIES_COLUMN}
     ignored = [c for c in columns if c not in used]
@@ -138,8 +146,9 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
             msg += "; found " + ", ".join(hints)
         raise DataError(msg)
     present_inputs = [u for u in input_names if u in columns]
+    present_doses = [d for d in dose_names if d in columns]
 
-    values = {c: _numeric_column(frame[c], c, where) for c in present_obs + present_inputs}
+    values = {c: _numeric_column(frame[c], c, where) for c in present_obs + present_inputs + present_doses}
     warnings: list[str] = []
     if ignored:
         warnings.append(f"{file}: ignored column(s) that match nothing in the model: "
@@ -177,9 +186,15 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
             keep = np.isfinite(v)
             if keep.any():
                 inputs[u] = (t[keep], v[keep])
+        doses = {}
+        for d in present_doses:
+            v = values[d][idx]
+            keep = np.isfinite(v)
+            if keep.any():
+                doses[d] = (t[keep], v[keep])
         if observed and not any(np.isfinite(v).any() for v in observed.values()):
             warnings.append(f"{file}: series `{label}` has no observed value; it does not affect the fit")
-        series.append(Series(label, t, observed, inputs, row_numbers[idx]))
+        series.append(Series(label, t, observed, inputs, row_numbers[idx], doses))
         # with a clock origin every series starts there, so doses before its first row apply
         early = [] if ir.t0 is not None else sorted({d.name for d in ir.doses for dt in d.times if dt < t[0]})
         if early:

@@ -77,8 +77,10 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
     for r, s in enumerate(series):
         grid = np.linspace(s.times[0] if ir.t0 is None else ir.t0, s.times[-1], FINE_GRID)  # from the run's start
         grid = np.union1d(grid, s.times)  # exact values at the data times (dose jumps stay sharp)
-        res = simulator.simulate(grid, params=params, inputs=s.inputs or None, weights=weights)
-        band = draw_bands(simulator, ir, uncertainty, grid, bands, inputs=s.inputs or None, weights=weights)
+        own = fit_result.params_for(s.label)
+        res = simulator.simulate(grid, params=own, **s.run_options(), weights=weights)
+        band = draw_bands(simulator, ir, uncertainty and uncertainty.with_values(own), grid, bands,
+                          **s.run_options(), weights=weights)
         for c, name in enumerate(columns):
             ax = axes[place(r, c)[0]][place(r, c)[1]]
             window = _interval(ir, name)

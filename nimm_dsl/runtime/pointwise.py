@@ -107,11 +107,11 @@ def with_states(p: Point, x, clip: bool = False) -> Point:
 
 
 def start_values(ir: ModelIR, t0: float, inputs=None, params: Optional[Mapping] = None,
-                 weights: Optional[Mapping] = None) -> dict[str, float]:
+                 weights: Optional[Mapping] = None, doses=None) -> dict[str, float]:
     """Every state, let and observe at a run's first time t0 (after the doses at t0), with the
-    given params (defaults elsewhere) and inputs ({name: (times, values)}): what a simulation
+    given params (defaults elsewhere), inputs ({name: (times, values)}) and table doses: what a simulation
     reports at its first output time, without integrating."""
-    protocol = build_protocol(ir, [t0], inputs=inputs)
+    protocol = build_protocol(ir, [t0], inputs=inputs, doses=doses)
     seg = protocol.segments[0]
     p = point(ir, t0, seg, params, weights)
     x = np.array([p.value(s.init) for s in ir.states])

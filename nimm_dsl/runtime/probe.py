@@ -57,6 +57,8 @@ def probe(model, data=None, timeout: float = DEFAULT_TIMEOUT, max_steps: int = D
         request["times"] = np.unique(np.concatenate([s.times for s in dataset.series])).tolist()
         first = dataset.series[0].inputs
         request["inputs"] = {k: [np.asarray(t).tolist(), np.asarray(v).tolist()] for k, (t, v) in first.items()}
+        request["doses"] = {k: [np.asarray(t).tolist(), np.asarray(a).tolist()]
+                            for k, (t, a) in dataset.series[0].doses.items()}  # the first series' too
     else:
         request["times"] = default_times(ir).tolist()
     try:
@@ -110,14 +112,15 @@ def _runs(request: dict) -> list[Diagnostic]:
         return _static_findings(ir, res)
     times = np.asarray(request["times"], dtype=float)
     inputs = {k: (np.asarray(t), np.asarray(v)) for k, (t, v) in (request["inputs"] or {}).items()}
+    doses = {k: (np.asarray(t), np.asarray(a)) for k, (t, a) in (request.get("doses") or {}).items()}
     for scenario in [None, *ir.scenarios]:
         under = f" (scenario `{scenario}`)" if scenario else ""
         try:
-            res = sim.simulate(times, scenario=scenario, inputs=inputs or None)
+            res = sim.simulate(times, scenario=scenario, inputs=inputs or None, doses=doses or None)
         except SimulationError as e:
             found.append(_failure(ir, e, times, scenario, inputs, under))
             continue
-        found += _findings(ir, res, scenario, inputs, under)
+        found += _findings(ir, res, scenario, inputs, under, judge_noise=bool(doses) or not ir.table_dose_names())
     unique: dict = {}
     for d in found:  # a fault the baseline shows is not repeated for every scenario
         unique.setdefault((d.code, d.span.line), d)
@@ -203,8 +206,9 @@ def _nan_hint(culprit) -> Optional[str]:
     return None
 
 
-def _findings(ir: ModelIR, res, scenario, inputs, under) -> list[Diagnostic]:
-    """E801 for lets/observes that are NaN or inf at an output time; W803 and W804."""
+def _findings(ir: ModelIR, res, scenario, inputs, under, judge_noise: bool = True) -> list[Diagnostic]:
+    """E801 for lets/observes that are NaN or inf at an output time; W803 and W804 (not when
+    judge_noise is False: a run without the table's doses, whose predictions say nothing)."""
     from .pointwise import first_nonfinite
 
     out = []
@@ -232,7 +236,8 @@ def _findings(ir: ModelIR, res, scenario, inputs, under) -> list[Diagnostic]:
                                   f"{under}: {v[k]:.6g} {s.unit}",
                                   "check the signs and units of its flows or der line, or widen the domain if "
                                   "the value is possible", ir.file))
-    out += _noise_findings(ir, res, times, under)
+    if judge_noise:
+        out += _noise_findings(ir, res, times, under)
     return out
 
 

@@ -215,6 +215,8 @@ def _fit(task: Task, model, report: EvaluationReport, backend: str, progress: bo
     report.fit = {"loss": fitted.loss, "params": {n: fitted.params[n] for n in fitted.estimated},
                   "stderr": {n: fitted.stderr.get(n) for n in fitted.estimated},
                   "seconds": fitted.seconds, "warnings": list(fitted.warnings)}
+    if fitted.series_params:  # per-series params: each series' value and standard error
+        report.fit.update(series_params=fitted.series_params, series_stderr=fitted.series_stderr)
     return fitted
 
 
@@ -226,8 +228,8 @@ def _simulate_series(sim, dataset, series, fitted, scenario=None):
     if dataset.static:
         return sim.simulate(None, params=fitted.params, scenario=scenario,
                             inputs=series.input_frame(), weights=fitted.weights or None)
-    return sim.simulate(series.times, params=fitted.params, scenario=scenario,
-                        inputs=dict(series.inputs) or None, weights=fitted.weights or None)
+    return sim.simulate(series.times, params=fitted.params_for(series.label), scenario=scenario,
+                        **series.run_options(), weights=fitted.weights or None)
 
 
 def _forecast(task: Task, model, fitted, report: EvaluationReport, backend: str) -> None:

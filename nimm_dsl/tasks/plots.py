@@ -62,10 +62,10 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
                              figsize=(5.0 * len(series_list), 3.2 * len(observes)))
     for column, series in enumerate(series_list):
         fine = np.union1d(np.linspace(series.times[0], series.times[-1], FINE_POINTS), series.times)
-        run = sim.simulate(fine, params=fitted.params, inputs=dict(series.inputs) or None,
-                           weights=fitted.weights or None)
-        band = draw_bands(sim, ir, uncertainty, fine, BAND_LEVEL, inputs=dict(series.inputs) or None,
-                          weights=fitted.weights or None, names=observes)
+        own = fitted.params_for(series.label)
+        run = sim.simulate(fine, params=own, **series.run_options(), weights=fitted.weights or None)
+        band = draw_bands(sim, ir, uncertainty and uncertainty.with_values(own), fine, BAND_LEVEL,
+                          **series.run_options(), weights=fitted.weights or None, names=observes)
         in_train = series.rows <= n_train
         for row, observe in enumerate(observes):
             ax = axes[row][column]
@@ -107,11 +107,13 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
         for column, series in enumerate(series_list):
             fine = np.union1d(np.linspace(series.times[0], series.times[-1], FINE_POINTS), series.times)
             factual = _factual_inputs(dataset, series.label)
-            baseline = sim.simulate(fine, params=fitted.params, inputs=factual,
+            own = fitted.params_for(series.label)
+            baseline = sim.simulate(fine, params=own, inputs=factual,
                                     weights=fitted.weights or None)
-            under = sim.simulate(fine, params=fitted.params, scenario=cf.scenario,
+            under = sim.simulate(fine, params=own, scenario=cf.scenario,
                                  inputs=dict(series.inputs) or None, weights=fitted.weights or None)
-            band = draw_bands(sim, ir, uncertainty, fine, BAND_LEVEL, scenario=cf.scenario,
+            band = draw_bands(sim, ir, uncertainty and uncertainty.with_values(own), fine, BAND_LEVEL,
+                              scenario=cf.scenario,
                               inputs=dict(series.inputs) or None, weights=fitted.weights or None, names=shown)
             for row, observe in enumerate(shown):
                 ax = axes[row][column]

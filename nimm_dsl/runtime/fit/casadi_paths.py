@@ -22,9 +22,10 @@ from ...backends import compile_ir
 from ...backends.protocol import segment_tail
 from ...compiler.ir import ModelIR, walk
 from ..data import Dataset
+from ..series_params import estimated_params, series_key
 from .failures import IPOPT_CONVERGED, IPOPT_USABLE, StartFailed, ipopt_status_words
 from .loss import array_walk_ops, casadi_loss_ops, dataset_nll, numpy_nll, sigma_values
-from .multistart import StartOutcome, StartSolver, est_params
+from .multistart import StartOutcome, StartSolver
 from .starts import param_scale
 
 
@@ -75,13 +76,21 @@ def casadi_problem(ir: ModelIR, train: Dataset, rtol, atol, sim=None) -> CasadiP
     from ...backends.casadi_backend import CASADI_OPS
 
     sim = sim if sim is not None else compile_ir(ir, "casadi", rtol=rtol, atol=atol)
-    est = est_params(ir)
+    est = estimated_params(ir, train)
     scale = np.array([param_scale(p) for p in est])
     xs = ca.MX.sym("x", len(est))
     w = ca.MX.sym("w", sim.n_weights)
     col = {p.name: j for j, p in enumerate(est)}
-    p_full = ca.vertcat(*[xs[col[p.name]] * scale[col[p.name]] if p.estimate else ca.MX(p.default)
-                          for p in ir.params]) if ir.params else ca.MX(0, 1)
+
+    def params_of(label):
+        """The model's param vector for one series: its own copy of each per-series param."""
+        if not ir.params:
+            return ca.MX(0, 1)
+        keys = [series_key(p.name, label) if p.per_series and p.estimate else p.name for p in ir.params]
+        return ca.vertcat(*[xs[col[k]] * scale[col[k]] if k in col else ca.MX(p.default)
+                            for k, p in zip(keys, ir.params)])
+
+    p_full = params_of(None)
     names = train.observed_names
     obs_row = {o.name: i for i, o in enumerate(ir.observes)}
     neural_sq = {n.name: 0 for n in ir.neurals}
@@ -91,8 +100,8 @@ def casadi_problem(ir: ModelIR, train: Dataset, rtol, atol, sim=None) -> CasadiP
         if train.static:
             Y, _ = sim.static_outputs_function(s.input_frame())(p_full, w)
         else:
-            proto = sim.protocol(s.times, inputs=s.inputs or None)
-            Y, _, N = sim.trajectory_function(proto, rtol, atol, neural_outputs=True)(p_full, w)
+            proto = sim.protocol(s.times, **s.run_options())
+            Y, _, N = sim.trajectory_function(proto, rtol, atol, neural_outputs=True)(params_of(s.label), w)
             for r, name in enumerate(sim.neural_call_names):
                 neural_sq[name] = neural_sq[name] + ca.sumsqr(N[r, :])
                 neural_count[name] += len(s.times)
@@ -266,7 +275,8 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     estimated param used nowhere else (then profiled out analytically), no networks, and every
     series one segment without doses. Returns (protocols, {observe: sigma param or float or
     None}) or None."""
-    if ir.neurals or ir.integrals or train.static or not train.series:  # integrals: outputs need lags
+    if (ir.neurals or ir.integrals or train.static or not train.series  # integrals: outputs need lags
+            or any(p.per_series for p in ir.params)):
         return None
     est = {p.symbol: p for p in ir.params if p.estimate}
     used = set()
@@ -290,7 +300,7 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
                 return None
         else:
             return None
-    protocols = [sim.protocol(s.times, inputs=s.inputs or None) for s in train.series]
+    protocols = [sim.protocol(s.times, **s.run_options()) for s in train.series]
     if any(len(pr.segments) != 1 or pr.segments[0].doses for pr in protocols):
         return None
     return protocols, sigma
@@ -310,7 +320,7 @@ class LeastSquaresProblem:
 
     def __init__(self, ir, train: Dataset, sim, protocols, sigma, rtol, atol):
         self.ir, self.train, self.sim, self.protocols, self.sigma = ir, train, sim, protocols, sigma
-        self.est = est_params(ir)
+        self.est = estimated_params(ir, train)
         sigma_params = {v for v in sigma.values() if isinstance(v, str)}
         self.dyn = [j for j, p in enumerate(self.est) if p.name not in sigma_params]
         self.sigma_est = [j for j, p in enumerate(self.est) if p.name in sigma_params]

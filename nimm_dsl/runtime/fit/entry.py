@@ -13,7 +13,8 @@ from ..binding import load_bound
 from ..data import Dataset, load_data
 from .failures import native_output_captured
 from .loss import numpy_nll, predict, rmse_by_observe
-from .multistart import MultiStart, est_params, run_starts, start_origins
+from ..series_params import by_series, estimated_params, series_key
+from .multistart import MultiStart, run_starts, start_origins
 from .result import FitResult, matrix_dict
 from .starts import correlation, finite_difference_hessian, param_labels, standard_errors, start_points
 
@@ -72,7 +73,7 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
 def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solver, run: MultiStart,
             backend: str, seconds: float) -> FitResult:
     best, sim, rtol, atol = run.best, solver.simulator, solver.rtol, solver.atol
-    est = est_params(ir)
+    est = estimated_params(ir, train)
     names = [p.name for p in est]
     x = np.array([best.values[n] for n in names], dtype=float)
     warnings = list(dataset.warnings) + list(run.warnings) + list(best.notes)
@@ -102,13 +103,28 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
         holdout_after = {k: float((full.times[t.n_points - 1] + full.times[t.n_points]) / 2)
                          for k, (full, t) in enumerate(zip(dataset.series, train.series))
                          if t.times is not None and t.n_points < full.n_points}
-    return FitResult(model=ir.name, backend=backend, params=dict(best.values), loss=float(best.loss),
+    params, series_params = dict(best.values), by_series(ir, best.values, train)
+    for name, found in series_params.items():
+        # the model's own entry: the mean over the series (a typical value for runs without series)
+        params[name] = float(np.mean(list(found.values())))
+        for label in found:
+            params.pop(series_key(name, label))
+    series_stderr = {name: {label: stderr.pop(series_key(name, label), None) for label in found}
+                     for name, found in series_params.items()}
+    # covariance and correlation over the shared params only (a per-series param has one
+    # estimate per series: series_stderr)
+    shared = [n for n in names if n in params]
+    cov = cov[np.ix_(*[[names.index(n) for n in shared]] * 2)]
+    names = shared + [n for n in series_params if n not in names]
+    stderr.update({n: None for n in series_params})  # no single standard error: see series_stderr
+    return FitResult(model=ir.name, backend=backend, params=params, loss=float(best.loss),
                      metrics=metrics, stderr=stderr, warnings=list(dict.fromkeys(warnings)),
                      weights=best.weights, units={p.name: p.unit for p in ir.params}, estimated=names,
                      n_observations=train.n_observations, seconds=seconds, dataset=dataset,
                      holdout_after=holdout_after, labels={n: v for n, v in labels.items() if v},
-                     starts=run.records, covariance=matrix_dict(names, cov),
-                     correlation=matrix_dict(names, correlation(cov)))
+                     starts=run.records, covariance=matrix_dict(shared, cov),
+                     correlation=matrix_dict(shared, correlation(cov)),
+                     series_params=series_params, series_stderr=series_stderr)
 
 
 def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backend: str = "casadi",

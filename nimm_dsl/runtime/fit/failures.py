@@ -26,6 +26,7 @@ import numpy as np
 from ...compiler.ir import ModelIR, ParamIR
 from ...errors import SimulationError
 from ..data import Dataset
+from ..series_params import series_values
 from .loss import numpy_sigmas, observation_nll, predict
 from .starts import bound_side
 
@@ -216,7 +217,7 @@ def _simulate(simulator, dataset: Dataset, k: int, values, weights, rtol, atol):
     s = dataset.series[k]
     if dataset.static:
         return simulator.simulate(None, params=values, inputs=s.input_frame(), weights=weights or None)
-    return simulator.simulate(s.times, params=values, inputs=s.inputs or None, rtol=rtol, atol=atol,
+    return simulator.simulate(s.times, params=series_values(simulator.ir, values, s), **s.run_options(), rtol=rtol, atol=atol,
                               weights=weights or None)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from ...compiler.ir import ModelIR, Ops, walk
 from ...errors import FitError
 from ..data import Dataset
+from ..series_params import series_values
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 NOISE_KINDS = ("normal", "lognormal", "poisson", "negbinomial", "lsq")
@@ -225,7 +226,7 @@ def predict(simulator, dataset: Dataset, values: Mapping, weights: Optional[Mapp
         if dataset.static:
             res = simulator.simulate(None, params=values, inputs=s.input_frame(), weights=weights or None)
         else:
-            res = simulator.simulate(s.times, params=values, inputs=s.inputs or None, rtol=rtol,
+            res = simulator.simulate(s.times, params=series_values(simulator.ir, values, s), **s.run_options(), rtol=rtol,
                                      atol=atol, weights=weights or None)
         out.append({name: np.asarray(res[name], dtype=float) for name in dataset.observed_names})
     return out

@@ -75,6 +75,14 @@ class FitResult:
     correlation: dict = field(default_factory=dict)
     # {param: {"values", "nll", "ci95", "not_identifiable"}} after `profile` (runtime/fit/profile.py)
     profiles: dict = field(default_factory=dict)
+    # per-series params: {param: {series label: value}} and their standard errors; `params` then
+    # holds the mean over the series
+    series_params: dict = field(default_factory=dict)
+    series_stderr: dict = field(default_factory=dict)
+
+    def params_for(self, label) -> dict:
+        """`params` for one data series: each per-series param at that series' fitted value."""
+        return {**self.params, **{k: v[label] for k, v in self.series_params.items() if label in v}}
 
     def to_json(self) -> dict:
         from ..weights import weights_to_json
@@ -96,6 +104,9 @@ class FitResult:
             "covariance": _matrix_json(self.covariance),
             "correlation": _matrix_json(self.correlation),
             "starts": [s.to_json() for s in self.starts],
+            "series_params": {k: _floats(v) for k, v in self.series_params.items()},
+            "series_stderr": {k: {s: _finite_or_none(e) for s, e in v.items()}
+                              for k, v in self.series_stderr.items()},
             "warnings": list(self.warnings),
         } | ({"profiles": json_safe(self.profiles)} if self.profiles else {})
 
@@ -199,8 +210,14 @@ def load_fit(path) -> dict:
             weights = weights_from_fit_entry(data["weights"], path)
         except DataError as e:
             raise FitError(str(e)) from None
+    series = {}
+    for k, by_label in (data.get("series_params") or {}).items():
+        if not isinstance(by_label, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in by_label.values()):
+            raise FitError(f"{path}: series_params.{k} is not an object of finite numbers")
+        series[str(k)] = {str(s): float(v) for s, v in by_label.items()}
     # the rest (covariance, rmse, ...) for `--bands` (runtime/bands.py reads what it needs)
-    return {"params": clean, "weights": weights, "document": data}
+    return {"params": clean, "weights": weights, "series_params": series, "document": data}
 
 
 def point_summary(values: dict, limit: int = 4) -> str:
@@ -227,6 +244,13 @@ def format_report(result: FitResult) -> str:
         unit = result.units.get(name) or ""
         labels = result.labels.get(name) or []
         label_text = f"  ({'; '.join(labels)})" if labels else ""
+        if name in result.series_params:
+            lines.append(f"  {name} per series [{unit}] (mean {result.params[name]:.6g}):")
+            for label, v in result.series_params[name].items():
+                se = result.series_stderr.get(name, {}).get(label)
+                se_text = f" ± {se:.3g}" if se is not None else ""
+                lines.append(f"    {label:<10} = {v:.6g}{se_text}")
+            continue
         lines.append(f"  {name:<12} = {result.params[name]:.6g}{se_text} {unit}".rstrip() + label_text)
     pairs = strong_correlations(result)
     if pairs:

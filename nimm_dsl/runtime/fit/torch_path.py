@@ -20,9 +20,10 @@ from ...backends.protocol import build_protocol
 from ...compiler.ir import ParamIR
 from ...errors import FitError, SimulationError
 from ..data import Dataset
+from ..series_params import estimated_params, series_key
 from .failures import StartFailed
 from .loss import array_walk_ops, dataset_nll, sigma_values, torch_loss_ops
-from .multistart import StartOutcome, StartSolver, est_params, run_starts
+from .multistart import StartOutcome, StartSolver, run_starts
 from .starts import param_scale
 
 # A start has converged when the gradient in the optimiser's variables is this small relative to
@@ -90,25 +91,31 @@ class _NonFiniteLoss(ArithmeticError):
 class TorchObjective:
     """The training loss of a subset of series as a function of (params, weights), in torch."""
 
-    def __init__(self, ir, sim, dataset: Dataset, rtol, atol):
+    def __init__(self, ir, sim, dataset: Dataset, rtol, atol, est: Optional[Sequence[ParamIR]] = None):
+        """est: the fit's estimated params, the entries of x (default: those of `dataset`; a
+        validation set passes the training set's, since it may hold fewer series)."""
         import torch
 
         self.ir, self.sim, self.dataset = ir, sim, dataset
         self.rtol, self.atol = rtol, atol
+        # per series: which entry of x each estimated model param takes (its own per-series copy)
+        names = [p.name for p in (est if est is not None else estimated_params(ir, dataset))]
         self.est_index = [i for i, p in enumerate(ir.params) if p.estimate]
+        self.x_index = [[names.index(series_key(p.name, s.label) if p.per_series else p.name)
+                         for p in ir.params if p.estimate] for s in dataset.series]
         self.fixed = torch.tensor([p.default for p in ir.params], dtype=torch.float64)
         self.protocols = (None if dataset.static else
-                          [build_protocol(ir, s.times, inputs=s.inputs or None) for s in dataset.series])
+                          [build_protocol(ir, s.times, **s.run_options()) for s in dataset.series])
         self.ops = torch_loss_ops()
         self.walk_ops = array_walk_ops(torch, lambda v: torch.tensor(float(v), dtype=torch.float64))
 
-    def param_row(self, x):
-        """(1, n_params): estimated params from x, consts fixed."""
+    def param_row(self, x, k: int = 0):
+        """(1, n_params) for series k: estimated params from x, consts fixed."""
         import torch
 
         row = self.fixed.clone()
         if self.est_index:
-            row = row.index_put((torch.tensor(self.est_index),), x)
+            row = row.index_put((torch.tensor(self.est_index),), x[torch.tensor(self.x_index[k])])
         return row.unsqueeze(0)
 
     def __call__(self, x, weights: Mapping, subset: Optional[Sequence[int]] = None, rtol=None):
@@ -127,7 +134,7 @@ class TorchObjective:
                 inputs = {u: self.ops.const(v) for u, v in s.inputs.items()}
                 out = self.sim.static_outputs(inputs, P, weights)
             else:
-                out = self.sim.trajectory(self.protocols[k], P, weights, rtol, self.atol)
+                out = self.sim.trajectory(self.protocols[k], self.param_row(x, k), weights, rtol, self.atol)
                 for n in self.ir.neurals:
                     values = out[NEURAL_KEY.format(n.name)]
                     sq[n.name] = sq[n.name] + (values ** 2).sum()
@@ -154,10 +161,10 @@ class TorchSolver(StartSolver):
         torch.manual_seed(seed)
         self.ir, self.train, self.rtol, self.atol, self.seed = ir, train, rtol, atol, seed
         self.simulator = sim = simulator if simulator is not None else compile_ir(ir, "torch")
-        self.est = est_params(ir)
+        self.est = estimated_params(ir, train)
         self.transform = BoundTransform(self.est)
-        self.objective = TorchObjective(ir, sim, train, rtol, atol)
-        self.validation = (TorchObjective(ir, sim, valid, rtol, atol)
+        self.objective = TorchObjective(ir, sim, train, rtol, atol, self.est)
+        self.validation = (TorchObjective(ir, sim, valid, rtol, atol, self.est)
                            if valid is not None and valid.series else None)
         self.epochs = max_iter if max_iter is not None else (30 if ir.neurals else 50)
         self.lr, self.weight_lr, self.lbfgs_iter = lr, weight_lr, lbfgs_iter
