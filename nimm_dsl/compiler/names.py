@@ -42,6 +42,11 @@ NEURAL_KINDS = ("mlp",)
 NEURAL_OPTIONS = ("hidden", "activation", "init", "penalty")
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "gelu")
 NEURAL_INITS = ("zero", "random")
+# Sizes beyond any real model: a count or a width this large is a typo or a hostile model, and
+# would exhaust memory or time in the back ends (a million doses, a 10^10-weight network).
+MAX_DOSE_TIMES = 100_000
+MAX_NEURAL_WIDTH = 1024
+MAX_NEURAL_LAYERS = 16
 NOISE_OPTIONS: dict[str, tuple[str, ...]] = {"normal": ("sigma",), "lognormal": ("sigma",), "poisson": (),
                                               "negbinomial": ("dispersion",)}
 
@@ -521,6 +526,10 @@ class _Checker:
             n = self.number(stmt.times)
             if n is not None and not math.isinf(n) and not (n >= 1 and n == int(n)):  # inf: E504
                 self.report("E503", stmt.times.span, f"`times` of {where} must be a whole number of at least 1, found {n:g}")
+            elif n is not None and not math.isinf(n) and n > MAX_DOSE_TIMES:
+                self.report("E503", stmt.times.span,
+                            f"`times` of {where} is {n:g}; at most {MAX_DOSE_TIMES:,} doses are supported",
+                            "a dose this frequent is better written as a continuous input (an `input` or a rate in `der`)")
         if stmt.every is not None:
             dt = self.number(stmt.every)
             if dt is not None and not dt > 0:
@@ -637,11 +646,16 @@ class _Checker:
             return
         if not value.items:
             self.report("E503", value.span, "`hidden` expects at least one layer width, found an empty list")
+        if len(value.items) > MAX_NEURAL_LAYERS:
+            self.report("E503", value.span, f"`hidden` has {len(value.items)} layers; at most {MAX_NEURAL_LAYERS} are supported")
         for item in value.items:
             ok, width = self.literal(item) if isinstance(item, (A.Number, A.UnaryOp)) else (True, None)
             if ok and (width is None or not math.isfinite(width) or width < 1 or width != int(width)):
                 self.report("E503", item.span, "`hidden` widths must be positive whole numbers, found "
                             + (f"{width:g}" if width is not None else _describe(item)))
+            elif ok and width > MAX_NEURAL_WIDTH:
+                self.report("E503", item.span, f"`hidden` width {width:g} is beyond the supported {MAX_NEURAL_WIDTH}",
+                            "a term of a mechanistic model needs a few dozen units per layer")
 
     # ------------------------------------------------------------------ whole-model checks
     def check_dynamics(self) -> None:
