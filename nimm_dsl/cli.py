@@ -215,10 +215,29 @@ def _parse_times(spec: str):
     return np.linspace(t0, t1, n)
 
 
-def _check_writable(path: Optional[str], option: str) -> None:
-    """Refuse an output path that cannot be written before any work is done (a fit may take minutes)."""
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_writable(path: Optional[str], option: str, inputs: Sequence[Optional[str]] = ()) -> None:
+    """Refuse an output path that cannot be written before any work is done (a fit may take
+    minutes), and one that is an input of the run (it would be replaced by the output)."""
     if path is None:
         return
+    if option == "--plot" and os.path.splitext(path)[1]:  # without one `.png` is added
+        from .runtime.plots import plot_formats
+
+        extension = os.path.splitext(path)[1][1:].lower()
+        if extension not in plot_formats():
+            raise UsageError(f"nimm: --plot `{path}`: unknown image format `.{extension}` "
+                             f"(known: {', '.join(plot_formats())})")
+    for source in inputs:
+        if source is not None and _same_file(path, source):
+            raise UsageError(f"nimm: {option} `{path}` is an input of this run (`{source}`); "
+                             "write the output to another file")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"nimm: {option} `{path}` is a directory; give a file name")
@@ -232,8 +251,9 @@ def cmd_simulate(args) -> int:
     from .backends.protocol import default_times
     from .errors import FitError, NimmError
 
-    _check_writable(args.output, "--output")
-    _check_writable(args.plot, "--plot")
+    inputs = (args.model, args.fit, args.data)
+    _check_writable(args.output, "--output", inputs)
+    _check_writable(args.plot, "--plot", inputs + (args.output,))
     for option, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if not 0 < value < 1:
             raise UsageError(f"nimm: {option} needs a tolerance between 0 and 1, got {value:g}")
@@ -321,7 +341,12 @@ def cmd_simulate(args) -> int:
         frames.append(frame)
         results.append((result, times, inputs, band))
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    table.to_csv(args.output if args.output else sys.stdout, index=False)
+    if args.output:
+        from .runtime.files import write_text_atomic
+
+        write_text_atomic(args.output, table.to_csv(index=False))
+    else:
+        table.to_csv(sys.stdout, index=False)
 
     if args.plot:
         from .runtime.plots import ScenarioRun, save_figure, scenario_figure
@@ -356,11 +381,13 @@ def cmd_fit(args) -> int:
         raise UsageError(f"nimm: --starts needs at least 1 start, got {args.starts}")
     if not 0.0 <= args.holdout < 1.0:
         raise UsageError(f"nimm: --holdout needs a fraction in [0, 1), got {args.holdout}")
-    _check_writable(args.output, "--output")
-    _check_writable(args.plot, "--plot")
+    _check_writable(args.output, "--output", (args.model, args.data))
+    _check_writable(args.plot, "--plot", (args.model, args.data, args.output))
     model = _load(args.model)
+    if not sys.stderr.isatty():  # a log gets a line now and one every 30 s (a terminal: a bar)
+        _say(f"nimm: fitting {model.name} to {args.data} ({args.backend}, {args.starts} start(s))")
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
-                       seed=args.seed, progress=sys.stderr.isatty())
+                       seed=args.seed, progress=True)
     if args.profile is not None:
         from .runtime.fit import profile
 
@@ -396,7 +423,7 @@ def cmd_generate(args) -> int:
         raise UsageError(f"nimm: --rounds needs at least 1, got {args.rounds}")
     if not args.timeout > 0:
         raise UsageError(f"nimm: --timeout needs a positive number of seconds, got {args.timeout}")
-    _check_writable(args.output, "--output")
+    _check_writable(args.output, "--output", (args.task, args.data))
     import os
 
     from .llm.prompts import summarize_table, task_text
@@ -412,6 +439,7 @@ def cmd_generate(args) -> int:
         data = data or str(task.train)
     if data is not None and not os.path.isfile(data):
         raise UsageError(f"nimm: --data `{data}`: no such file")
+    _check_writable(args.output, "--output", (data,))  # the task's training table
     client = OpenAIClient(args.endpoint, args.llm, timeout=args.timeout, constrain=args.constrain,
                           allow_insecure=args.allow_insecure)
     summary = summarize_table(data) if data is not None else None
@@ -422,8 +450,9 @@ def cmd_generate(args) -> int:
         print(f"nimm: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(result.source)
+        from .runtime.files import write_text_atomic
+
+        write_text_atomic(args.output, result.source)
     else:
         print(result.source, end="")
     clean = "binds to the data and probes clean" if data is not None else "checks clean"
@@ -442,7 +471,7 @@ def cmd_evaluate(args) -> int:
 
     from .tasks import TaskError, evaluate, load_task
 
-    _check_writable(args.output, "--output")
+    _check_writable(args.output, "--output", (args.task, args.model))
     if args.plot is not None and os.path.exists(args.plot) and not os.path.isdir(args.plot):
         raise UsageError(f"nimm: --plot `{args.plot}` is a file; give a directory")
     if not os.path.isfile(args.model):
@@ -451,8 +480,9 @@ def cmd_evaluate(args) -> int:
         task = load_task(args.task)
     except TaskError as e:
         raise UsageError(f"nimm: {e}") from None
+    _check_writable(args.output, "--output", [str(p) for p in (task.train, *task.held_out_files)])
     report = evaluate(task, args.model, backend=args.backend, plot_dir=args.plot,
-                      progress=sys.stderr.isatty())
+                      progress=True)  # a bar on a terminal, else a line every 30 s
     print(report.summary(), flush=True)
     if args.output:
         report.save(args.output)
@@ -521,8 +551,7 @@ def _glue_negative_times(argv: list[str]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .errors import ModelError, NimmError
-    from .diagnostics import render_text
+    from .runtime.interrupt import interrupted, interruptible
 
     argv = _glue_negative_times(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -531,26 +560,79 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code or 0)
     commands = {"check": cmd_check, "simulate": cmd_simulate, "fit": cmd_fit, "show": cmd_show,
                 "generate": cmd_generate, "evaluate": cmd_evaluate, "agent": cmd_agent}
-    try:
-        return commands[args.command](args)
-    except UsageError as e:
-        print(str(e), file=sys.stderr)
+    if _stdout_closed():  # started with `>&-`: Python leaves sys.stdout as None
+        _say("nimm: standard output is closed; give it somewhere to go (e.g. >/dev/null)")
         return EXIT_USAGE
-    except ModelError as e:
-        print(render_text(e.diagnostics, e.source), file=sys.stderr)
-        return EXIT_ERROR
-    except NimmError as e:
-        print(f"nimm: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as e:  # bad params / scenario names reported by the runtime
-        print(f"nimm: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as e:  # a write that failed after the up-front checks (disk full, permissions)
-        print(f"nimm: error: cannot write `{e.filename}`: {e.strerror or e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("nimm: interrupted", file=sys.stderr)
-        return 130
+    try:
+        with interruptible():
+            return commands[args.command](args)
+    except BaseException as e:  # noqa: BLE001 - every outcome becomes a message and an exit status
+        if isinstance(e, KeyboardInterrupt) or interrupted():  # whatever a solver made of Ctrl-C
+            _say("nimm: interrupted")
+            return EXIT_INTERRUPTED
+        if isinstance(e, SystemExit):
+            raise
+        code, message = _outcome(e)
+        _say(message)
+        return code
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _say(message: str) -> None:
+    """A message on stderr; a closed or broken stderr is no reason for a traceback."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _outcome(error: BaseException) -> tuple[int, str]:
+    """The exit status and message of an exception that ended a command."""
+    from .diagnostics import render_text
+    from .errors import ModelError, NimmError
+
+    if isinstance(error, UsageError):
+        return EXIT_USAGE, str(error)
+    if isinstance(error, ModelError):
+        return EXIT_ERROR, render_text(error.diagnostics, error.source)
+    if isinstance(error, NimmError):
+        return EXIT_ERROR, f"nimm: error: {error}"
+    if isinstance(error, BrokenPipeError):  # the reader went away (`nimm simulate M | head -1`)
+        _discard_stdout()
+        return EXIT_ERROR, "nimm: error: the output stream was closed before the output was written"
+    if isinstance(error, OSError):  # a write that failed after the up-front checks (disk full, permissions)
+        where = f"`{error.filename}`" if error.filename else "the output"
+        return EXIT_ERROR, f"nimm: error: cannot write {where}: {error.strerror or error}"
+    if isinstance(error, ValueError) and _raised_by_us(error):  # bad params, scenario, times
+        return EXIT_ERROR, f"nimm: error: {error}"
+    return EXIT_ERROR, (f"nimm: internal error ({type(error).__name__}: {error}); this is a bug in "
+                        "nimm_dsl, not in your input: please report it with the command and its files")
+
+
+def _stdout_closed() -> bool:
+    return sys.stdout is None or sys.stdout.closed
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not fail on the broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _raised_by_us(error: BaseException) -> bool:
+    """Whether the innermost frame that raised `error` is nimm_dsl's own code (a message we wrote
+    for the user), not a library's (a bug of ours that reached a library with bad input)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
 
 
 if __name__ == "__main__":  # pragma: no cover

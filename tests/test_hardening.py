@@ -1,6 +1,12 @@
 """Issue #16 (hardening): each defect found by the adversarial pass, reproduced with its original
 input, and the behaviour that replaced it. Items 1, 4, 5, 14 and 15 are tested beside their code
 (test_fresh_machine.py, test_llm_client.py, test_fit_failures.py, test_llm.py)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -58,3 +64,84 @@ def test_two_hundred_set_lines_or_scenarios_lower_and_simulate(scenarios):
     for backend in ("casadi", "torch"):
         x = model.simulate(np.array([0.0, 2.0, 2.5]), backend=backend, scenario=last).to_frame()["x"].to_numpy()
         assert x[2] / x[1] == pytest.approx(np.exp(-2.0 * 0.5), rel=1e-4)
+
+
+# ---------------------------------------------------------------- 2: an output that is an input
+@pytest.fixture
+def decay_files(tmp_path):
+    model = tmp_path / "decay.nimm"
+    model.write_text(DECAY)
+    data = tmp_path / "data.csv"
+    data.write_text("t,y\n0,1.0\n1,0.61\n2,0.37\n3,0.22\n")
+    return model, data
+
+
+@pytest.mark.parametrize("command", [
+    ["fit", "{model}", "{data}", "--output", "{data}"],
+    ["fit", "{model}", "{data}", "--output", "{model}"],
+    ["fit", "{model}", "{data}", "--plot", "{data}.png", "--output", "{data}.png"],
+    ["simulate", "{model}", "--data", "{data}", "--output", "{data}"],
+    ["simulate", "{model}", "--output", "{model}"],
+    ["simulate", "{model}", "--output", "{link}"],  # another name of the same file
+])
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(decay_files, capsys, command):
+    model, data = decay_files
+    link = model.parent / "link.nimm"
+    link.symlink_to(model)
+    before = {p: p.read_bytes() for p in (model, data)}
+    argv = [a.format(model=model, data=data, link=link) for a in command]
+    assert main(argv) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (model, data)} == before
+
+
+def test_a_plot_extension_no_one_can_write_is_refused_before_the_fit(decay_files, capsys):
+    model, data = decay_files
+    assert main(["fit", str(model), str(data), "--plot", str(model.parent / "fit.xyz")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown image format `.xyz`" in err and "png" in err
+
+
+# ---------------------------------------------------------------- 16, 17: closed stdout, Ctrl-C
+def _nimm(*args) -> list[str]:
+    return [sys.executable, "-m", "nimm_dsl.cli", *map(str, args)]
+
+
+def test_a_closed_stdout_is_a_message_not_a_traceback(decay_files):
+    model, _ = decay_files
+    run = subprocess.run(_nimm("check", model), stdout=None, stderr=subprocess.PIPE, text=True,
+                         timeout=120, preexec_fn=lambda: os.close(1))
+    assert run.returncode == 2
+    assert "standard output is closed" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_broken_pipe_is_a_message_not_a_traceback(decay_files):
+    model, _ = decay_files
+    proc = subprocess.Popen(_nimm("simulate", model, "--times", "0:1000:100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "output stream was closed" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["casadi", "torch"])
+def test_ctrl_c_during_a_fit_exits_130_and_leaves_the_old_fit_file(tmp_path, backend):
+    data = os.path.join(os.path.dirname(__file__), "..", "examples", "data", "influenza_england_1978_school.csv")
+    model = os.path.join(os.path.dirname(__file__), "..", "examples", "flu_sir.nimm")
+    out = tmp_path / "FIT.json"
+    out.write_text('{"kept": true}\n')
+    proc = subprocess.Popen(_nimm("fit", model, data, "--backend", backend, "--starts", "10000", "--output", out),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "nimm: fitting flu_sir" in proc.stderr.readline()  # the fit has begun
+        time.sleep(2)  # into the solver's iterations (10,000 starts last far longer)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "nimm: interrupted" and "Traceback" not in err
+    assert out.read_text() == '{"kept": true}\n'

@@ -11,6 +11,7 @@ from ...compiler.ir import ModelIR
 from ...errors import FitError, SimulationError
 from ..binding import load_bound
 from ..data import Dataset, load_data
+from ..interrupt import interruptible
 from .failures import native_output_captured
 from .loss import numpy_nll, predict, rmse_by_observe
 from .multistart import MultiStart, est_params, run_starts, start_origins
@@ -60,7 +61,7 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
     if dataset.n_observations == 0:
         raise FitError(f"{dataset.file}: every observed value is missing; nothing to fit")
     train, valid = dataset.split(holdout) if holdout > 0 else (dataset, None)
-    with native_output_captured() as terminal:
+    with interruptible(), native_output_captured() as terminal:  # Ctrl-C stops the fit
         solver = PATHS[backend](ir, train, valid, rtol, atol, max_iter, seed, simulator, **options)
         solver.progress = terminal if progress else None
         points, origins, notes = solver.warm_start(start_points(solver.est, starts, seed), start_origins(starts))
