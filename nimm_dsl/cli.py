@@ -17,6 +17,17 @@ class UsageError(Exception):
     pass
 
 
+def _seed(text: str) -> int:
+    """A seed numpy accepts; argparse puts the option's name before the message."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got `{text}`") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2^32 - 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -64,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--starts", type=int, default=1, help="multi-start: N Latin-hypercube starts")
     f.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of each series' last times held out for early stopping (torch)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=_seed, default=0, help="seed of the Latin-hypercube starts (0 to 2^32 - 1)")
     f.add_argument("--log", action="store_true", help="logarithmic value axes in the plot (positive quantities)")
     f.add_argument("--profile", nargs="*", metavar="NAME",
                    help="profile likelihood of these estimated params (none named: all); with --plot "
@@ -107,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--cluster", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
     a.add_argument("--out", metavar="RUN_DIR", help="default: runs/<task name>")
     a.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run in RUN_DIR")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=_seed, default=0, help="seed of the search (0 to 2^32 - 1)")
     a.add_argument("--validation", type=float, default=0.2,
                    help="fraction of each series' last points held out for validation (default 0.2)")
     a.add_argument("--branches", type=int, default=3, help="initial branches (default 3)")
@@ -301,7 +312,7 @@ def cmd_simulate(args) -> int:
 
         dataset = load_bound(ir, args.data, command="simulate")  # E601, E603 as diagnostics
         for w in dataset.warnings:
-            print(f"nimm: warning: {w}", file=sys.stderr)
+            _warn(w)
         for series in dataset.series:
             if dataset.static:
                 runs.append((series.label, None, series.input_frame()))
@@ -322,7 +333,7 @@ def cmd_simulate(args) -> int:
         result = sim.simulate(times, params=params, scenario=args.scenario, inputs=inputs,
                               weights=weights, rtol=args.rtol, atol=args.atol)
         for w in result.warnings:
-            print(f"nimm: warning: {w}", file=sys.stderr)
+            _warn(w)
         frame = result.to_frame()
         if times is not None:  # the inputs in force, beside the outputs (a static table has them already)
             from .runtime.input_values import input_values
@@ -395,7 +406,7 @@ def cmd_fit(args) -> int:
                 simulator=model.compile(args.backend))
     print(format_report(result), flush=True)  # before the notes on stderr
     for w in result.warnings:
-        print(f"nimm: warning: {w}", file=sys.stderr)
+        _warn(w)
     if args.output:
         result.save(args.output)
         print(f"nimm: fit written to {args.output}", file=sys.stderr)
@@ -415,7 +426,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .diagnostics import render_text
+    from .diagnostics import render_text, visible
     from .llm.client import OpenAIClient
     from .llm.pipeline import generate_model
 
@@ -447,21 +458,22 @@ def cmd_generate(args) -> int:
                             data=data, probe=data is not None, data_summary=summary)
     error = result.last.error if result.last else None
     if error and not result.source:  # no model at all: the language model could not be had
-        print(f"nimm: error: {error}", file=sys.stderr)
+        _say(f"nimm: error: {visible(str(error), keep_lines=True)}")
         return EXIT_ERROR
     if args.output:
         from .runtime.files import write_text_atomic
 
         write_text_atomic(args.output, result.source)
     else:
-        print(result.source, end="")
+        # a terminal acts on escapes in a reply; a file or pipe gets the model as generated
+        print(visible(result.source, keep_lines=True) if sys.stdout.isatty() else result.source, end="")
     clean = "binds to the data and probes clean" if data is not None else "checks clean"
     print(f"nimm: {len(result.rounds)} round(s); the last version "
           f"{clean if result.ok else f'still has errors ({result.stage})'}", file=sys.stderr)
     if result.diagnostics:
         print(render_text(result.diagnostics, result.source), file=sys.stderr)
     if error:
-        print(f"nimm: error: {error}", file=sys.stderr)
+        _say(f"nimm: error: {visible(str(error), keep_lines=True)}")
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
@@ -490,7 +502,7 @@ def cmd_evaluate(args) -> int:
     for path in report.plots:
         print(f"nimm: plot written to {path}", file=sys.stderr)
     if report.plot_error:
-        print(f"nimm: warning: {report.plot_error}", file=sys.stderr)
+        _warn(report.plot_error)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -588,17 +600,24 @@ def _say(message: str) -> None:
         pass
 
 
+def _warn(message: str) -> None:
+    """A warning of the run; it may quote a table's column names, hence `visible`."""
+    from .diagnostics import visible
+
+    _say(f"nimm: warning: {visible(str(message), keep_lines=True)}")
+
+
 def _outcome(error: BaseException) -> tuple[int, str]:
     """The exit status and message of an exception that ended a command."""
-    from .diagnostics import render_text
+    from .diagnostics import render_text, visible
     from .errors import ModelError, NimmError
 
     if isinstance(error, UsageError):
-        return EXIT_USAGE, str(error)
+        return EXIT_USAGE, visible(str(error), keep_lines=True)  # may quote a file name
     if isinstance(error, ModelError):
         return EXIT_ERROR, render_text(error.diagnostics, error.source)
     if isinstance(error, NimmError):
-        return EXIT_ERROR, f"nimm: error: {error}"
+        return EXIT_ERROR, f"nimm: error: {visible(str(error), keep_lines=True)}"  # may quote a table
     if isinstance(error, BrokenPipeError):  # the reader went away (`nimm simulate M | head -1`)
         _discard_stdout()
         return EXIT_ERROR, "nimm: error: the output stream was closed before the output was written"
@@ -606,8 +625,8 @@ def _outcome(error: BaseException) -> tuple[int, str]:
         where = f"`{error.filename}`" if error.filename else "the output"
         return EXIT_ERROR, f"nimm: error: cannot write {where}: {error.strerror or error}"
     if isinstance(error, ValueError) and _raised_by_us(error):  # bad params, scenario, times
-        return EXIT_ERROR, f"nimm: error: {error}"
-    return EXIT_ERROR, (f"nimm: internal error ({type(error).__name__}: {error}); this is a bug in "
+        return EXIT_ERROR, f"nimm: error: {visible(str(error), keep_lines=True)}"
+    return EXIT_ERROR, (f"nimm: internal error ({type(error).__name__}: {visible(str(error))}); this is a bug in "
                         "nimm_dsl, not in your input: please report it with the command and its files")
 
 

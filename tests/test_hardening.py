@@ -145,3 +145,97 @@ def test_ctrl_c_during_a_fit_exits_130_and_leaves_the_old_fit_file(tmp_path, bac
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "nimm: interrupted" and "Traceback" not in err
     assert out.read_text() == '{"kept": true}\n'
+
+
+# ---------------------------------------------------------------- 6: terminal escapes
+def test_control_characters_of_the_model_are_shown_as_escapes_with_carets_aligned(tmp_path, capsys):
+    model = tmp_path / "esc.nimm"
+    model.write_bytes(DECAY.replace('model decay', 'model decay "\x1b]0;pwned\x07\x1b[2J\u202e"').encode())
+    model.write_bytes(model.read_bytes() + "let w [1] = \x9b\x1b[2J + x\n".encode())
+    main(["check", str(model)])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out and "\u202e" not in out
+    assert "\\x1b" in out
+    lines = out.splitlines()
+    source = next(k for k, line in enumerate(lines) if "let w [1] =" in line and "|" in line)
+    caret = lines[source + 1]
+    # the caret stays under the `[` it points at, after the escapes that widened the line
+    assert lines[source][caret.index("^"):].startswith("[2J")
+
+
+def test_cli_messages_quoting_a_table_show_its_escapes(decay_files, capsys):
+    model, data = decay_files
+    data.write_text("t,y,\x1b[2Jz\n0,1,1\n1,0.6,1\n")
+    main(["fit", str(model), str(data)])
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b[2Jz" in err
+
+
+# ---------------------------------------------------------------- 7: data paths are local files
+def test_a_url_as_a_data_path_is_never_fetched(decay_files, capsys):
+    import http.server
+    import threading
+
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"t,y\n0,1\n1,0.6\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/data.csv"
+        model, _ = decay_files
+        assert main(["fit", str(model), url]) == 1
+        assert main(["simulate", str(model), "--data", url]) == 1
+    finally:
+        server.shutdown()
+    assert requests == []
+    assert "cannot read the data file: no such file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 16: bounded reads; messages
+def test_an_endless_model_file_is_read_only_up_to_the_size_limit(capsys):
+    assert main(["check", "/dev/zero"]) == 1
+    assert "file too large" in capsys.readouterr().out
+
+
+def test_a_model_with_carriage_return_line_ends_reads_as_lines(tmp_path, capsys):
+    model = tmp_path / "mac.nimm"
+    model.write_bytes(DECAY.replace("\n", "\r").encode())
+    assert main(["check", str(model)]) == 0
+
+
+def test_a_blank_header_is_named_as_such(decay_files, capsys):
+    model, data = decay_files
+    data.write_text("   \n  \n")
+    assert main(["fit", str(model), str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "the header) has no column names" in err and "Unnamed" not in err
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "2.5"])
+def test_a_bad_seed_names_the_option(decay_files, capsys, seed):
+    model, data = decay_files
+    assert main(["fit", str(model), str(data), "--seed", seed]) == 2
+    assert "argument --seed" in capsys.readouterr().err
+
+
+def test_an_unexpected_exception_is_an_internal_error_asking_for_a_report(decay_files, capsys, monkeypatch):
+    import nimm_dsl.api
+
+    def broken(*args, **kwargs):
+        return np.array([1.0]).reshape(3)  # a library's ValueError: a bug, not a user message
+
+    monkeypatch.setattr(nimm_dsl.api.Model, "fit", broken)
+    model, data = decay_files
+    assert main(["fit", str(model), str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "internal error (ValueError" in err and "please report it" in err

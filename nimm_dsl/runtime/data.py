@@ -210,6 +210,9 @@ def read_table(path_or_frame, file: Optional[str] = None) -> Table:
     frame, file, has_lines = _read(path_or_frame, file)
     columns = [str(c).strip() for c in frame.columns]
     frame.columns = columns
+    if has_lines and all(re.fullmatch(r"Unnamed: \d+", c) for c in columns):  # pandas' name for ""
+        raise DataError(f"{file}: the first line (the header) has no column names; a CSV table "
+                        "starts with a line of names such as `t,y`")
     _check_duplicate_columns(columns, file)
     _check_separator(columns, file)
     # Blank lines are kept while reading so row numbers match the file; drop them now.
@@ -217,6 +220,12 @@ def read_table(path_or_frame, file: Optional[str] = None) -> Table:
     row_numbers = np.arange(1, len(frame) + 1)[~blank.to_numpy()]
     frame = frame[~blank.to_numpy()]
     return Table(file, frame, columns, row_numbers, _RowNamer(file, row_numbers, has_lines))
+
+
+def open_local(path):
+    """A data file opened for pandas: a path on this machine only. Given a name, pandas would also
+    fetch `http://`, `s3://` or `file://` URLs; given an open file it reads just that file."""
+    return open(os.fspath(path), "rb")
 
 
 def _read(path_or_frame, file):
@@ -229,8 +238,9 @@ def _read(path_or_frame, file):
     path = os.fspath(path_or_frame)
     file = file or path
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                            skipinitialspace=True)
+        with open_local(path) as handle:
+            frame = pd.read_csv(handle, dtype=str, keep_default_na=False, skip_blank_lines=False,
+                                skipinitialspace=True)
     except FileNotFoundError:
         raise DataError(f"{file}: cannot read the data file: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
