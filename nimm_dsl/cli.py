@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="simulate a model (optionally a fitted one, under a scenario)")
     s.add_argument("model", metavar="MODEL")
     s.add_argument("--fit", metavar="FIT.json", help="params (and neural weights) from `nimm fit`")
+    s.add_argument("--reuse-fit", action="store_true",
+                   help="use a FIT.json of another model or of an earlier version of this one "
+                        "(its param names must still match; the model's consts are kept)")
     s.add_argument("--scenario", metavar="NAME")
     s.add_argument("--data", metavar="DATA.csv", help="inputs and output times from a data table")
     s.add_argument("--times", metavar="T0:T1:N", help="N evenly spaced output times from T0 to T1")
@@ -61,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--draws", type=int, default=300, help="parameter draws for --bands (default 300)")
     s.add_argument("--states", action="store_true", help="plot the states too (default: the observes)")
     s.add_argument("--log", action="store_true", help="logarithmic value axes in the plot (positive quantities)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the draws for --bands")
+    s.add_argument("--seed", type=_seed, default=0, help="seed of the draws for --bands")
     s.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance of the solver (default 1e-8)")
     s.add_argument("--atol", type=float, default=1e-8,
                    help="absolute tolerance, in each state's unit (default 1e-8)")
@@ -284,14 +287,13 @@ def cmd_simulate(args) -> int:
                          "and --draws of at least 10")
     params, weights, uncertainty = None, None, None
     if args.fit:
-        from .runtime.fit import load_fit
+        from .runtime.fit import load_fit, params_for_model
 
         restored = load_fit(args.fit)
-        params, weights = restored["params"], restored.get("weights") or None
-        unknown = sorted(set(params) - {p.name for p in ir.params})
-        if unknown:
-            raise FitError(f"{args.fit}: params {', '.join(unknown)} are not in model `{ir.name}` "
-                           f"(is this the fit of another model?)")
+        params, weights, notes = params_for_model(restored, ir, args.fit, reuse=args.reuse_fit)
+        weights = weights or None
+        for note in notes:
+            _warn(note)
         if args.bands is not None:
             from .runtime.bands import Uncertainty
 

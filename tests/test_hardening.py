@@ -239,3 +239,104 @@ def test_an_unexpected_exception_is_an_internal_error_asking_for_a_report(decay_
     assert main(["fit", str(model), str(data)]) == 1
     err = capsys.readouterr().err
     assert "internal error (ValueError" in err and "please report it" in err
+
+
+# ---------------------------------------------------------------- 3, 16: FIT.json belongs to its model
+@pytest.fixture
+def fitted(decay_files):
+    """A real FIT.json of DECAY (its fit written by `nimm fit`)."""
+    model, data = decay_files
+    out = model.parent / "FIT.json"
+    assert main(["fit", str(model), str(data), "--output", str(out)]) == 0
+    return model, out
+
+
+def _tampered(path, **changes):
+    import json
+
+    fit = json.loads(path.read_text())
+    for key, value in changes.items():
+        if key.startswith("params."):
+            fit["params"][key[7:]] = value
+        elif value is None:
+            fit.pop(key, None)
+        else:
+            fit[key] = value
+    path.write_text(json.dumps(fit))
+
+
+def test_a_fit_records_the_model_name_and_structure(fitted):
+    import json
+
+    model, out = fitted
+    fit = json.loads(out.read_text())
+    assert fit["model"] == "decay"
+    assert fit["fingerprint"] == nimm_dsl.load(model).ir.fingerprint()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": "seir"}, "this fit is of model `seir`, not `decay`"),
+    ({"params.k": 3.0}, "`k` = 3 is outside its bounds [0, 2]"),
+    ({"params.k": -1e-9}, "outside its bounds"),
+    ({"params": {}}, "no value for the estimated param(s) k"),
+    ({"params.zz": 1.0}, "params zz are not in model `decay`"),
+    ({"params.k": 10 ** 400}, "params.k is not a finite number"),
+])
+def test_a_fit_file_that_does_not_fit_the_model_is_refused(fitted, capsys, changes, message):
+    model, out = fitted
+    _tampered(out, **changes)
+    assert main(["simulate", str(model), "--fit", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_another_version_of_the_model_needs_the_reuse_flag(fitted, capsys):
+    model, out = fitted
+    model.write_text(DECAY.replace("observe y [1] = x", "observe y [1] = 2 * x"))  # same names, new meaning
+    assert main(["simulate", str(model), "--fit", str(out)]) == 1
+    assert "another version of `decay`" in capsys.readouterr().err
+    assert main(["simulate", str(model), "--fit", str(out), "--reuse-fit"]) == 0
+
+
+def test_a_const_override_in_a_fit_file_is_refused(tmp_path, capsys):
+    model = tmp_path / "c.nimm"
+    model.write_text(DECAY.replace("param k [1/day] = 0.5 in [0, 2]", "param k [1/day] = 0.5 in [0, 2]\nconst c [1] = 1")
+                     .replace("-k * x", "-k * c * x"))
+    fit = tmp_path / "FIT.json"
+    ir = nimm_dsl.load(model).ir
+    fit.write_text('{"model": "decay", "fingerprint": "%s", "params": {"k": 0.5, "c": 100}}' % ir.fingerprint())
+    assert main(["simulate", str(model), "--fit", str(fit)]) == 1
+    assert "const `c` is 100 in the fit file but 1 in the model" in capsys.readouterr().err
+
+
+def test_a_neural_fit_without_weights_is_refused(tmp_path, capsys):
+    model = tmp_path / "n.nimm"
+    model.write_text(DECAY.replace("der(x) = -k * x", "neural f(a) [1/day] = mlp(hidden = [2])\nder(x) = -k * x + f(x)"))
+    fit = tmp_path / "FIT.json"
+    fit.write_text('{"model": "decay", "params": {"k": 0.5}, "weights": {}}')
+    assert main(["simulate", str(model), "--fit", str(fit)]) == 1
+    assert "no weights for the neural term(s) f" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"params": {"k": ' + "9" * 401 + "}}", "not a finite number"),
+    ('{"params": {"k": ' + "9" * 5000 + "}}", "not a JSON fit file"),
+    ('{"params": {"k": 0.5}, "format_version": ' + "9" * 401 + "}", "newer than this nimm_dsl reads"),
+])
+def test_hostile_fit_files_are_messages(decay_files, capsys, text, message):
+    model, _ = decay_files
+    fit = model.parent / "FIT.json"
+    fit.write_text(text)
+    assert main(["simulate", str(model), "--fit", str(fit)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err) < 2000
+
+
+def test_the_fingerprint_does_not_depend_on_the_process(tmp_path):
+    model = tmp_path / "m.nimm"
+    model.write_text(DECAY)
+    code = f"import nimm_dsl; print(nimm_dsl.load({str(model)!r}).ir.fingerprint())"
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONHASHSEED=seed)).stdout for seed in ("1", "2")}
+    assert len(runs) == 1 and runs.pop().strip() == nimm_dsl.load(model).ir.fingerprint()

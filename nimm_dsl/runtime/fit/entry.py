@@ -109,7 +109,7 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
                      n_observations=train.n_observations, seconds=seconds, dataset=dataset,
                      holdout_after=holdout_after, labels={n: v for n, v in labels.items() if v},
                      starts=run.records, covariance=matrix_dict(names, cov),
-                     correlation=matrix_dict(names, correlation(cov)))
+                     correlation=matrix_dict(names, correlation(cov)), fingerprint=ir.fingerprint())
 
 
 def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backend: str = "casadi",
