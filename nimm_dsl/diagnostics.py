@@ -169,9 +169,16 @@ def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     return any(d.is_error for d in diagnostics)
 
 
+MAX_CLOSEST = 500  # candidates compared per hint (edit distance is costly; a model may hold 9,000 names)
+
+
 def closest(name: str, candidates: Iterable[str]) -> Optional[str]:
-    """The candidate closest to `name` by edit distance (or equal but for case), or None."""
-    candidates = sorted(set(candidates))
+    """The candidate closest to `name` by edit distance (or equal but for case), or None. Only
+    names of about the same length can be close; of those, the first MAX_CLOSEST are compared."""
+    candidates = set(candidates)
+    if len(candidates) > MAX_CLOSEST:
+        candidates = {c for c in candidates if abs(len(c) - len(name)) <= max(2, len(name) // 3)}
+    candidates = sorted(candidates)[:MAX_CLOSEST]
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     if not close:
         lowered = {c.lower(): c for c in candidates}

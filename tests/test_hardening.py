@@ -340,3 +340,78 @@ def test_the_fingerprint_does_not_depend_on_the_process(tmp_path):
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, PYTHONHASHSEED=seed)).stdout for seed in ("1", "2")}
     assert len(runs) == 1 and runs.pop().strip() == nimm_dsl.load(model).ir.fingerprint()
+
+
+# ---------------------------------------------------------------- 9: `series` is the table's
+@pytest.mark.parametrize("model, line", [
+    (DECAY.replace("observe y", "observe series"), 6),
+    (DECAY + "input series [1] = 0\n", 7),
+    (DECAY.replace("time t", "time series"), 2),
+])
+def test_series_cannot_name_a_data_column_of_the_model(model, line):
+    assert errors(model) == [("E203", line)]
+
+
+def test_a_let_may_still_be_called_series():
+    assert errors(DECAY + "let series [1] = x\nobserve z [1] = series\n") == []
+
+
+# ---------------------------------------------------------------- 11, 12: bounded checker work
+def test_thousands_of_undefined_names_check_in_bounded_work(monkeypatch):
+    import difflib
+
+    compared = []
+    real = difflib.get_close_matches
+    monkeypatch.setattr(difflib, "get_close_matches",
+                        lambda word, possibilities, *a, **k: compared.append(len(possibilities)) or real(word, possibilities, *a, **k))
+    model = DECAY + "".join(f"let q{i} [1] = undefined_name_{i} + x\n" for i in range(2000))
+    found = nimm_dsl.check(model)
+    assert sum(d.code == "E201" for d in found) == 2000
+    assert sum(d.hint is not None and "did you mean" in d.hint for d in found) <= 100
+    # the work, not the time: edit-distance comparisons were 2,000 x 2,000 (9,000 names took minutes)
+    assert len(compared) <= 100 and max(compared) <= 500
+
+
+@pytest.mark.parametrize("text", ["const c [km^103] = 1", "unit zz = 1e-320 [mg]\nconst c [zz] = 1",
+                                  "const c [m^(1/1000)] = 1"])
+def test_unit_edge_cases_are_diagnostics(text):
+    found = nimm_dsl.check(DECAY + text + "\n")
+    assert all(d.code != "E000" for d in found)
+
+
+def test_unit_exponents_share_one_limit_in_parser_and_checker():
+    written = errors(DECAY + "const c [m^65] = 1\n")
+    computed = errors(DECAY + "const c [m] = 1\nlet w = c^65\n")
+    assert written == [("E100", 7)] and computed == [("E404", 8)]
+    assert errors(DECAY + "const c [m^64] = 1\nlet w = c / (1 [m^64])\nlet v = c^64\n") == []
+
+
+def test_three_thousand_chained_units_check():
+    chain = "".join(f"unit u{i} = 2 [{f'u{i - 1}' if i else 'mg'}]\n" for i in range(3000))
+    assert errors(DECAY + chain + "const c [u2999] = 1\n") == []
+
+
+# ---------------------------------------------------------------- 8: no silent "clean"
+def _let_chain(n: int) -> str:
+    return DECAY + "".join(f"let l{i} = {f'l{i - 1}' if i else 'x'} * 2\n" for i in range(n)) + f"observe z [1] = l{n - 1}\n"
+
+
+def test_a_chain_of_150_lets_checks_clean_and_runs_in_both_back_ends():
+    model = nimm_dsl.load_source(_let_chain(150))
+    for backend in ("casadi", "torch"):
+        z = model.simulate(np.array([0.0, 1.0]), backend=backend).to_frame()["z"].to_numpy()
+        assert z == pytest.approx(2.0 ** 150 * np.exp(-0.5 * np.array([0.0, 1.0])), rel=1e-5)
+
+
+def test_a_recursion_limit_hit_while_checking_units_is_a_located_diagnostic(monkeypatch):
+    from nimm_dsl.compiler import unitcheck
+
+    def too_deep(self, stmt):
+        if isinstance(stmt, unitcheck.A.LetDecl) and stmt.name.name == "l3":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(self, stmt)
+
+    real = unitcheck._UnitChecker.check_statement
+    monkeypatch.setattr(unitcheck._UnitChecker, "check_statement", too_deep)
+    found = [(d.code, d.span.line) for d in nimm_dsl.check(_let_chain(5)) if d.is_error]
+    assert found == [("E100", 10)]

@@ -25,8 +25,7 @@ import numpy as np
 from ..diagnostics import did_you_mean
 from ..compiler.ir import ModelIR
 from ..errors import DataError
-
-SERIES_COLUMN = "series"
+from ..grammar.words import SERIES_COLUMN as SERIES_COLUMN  # the one spelling, shared with the checker
 _MISSING = {"", "nan", "na", "n/a", "null", "none"}
 
 
