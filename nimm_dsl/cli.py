@@ -565,6 +565,8 @@ def _glue_negative_times(argv: list[str]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import warnings
+
     from .runtime.interrupt import interrupted, interruptible
 
     argv = _glue_negative_times(list(sys.argv[1:] if argv is None else argv))
@@ -578,7 +580,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _say("nimm: standard output is closed; give it somewhere to go (e.g. >/dev/null)")
         return EXIT_USAGE
     try:
-        with interruptible():
+        with interruptible(), warnings.catch_warnings():
+            # numpy's RuntimeWarnings (overflow in exp, ...) are no message for a user: what went
+            # wrong is reported as a diagnostic with the quantity and the time
+            warnings.simplefilter("ignore", RuntimeWarning)
             return commands[args.command](args)
     except BaseException as e:  # noqa: BLE001 - every outcome becomes a message and an exit status
         if isinstance(e, KeyboardInterrupt) or interrupted():  # whatever a solver made of Ctrl-C

@@ -415,3 +415,42 @@ def test_a_recursion_limit_hit_while_checking_units_is_a_located_diagnostic(monk
     monkeypatch.setattr(unitcheck._UnitChecker, "check_statement", too_deep)
     found = [(d.code, d.span.line) for d in nimm_dsl.check(_let_chain(5)) if d.is_error]
     assert found == [("E100", 10)]
+
+
+# ---------------------------------------------------------------- messages
+def test_a_negative_lognormal_prediction_is_named_by_both_back_ends(tmp_path, capsys):
+    model = tmp_path / "neg.nimm"
+    model.write_text(DECAY.replace("observe y [1] = x ~ normal(sigma = 0.1)", "observe y [1] = x - 2 ~ lognormal(sigma = 0.1)")
+                     .replace("in [0, 2]", "in [0.1, 2]"))
+    data = tmp_path / "neg.csv"
+    data.write_text("t,y\n0,1\n1,0.6\n2,0.4\n")
+    for backend in ("casadi", "torch"):
+        assert main(["fit", str(model), str(data), "--backend", backend]) == 1
+        err = capsys.readouterr().err
+        assert "observe `y` is -1 at t = 0 day, where its lognormal noise needs a positive prediction" in err
+        assert "right-hand side gave NaN" not in err
+
+
+def test_a_table_without_observed_values_is_not_called_series_none(decay_files, capsys):
+    model, data = decay_files
+    data.write_text("t,y,u\n0,,1\n1,,2\n")
+    main(["fit", str(model), str(data)])
+    assert "None" not in capsys.readouterr().err
+
+
+def test_a_full_disk_names_the_file(decay_files, capsys, monkeypatch):
+    import errno
+
+    import nimm_dsl.runtime.files as files
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    model, data = decay_files
+    out = model.parent / "FIT.json"
+    out.write_text("{}")
+    assert main(["fit", str(model), str(data), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write `{out}`: No space left on device" in err
+    assert out.read_text() == "{}"

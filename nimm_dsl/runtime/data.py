@@ -177,7 +177,8 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
             if keep.any():
                 inputs[u] = (t[keep], v[keep])
         if observed and not any(np.isfinite(v).any() for v in observed.values()):
-            warnings.append(f"{file}: series `{label}` has no observed value; it does not affect the fit")
+            what = f"series `{label}`" if label is not None else "the table"  # not "series `None`"
+            warnings.append(f"{file}: {what} has no observed value; it does not affect the fit")
         series.append(Series(label, t, observed, inputs, row_numbers[idx]))
         # with a clock origin every series starts there, so doses before its first row apply
         early = [] if ir.t0 is not None else sorted({d.name for d in ir.doses for dt in d.times if dt < t[0]})

@@ -110,6 +110,8 @@ def run_starts(solver: StartSolver, points: np.ndarray, origins: Sequence[str], 
             raise_if_interrupted()  # ... or turned it into its own error
             status = e.status if isinstance(e, StartFailed) else f"failed: {_one_line(e)}"
             point = e.point if isinstance(e, StartFailed) and e.point else dict(defaults, **start)
+            if not all(np.isfinite(v) for v in point.values()):  # an optimiser step went NaN: diagnose
+                point = dict(defaults, **start)                   # where the start began instead
             weights = e.weights if isinstance(e, StartFailed) else None
             failures.append(_Failure(len(records), point, weights, status, problem=_NOT_YET))
             records.append(StartRecord(start, None, None, status, origin, False))
