@@ -32,6 +32,12 @@ def test_dose_counts_beyond_the_limit_are_e503_at_check_time(tail):
     assert errors(DECAY + f"dose D: x += 1 at 0 {tail}\n") == [("E503", 7)]
 
 
+@pytest.mark.parametrize("value", ["9^9^9", "7^(10^8)", "10^10^10", "1e999999999", "2^(10^9)", "1/0", "0^-1",
+                                   "(-1)^0.5"])
+def test_huge_or_valueless_constants_are_e504_without_computing_them(value):
+    assert errors(DECAY + f"const c [1] = {value}\nobserve z [1] = c * x\n") == [("E504", 7)]
+
+
 def test_a_dose_count_at_the_limit_is_clean():
     assert errors(DECAY + "dose D: x += 1 at 0 every 1 times 100000\n") == []
 
