@@ -398,7 +398,7 @@ def cmd_fit(args) -> int:
     _check_writable(args.plot, "--plot", (args.model, args.data, args.output))
     model = _load(args.model)
     if not sys.stderr.isatty():  # a log gets a line now and one every 30 s (a terminal: a bar)
-        _say(f"nimm: fitting {model.name} to {args.data} ({args.backend}, {args.starts} start(s))")
+        _say(f"nimm: fitting {model.name} to {args.data} ({args.starts} start{'s' * (args.starts > 1)})")
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
                        seed=args.seed, progress=True)
     if args.profile is not None:
