@@ -274,7 +274,8 @@ class ModelIR:
             "inputs": [[u.name, u.unit, u.interp] for u in self.inputs],
             "lets": [[x.name, x.unit, str(x.expr)] for x in self.lets],
             "derivatives": sorted([name, str(e)] for name, e in self.derivatives.items()),
-            "observes": [[o.name, o.unit, o.noise, str(o.expr), str(o.sigma)] for o in self.observes],
+            "observes": [[o.name, o.unit, o.noise, str(o.expr), str(o.sigma), str(o.dispersion)]
+                         for o in self.observes],
             "neurals": [[n.name, n.n_inputs, list(n.hidden), n.activation, n.unit] for n in self.neurals],
         }
         return hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:16]
