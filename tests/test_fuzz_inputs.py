@@ -97,7 +97,7 @@ def fit_files(draw) -> str:
     base = {"format_version": 1, "model": "decay", "params": {"k": 0.7}, "weights": {}}
     for _ in range(draw(st.integers(0, 3))):
         key = draw(FIT_KEYS)
-        if key == "params" and draw(st.booleans()):
+        if key == "params" and isinstance(base["params"], dict) and draw(st.booleans()):
             base["params"][draw(st.sampled_from(["k", "sigma", "zz", ""]))] = draw(JSON)
         else:
             base[key] = draw(JSON)
