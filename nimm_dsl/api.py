@@ -13,8 +13,16 @@ from .errors import ModelError
 
 def read_model_text(path) -> str:
     """Model files are read as UTF-8 (a byte-order mark is dropped); undecodable bytes become
-    U+FFFD and then E100 diagnostics."""
-    return Path(path).read_bytes().decode("utf-8-sig", errors="replace")
+    U+FFFD and then E100 diagnostics. Only as much is read as the parser's size limit can use (a
+    character is at most 4 bytes), so `/dev/zero` or a huge file costs bounded memory. A file
+    whose lines end in a lone carriage return (classic Mac OS) reads as lines, not as one line."""
+    from .grammar.parser import MAX_SOURCE_CHARS
+
+    with open(path, "rb") as f:
+        text = f.read(4 * MAX_SOURCE_CHARS + 4).decode("utf-8-sig", errors="replace")
+    if "\r" in text and "\n" not in text:
+        text = text.replace("\r", "\n")
+    return text
 
 
 def check(source: str, file: str = "<model>", tables=None) -> list[Diagnostic]:

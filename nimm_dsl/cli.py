@@ -17,6 +17,17 @@ class UsageError(Exception):
     pass
 
 
+def _seed(text: str) -> int:
+    """A seed numpy accepts; argparse puts the option's name before the message."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got `{text}`") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2^32 - 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -38,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="simulate a model (optionally a fitted one, under a scenario)")
     s.add_argument("model", metavar="MODEL")
     s.add_argument("--fit", metavar="FIT.json", help="params (and neural weights) from `nimm fit`")
+    s.add_argument("--reuse-fit", action="store_true",
+                   help="use a FIT.json of another model or of an earlier version of this one "
+                        "(its param names must still match; the model's consts are kept)")
     s.add_argument("--scenario", metavar="NAME")
     s.add_argument("--data", metavar="DATA.csv", help="inputs and output times from a data table")
     s.add_argument("--times", metavar="T0:T1:N", help="N evenly spaced output times from T0 to T1")
@@ -50,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--draws", type=int, default=300, help="parameter draws for --bands (default 300)")
     s.add_argument("--states", action="store_true", help="plot the states too (default: the observes)")
     s.add_argument("--log", action="store_true", help="logarithmic value axes in the plot (positive quantities)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the draws for --bands")
+    s.add_argument("--seed", type=_seed, default=0, help="seed of the draws for --bands")
     s.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance of the solver (default 1e-8)")
     s.add_argument("--atol", type=float, default=1e-8,
                    help="absolute tolerance, in each state's unit (default 1e-8)")
@@ -64,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--starts", type=int, default=1, help="multi-start: N Latin-hypercube starts")
     f.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of each series' last times held out for early stopping (torch)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=_seed, default=0, help="seed of the Latin-hypercube starts (0 to 2^32 - 1)")
     f.add_argument("--log", action="store_true", help="logarithmic value axes in the plot (positive quantities)")
     f.add_argument("--profile", nargs="*", metavar="NAME",
                    help="profile likelihood of these estimated params (none named: all); with --plot "
@@ -107,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--cluster", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
     a.add_argument("--out", metavar="RUN_DIR", help="default: runs/<task name>")
     a.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run in RUN_DIR")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=_seed, default=0, help="seed of the search (0 to 2^32 - 1)")
     a.add_argument("--validation", type=float, default=0.2,
                    help="fraction of each series' last points held out for validation (default 0.2)")
     a.add_argument("--branches", type=int, default=3, help="initial branches (default 3)")
@@ -215,10 +229,29 @@ def _parse_times(spec: str):
     return np.linspace(t0, t1, n)
 
 
-def _check_writable(path: Optional[str], option: str) -> None:
-    """Refuse an output path that cannot be written before any work is done (a fit may take minutes)."""
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_writable(path: Optional[str], option: str, inputs: Sequence[Optional[str]] = ()) -> None:
+    """Refuse an output path that cannot be written before any work is done (a fit may take
+    minutes), and one that is an input of the run (it would be replaced by the output)."""
     if path is None:
         return
+    if option == "--plot" and os.path.splitext(path)[1]:  # without one `.png` is added
+        from .runtime.plots import plot_formats
+
+        extension = os.path.splitext(path)[1][1:].lower()
+        if extension not in plot_formats():
+            raise UsageError(f"nimm: --plot `{path}`: unknown image format `.{extension}` "
+                             f"(known: {', '.join(plot_formats())})")
+    for source in inputs:
+        if source is not None and _same_file(path, source):
+            raise UsageError(f"nimm: {option} `{path}` is an input of this run (`{source}`); "
+                             "write the output to another file")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"nimm: {option} `{path}` is a directory; give a file name")
@@ -232,8 +265,9 @@ def cmd_simulate(args) -> int:
     from .backends.protocol import default_times
     from .errors import FitError, NimmError
 
-    _check_writable(args.output, "--output")
-    _check_writable(args.plot, "--plot")
+    inputs = (args.model, args.fit, args.data)
+    _check_writable(args.output, "--output", inputs)
+    _check_writable(args.plot, "--plot", inputs + (args.output,))
     for option, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if not 0 < value < 1:
             raise UsageError(f"nimm: {option} needs a tolerance between 0 and 1, got {value:g}")
@@ -253,15 +287,14 @@ def cmd_simulate(args) -> int:
                          "and --draws of at least 10")
     params, weights, uncertainty, per_series = None, None, None, {}
     if args.fit:
-        from .runtime.fit import load_fit
+        from .runtime.fit import load_fit, params_for_model
 
         restored = load_fit(args.fit)
-        params, weights = restored["params"], restored.get("weights") or None
+        params, weights, notes = params_for_model(restored, ir, args.fit, reuse=args.reuse_fit)
+        weights = weights or None
         per_series = restored.get("series_params") or {}
-        unknown = sorted(set(params) - {p.name for p in ir.params})
-        if unknown:
-            raise FitError(f"{args.fit}: params {', '.join(unknown)} are not in model `{ir.name}` "
-                           f"(is this the fit of another model?)")
+        for note in notes:
+            _warn(note)
         if args.bands is not None:
             from .runtime.bands import Uncertainty
 
@@ -282,7 +315,7 @@ def cmd_simulate(args) -> int:
 
         dataset = load_bound(ir, args.data, command="simulate")  # E601, E603 as diagnostics
         for w in dataset.warnings:
-            print(f"nimm: warning: {w}", file=sys.stderr)
+            _warn(w)
         for series in dataset.series:
             if dataset.static:
                 runs.append((series.label, None, {"inputs": series.input_frame()}))
@@ -305,7 +338,7 @@ def cmd_simulate(args) -> int:
         result = sim.simulate(times, params={**(params or {}), **own} or None, scenario=args.scenario, **options,
                               weights=weights, rtol=args.rtol, atol=args.atol)
         for w in result.warnings:
-            print(f"nimm: warning: {w}", file=sys.stderr)
+            _warn(w)
         frame = result.to_frame()
         if times is not None:  # the inputs in force, beside the outputs (a static table has them already)
             from .runtime.input_values import input_values
@@ -324,7 +357,12 @@ def cmd_simulate(args) -> int:
         frames.append(frame)
         results.append((result, times, options, own, band))
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    table.to_csv(args.output if args.output else sys.stdout, index=False)
+    if args.output:
+        from .runtime.files import write_text_atomic
+
+        write_text_atomic(args.output, table.to_csv(index=False))
+    else:
+        table.to_csv(sys.stdout, index=False)
 
     if args.plot:
         from .runtime.plots import ScenarioRun, save_figure, scenario_figure
@@ -361,11 +399,13 @@ def cmd_fit(args) -> int:
         raise UsageError(f"nimm: --starts needs at least 1 start, got {args.starts}")
     if not 0.0 <= args.holdout < 1.0:
         raise UsageError(f"nimm: --holdout needs a fraction in [0, 1), got {args.holdout}")
-    _check_writable(args.output, "--output")
-    _check_writable(args.plot, "--plot")
+    _check_writable(args.output, "--output", (args.model, args.data))
+    _check_writable(args.plot, "--plot", (args.model, args.data, args.output))
     model = _load(args.model)
+    if not sys.stderr.isatty():  # a log gets a line now and one every 30 s (a terminal: a bar)
+        _say(f"nimm: fitting {model.name} to {args.data} ({args.starts} start{'s' * (args.starts > 1)})")
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
-                       seed=args.seed, progress=sys.stderr.isatty())
+                       seed=args.seed, progress=True)
     if args.profile is not None:
         from .runtime.fit import profile
 
@@ -373,7 +413,7 @@ def cmd_fit(args) -> int:
                 simulator=model.compile(args.backend))
     print(format_report(result), flush=True)  # before the notes on stderr
     for w in result.warnings:
-        print(f"nimm: warning: {w}", file=sys.stderr)
+        _warn(w)
     if args.output:
         result.save(args.output)
         print(f"nimm: fit written to {args.output}", file=sys.stderr)
@@ -393,7 +433,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .diagnostics import render_text
+    from .diagnostics import render_text, visible
     from .llm.client import OpenAIClient
     from .llm.pipeline import generate_model
 
@@ -401,7 +441,7 @@ def cmd_generate(args) -> int:
         raise UsageError(f"nimm: --rounds needs at least 1, got {args.rounds}")
     if not args.timeout > 0:
         raise UsageError(f"nimm: --timeout needs a positive number of seconds, got {args.timeout}")
-    _check_writable(args.output, "--output")
+    _check_writable(args.output, "--output", (args.task, args.data))
     import os
 
     from .llm.prompts import summarize_table, task_text
@@ -417,6 +457,7 @@ def cmd_generate(args) -> int:
         data = data or str(task.train)
     if data is not None and not os.path.isfile(data):
         raise UsageError(f"nimm: --data `{data}`: no such file")
+    _check_writable(args.output, "--output", (data,))  # the task's training table
     client = OpenAIClient(args.endpoint, args.llm, timeout=args.timeout, constrain=args.constrain,
                           allow_insecure=args.allow_insecure)
     summary = summarize_table(data) if data is not None else None
@@ -424,20 +465,22 @@ def cmd_generate(args) -> int:
                             data=data, probe=data is not None, data_summary=summary)
     error = result.last.error if result.last else None
     if error and not result.source:  # no model at all: the language model could not be had
-        print(f"nimm: error: {error}", file=sys.stderr)
+        _say(f"nimm: error: {visible(str(error), keep_lines=True)}")
         return EXIT_ERROR
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(result.source)
+        from .runtime.files import write_text_atomic
+
+        write_text_atomic(args.output, result.source)
     else:
-        print(result.source, end="")
+        # a terminal acts on escapes in a reply; a file or pipe gets the model as generated
+        print(visible(result.source, keep_lines=True) if sys.stdout.isatty() else result.source, end="")
     clean = "binds to the data and probes clean" if data is not None else "checks clean"
     print(f"nimm: {len(result.rounds)} round(s); the last version "
           f"{clean if result.ok else f'still has errors ({result.stage})'}", file=sys.stderr)
     if result.diagnostics:
         print(render_text(result.diagnostics, result.source), file=sys.stderr)
     if error:
-        print(f"nimm: error: {error}", file=sys.stderr)
+        _say(f"nimm: error: {visible(str(error), keep_lines=True)}")
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
@@ -447,7 +490,7 @@ def cmd_evaluate(args) -> int:
 
     from .tasks import TaskError, evaluate, load_task
 
-    _check_writable(args.output, "--output")
+    _check_writable(args.output, "--output", (args.task, args.model))
     if args.plot is not None and os.path.exists(args.plot) and not os.path.isdir(args.plot):
         raise UsageError(f"nimm: --plot `{args.plot}` is a file; give a directory")
     if not os.path.isfile(args.model):
@@ -456,8 +499,9 @@ def cmd_evaluate(args) -> int:
         task = load_task(args.task)
     except TaskError as e:
         raise UsageError(f"nimm: {e}") from None
+    _check_writable(args.output, "--output", [str(p) for p in (task.train, *task.held_out_files)])
     report = evaluate(task, args.model, backend=args.backend, plot_dir=args.plot,
-                      progress=sys.stderr.isatty())
+                      progress=True)  # a bar on a terminal, else a line every 30 s
     print(report.summary(), flush=True)
     if args.output:
         report.save(args.output)
@@ -465,7 +509,7 @@ def cmd_evaluate(args) -> int:
     for path in report.plots:
         print(f"nimm: plot written to {path}", file=sys.stderr)
     if report.plot_error:
-        print(f"nimm: warning: {report.plot_error}", file=sys.stderr)
+        _warn(report.plot_error)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -526,8 +570,9 @@ def _glue_negative_times(argv: list[str]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .errors import ModelError, NimmError
-    from .diagnostics import render_text
+    import warnings
+
+    from .runtime.interrupt import interrupted, interruptible
 
     argv = _glue_negative_times(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -536,26 +581,89 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code or 0)
     commands = {"check": cmd_check, "simulate": cmd_simulate, "fit": cmd_fit, "show": cmd_show,
                 "generate": cmd_generate, "evaluate": cmd_evaluate, "agent": cmd_agent}
-    try:
-        return commands[args.command](args)
-    except UsageError as e:
-        print(str(e), file=sys.stderr)
+    if _stdout_closed():  # started with `>&-`: Python leaves sys.stdout as None
+        _say("nimm: standard output is closed; give it somewhere to go (e.g. >/dev/null)")
         return EXIT_USAGE
-    except ModelError as e:
-        print(render_text(e.diagnostics, e.source), file=sys.stderr)
-        return EXIT_ERROR
-    except NimmError as e:
-        print(f"nimm: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as e:  # bad params / scenario names reported by the runtime
-        print(f"nimm: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as e:  # a write that failed after the up-front checks (disk full, permissions)
-        print(f"nimm: error: cannot write `{e.filename}`: {e.strerror or e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("nimm: interrupted", file=sys.stderr)
-        return 130
+    try:
+        with interruptible(), warnings.catch_warnings():
+            # numpy's RuntimeWarnings (overflow in exp, ...) are no message for a user: what went
+            # wrong is reported as a diagnostic with the quantity and the time
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return commands[args.command](args)
+    except BaseException as e:  # noqa: BLE001 - every outcome becomes a message and an exit status
+        if isinstance(e, KeyboardInterrupt) or interrupted():  # whatever a solver made of Ctrl-C
+            _say("nimm: interrupted")
+            return EXIT_INTERRUPTED
+        if isinstance(e, SystemExit):
+            raise
+        code, message = _outcome(e)
+        _say(message)
+        return code
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _say(message: str) -> None:
+    """A message on stderr; a closed or broken stderr is no reason for a traceback."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _warn(message: str) -> None:
+    """A warning of the run; it may quote a table's column names, hence `visible`."""
+    from .diagnostics import visible
+
+    _say(f"nimm: warning: {visible(str(message), keep_lines=True)}")
+
+
+def _outcome(error: BaseException) -> tuple[int, str]:
+    """The exit status and message of an exception that ended a command."""
+    from .diagnostics import render_text, visible
+    from .errors import ModelError, NimmError
+
+    if isinstance(error, UsageError):
+        return EXIT_USAGE, visible(str(error), keep_lines=True)  # may quote a file name
+    if isinstance(error, ModelError):
+        return EXIT_ERROR, render_text(error.diagnostics, error.source)
+    if isinstance(error, NimmError):
+        return EXIT_ERROR, f"nimm: error: {visible(str(error), keep_lines=True)}"  # may quote a table
+    if isinstance(error, BrokenPipeError):  # the reader went away (`nimm simulate M | head -1`)
+        _discard_stdout()
+        return EXIT_ERROR, "nimm: error: the output stream was closed before the output was written"
+    if isinstance(error, OSError):  # a write that failed after the up-front checks (disk full, permissions)
+        where = f"`{error.filename}`" if error.filename else "the output"
+        return EXIT_ERROR, f"nimm: error: cannot write {where}: {error.strerror or error}"
+    if isinstance(error, ValueError) and _raised_by_us(error):  # bad params, scenario, times
+        return EXIT_ERROR, f"nimm: error: {visible(str(error), keep_lines=True)}"
+    return EXIT_ERROR, (f"nimm: internal error ({type(error).__name__}: {visible(str(error))}); this is a bug in "
+                        "nimm_dsl, not in your input: please report it with the command and its files")
+
+
+def _stdout_closed() -> bool:
+    return sys.stdout is None or sys.stdout.closed
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not fail on the broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _raised_by_us(error: BaseException) -> bool:
+    """Whether the innermost frame that raised `error` is nimm_dsl's own code (a message we wrote
+    for the user), not a library's (a bug of ours that reached a library with bad input)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -172,9 +173,16 @@ def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     return any(d.is_error for d in diagnostics)
 
 
+MAX_CLOSEST = 500  # candidates compared per hint (edit distance is costly; a model may hold 9,000 names)
+
+
 def closest(name: str, candidates: Iterable[str]) -> Optional[str]:
-    """The candidate closest to `name` by edit distance (or equal but for case), or None."""
-    candidates = sorted(set(candidates))
+    """The candidate closest to `name` by edit distance (or equal but for case), or None. Only
+    names of about the same length can be close; of those, the first MAX_CLOSEST are compared."""
+    candidates = set(candidates)
+    if len(candidates) > MAX_CLOSEST:
+        candidates = {c for c in candidates if abs(len(c) - len(name)) <= max(2, len(name) // 3)}
+    candidates = sorted(candidates)[:MAX_CLOSEST]
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     if not close:
         lowered = {c.lower(): c for c in candidates}
@@ -189,26 +197,42 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> Optional[str]:
     return f"did you mean `{close}`?" if close else None
 
 
+# Characters a terminal acts on instead of showing: C0 and C1 controls (escape sequences can set
+# the title, clear the screen or fake output) and the bidirectional overrides that reorder what is
+# shown ("Trojan source"). Model text, data and language-model replies are shown with these as
+# visible escapes (`\x1b`, `\u202e`); tabs stay.
+_INVISIBLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str, keep_lines: bool = False) -> str:
+    """`text` with every control character a terminal would act on written as an escape (line
+    breaks kept with `keep_lines`, for messages of several lines)."""
+    if keep_lines:
+        return "\n".join(visible(line) for line in text.split("\n"))
+    return _INVISIBLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def render_text(diagnostics: Iterable[Diagnostic], source: Optional[str] = None) -> str:
-    """The human form: `file:line:col: error[CODE]: message`, the source line, carets, hint."""
+    """The human form: `file:line:col: error[CODE]: message`, the source line, carets, hint.
+    Control characters of the model, the data or a reply are shown as escapes (`visible`)."""
     lines_of_source = source.splitlines() if source is not None else []
     out: list[str] = []
     for d in sorted(diagnostics, key=sort_key):
-        out.append(f"{d.file}:{d.span.line}:{d.span.column}: {d.severity}[{d.code}]: {d.message}")
+        out.append(visible(f"{d.file}:{d.span.line}:{d.span.column}: {d.severity}[{d.code}]: {d.message}"))
         if 1 <= d.span.line <= len(lines_of_source):
-            text = lines_of_source[d.span.line - 1].expandtabs(1)
-            if len(text) > 200:  # keep pathological lines readable
-                text = text[:200] + "…"
+            raw = lines_of_source[d.span.line - 1].expandtabs(1)
+            text = visible(raw[:200]) + ("…" if len(raw) > 200 else "")  # keep pathological lines readable
+            start = len(visible(raw[:d.span.column - 1]))  # escapes widen the line: carets follow
             gutter = str(d.span.line)
             if d.span.end_line == d.span.line:
-                width = max(1, d.span.end_column - d.span.column)
+                width = max(1, len(visible(raw[d.span.column - 1:d.span.end_column - 1])))
             else:
-                width = max(1, len(text) - d.span.column + 1)
-            width = max(1, min(width, len(text) - d.span.column + 2, 200))
+                width = max(1, len(text) - start)
+            width = max(1, min(width, len(text) - start + 1, 200))
             out.append(f"   {gutter} | {text}")
-            out.append(f"   {' ' * len(gutter)} | {' ' * (d.span.column - 1)}{'^' * width}")
+            out.append(f"   {' ' * len(gutter)} | {' ' * start}{'^' * width}")
         if d.hint:
-            out.append(f"   = hint: {d.hint}")
+            out.append(visible(f"   = hint: {d.hint}"))
     return "\n".join(out)
 
 

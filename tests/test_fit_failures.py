@@ -58,7 +58,9 @@ def test_a_fit_failing_everywhere_prints_one_diagnosis_and_no_solver_output(tmp_
     out, err = capfd.readouterr()
     assert out == ""
     assert_only_our_messages(err)
-    assert len(err.strip().splitlines()) == 1
+    # one diagnosis, after the line a non-interactive fit prints when it begins (issue #16, item 18)
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("nimm: fitting blow to ")
     assert "failed from every starting point" in err
     assert "integration failed at t = 0.99" in err and "day" in err and "X = " in err  # time, state
     assert "Fix:" in err and "--starts" in err

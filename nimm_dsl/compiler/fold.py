@@ -17,7 +17,7 @@ bounds) and lower.py (defaults, bounds, event times), so they cannot disagree. T
   division by zero, a negative base to a fractional power (the back ends give NaN), a function
   outside its domain (`log(0)`, `sqrt(-1)`), a result beyond the float range from finite operands
   (`10^400`, `exp(1000)`), or no value at all (`inf - inf`). Errors anywhere in the tree are
-  raised even when the whole is not constant (`x * (1/0)`), so one fold finds them all.
+  raised even when the whole is not constant (`x * (1/0)`, `x / 0`), so one fold finds them all.
 * Unit annotations: with `unit_scale`, `5 [h]` is 5 times the scale of h (its value in base
   units); without it annotations are ignored, for callers that only compare or count.
 
@@ -133,6 +133,8 @@ def _value(node, args: list, names: Optional[Names], unit_scale: Optional[UnitSc
         if node.name == "inf":
             return math.inf
         return names(node.name) if names is not None else None
+    if isinstance(node, A.BinOp) and node.op == "/" and _is_number(args[1]) and args[1] == 0:
+        raise FoldError(node.span, "division by zero", None)  # `x / 0` has no value whatever x is
     if any(a is None for a in args):
         return None
     if isinstance(node, A.UnaryOp):

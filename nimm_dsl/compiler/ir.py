@@ -282,6 +282,28 @@ class ModelIR:
         """Indices into `states` of each integral's accumulator, `integrals` order."""
         return [self.state_index(i.state) for i in self.integrals]
 
+    def fingerprint(self) -> str:
+        """A digest of the model's structure: names, kinds and units of its states, params,
+        inputs and observes, noise models, network shapes and the equations as lowered. A fit
+        records it (FIT.json `fingerprint`), so that its values are not silently given to another
+        model, or to an edited one, whose params merely share the names. Values and bounds are
+        left out: a fit stays valid when a default or a bound is changed."""
+        import hashlib
+        import json
+
+        structure = {
+            "name": self.name, "time": [self.time_name, self.time_unit],
+            "states": [[s.name, s.unit, str(s.init)] for s in self.states],
+            "params": [[p.name, p.unit, p.estimate] for p in self.params],
+            "inputs": [[u.name, u.unit, u.interp] for u in self.inputs],
+            "lets": [[x.name, x.unit, str(x.expr)] for x in self.lets],
+            "derivatives": sorted([name, str(e)] for name, e in self.derivatives.items()),
+            "observes": [[o.name, o.unit, o.noise, str(o.expr), str(o.sigma), str(o.dispersion)]
+                         for o in self.observes],
+            "neurals": [[n.name, n.n_inputs, list(n.hidden), n.activation, n.unit] for n in self.neurals],
+        }
+        return hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:16]
+
     def state_index(self, name: str) -> int:
         return next(i for i, s in enumerate(self.states) if s.name == name)
 

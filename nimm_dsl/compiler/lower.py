@@ -217,7 +217,9 @@ def lower(checked: CheckedModel) -> I.ModelIR:
         ir.inputs.append(I.InputIR(n, L.sym[n], L.input_coef[n], default, u.interp, L.label(n),
                                    float(L.scale(n)), u.span))
 
-    # set overrides: every set line gets a flag; later lines wrap earlier ones (later wins)
+    # set overrides: every set line gets a flag; the last line whose flag is on wins. One flat
+    # Piecewise per target (nesting one per line made sympy recurse past its limit at ~200 lines).
+    pieces: dict[str, list] = {}
     set_lines: list[tuple[A.SetStmt, Optional[str]]] = [(s, None) for s in of(A.SetStmt)]
     for sc in of(A.ScenarioBlock):
         set_lines += [(s, sc.name.name) for s in sc.body if isinstance(s, A.SetStmt)]
@@ -233,8 +235,9 @@ def lower(checked: CheckedModel) -> I.ModelIR:
             baseline = a + b * L.time
         else:
             baseline = L.sym[target]
-        previous = L.overrides.get(target, baseline)
-        L.overrides[target] = sp.Piecewise((override, flag > sp.Rational(1, 2)), (previous, True))
+        pieces.setdefault(target, [(baseline, True)]).insert(0, (override, flag > sp.Rational(1, 2)))
+    for target, choices in pieces.items():
+        L.overrides[target] = sp.Piecewise(*choices)
 
     # neural terms
     for nd in of(A.NeuralDecl):

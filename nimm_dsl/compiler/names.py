@@ -42,6 +42,12 @@ NEURAL_KINDS = ("mlp",)
 NEURAL_OPTIONS = ("hidden", "activation", "init", "penalty")
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "gelu")
 NEURAL_INITS = ("zero", "random")
+# Sizes beyond any real model: a count or a width this large is a typo or a hostile model, and
+# would exhaust memory or time in the back ends (a million doses, a 10^10-weight network).
+MAX_HINTS = 100  # did-you-mean hints per model; nobody reads the 101st
+MAX_DOSE_TIMES = 100_000
+MAX_NEURAL_WIDTH = 1024
+MAX_NEURAL_LAYERS = 16
 NOISE_OPTIONS: dict[str, tuple[str, ...]] = {"normal": ("sigma",), "lognormal": ("sigma",), "poisson": (),
                                               "negbinomial": ("dispersion",)}
 
@@ -122,8 +128,18 @@ class _Checker:
         self.rate_names: dict[int, set[str]] = {}  # id(der/flow line) -> names its rate uses
         self.initial_users: dict[str, str] = {}  # name -> a state whose initial value uses it
         self.set_lines: list[A.SetStmt] = []
+        self.hints_left = MAX_HINTS
+        self._value_names: Optional[list[str]] = None
 
     # ------------------------------------------------------------------ helpers
+    def did_you_mean(self, name: str, candidates) -> Optional[str]:
+        """A did-you-mean hint while the model's budget lasts: each hint compares against every
+        candidate, so 9,000 undefined names among 9,000 lets took minutes."""
+        if self.hints_left <= 0:
+            return None
+        self.hints_left -= 1
+        return did_you_mean(name, candidates)
+
     def report(self, code: str, span: A.Span, message: str, hint: Optional[str] = None) -> None:
         self.diags.append(Diagnostic(code, span, message, hint, self.file))
 
@@ -131,7 +147,9 @@ class _Checker:
         return self.table.kind(name)
 
     def value_names(self) -> list[str]:
-        return [n for n, s in self.table.symbols.items() if s.kind != "dose"] + sorted(BUILTIN_CONSTANTS)
+        if self._value_names is None:  # the table does not change while checking
+            self._value_names = [n for n, s in self.table.symbols.items() if s.kind != "dose"] + sorted(BUILTIN_CONSTANTS)
+        return self._value_names
 
     def const_value(self, name: str) -> Optional[Value]:
         """A const's value as written (units ignored: for signs, counts and E504); None for
@@ -171,7 +189,7 @@ class _Checker:
         kind = self.kind_of(ident.name)
         if kind is None:
             self.report("E201", ident.span, f"undefined name `{ident.name}` in {what}",
-                        did_you_mean(ident.name, candidates))
+                        self.did_you_mean(ident.name, candidates))
         return kind
 
     # ------------------------------------------------------------------ expressions
@@ -238,7 +256,7 @@ class _Checker:
                             f"attach the unit to a number: `1 [{name}]`")
             else:
                 self.report("E201", node.span, f"undefined name `{name}` in {pos.what}",
-                            did_you_mean(name, self.value_names()))
+                            self.did_you_mean(name, self.value_names()))
             return False
         if sym.kind == "neural":
             args = ", ".join(a.name for a in sym.decl.args)
@@ -289,7 +307,7 @@ class _Checker:
         if sym is None:
             neural = [s.name for s in self.table.of_kind("neural")]
             self.report("E201", node.func.span, f"undefined function `{name}` in {pos.what}",
-                        did_you_mean(name, neural + list(BUILTINS)))
+                        self.did_you_mean(name, neural + list(BUILTINS)))
             return False
         if sym.kind != "neural":
             self.report("E204", node.func.span,
@@ -500,7 +518,7 @@ class _Checker:
                 self.info.dynamics[end.name].append(stmt)
             elif kind is not None:
                 self.report("E204", end.span, f"a flow connects states, found {kind} `{end.name}`",
-                            did_you_mean(end.name, states))
+                            self.did_you_mean(end.name, states))
 
     def check_dose(self, stmt: A.DoseStmt, scenario: Optional[A.ScenarioBlock]) -> None:
         where = f"dose `{stmt.name.name}`"
@@ -520,7 +538,7 @@ class _Checker:
         kind = self.lookup_ident(stmt.state, where, states)
         if kind is not None and kind != "state":
             self.report("E204", stmt.state.span, f"a dose changes a state, found {kind} `{stmt.state.name}`",
-                        "use `set` to change a param, const or input" if kind in SETTABLE_KINDS else did_you_mean(stmt.state.name, states))
+                        "use `set` to change a param, const or input" if kind in SETTABLE_KINDS else self.did_you_mean(stmt.state.name, states))
         elif kind == "state":
             self.event_influence.setdefault(stmt.state.name, set()).update(used | timing)
         if scenario is None and self.table.symbols.get(stmt.name.name) is not None \
@@ -530,6 +548,10 @@ class _Checker:
             n = self.number(stmt.times)
             if n is not None and not math.isinf(n) and not (n >= 1 and n == int(n)):  # inf: E504
                 self.report("E503", stmt.times.span, f"`times` of {where} must be a whole number of at least 1, found {n:g}")
+            elif n is not None and not math.isinf(n) and n > MAX_DOSE_TIMES:
+                self.report("E503", stmt.times.span,
+                            f"`times` of {where} is {n:g}; at most {MAX_DOSE_TIMES:,} doses are supported",
+                            "a dose this frequent is better written as a continuous input (an `input` or a rate in `der`)")
         if stmt.every is not None:
             dt = self.number(stmt.every)
             if dt is not None and not dt > 0:
@@ -567,7 +589,7 @@ class _Checker:
                         "delete the scenario's dose line instead")
         else:
             self.report("E201", stmt.name.span, f"undefined dose `{name}` in `remove`",
-                        did_you_mean(name, list(self.table.doses)))
+                        self.did_you_mean(name, list(self.table.doses)))
 
     def check_noise(self, stmt: A.ObserveDecl) -> set[str]:
         noise = stmt.noise
@@ -576,7 +598,7 @@ class _Checker:
         kind = noise.kind.name
         if kind not in NOISE_OPTIONS:
             self.report("E503", noise.kind.span, f"unknown noise model `{kind}`; expected normal, lognormal, poisson or negbinomial",
-                        did_you_mean(kind, NOISE_OPTIONS))
+                        self.did_you_mean(kind, NOISE_OPTIONS))
             return set()
         allowed = NOISE_OPTIONS[kind]
         used: set[str] = set()
@@ -586,7 +608,7 @@ class _Checker:
             if name not in allowed:
                 expected = f"only `{'`, `'.join(allowed)}`" if allowed else "no options"
                 self.report("E503", opt.name.span, f"{kind} noise takes {expected}, found option `{name}`",
-                            did_you_mean(name, allowed))
+                            self.did_you_mean(name, allowed))
             elif name in seen:
                 self.report("E503", opt.name.span, f"option `{name}` given twice")
             elif isinstance(opt.value, A.ListValue):
@@ -612,13 +634,13 @@ class _Checker:
                         "a fitted constant is a `param`; a neural term is a function of dimensionless inputs")
         if stmt.kind.name not in NEURAL_KINDS:
             self.report("E503", stmt.kind.span, f"unknown neural network kind `{stmt.kind.name}`; expected `mlp`",
-                        did_you_mean(stmt.kind.name, NEURAL_KINDS))
+                        self.did_you_mean(stmt.kind.name, NEURAL_KINDS))
         seen: set[str] = set()
         for opt in stmt.options:
             name, value = opt.name.name, opt.value
             if name not in NEURAL_OPTIONS:
                 self.report("E503", opt.name.span, f"unknown neural option `{name}`; expected one of {', '.join(NEURAL_OPTIONS)}",
-                            did_you_mean(name, NEURAL_OPTIONS))
+                            self.did_you_mean(name, NEURAL_OPTIONS))
                 continue
             if name in seen:
                 self.report("E503", opt.name.span, f"neural option `{name}` given twice")
@@ -632,7 +654,7 @@ class _Checker:
                 if word not in choices:
                     found = f"`{word}`" if word else _describe(value) if not isinstance(value, A.ListValue) else "a list"
                     self.report("E503", value.span, f"`{name}` expects one of {', '.join(choices)}; found {found}",
-                                did_you_mean(word, choices) if word else None)
+                                self.did_you_mean(word, choices) if word else None)
             elif name == "penalty":
                 ok, number = (True, None) if isinstance(value, A.ListValue) else self.literal(value)
                 if ok and (number is None or not number >= 0 or math.isinf(number)):
@@ -646,11 +668,16 @@ class _Checker:
             return
         if not value.items:
             self.report("E503", value.span, "`hidden` expects at least one layer width, found an empty list")
+        if len(value.items) > MAX_NEURAL_LAYERS:
+            self.report("E503", value.span, f"`hidden` has {len(value.items)} layers; at most {MAX_NEURAL_LAYERS} are supported")
         for item in value.items:
             ok, width = self.literal(item) if isinstance(item, (A.Number, A.UnaryOp)) else (True, None)
             if ok and (width is None or not math.isfinite(width) or width < 1 or width != int(width)):
                 self.report("E503", item.span, "`hidden` widths must be positive whole numbers, found "
                             + (f"{width:g}" if width is not None else _describe(item)))
+            elif ok and width > MAX_NEURAL_WIDTH:
+                self.report("E503", item.span, f"`hidden` width {width:g} is beyond the supported {MAX_NEURAL_WIDTH}",
+                            "a term of a mechanistic model needs a few dozen units per layer")
 
     # ------------------------------------------------------------------ whole-model checks
     def check_dynamics(self) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..grammar import ast as A
 from ..diagnostics import Diagnostic
-from ..grammar.words import KEYWORDS, RESERVED
+from ..grammar.words import COLUMN_KINDS, KEYWORDS, RESERVED, SERIES_COLUMN
 
 @dataclass(eq=False)
 class Symbol:
@@ -52,6 +52,12 @@ def build_symbol_table(program: A.Program, file: str = "<model>") -> tuple[Symbo
 
     def declare(ident: A.Ident, kind: str, decl) -> None:
         if reserved(ident):
+            return
+        if ident.name == SERIES_COLUMN and kind in COLUMN_KINDS:
+            diags.append(Diagnostic("E203", ident.span,
+                                    f"`{SERIES_COLUMN}` is reserved for the data column that separates "
+                                    f"independent series, and cannot name {'the' if kind == 'time' else 'an'} {kind}",
+                                    "choose another name", file))
             return
         prior = table.symbols.get(ident.name)
         if prior is not None:

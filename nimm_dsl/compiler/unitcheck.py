@@ -26,6 +26,7 @@ from ..grammar import ast as A
 from ..grammar.words import BUILTIN_CONSTANTS
 from ..diagnostics import Diagnostic
 from ..grammar.words import OBSERVE_FUNCTIONS
+from ..grammar.parser import MAX_UNIT_POWER  # beyond this a power of a unit is surely a mistake
 from .builtins import BRANCHES, BUILTINS, DIMENSIONLESS, HALVES_EXPONENTS, KEEPS_UNIT, ONE_DIMENSION
 from .fold import DeclaredValues, is_bare
 from .symbols import Symbol, SymbolTable
@@ -49,15 +50,17 @@ class _Bool:
 BOOL = _Bool()  # the type of comparisons and and/or/not
 Ty = Union[Unit, _Bool, None]  # None: unknown (an error reported elsewhere)
 
-MAX_UNIT_POWER = 64  # beyond this a power of a dimensioned unit is surely a mistake
 
 
 def check_units(program: A.Program, table: SymbolTable, file: str = "<model>") -> tuple[UnitInfo, list[Diagnostic]]:
     checker = _UnitChecker(program, table, file)
     try:
         checker.run()
-    except RecursionError:  # absurdly deep expressions: report what was found so far
-        pass
+    except RecursionError:  # the parser's limits should prevent it; if not, never a silent "clean"
+        stmt = checker.statement
+        span = stmt.span if stmt is not None else A.Span(1, 1, 1, 2)
+        checker.diags.append(Diagnostic("E100", span, "the model is nested too deeply to check its units here",
+                                        "split long chains of lets or deeply nested expressions", file))
     return checker.info, checker.diags
 
 
@@ -73,6 +76,7 @@ class _UnitChecker:
         self.info.values = DeclaredValues(table, lambda sym: self.decl_units.get(sym.decl), self.unit_scale)
         self.current_state: Optional[str] = None  # for the `gamma * I` hint
         self.table_dose: Optional[A.DoseStmt] = None  # whose own name is the row's amount
+        self.statement = None  # the statement being checked, to locate a RecursionError
 
     # ------------------------------------------------------------ reporting
     def report(self, code: str, span: A.Span, message: str, hint: Optional[str] = None) -> None:
@@ -104,6 +108,7 @@ class _UnitChecker:
         if self.table.time is not None:
             self.info.time_unit = self.decl_units.get(self.table.time)
         for stmt in statements:
+            self.statement = stmt
             self.check_statement(stmt)
         for sym in self.table.symbols.values():
             unit = self.let_unit(sym) if sym.kind == "let" else self.decl_units.get(sym.decl)

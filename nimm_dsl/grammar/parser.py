@@ -37,6 +37,7 @@ MAX_EXPRESSION_DEPTH = 200  # keeps every later recursive tree walk far from Pyt
 MAX_STATEMENT_CHARS = 20_000  # a logical statement longer than this is refused unparsed
 MAX_DIAGNOSTICS = 200  # then one final "too many errors; stopping"
 MAX_SOURCE_CHARS = 500_000  # ~10,000 lines, far beyond any real model; keeps parse() to seconds
+MAX_UNIT_POWER = 64  # unit exponents, written (`[km^3]`) or computed (`x^3`): the checker uses it too
 MAX_CONTINUATION_LINES = 10  # how far a statement broken across lines (outside brackets) is followed
 
 _GRAMMAR_PATH = Path(__file__).with_name("nimm.lark")
@@ -416,8 +417,9 @@ class _Builder(Transformer_NonRecursive):
             value /= _fraction(denominator)
         if minus is not None:
             value = -value
-        if abs(value.numerator) > 1000 or value.denominator > 1000:
-            raise _Problem(self._span(numerator), f"unit exponent `{value}` is out of range")
+        if abs(value.numerator) > MAX_UNIT_POWER or value.denominator > MAX_UNIT_POWER:
+            raise _Problem(self._span(numerator), f"unit exponent `{value}` is out of range "
+                                                  f"(at most {MAX_UNIT_POWER} in size)")
         return value, self._span(end)
 
     # --- expressions

@@ -14,6 +14,11 @@ OBSERVE_FUNCTIONS = frozenset({"integral"})
 # models, neural kinds and options) are deliberately not reserved: declaring them is allowed.
 RESERVED = KEYWORDS | BUILTIN_FUNCTIONS | BUILTIN_CONSTANTS | OBSERVE_FUNCTIONS | {"inf"}
 
+# A data column with a meaning of its own (independent experiments, LANGUAGE.md §7): the time,
+# an input or an observe of this name would be read from it, so they may not take it (E203).
+SERIES_COLUMN = "series"
+COLUMN_KINDS = frozenset({"time", "input", "observe"})
+
 # Words that start a statement. A continuation line (inside an open bracket) that starts with
 # one of them means the bracket was never closed.
 STATEMENT_KEYWORDS = frozenset(

@@ -133,7 +133,10 @@ def summarize_table(path, max_rows: int = MAX_SUMMARY_ROWS) -> str:
     range, the series, and the first rows. Only the training table is ever summarised."""
     import pandas as pd
 
-    frame = pd.read_csv(path)
+    from ..runtime.data import open_local
+
+    with open_local(path) as handle:
+        frame = pd.read_csv(handle)
     # The file's name is left out: a name like `misspecified_train.csv` gives the answer away.
     lines = [f"Training table: {len(frame)} rows, columns "
              + ", ".join(f"`{c}`" for c in frame.columns) + "."]

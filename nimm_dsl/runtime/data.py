@@ -25,8 +25,7 @@ import numpy as np
 from ..diagnostics import did_you_mean
 from ..compiler.ir import ModelIR
 from ..errors import DataError
-
-SERIES_COLUMN = "series"
+from ..grammar.words import SERIES_COLUMN as SERIES_COLUMN  # the one spelling, shared with the checker
 _MISSING = {"", "nan", "na", "n/a", "null", "none"}
 
 
@@ -193,7 +192,8 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
             if keep.any():
                 doses[d] = (t[keep], v[keep])
         if observed and not any(np.isfinite(v).any() for v in observed.values()):
-            warnings.append(f"{file}: series `{label}` has no observed value; it does not affect the fit")
+            what = f"series `{label}`" if label is not None else "the table"  # not "series `None`"
+            warnings.append(f"{file}: {what} has no observed value; it does not affect the fit")
         series.append(Series(label, t, observed, inputs, row_numbers[idx], doses))
         # with a clock origin every series starts there, so doses before its first row apply
         early = [] if ir.t0 is not None else sorted({d.name for d in ir.doses for dt in d.times if dt < t[0]})
@@ -225,6 +225,9 @@ def read_table(path_or_frame, file: Optional[str] = None) -> Table:
     frame, file, has_lines = _read(path_or_frame, file)
     columns = [str(c).strip() for c in frame.columns]
     frame.columns = columns
+    if has_lines and all(re.fullmatch(r"Unnamed: \d+", c) for c in columns):  # pandas' name for ""
+        raise DataError(f"{file}: the first line (the header) has no column names; a CSV table "
+                        "starts with a line of names such as `t,y`")
     _check_duplicate_columns(columns, file)
     _check_separator(columns, file)
     # Blank lines are kept while reading so row numbers match the file; drop them now.
@@ -232,6 +235,12 @@ def read_table(path_or_frame, file: Optional[str] = None) -> Table:
     row_numbers = np.arange(1, len(frame) + 1)[~blank.to_numpy()]
     frame = frame[~blank.to_numpy()]
     return Table(file, frame, columns, row_numbers, _RowNamer(file, row_numbers, has_lines))
+
+
+def open_local(path):
+    """A data file opened for pandas: a path on this machine only. Given a name, pandas would also
+    fetch `http://`, `s3://` or `file://` URLs; given an open file it reads just that file."""
+    return open(os.fspath(path), "rb")
 
 
 def _read(path_or_frame, file):
@@ -244,8 +253,9 @@ def _read(path_or_frame, file):
     path = os.fspath(path_or_frame)
     file = file or path
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                            skipinitialspace=True)
+        with open_local(path) as handle:
+            frame = pd.read_csv(handle, dtype=str, keep_default_na=False, skip_blank_lines=False,
+                                skipinitialspace=True)
     except FileNotFoundError:
         raise DataError(f"{file}: cannot read the data file: no such file") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -17,11 +17,13 @@ def write_bytes_atomic(path, data: bytes) -> Path:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(temporary)
         except OSError:
             pass
+        if isinstance(error, OSError) and error.filename is None:  # fsync, write: name the target
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     return path
 

@@ -349,11 +349,24 @@ def _save(plt, fig, path) -> str:
     path = os.fspath(path)
     if not os.path.splitext(path)[1]:
         path += ".png"
+    import io
+
+    from .files import write_bytes_atomic
+
+    buffer = io.BytesIO()  # written whole or not at all: a failed write keeps the old plot
     try:
-        fig.savefig(path, dpi=110)
+        fig.savefig(buffer, format=os.path.splitext(path)[1][1:].lower(), dpi=110)
     finally:
         plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
     return path
+
+
+def plot_formats() -> list[str]:
+    """The file extensions a plot may have (matplotlib's formats)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
 
 
 def _time_axis(result) -> tuple[str, Optional[str]]:

@@ -37,7 +37,7 @@ def _validated(weights: Mapping, source: str) -> dict[str, np.ndarray]:
             raise DataError(f"{source}: weight names must be non-empty strings, got {name!r}")
         try:
             arr = _as_flat(name, values)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a 400-digit integer
             raise DataError(f"{source}: neural weights {name!r} are not a flat list of numbers ({exc})") from None
         if not np.all(np.isfinite(arr)):
             raise DataError(f"{source}: neural weights {name!r} contain NaN or inf")

@@ -34,4 +34,5 @@ from .result import FitResult as FitResult
 from .result import StartRecord as StartRecord
 from .result import format_report as format_report
 from .result import load_fit as load_fit
+from .result import params_for_model as params_for_model
 from .starts import start_points as start_points

@@ -11,6 +11,7 @@ from ...compiler.ir import ModelIR
 from ...errors import FitError, SimulationError
 from ..binding import load_bound
 from ..data import Dataset, load_data
+from ..interrupt import interruptible
 from .failures import native_output_captured
 from .loss import numpy_nll, predict, rmse_by_observe
 from ..series_params import by_series, estimated_params, series_key
@@ -61,7 +62,7 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
     if dataset.n_observations == 0:
         raise FitError(f"{dataset.file}: every observed value is missing; nothing to fit")
     train, valid = dataset.split(holdout) if holdout > 0 else (dataset, None)
-    with native_output_captured() as terminal:
+    with interruptible(), native_output_captured() as terminal:  # Ctrl-C stops the fit
         solver = PATHS[backend](ir, train, valid, rtol, atol, max_iter, seed, simulator, **options)
         solver.progress = terminal if progress else None
         points, origins, notes = solver.warm_start(start_points(solver.est, starts, seed), start_origins(starts))
@@ -124,7 +125,8 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
                      holdout_after=holdout_after, labels={n: v for n, v in labels.items() if v},
                      starts=run.records, covariance=matrix_dict(shared, cov),
                      correlation=matrix_dict(shared, correlation(cov)),
-                     series_params=series_params, series_stderr=series_stderr)
+                     series_params=series_params, series_stderr=series_stderr,
+                     fingerprint=ir.fingerprint())
 
 
 def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backend: str = "casadi",

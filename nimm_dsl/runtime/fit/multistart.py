@@ -17,6 +17,7 @@ import numpy as np
 from ...compiler.ir import ModelIR, ParamIR
 from ...errors import FitError, SimulationError
 from ..data import Dataset
+from ..interrupt import raise_if_interrupted
 from .failures import Diagnosis, StartFailed, diagnose, find_problem
 from .result import StartRecord, point_summary, start_line
 from .starts import rescue_points
@@ -102,11 +103,15 @@ def run_starts(solver: StartSolver, points: np.ndarray, origins: Sequence[str], 
         start = {p.name: float(v) for p, v in zip(est, x0)}
         try:
             out = solver.solve(np.asarray(x0, dtype=float))
+            raise_if_interrupted()  # a solver may have caught Ctrl-C and returned
             if not np.isfinite(out.loss):
                 raise StartFailed("failed: the loss is not finite at the point reached", out.values, out.weights)
         except START_ERRORS as e:
+            raise_if_interrupted()  # ... or turned it into its own error
             status = e.status if isinstance(e, StartFailed) else f"failed: {_one_line(e)}"
             point = e.point if isinstance(e, StartFailed) and e.point else dict(defaults, **start)
+            if not all(np.isfinite(v) for v in point.values()):  # an optimiser step went NaN: diagnose
+                point = dict(defaults, **start)                   # where the start began instead
             weights = e.weights if isinstance(e, StartFailed) else None
             failures.append(_Failure(len(records), point, weights, status, problem=_NOT_YET))
             records.append(StartRecord(start, None, None, status, origin, False))
@@ -187,10 +192,14 @@ def _explain(solver: StartSolver, f: _Failure, reference, culprits: bool = False
 
 
 def progress_bar(total, desc, stream):
+    """A bar on a terminal; elsewhere (a log, a pipe) a line every PROGRESS_EVERY seconds."""
+    if stream is not None and not stream.isatty():
+        from ..progress import ProgressLines
+
+        return ProgressLines(total, desc, stream)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, file=stream, leave=False,
-                disable=stream is None or not stream.isatty())
+    return tqdm(total=total, desc=desc, file=stream, leave=False, disable=stream is None)
 
 
 def start_origins(n: int) -> list[str]:

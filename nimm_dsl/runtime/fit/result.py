@@ -80,6 +80,8 @@ class FitResult:
     series_params: dict = field(default_factory=dict)
     series_stderr: dict = field(default_factory=dict)
 
+    fingerprint: str = ""  # ModelIR.fingerprint() of the model fitted
+
     def params_for(self, label) -> dict:
         """`params` for one data series: each per-series param at that series' fitted value."""
         return {**self.params, **{k: v[label] for k, v in self.series_params.items() if label in v}}
@@ -90,6 +92,7 @@ class FitResult:
         return {
             "format_version": FORMAT_VERSION,
             "model": self.model,
+            "fingerprint": self.fingerprint,
             "backend": self.backend,
             "params": _floats(self.params),
             "estimated": list(self.estimated),
@@ -181,29 +184,42 @@ def _floats(d: dict) -> dict:
     return {k: float(v) for k, v in d.items()}
 
 
+MAX_FIT_FILE_BYTES = 1 << 30  # weights of the largest allowed networks fit well within this
+
+
 def load_fit(path) -> dict:
-    """{"params": {name: float}, "weights": {name: np.ndarray}, "document": the whole JSON object}
-    from a FIT.json (FitError if unusable). Files without "format_version" (written before version 1) read the same way."""
+    """{"params": {name: float}, "weights": {name: np.ndarray}, "model": str or None,
+    "fingerprint": str or None, "document": the whole JSON object} from a FIT.json (FitError if
+    unusable). Files without "format_version" (written before version 1) read the same way.
+    `params_for_model` then checks that the file belongs to a model."""
     from ..weights import weights_from_fit_entry
 
     try:
-        data = json.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FIT_FILE_BYTES + 1)
     except OSError as e:
         raise FitError(f"{path}: cannot read the fit file ({e.strerror or e})") from None
-    except ValueError as e:
+    if len(raw) > MAX_FIT_FILE_BYTES:
+        raise FitError(f"{path}: the fit file is larger than {MAX_FIT_FILE_BYTES >> 20} MB")
+    try:
+        data = json.loads(raw)
+    except RecursionError:  # hostile nesting: Python's decoder recurses per level
+        raise FitError(f"{path}: not a fit file (JSON nested too deeply)") from None
+    except ValueError as e:  # also undecodable bytes and integers beyond Python's digit limit
         raise FitError(f"{path}: not a JSON fit file ({e})") from None
     params = data.get("params") if isinstance(data, dict) else None
     if not isinstance(params, dict):
         raise FitError(f"{path}: expected a JSON object with a \"params\" object")
     version = data.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
-        raise FitError(f"{path}: FIT.json format_version {version!r} is newer than this nimm_dsl "
+        raise FitError(f"{path}: FIT.json format_version {_short(version)} is newer than this nimm_dsl "
                        f"reads ({FORMAT_VERSION}); update nimm_dsl")
     clean = {}
     for k, v in params.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise FitError(f"{path}: params.{k} is not a finite number: {v!r}")
-        clean[str(k)] = float(v)
+        number = _finite_number(v)
+        if number is None:
+            raise FitError(f"{path}: params.{k} is not a finite number: {_short(v)}")
+        clean[str(k)] = number
     weights = {}
     if data.get("weights"):
         try:
@@ -212,12 +228,80 @@ def load_fit(path) -> dict:
             raise FitError(str(e)) from None
     series = {}
     for k, by_label in (data.get("series_params") or {}).items():
-        if not isinstance(by_label, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in by_label.values()):
-            raise FitError(f"{path}: series_params.{k} is not an object of finite numbers")
-        series[str(k)] = {str(s): float(v) for s, v in by_label.items()}
+        if not isinstance(by_label, dict) or any(_finite_number(v) is None for v in by_label.values()):
+            raise FitError(f"{path}: series_params.{_short(k)} is not an object of finite numbers")
+        series[str(k)] = {str(s): _finite_number(v) for s, v in by_label.items()}
+    model, fingerprint = data.get("model"), data.get("fingerprint")
     # the rest (covariance, rmse, ...) for `--bands` (runtime/bands.py reads what it needs)
-    return {"params": clean, "weights": weights, "series_params": series, "document": data}
+    return {"params": clean, "weights": weights, "model": model if isinstance(model, str) else None,
+            "fingerprint": fingerprint if isinstance(fingerprint, str) and fingerprint else None,
+            "series_params": series,
+            "document": data}
+
+
+def _finite_number(v) -> Optional[float]:
+    """A JSON number as a finite float, else None (a 401-digit integer does not fit a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        number = float(v)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def params_for_model(restored: dict, ir, path, reuse: bool = False) -> tuple[dict, dict, list[str]]:
+    """The params and weights of a loaded fit (`load_fit`) for simulating `ir`, and notes for the
+    user; FitError when the file does not belong to this model: another model's name, another
+    structure (ModelIR.fingerprint: a model edited since the fit), a param the model lacks, an
+    estimated param missing, a const with another value, a value outside the param's bounds, or
+    a neural term without weights (it would run untrained). With `reuse` (a deliberate reuse of
+    another model's fit) the name and structure may differ, and the model's own consts are kept."""
+    params, weights = dict(restored["params"]), dict(restored.get("weights") or {})
+    notes: list[str] = []
+    flag = " (to reuse it deliberately, pass --reuse-fit)"
+    model, fingerprint = restored.get("model"), restored.get("fingerprint")
+    if not reuse and model is not None and model != ir.name:
+        raise FitError(f"{path}: this fit is of model `{_short(model)[1:-1]}`, not `{ir.name}`{flag}")
+    if not reuse and fingerprint is not None and fingerprint != ir.fingerprint():
+        raise FitError(f"{path}: this fit is of another version of `{ir.name}` (its states, params, "
+                       f"observes or equations have changed since){flag}")
+    declared = {p.name: p for p in ir.params}
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise FitError(f"{path}: params {', '.join(unknown)} are not in model `{ir.name}` "
+                       f"(is this the fit of another model?)")
+    missing = [p.name for p in ir.params if p.estimate and p.name not in params]
+    if missing:
+        raise FitError(f"{path}: no value for the estimated param(s) {', '.join(missing)} of `{ir.name}`")
+    for name, value in list(params.items()):
+        p = declared[name]
+        if not p.estimate:
+            if value != p.default and not reuse:
+                raise FitError(f"{path}: const `{name}` is {value:g} in the fit file but {p.default:g} in the "
+                               f"model; a fit does not change consts (edit the model, or refit){flag}")
+            if value != p.default:
+                notes.append(f"const `{name}` keeps the model's value {p.default:g} (the fit file has {value:g})")
+            del params[name]
+        elif not p.lo <= value <= p.hi:
+            raise FitError(f"{path}: `{name}` = {value:g} is outside its bounds [{p.lo:g}, {p.hi:g}] in the model")
+    untrained = [n.name for n in ir.neurals if n.name not in weights]
+    if untrained:
+        raise FitError(f"{path}: no weights for the neural term(s) {', '.join(untrained)}: "
+                       "the network would run untrained; use the FIT.json its fit wrote")
+    extra = sorted(set(weights) - {n.name for n in ir.neurals})
+    if extra:
+        raise FitError(f"{path}: weights for {', '.join(extra)}, which model `{ir.name}` does not declare")
+    for n in ir.neurals:
+        if np.asarray(weights[n.name]).size != n.n_weights:
+            raise FitError(f"{path}: neural `{n.name}` has {np.asarray(weights[n.name]).size} weights in the fit "
+                           f"file but {n.n_weights} in the model")
+    return params, weights, notes
 
 
 def point_summary(values: dict, limit: int = 4) -> str:
