@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--holdout", type=float, default=0.0,
                    help="fraction of each series' last times held out for early stopping (torch)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--hessian", choices=("gauss-newton", "exact"), default="gauss-newton",
+                   help="curvature behind the standard errors: the Fisher information (default) or "
+                        "the exact Hessian of the loss (slower on large models)")
 
     g = sub.add_parser("generate", help="ask an LLM for a model, check it and repair it from the diagnostics")
     g.add_argument("task", metavar="TASK",
@@ -306,7 +309,7 @@ def cmd_fit(args) -> int:
     _check_writable(args.plot, "--plot")
     model = _load(args.model)
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
-                       seed=args.seed, progress=sys.stderr.isatty())
+                       seed=args.seed, progress=sys.stderr.isatty(), hessian=args.hessian)
     print(format_report(result), flush=True)  # before the notes on stderr
     for w in result.warnings:
         print(f"nimm: warning: {w}", file=sys.stderr)

@@ -377,6 +377,22 @@ class LeastSquaresProblem:
                 g_out[k] += -S / s ** 3 + n / s
         return g_out, H
 
+    def gauss_newton(self, values):
+        """The Fisher information in the estimated params (natural units) from first-order
+        sensitivities: sum_g J'J / s^2, and 2 n_g / s^2 for a sigma param (its expected
+        information; the expected cross terms with the dynamic params vanish)."""
+        n_est = len(self.est)
+        blocks, _ = self.residuals(values)
+        H = np.zeros((n_est, n_est))
+        dyn = np.array(self.dyn, dtype=int)
+        for g, (r, J, _) in blocks.items():
+            s = self.sigma_of(g, values)
+            H[np.ix_(dyn, dyn)] += J.T @ J / s ** 2
+            if g[0] == "param":
+                k = [p.name for p in self.est].index(g[1])
+                H[k, k] += 2 * r.size / s ** 2
+        return H
+
     def solve(self, start: np.ndarray, max_nfev: int) -> tuple[dict, float, int]:
         """Weighted least squares in the dynamic params, then the closed-form sigmas; repeated
         while sigmas and params still move each other (never, with one sigma group).
@@ -459,10 +475,13 @@ class LeastSquaresSolver(StartSolver):
         return StartOutcome(values, {}, float(loss), _LSQ_STATUS.get(status, f"stopped (status {status})"),
                             status > 0)
 
+    def _at(self, outcome: StartOutcome, x) -> dict:
+        return dict(outcome.values, **{p.name: float(v) for p, v in zip(self.est, x)})
+
     def curvature(self, outcome: StartOutcome):
         # exact first and second derivatives, at the optimum (standard errors)
-        def at(x):
-            return dict(outcome.values, **{p.name: float(v) for p, v in zip(self.est, x)})
+        return (lambda x: self.problem.hessian_and_gradient(self._at(outcome, x))[0],
+                lambda x: self.problem.hessian_and_gradient(self._at(outcome, x))[1])
 
-        return (lambda x: self.problem.hessian_and_gradient(at(x))[0],
-                lambda x: self.problem.hessian_and_gradient(at(x))[1])
+    def gauss_newton(self, outcome: StartOutcome):
+        return lambda x: self.problem.gauss_newton(self._at(outcome, x))
