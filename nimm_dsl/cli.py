@@ -212,6 +212,14 @@ def _check_writable(path: Optional[str], option: str) -> None:
         raise UsageError(f"nimm: {option} `{path}`: the folder `{folder}` is not writable")
 
 
+def _torch_threads(backend: Optional[str]) -> None:
+    """Before Torch work: the thread count that measures best here (runtime/torch_threads.py)."""
+    if backend == "torch":
+        from .runtime.torch_threads import use_best_torch_threads
+
+        use_best_torch_threads()
+
+
 def cmd_simulate(args) -> int:
     from .backends.protocol import default_times
     from .errors import FitError, NimmError
@@ -239,6 +247,7 @@ def cmd_simulate(args) -> int:
         if unknown:
             raise FitError(f"{args.fit}: params {', '.join(unknown)} are not in model `{ir.name}` "
                            f"(is this the fit of another model?)")
+    _torch_threads(args.backend)
     sim = model.compile(args.backend)
     grid = _parse_times(args.times) if args.times else None
     if grid is not None and ir.t0 is not None and grid[0] < ir.t0:
@@ -308,6 +317,7 @@ def cmd_fit(args) -> int:
     _check_writable(args.output, "--output")
     _check_writable(args.plot, "--plot")
     model = _load(args.model)
+    _torch_threads(args.backend)
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
                        seed=args.seed, progress=sys.stderr.isatty(), hessian=args.hessian)
     print(format_report(result), flush=True)  # before the notes on stderr
@@ -388,6 +398,7 @@ def cmd_evaluate(args) -> int:
         task = load_task(args.task)
     except TaskError as e:
         raise UsageError(f"nimm: {e}") from None
+    _torch_threads(args.backend or task.fit.backend)
     report = evaluate(task, args.model, backend=args.backend, plot_dir=args.plot,
                       progress=sys.stderr.isatty())
     print(report.summary(), flush=True)
