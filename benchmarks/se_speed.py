@@ -67,7 +67,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--noise", nargs="+", default=["normal", "poisson"])
     args = ap.parse_args()
-    rows = []
+    print(f"{args.patches}-patch SIR ring, {2 * args.patches} states, {args.times} times x {args.patches} "
+          f"observed series, rtol = atol = 1e-8; median of {args.repeats} interleaved repeats; "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    print("| noise | path | params | set-up (s) | fit (s) | SE Fisher (s) | SE exact (s) | "
+          "Fisher / fit | exact / fit | max relative SE difference |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     for noise in args.noise:
         t0 = time.perf_counter()
         model = nimm_dsl.load_source(ring_model(args.patches, noise), f"ring_{args.patches}.nimm")
@@ -89,16 +94,9 @@ def main() -> None:
                 se[kind] = np.sqrt(np.diag(np.linalg.inv(H)))
         fit_s, gn_s, ex_s = (statistics.median(v) for v in (fits, gn, exact))
         spread = float(np.max(np.abs(se["gauss-newton"] / se["exact"] - 1)))
-        rows.append((noise, type(solver).__name__, len(solver.est), setup, fit_s, gn_s, ex_s, spread))
-    print(f"{args.patches}-patch SIR ring, {2 * args.patches} states, {args.times} times x {args.patches} "
-          f"observed series, rtol = atol = 1e-8; median of {args.repeats} interleaved repeats; "
-          f"load average {os.getloadavg()[0]:.1f}\n")
-    print("| noise | path | params | set-up (s) | fit (s) | SE Fisher (s) | SE exact (s) | "
-          "Fisher / fit | exact / fit | max relative SE difference |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for noise, path, n, setup, fit_s, gn_s, ex_s, spread in rows:
-        print(f"| {noise} | {path} | {n} | {setup:.2f} | {fit_s:.2f} | {gn_s:.3f} | {ex_s:.2f} | "
-              f"{gn_s / fit_s:.0%} | {ex_s / fit_s:.0%} | {spread:.1e} |")
+        print(f"| {noise} | {type(solver).__name__} | {len(solver.est)} | {setup:.2f} | {fit_s:.2f} | "
+              f"{gn_s:.3f} | {ex_s:.2f} | {gn_s / fit_s:.0%} | {ex_s / fit_s:.0%} | {spread:.1e} |", flush=True)
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def test_default_standard_errors_are_the_inverse_fisher_information(noise):
     assert [res.stderr[n] for n in names] == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("noise", ["normal", "lognormal"])
+@pytest.mark.parametrize("noise", ["normal", "lognormal", "poisson"])
 def test_ipopt_and_least_squares_paths_give_the_same_fisher_information(noise):
     ir = decay(noise)
     train = load_data(data(noise), ir)

@@ -5,8 +5,8 @@ simulator's `trajectory_function`, with exact gradients (and, without networks, 
 through CVODES.
 
 Least squares: where the loss is a sum of squares in the dynamic params (normal/lognormal/
-least-squares observes, sigmas that are params used nowhere else, no networks, one segment per
-series) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
+least-squares observes, sigmas that are params used nowhere else, Poisson observes through their
+deviance residuals, no networks, one segment per series) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
 trust-region least squares runs on that exact Jacobian, each sigma at its closed-form optimum:
 several times faster than IPOPT with exact Hessians (benchmarks/README.md). Passing
 `ipopt_options={...}` forces IPOPT.
@@ -279,6 +279,8 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
             continue
         if o.noise == "lsq":
             sigma[o.name] = None
+        elif o.noise == "poisson":
+            sigma[o.name] = POISSON
         elif o.noise in ("normal", "lognormal") and o.sigma is not None and o.symbol not in o.sigma.free_symbols:
             free = o.sigma.free_symbols & set(est)
             if not free:
@@ -296,15 +298,44 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     return protocols, sigma
 
 
+# a Poisson observe's place in the plan: least squares on its deviance residuals
+POISSON = ("poisson",)
+
 # scipy.optimize.least_squares' status codes, in words
 _LSQ_STATUS = {0: "stopped at the evaluation limit before converging",
                1: "converged (gradient small)", 2: "converged (loss no longer changes)",
                3: "converged (params no longer change)", 4: "converged"}
 
 
+def _deviance(f, df, d2f, y):
+    """Poisson deviance residuals r = sign(f - y) sqrt(2 D), D = f - y + y log(y / f), with dr
+    (n x p), d2r (n x p x p, or None without d2f) and the Fisher rows df / sqrt(f). r r' = D' =
+    1 - y/f and r'^2 + r r'' = D'' = y / f^2; where f = y (r = 0) r' is its limit 1 / sqrt(f)
+    and r'' is 0 (only r * r'' enters the Hessian). A non-positive rate gives NaN residuals
+    (the trust region then shrinks), but a zero rate with a zero count is exact: r = 0, no slope."""
+    with np.errstate(all="ignore"):
+        ylog = np.where(y > 0, y * np.log(y / f), 0.0)
+        D = np.maximum(f - y + ylog, 0.0)  # >= 0 in exact arithmetic; rounding may dip below
+        r = np.sign(f - y) * np.sqrt(2.0 * D)
+        near = np.abs(f - y) <= 1e-8 * np.abs(f)
+        slope = np.where(near, 1.0 / np.sqrt(f), (1.0 - y / f) / np.where(near, 1.0, r))
+        zero = (f == 0) & (y == 0)
+        r, slope = np.where(zero, 0.0, r), np.where(zero, 0.0, slope)
+        r = np.where(f < 0, np.nan, r)
+        dr = slope[:, None] * df
+        fisher = np.where(f > 0, 1.0 / np.sqrt(f), 0.0)[:, None] * df
+        d2r = None
+        if d2f is not None:
+            curv = np.where(near | zero, 0.0, (y / f ** 2 - slope ** 2) / np.where(near | zero, 1.0, r))
+            d2r = curv[:, None, None] * np.einsum("ij,ik->ijk", df, df) + slope[:, None, None] * d2f
+    return r, dr, d2r, fisher
+
+
 class LeastSquaresProblem:
     """NLL = sum over sigma groups g of S_g / (2 s_g^2) + n_g log s_g + const, S_g the sum of
-    squared residuals (log residuals for lognormal); least squares: s_g = 1 without the log.
+    squared residuals (log residuals for lognormal); least squares: s_g = 1 without the log;
+    Poisson: s_g = 1 and the deviance residuals sign(f - y) sqrt(2 (f - y + y log(y / f))),
+    whose half sum of squares is the Poisson NLL up to a constant.
     With the sigmas fixed the dynamic params are a weighted least-squares problem (scipy's
     trust-region reflective with exact Jacobians); a sigma param then has its closed form."""
 
@@ -324,12 +355,15 @@ class LeastSquaresProblem:
 
     def _group(self, name):
         s = self.sigma[name]
-        return ("lsq",) if s is None else (("param", s) if isinstance(s, str) else ("fixed", s))
+        if s is None or s == POISSON:
+            return ("lsq",) if s is None else POISSON
+        return ("param", s) if isinstance(s, str) else ("fixed", s)
 
     def residuals(self, values: Mapping, order: int = 1, sens: Optional[Sensitivities] = None):
-        """{group: (r, dr, d2r or None)} of the unweighted residuals, and predictions per series."""
+        """{group: (r, dr, d2r or None, fisher)} of the unweighted residuals (fisher: the rows
+        whose J'J is the Fisher information), and predictions per series."""
         p = self.sim.param_vector(values)
-        blocks = {g: ([], [], []) for g in self.groups}
+        blocks = {g: ([], [], [], []) for g in self.groups}
         predictions = []
         for s, proto in zip(self.train.series, self.protocols):
             y, dy, d2y = (sens or self.first)(proto, p)
@@ -339,6 +373,11 @@ class LeastSquaresProblem:
                 idx = np.flatnonzero(np.isfinite(data))
                 f, df = y[self.obs_row[name], idx], dy[idx, self.obs_row[name], :]
                 d2f = d2y[idx, self.obs_row[name]] if d2y is not None else None
+                if self.noise[name] == "poisson":
+                    r, dr, d2r, fisher = _deviance(f, df, d2f, data[idx])
+                    b = blocks[POISSON]
+                    b[0].append(r), b[1].append(dr), b[2].append(d2r), b[3].append(fisher)
+                    continue
                 if self.noise[name] == "lognormal":
                     with np.errstate(all="ignore"):  # a non-positive prediction is a NaN residual
                         r = np.log(f) - np.log(data[idx])
@@ -348,13 +387,13 @@ class LeastSquaresProblem:
                 else:
                     r = f - data[idx]
                 b = blocks[self._group(name)]
-                b[0].append(r), b[1].append(df), b[2].append(d2f)
-        out = {g: (np.concatenate(r), np.concatenate(dr), np.concatenate(d2r) if order == 2 else None)
-               for g, (r, dr, d2r) in blocks.items()}
+                b[0].append(r), b[1].append(df), b[2].append(d2f), b[3].append(df)
+        out = {g: (np.concatenate(r), np.concatenate(dr), np.concatenate(d2r) if order == 2 else None,
+                   np.concatenate(fisher)) for g, (r, dr, d2r, fisher) in blocks.items()}
         return out, predictions
 
     def sigma_of(self, g, values):
-        return 1.0 if g[0] == "lsq" else (values[g[1]] if g[0] == "param" else g[1])
+        return 1.0 if g[0] in ("lsq", "poisson") else (values[g[1]] if g[0] == "param" else g[1])
 
     def hessian_and_gradient(self, values):
         """Exact NLL gradient and Hessian in the estimated params (natural units), from
@@ -364,7 +403,7 @@ class LeastSquaresProblem:
         blocks, _ = self.residuals(values, order=2, sens=second)
         H, g_out = np.zeros((n_est, n_est)), np.zeros(n_est)
         dyn = np.array(self.dyn, dtype=int)
-        for g, (r, J, d2r) in blocks.items():
+        for g, (r, J, d2r, _) in blocks.items():
             s = self.sigma_of(g, values)
             H[np.ix_(dyn, dyn)] += (J.T @ J + np.einsum("i,ijk->jk", r, d2r)) / s ** 2
             g_out[dyn] += J.T @ r / s ** 2
@@ -385,7 +424,7 @@ class LeastSquaresProblem:
         blocks, _ = self.residuals(values)
         H = np.zeros((n_est, n_est))
         dyn = np.array(self.dyn, dtype=int)
-        for g, (r, J, _) in blocks.items():
+        for g, (r, _, _, J) in blocks.items():
             s = self.sigma_of(g, values)
             H[np.ix_(dyn, dyn)] += J.T @ J / s ** 2
             if g[0] == "param":

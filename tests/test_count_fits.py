@@ -1,0 +1,71 @@
+"""Poisson observes fitted by least squares on deviance residuals (issue #15, target 2): the same
+optimum as an independent scipy fit of the closed-form NLL and as IPOPT, with exact curvature."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import minimize
+from scipy.special import gammaln
+
+from nimm_dsl.runtime.data import load_data
+from nimm_dsl.runtime.fit import fit
+from nimm_dsl.runtime.fit.casadi_paths import LeastSquaresSolver, _deviance, casadi_problem, casadi_solver
+from test_standard_errors import T, decay
+
+
+def counts(scale, seed):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"t": T, "y": rng.poisson(scale * np.exp(-0.5 * T)).astype(float)})
+
+
+def closed_form_nll(theta, y):
+    f = theta[1] * np.exp(-theta[0] * T)
+    if np.any(f <= 0):
+        return np.inf
+    return float(np.sum(f - y * np.log(f) + gammaln(y + 1)))
+
+
+@pytest.mark.parametrize("scale,seed", [(40, 1), (3, 2)])  # (3, 2): many zero counts
+def test_poisson_fit_by_deviance_least_squares_matches_scipy_and_ipopt(scale, seed):
+    ir, table = decay("poisson"), counts(scale, seed)
+    y = table["y"].to_numpy()
+    if scale == 3:
+        assert (y == 0).sum() >= 5
+    train = load_data(table, ir)
+    assert isinstance(casadi_solver(ir, train, 1e-8, 1e-8, 200), LeastSquaresSolver)
+    ours = fit(ir, table, progress=False)
+    ipopt = fit(ir, table, progress=False, ipopt_options={})
+    ref = minimize(closed_form_nll, [0.3, 30.0], args=(y,), method="Nelder-Mead",
+                   options={"xatol": 1e-12, "fatol": 1e-14, "maxiter": 20000})
+    assert ours.loss == pytest.approx(ref.fun, rel=1e-8)
+    assert ours.loss == pytest.approx(ipopt.loss, rel=1e-6)  # IPOPT stops at tol 1e-6
+    assert ours.loss <= ipopt.loss + 1e-9
+    assert [ours.params["k"], ours.params["X0"]] == pytest.approx(ref.x, rel=1e-5)
+
+
+def test_deviance_residuals_square_to_the_poisson_nll_and_have_its_curvature():
+    ir, table = decay("poisson"), counts(3, 2)
+    train = load_data(table, ir)
+    solver = casadi_solver(ir, train, 1e-10, 1e-10, 200)
+    outcome = solver.solve(np.array([0.3, 30.0]))
+    x = np.array([outcome.values["k"], outcome.values["X0"]])
+    y = table["y"].to_numpy()
+    blocks, _ = solver.problem.residuals(outcome.values)
+    r = blocks[("poisson",)][0]
+    saturated = float(np.sum(y - y * np.log(np.where(y > 0, y, 1.0)) + gammaln(y + 1)))
+    assert 0.5 * r @ r + saturated == pytest.approx(closed_form_nll(x, y), rel=1e-10)
+    grad, hessian = solver.curvature(outcome)
+    exact = casadi_problem(ir, train, 1e-10, 1e-10).hessian()(x, np.zeros(0))
+    assert hessian(x) == pytest.approx(exact, rel=1e-5)
+    assert np.abs(grad(x) * x).max() < 1e-5
+
+
+def test_deviance_residual_limits():
+    f = np.array([2.0, 2.0, 0.0, 5.0, -1.0])
+    y = np.array([2.0, 3.0, 0.0, 0.0, 1.0])
+    df = np.ones((5, 1))
+    r, dr, _, fisher = _deviance(f, df, None, y)
+    assert r[0] == 0 and dr[0, 0] == pytest.approx(1 / np.sqrt(2))  # f = y: the limit slope
+    assert r[1] == pytest.approx(-np.sqrt(2 * (2 - 3 + 3 * np.log(1.5))))
+    assert r[2] == 0 and dr[2, 0] == 0 and fisher[2, 0] == 0  # no rate, no count
+    assert r[3] == pytest.approx(np.sqrt(10.0)) and fisher[3, 0] == pytest.approx(1 / np.sqrt(5))
+    assert np.isnan(r[4])
