@@ -6,7 +6,7 @@ through CVODES.
 
 Least squares: where the loss is a sum of squares in the dynamic params (normal/lognormal/
 least-squares observes, sigmas that are params used nowhere else, Poisson observes through their
-deviance residuals, no networks, one segment per series) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
+deviance residuals, no networks, no doses; `set` windows allowed) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
 trust-region least squares runs on that exact Jacobian, each sigma at its closed-form optimum:
 several times faster than IPOPT with exact Hessians (benchmarks/README.md). Passing
 `ipopt_options={...}` forces IPOPT.
@@ -231,28 +231,37 @@ class Sensitivities:
 
     def __call__(self, protocol, p: np.ndarray):
         """(y [n_obs x n_t], dy [n_t x n_obs x n], d2y [n_t x n_obs x n x n] or None) at the
-        output times of a one-segment protocol without doses; p: values of ir.params.
+        output times of a protocol without doses; p: values of ir.params. Across the segments of
+        `set` windows the state and its sensitivities are continuous (the boundaries do not
+        depend on the params); each segment integrates with its own runtime vector.
         RuntimeError when the integration fails or gives non-finite values."""
         import casadi as ca
 
-        seg = protocol.segments[0]
         times = protocol.output_times
-        P = np.r_[p, segment_tail(seg)]
-        a0 = np.asarray(self.init(seg.t0, P), dtype=float).ravel()
-        later = times > seg.t0
-        grid = np.unique(np.r_[times[later], seg.t1])
-        A = np.repeat(a0[:, None], len(times), axis=1)
-        if grid.size and seg.t1 > seg.t0:
-            key = grid.tobytes() + np.float64(seg.t0).tobytes()
-            F = self._integrators.get(key)
-            if F is None:
-                F = self._integrators[key] = self.sim.integrator_for(self.dae, seg.t0, grid, self.rtol, self.atol)
-            X = np.asarray(F(x0=a0, p=P)["xf"], dtype=float)
-            A[:, later] = X[:, np.searchsorted(grid, times[later])]
-        if not np.all(np.isfinite(A)):
-            raise RuntimeError("the simulation produced non-finite values")
-        out = np.asarray(self.outputs.map(len(times))(ca.DM(times).T, A, P, np.zeros(0)), dtype=float)
         m, n = self.n_obs, self.n
+        out = np.empty((m + m * n + (m * n * n if self.order == 2 else 0), len(times)))
+        a = None
+        for seg in protocol.segments:
+            P = np.r_[p, segment_tail(seg)]
+            if a is None:
+                a = np.asarray(self.init(seg.t0, P), dtype=float).ravel()
+            idx = np.asarray(seg.out_idx, dtype=int)
+            ts = times[idx]
+            later = ts > seg.t0
+            grid = np.unique(np.r_[ts[later], seg.t1])
+            A = np.repeat(a[:, None], len(idx), axis=1)
+            if grid.size and seg.t1 > seg.t0:
+                key = grid.tobytes() + np.float64(seg.t0).tobytes()
+                F = self._integrators.get(key)
+                if F is None:
+                    F = self._integrators[key] = self.sim.integrator_for(self.dae, seg.t0, grid, self.rtol, self.atol)
+                X = np.asarray(F(x0=a, p=P)["xf"], dtype=float)
+                A[:, later] = X[:, np.searchsorted(grid, ts[later])]
+                a = X[:, -1]  # the grid ends at t1: the next segment starts here
+            if not (np.all(np.isfinite(A)) and np.all(np.isfinite(a))):
+                raise RuntimeError("the simulation produced non-finite values")
+            if idx.size:
+                out[:, idx] = np.asarray(self.outputs.map(len(idx))(ca.DM(ts).T, A, P, np.zeros(0)), dtype=float)
         y = out[:m]
         dy = out[m:m + m * n].T.reshape(len(times), n, m).transpose(0, 2, 1)
         d2y = (out[m + m * n:].T.reshape(len(times), n, n, m).transpose(0, 3, 2, 1)
@@ -263,8 +272,8 @@ class Sensitivities:
 def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     """When the loss is a sum of squares with nothing but sigmas besides: every observed observe
     least squares, normal or lognormal, each sigma either fixed (no estimated param) or one
-    estimated param used nowhere else (then profiled out analytically), no networks, and every
-    series one segment without doses. Returns (protocols, {observe: sigma param or float or
+    estimated param used nowhere else (then profiled out analytically), Poisson observes, no
+    networks, and no doses (`set` windows are fine). Returns (protocols, {observe: sigma param or float or
     None}) or None."""
     if ir.neurals or ir.integrals or train.static or not train.series:  # integrals: outputs need lags
         return None
@@ -293,7 +302,7 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
         else:
             return None
     protocols = [sim.protocol(s.times, inputs=s.inputs or None) for s in train.series]
-    if any(len(pr.segments) != 1 or pr.segments[0].doses for pr in protocols):
+    if any(seg.doses for pr in protocols for seg in pr.segments):
         return None
     return protocols, sigma
 
