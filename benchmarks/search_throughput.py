@@ -74,7 +74,7 @@ def main() -> None:
     nimm_dsl.load_source(texts[0], "warm.nimm").fit(table, progress=False)  # imports, parser tables
     seconds = {k: [] for k in range(len(texts))}
     paths = {}
-    t_all = time.perf_counter()
+    t_all, cpu_all = time.perf_counter(), time.process_time()
     for _ in range(args.rounds):
         for k, text in enumerate(texts):
             t = time.perf_counter()
@@ -82,7 +82,7 @@ def main() -> None:
             res = model.fit(table, progress=False)
             seconds[k].append(time.perf_counter() - t)
             paths[k] = (model.name, res.loss)
-    total = time.perf_counter() - t_all
+    total, cpu = time.perf_counter() - t_all, time.process_time() - cpu_all
     per = sorted((statistics.median(v), k) for k, v in seconds.items())
     times = [s for s, _ in per]
     median = statistics.median(times)
@@ -92,7 +92,9 @@ def main() -> None:
     print("| measure | value | target | met |")
     print("|---|---:|---:|---|")
     rate = len(texts) * args.rounds / total * 60
-    print(f"| candidate fits per minute | {rate:.0f} | >= 600 | {'yes' if rate >= 600 else 'NO'} |")
+    print(f"| candidate fits per minute (wall) | {rate:.0f} | >= 600 | {'yes' if rate >= 600 else 'NO'} |")
+    cpu_rate = len(texts) * args.rounds / cpu * 60
+    print(f"| candidate fits per CPU minute of this process | {cpu_rate:.0f} | | |")
     print(f"| median candidate (s) | {median:.3f} | | |")
     worst = max(quarter) / median
     print(f"| slowest quarter: mean / median, max / median | {statistics.mean(quarter) / median:.1f}x, "

@@ -3,7 +3,7 @@ measures best; the library leaves torch's global state alone).
 
 Each run is a fresh process (torch's thread pool is per process), interleaved over the settings:
 a Torch fit of the hybrid Lotka-Volterra model (examples/lotka_volterra_neural.nimm on the Hudson
-Bay table; Adam for --iters steps then L-BFGS) at 1 thread, 2 threads, torch's default, and the
+Bay table; --iters Adam steps then --iters L-BFGS steps, standard errors included) at 1 thread, 2 threads, torch's default, and the
 count `nimm` picks (runtime/torch_threads.py, its measurement included in the time).
 
 Run: .venv/bin/python benchmarks/torch_threads.py [--repeats 3] [--iters 100]
@@ -31,7 +31,7 @@ if setting == "nimm":
 elif setting != "default":
     torch.set_num_threads(int(setting))
 model = nimm_dsl.load(sys.argv[3])
-res = model.fit(sys.argv[4], backend="torch", max_iter=iters, progress=False)
+res = model.fit(sys.argv[4], backend="torch", max_iter=iters, lbfgs_iter=iters, progress=False)
 print(torch.get_num_threads(), time.perf_counter() - t, res.loss)
 """
 
@@ -54,7 +54,8 @@ def main() -> None:
                                  capture_output=True, text=True, env=env, check=True).stdout.split()
             runs[s].append((int(out[0]), float(out[1]), float(out[2])))
             loads.append(os.getloadavg()[0])
-    print(f"Torch fit of the hybrid Lotka-Volterra model ({args.iters} Adam steps, then L-BFGS), one "
+            print(f"  run: {s} threads -> {out[0]} used, {float(out[1]):.2f} s", file=sys.stderr, flush=True)
+    print(f"Torch fit of the hybrid Lotka-Volterra model ({args.iters} Adam + {args.iters} L-BFGS steps), one "
           f"process per run, median of {args.repeats} interleaved runs; load average "
           f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores\n")
     print("| threads | threads used | fit (s) | time / 1 thread | final loss |")
