@@ -6,7 +6,7 @@ through CVODES.
 
 Least squares: where the loss is a sum of squares in the dynamic params (normal/lognormal/
 least-squares observes, sigmas that are params used nowhere else, Poisson observes through their
-deviance residuals, no networks, no doses; `set` windows allowed) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
+deviance residuals, no networks; `set` windows and doses allowed) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
 trust-region least squares runs on that exact Jacobian, each sigma at its closed-form optimum:
 several times faster than IPOPT with exact Hessians (benchmarks/README.md). Passing
 `ipopt_options={...}` forces IPOPT.
@@ -228,12 +228,34 @@ class Sensitivities:
         self.outputs = ca.Function("outputs_sens", [t, a, P, W], [ca.vertcat(*outs)])
         self.n_obs = y.shape[0]
         self._integrators = {}
+        self._symbols = (t, x, P, W, S, S2, theta, a)
+        self._jumps = {}
+
+    def _jump(self, dose, k: int):
+        """The augmented state after `dose` into state k: x+ = g(x, P), S+ = dg/dx S + dg/dtheta
+        (and its derivative for second order), as a Function of (t, a, P, W)."""
+        import casadi as ca
+
+        fn = self._jumps.get(id(dose))
+        if fn is None:
+            t, x, P, W, S, S2, theta, a = self._symbols
+            amount = self.sim.dose_amount_function(dose)(t, x, P, W)
+            e = ca.DM.zeros(x.shape[0])
+            e[k] = 1
+            xp = x + e * amount if dose.op == "+" else x + e * (x[k] * (amount - 1))
+            Sp = _total_derivative(xp, x, S, None, theta)
+            after = [xp, ca.vec(Sp)]
+            if S2 is not None:
+                after.append(ca.vec(_total_derivative(ca.vec(Sp), x, S, S2, theta)))
+            fn = self._jumps[id(dose)] = ca.Function("dose_sens", [t, a, P, W], [ca.vertcat(*after)])
+        return fn
 
     def __call__(self, protocol, p: np.ndarray):
         """(y [n_obs x n_t], dy [n_t x n_obs x n], d2y [n_t x n_obs x n x n] or None) at the
-        output times of a protocol without doses; p: values of ir.params. Across the segments of
-        `set` windows the state and its sensitivities are continuous (the boundaries do not
-        depend on the params); each segment integrates with its own runtime vector.
+        output times of a protocol; p: values of ir.params. Across the segments of `set` windows
+        and doses the state and its sensitivities are continuous but for the dose jumps (the
+        boundaries do not depend on the params); each segment integrates with its own runtime
+        vector.
         RuntimeError when the integration fails or gives non-finite values."""
         import casadi as ca
 
@@ -245,6 +267,8 @@ class Sensitivities:
             P = np.r_[p, segment_tail(seg)]
             if a is None:
                 a = np.asarray(self.init(seg.t0, P), dtype=float).ravel()
+            for ev in seg.doses:  # before the outputs at t0, in model order
+                a = np.asarray(self._jump(ev.dose, ev.state_index)(ev.time, a, P, np.zeros(0)), dtype=float).ravel()
             idx = np.asarray(seg.out_idx, dtype=int)
             ts = times[idx]
             later = ts > seg.t0
@@ -272,8 +296,8 @@ class Sensitivities:
 def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     """When the loss is a sum of squares with nothing but sigmas besides: every observed observe
     least squares, normal or lognormal, each sigma either fixed (no estimated param) or one
-    estimated param used nowhere else (then profiled out analytically), Poisson observes, no
-    networks, and no doses (`set` windows are fine). Returns (protocols, {observe: sigma param or float or
+    estimated param used nowhere else (then profiled out analytically), Poisson observes, and no
+    networks (`set` windows and doses are fine). Returns (protocols, {observe: sigma param or float or
     None}) or None."""
     if ir.neurals or ir.integrals or train.static or not train.series:  # integrals: outputs need lags
         return None
@@ -302,8 +326,6 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
         else:
             return None
     protocols = [sim.protocol(s.times, inputs=s.inputs or None) for s in train.series]
-    if any(seg.doses for pr in protocols for seg in pr.segments):
-        return None
     return protocols, sigma
 
 
