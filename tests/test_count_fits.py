@@ -60,15 +60,16 @@ def test_deviance_residuals_square_to_the_poisson_nll_and_have_its_curvature():
 
 
 def test_deviance_residual_limits():
-    f = np.array([2.0, 2.0, 0.0, 5.0, -1.0])
-    y = np.array([2.0, 3.0, 0.0, 0.0, 1.0])
-    df = np.ones((5, 1))
+    f = np.array([2.0, 2.0, 0.0, 5.0, -1.0, -1e-12])
+    y = np.array([2.0, 3.0, 0.0, 0.0, 1.0, 0.0])
+    df = np.ones((6, 1))
     r, dr, _, fisher = _deviance(f, df, None, y)
     assert r[0] == 0 and dr[0, 0] == pytest.approx(1 / np.sqrt(2))  # f = y: the limit slope
     assert r[1] == pytest.approx(-np.sqrt(2 * (2 - 3 + 3 * np.log(1.5))))
     assert r[2] == 0 and dr[2, 0] == 0 and fisher[2, 0] == 0  # no rate, no count
     assert r[3] == pytest.approx(np.sqrt(10.0)) and fisher[3, 0] == pytest.approx(1 / np.sqrt(5))
-    assert np.isnan(r[4])
+    assert np.isnan(r[4])  # a positive count cannot come from a negative rate
+    assert r[5] == 0 and dr[5, 0] == 0  # a zero count under a rate below 0 by rounding
 
 
 SET_MODEL = """model decay_set

@@ -342,17 +342,19 @@ def _deviance(f, df, d2f, y):
     """Poisson deviance residuals r = sign(f - y) sqrt(2 D), D = f - y + y log(y / f), with dr
     (n x p), d2r (n x p x p, or None without d2f) and the Fisher rows df / sqrt(f). r r' = D' =
     1 - y/f and r'^2 + r r'' = D'' = y / f^2; where f = y (r = 0) r' is its limit 1 / sqrt(f)
-    and r'' is 0 (only r * r'' enters the Hessian). A non-positive rate gives NaN residuals
-    (the trust region then shrinks), but a zero rate with a zero count is exact: r = 0, no slope."""
+    and r'' is 0 (only r * r'' enters the Hessian). A non-positive rate under a positive count
+    gives NaN residuals (the trust region then shrinks); under a zero count, r = 0 and no slope."""
     with np.errstate(all="ignore"):
         ylog = np.where(y > 0, y * np.log(y / f), 0.0)
         D = np.maximum(f - y + ylog, 0.0)  # >= 0 in exact arithmetic; rounding may dip below
         r = np.sign(f - y) * np.sqrt(2.0 * D)
         near = np.abs(f - y) <= 1e-8 * np.abs(f)
         slope = np.where(near, 1.0 / np.sqrt(f), (1.0 - y / f) / np.where(near, 1.0, r))
-        zero = (f == 0) & (y == 0)
+        # a zero count where the rate is zero, or below it by the integrator's error (a patch the
+        # epidemic has not reached): no deviance, no slope
+        zero = (f <= 0) & (y == 0)
         r, slope = np.where(zero, 0.0, r), np.where(zero, 0.0, slope)
-        r = np.where(f < 0, np.nan, r)
+        r = np.where((f <= 0) & (y > 0), np.nan, r)
         dr = slope[:, None] * df
         fisher = np.where(f > 0, 1.0 / np.sqrt(f), 0.0)[:, None] * df
         d2r = None
