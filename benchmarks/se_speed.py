@@ -1,9 +1,10 @@
 """Standard errors on a large model: the Fisher information against the exact Hessian (issue #15,
 target 3: SE cost <= 30% of the fit on the 100-patch ring model).
 
-A ring of P SIR patches, each coupled to its two neighbours (`m`), infection seeded in patch 1;
-every patch's infectious count is observed at T times. Both noise models are measured: normal
-(shared estimated sigma: the least-squares path) and Poisson (IPOPT with exact Hessians). Per
+A ring of P SIR patches, each coupled to its two neighbours (`m`), infection seeded in patch 1
+(I0) and a trace (0.01) everywhere else; every patch's infectious count is observed at T times.
+Both noise models are measured: normal (one estimated sigma) and Poisson (deviance residuals),
+both on the least-squares path. Per
 repeat, interleaved: one fit from the defaults (optimiser only), then the information matrix at
 its optimum each way, exactly as `fit` computes it (`information_matrix`).
 
@@ -32,7 +33,7 @@ def ring_model(P: int, noise: str) -> str:
     if noise == "normal":
         lines.append("param sigma [person] = 5 in [0.01, 100]")
     for i in range(1, P + 1):
-        seed = "I0" if i == 1 else "0 [person]"
+        seed = "I0" if i == 1 else "0.01 [person]"  # every patch positive: Poisson needs a rate
         lines += [f"state S{i} [person] = N - {seed}", f"state I{i} [person] = {seed}"]
     for i in range(1, P + 1):
         left, right = (i - 2) % P + 1, i % P + 1
