@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--profile", nargs="*", metavar="NAME",
                    help="profile likelihood of these estimated params (none named: all); with --plot "
                         "also writes PLOT_profiles.png. Put it after MODEL and DATA.csv")
+    f.add_argument("--hessian", choices=("gauss-newton", "exact"), default="gauss-newton",
+                   help="curvature behind the standard errors: the Fisher information (default) or "
+                        "the exact Hessian of the loss (slower on large models)")
 
     g = sub.add_parser("generate", help="ask an LLM for a model, check it and repair it from the diagnostics")
     g.add_argument("task", metavar="TASK",
@@ -261,6 +264,14 @@ def _check_writable(path: Optional[str], option: str, inputs: Sequence[Optional[
         raise UsageError(f"nimm: {option} `{path}`: the folder `{folder}` is not writable")
 
 
+def _torch_threads(backend: Optional[str]) -> None:
+    """Before Torch work: the thread count that measures best here (runtime/torch_threads.py)."""
+    if backend == "torch":
+        from .runtime.torch_threads import use_best_torch_threads
+
+        use_best_torch_threads()
+
+
 def cmd_simulate(args) -> int:
     from .backends.protocol import default_times
     from .errors import FitError, NimmError
@@ -302,6 +313,7 @@ def cmd_simulate(args) -> int:
                 uncertainty = Uncertainty.from_fit(restored["document"], ir)
             except FitError as e:
                 raise FitError(f"{args.fit}: {e}") from None
+    _torch_threads(args.backend)
     sim = model.compile(args.backend)
     grid = _parse_times(args.times) if args.times else None
     if grid is not None and ir.t0 is not None and grid[0] < ir.t0:
@@ -402,10 +414,11 @@ def cmd_fit(args) -> int:
     _check_writable(args.output, "--output", (args.model, args.data))
     _check_writable(args.plot, "--plot", (args.model, args.data, args.output))
     model = _load(args.model)
+    _torch_threads(args.backend)
     if not sys.stderr.isatty():  # a log gets a line now and one every 30 s (a terminal: a bar)
         _say(f"nimm: fitting {model.name} to {args.data} ({args.starts} start{'s' * (args.starts > 1)})")
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
-                       seed=args.seed, progress=True)
+                       seed=args.seed, progress=True, hessian=args.hessian)
     if args.profile is not None:
         from .runtime.fit import profile
 
@@ -500,6 +513,7 @@ def cmd_evaluate(args) -> int:
     except TaskError as e:
         raise UsageError(f"nimm: {e}") from None
     _check_writable(args.output, "--output", [str(p) for p in (task.train, *task.held_out_files)])
+    _torch_threads(args.backend or task.fit.backend)
     report = evaluate(task, args.model, backend=args.backend, plot_dir=args.plot,
                       progress=True)  # a bar on a terminal, else a line every 30 s
     print(report.summary(), flush=True)

@@ -156,3 +156,18 @@ def test_holdout_split_keeps_the_last_points_of_each_series():
     np.testing.assert_array_equal(valid.series[0].times, [0, 1, 2, 3])
     np.testing.assert_array_equal(np.isfinite(valid.series[0].observed["y"]), [False, False, True, True])
     assert valid.n_observations == 3 and train.n_observations == 3
+
+
+def test_csv_reader_edge_cases_without_pandas(tmp_path):
+    """The CSV reader is the standard library's (pandas is not loaded for a fit): a byte-order
+    mark, spaces after commas, quoted cells, short rows (missing cells) and a row with too many
+    cells each behave as documented."""
+    d = load_data(write(tmp_path, '\ufefft, y\n0, "1.5"\n1\n2,3\n'), decay_ir())
+    assert d.series[0].times.tolist() == [0, 1, 2]
+    assert np.isnan(d.series[0].observed["y"][1]) and d.series[0].observed["y"][2] == 3
+    with pytest.raises(DataError, match=r"not a readable CSV table: expected 2 fields in line 3, saw 3"):
+        load_data(write(tmp_path, "t,y\n0,1\n1,2,3\n"), decay_ir())
+    with pytest.raises(DataError, match="empty"):
+        load_data(write(tmp_path, "\n\n"), decay_ir())
+    # a column literally named `y.1` next to `y` is not a duplicate
+    assert load_data(write(tmp_path, "t,y,y.1\n0,1,2\n"), decay_ir()).ignored_columns == ["y.1"]

@@ -267,6 +267,11 @@ class CasadiSimulator:
         return ca.Function("static_outputs", [p, w], [Y[n_let:, :], Y[:n_let, :]],
                            ["p", "w"], ["y", "z"])
 
+    def dose_amount_function(self, dose) -> ca.Function:
+        """(t, x, P, W) -> the amount of `dose` (a DoseIR of the model or of a scenario), for tools
+        that differentiate across dose jumps themselves."""
+        return self._dose_amount[id(dose)]
+
     def symbolic(self) -> SymbolicModel:
         """The dynamic model as CasADi SX expressions, for tools that differentiate it themselves
         (the least-squares fit integrates the ODE with its sensitivity equations)."""

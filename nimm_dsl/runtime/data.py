@@ -15,8 +15,9 @@ Decisions beyond the language reference:
 """
 from __future__ import annotations
 
+import csv
 import os
-import re
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -167,15 +168,15 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
     for i in np.flatnonzero(~np.isfinite(times)):
         raise DataError(f"{file}: column `{ir.time_name}`, {where(i)}: the time is missing or not "
                         "finite (every row needs a time)")
-    labels = (frame[SERIES_COLUMN].map(lambda v: str(v).strip()).to_numpy()
-              if SERIES_COLUMN in columns else np.array([None] * len(frame)))
+    labels = (np.array([str(v).strip() for v in frame[SERIES_COLUMN]], dtype=object)
+              if SERIES_COLUMN in columns else np.array([None] * len(row_numbers)))
     if SERIES_COLUMN in columns:
         for i in np.flatnonzero([_is_missing(v) for v in frame[SERIES_COLUMN]]):
             raise DataError(f"{file}: column `{SERIES_COLUMN}`, {where(i)}: the series label is missing")
 
     series = []
     for label in dict.fromkeys(labels):  # first-appearance order
-        idx = np.flatnonzero(labels == label) if label is not None else np.arange(len(frame))
+        idx = np.flatnonzero(labels == label) if label is not None else np.arange(len(row_numbers))
         _check_increasing(times[idx], idx, ir.time_name, label, where)
         t = times[idx]
         observed = {o: values[o][idx] for o in present_obs}
@@ -210,7 +211,7 @@ class Table:
     """A data table as read, before it is matched to a model: text cells, blank rows dropped."""
 
     file: str
-    frame: object  # pandas DataFrame of strings
+    frame: dict  # column name -> object array of its cells (text, or a DataFrame's values)
     columns: list[str]
     rows: np.ndarray  # 1-based data row of each frame row (see the module docstring)
     where: "_RowNamer"
@@ -222,57 +223,67 @@ class Table:
 
 def read_table(path_or_frame, file: Optional[str] = None) -> Table:
     """Read a CSV file (or take a DataFrame); DataError when it is unreadable or malformed."""
-    frame, file, has_lines = _read(path_or_frame, file)
-    columns = [str(c).strip() for c in frame.columns]
-    frame.columns = columns
-    if has_lines and all(re.fullmatch(r"Unnamed: \d+", c) for c in columns):  # pandas' name for ""
+    columns, cells, file, has_lines = _read(path_or_frame, file)
+    columns = [str(c).strip() for c in columns]
+    if has_lines and all(c == "" for c in columns):
         raise DataError(f"{file}: the first line (the header) has no column names; a CSV table "
                         "starts with a line of names such as `t,y`")
     _check_duplicate_columns(columns, file)
     _check_separator(columns, file)
     # Blank lines are kept while reading so row numbers match the file; drop them now.
-    blank = frame.apply(lambda col: col.map(_is_missing)).all(axis=1)
-    row_numbers = np.arange(1, len(frame) + 1)[~blank.to_numpy()]
-    frame = frame[~blank.to_numpy()]
+    n_rows = len(cells[0]) if cells else 0
+    blank = np.ones(n_rows, dtype=bool)
+    for col in cells:
+        blank &= np.array([_is_missing(v) for v in col], dtype=bool)
+    row_numbers = np.arange(1, n_rows + 1)[~blank]
+    frame = {c: col[~blank] for c, col in zip(columns, cells)}
     return Table(file, frame, columns, row_numbers, _RowNamer(file, row_numbers, has_lines))
 
 
 def open_local(path):
-    """A data file opened for pandas: a path on this machine only. Given a name, pandas would also
-    fetch `http://`, `s3://` or `file://` URLs; given an open file it reads just that file."""
+    """A data file opened for reading: a path on this machine only. Given a name, pandas would
+    also fetch `http://`, `s3://` or `file://` URLs; `open` reads just that file."""
     return open(os.fspath(path), "rb")
 
 
-def _read(path_or_frame, file):
-    import pandas as pd
-
-    if isinstance(path_or_frame, pd.DataFrame):
-        frame = path_or_frame.copy()
-        frame = frame.astype(object).where(frame.notna(), "")
-        return frame, file or "<data>", False
+def _read(path_or_frame, file) -> tuple[list, list[np.ndarray], str, bool]:
+    """(header, one object array per column, file name, whether rows are lines of a file)."""
+    pd = sys.modules.get("pandas")  # a DataFrame can only exist once pandas is loaded
+    if pd is not None and isinstance(path_or_frame, pd.DataFrame):
+        frame = path_or_frame.astype(object).where(path_or_frame.notna(), "")
+        cells = [np.asarray(frame.iloc[:, j].to_numpy(), dtype=object) for j in range(frame.shape[1])]
+        return list(frame.columns), cells, file or "<data>", False
     path = os.fspath(path_or_frame)
     file = file or path
     try:
-        with open_local(path) as handle:
-            frame = pd.read_csv(handle, dtype=str, keep_default_na=False, skip_blank_lines=False,
-                                skipinitialspace=True)
+        # the standard library's reader: loading pandas would cost a cold `nimm fit` ~0.2 s; a
+        # local file only (pandas, given a name, would also fetch URLs)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            lines = list(csv.reader(f, skipinitialspace=True))
     except FileNotFoundError:
         raise DataError(f"{file}: cannot read the data file: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{file}: cannot read the data file: {e}") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{file}: the data file is empty (a CSV with a header line is expected)") from None
-    except pd.errors.ParserError as e:
-        raise DataError(f"{file}: not a readable CSV table: {str(e).strip()}") from None
-    return frame, file, True
+    except csv.Error as e:
+        raise DataError(f"{file}: not a readable CSV table: {e}") from None
+    while lines and not lines[0]:  # blank lines before the header
+        lines.pop(0)
+    if not lines:
+        raise DataError(f"{file}: the data file is empty (a CSV with a header line is expected)")
+    header, body = lines[0], lines[1:]
+    for i, row in enumerate(body):
+        if len(row) > len(header):
+            raise DataError(f"{file}: not a readable CSV table: expected {len(header)} fields in line "
+                            f"{i + 2}, saw {len(row)}")
+    cells = [np.array([row[j] if j < len(row) else "" for row in body], dtype=object)
+             for j in range(len(header))]
+    return header, cells, file, True
 
 
 def _check_duplicate_columns(columns, file):
-    # pandas renames a repeated header `x` to `x.1`; report it under its written name.
-    for c in columns:
-        m = re.fullmatch(r"(.+)\.(\d+)", c)
-        if m and m.group(1) in columns:
-            raise DataError(f"{file}: column `{m.group(1)}` appears more than once in the header")
+    for c in dict.fromkeys(columns):
+        if columns.count(c) > 1:
+            raise DataError(f"{file}: column `{c}` appears more than once in the header")
 
 
 def _check_separator(columns, file):
@@ -306,7 +317,7 @@ def _is_missing(v) -> bool:
 
 def _numeric_column(col, name, where) -> np.ndarray:
     out = np.empty(len(col))
-    for i, v in enumerate(col.to_numpy()):
+    for i, v in enumerate(col):
         if _is_missing(v):
             out[i] = np.nan
             continue

@@ -14,11 +14,13 @@ One module per concern:
   where it failed (the first non-finite quantity and time, and a fix).
 * `casadi_paths.py` — IPOPT single shooting, and the least-squares path with CVODES sensitivities.
 * `torch_path.py` — Adam then L-BFGS for hybrid models, with a convergence check.
-* `entry.py` — `fit` and `nll`.
+* `entry.py` — `fit`, `nll` and `information_matrix` (the curvature the standard errors invert).
 * `profile.py` — profile likelihood: the loss along one param, the others refitted.
 """
+from .entry import HESSIANS as HESSIANS
 from .entry import PATHS as PATHS
 from .entry import fit as fit
+from .entry import information_matrix as information_matrix
 from .entry import nll as nll
 from .failures import native_output_captured as native_output_captured
 from .loss import NUMPY_OPS as NUMPY_OPS

@@ -5,8 +5,8 @@ simulator's `trajectory_function`, with exact gradients (and, without networks, 
 through CVODES.
 
 Least squares: where the loss is a sum of squares in the dynamic params (normal/lognormal/
-least-squares observes, sigmas that are params used nowhere else, no networks, one segment per
-series) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
+least-squares observes, sigmas that are params used nowhere else, Poisson observes through their
+deviance residuals, no networks; `set` windows and doses allowed) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
 trust-region least squares runs on that exact Jacobian, each sigma at its closed-form optimum:
 several times faster than IPOPT with exact Hessians (benchmarks/README.md). Passing
 `ipopt_options={...}` forces IPOPT.
@@ -237,31 +237,64 @@ class Sensitivities:
         self.outputs = ca.Function("outputs_sens", [t, a, P, W], [ca.vertcat(*outs)])
         self.n_obs = y.shape[0]
         self._integrators = {}
+        self._symbols = (t, x, P, W, S, S2, theta, a)
+        self._jumps = {}
+
+    def _jump(self, dose, k: int):
+        """The augmented state after `dose` into state k: x+ = g(x, P), S+ = dg/dx S + dg/dtheta
+        (and its derivative for second order), as a Function of (t, a, P, W)."""
+        import casadi as ca
+
+        fn = self._jumps.get(id(dose))
+        if fn is None:
+            t, x, P, W, S, S2, theta, a = self._symbols
+            amount = self.sim.dose_amount_function(dose)(t, x, P, W)
+            e = ca.DM.zeros(x.shape[0])
+            e[k] = 1
+            xp = x + e * amount if dose.op == "+" else x + e * (x[k] * (amount - 1))
+            Sp = _total_derivative(xp, x, S, None, theta)
+            after = [xp, ca.vec(Sp)]
+            if S2 is not None:
+                after.append(ca.vec(_total_derivative(ca.vec(Sp), x, S, S2, theta)))
+            fn = self._jumps[id(dose)] = ca.Function("dose_sens", [t, a, P, W], [ca.vertcat(*after)])
+        return fn
 
     def __call__(self, protocol, p: np.ndarray):
         """(y [n_obs x n_t], dy [n_t x n_obs x n], d2y [n_t x n_obs x n x n] or None) at the
-        output times of a one-segment protocol without doses; p: values of ir.params.
+        output times of a protocol; p: values of ir.params. Across the segments of `set` windows
+        and doses the state and its sensitivities are continuous but for the dose jumps (the
+        boundaries do not depend on the params); each segment integrates with its own runtime
+        vector.
         RuntimeError when the integration fails or gives non-finite values."""
         import casadi as ca
 
-        seg = protocol.segments[0]
         times = protocol.output_times
-        P = np.r_[p, segment_tail(seg)]
-        a0 = np.asarray(self.init(seg.t0, P), dtype=float).ravel()
-        later = times > seg.t0
-        grid = np.unique(np.r_[times[later], seg.t1])
-        A = np.repeat(a0[:, None], len(times), axis=1)
-        if grid.size and seg.t1 > seg.t0:
-            key = grid.tobytes() + np.float64(seg.t0).tobytes()
-            F = self._integrators.get(key)
-            if F is None:
-                F = self._integrators[key] = self.sim.integrator_for(self.dae, seg.t0, grid, self.rtol, self.atol)
-            X = np.asarray(F(x0=a0, p=P)["xf"], dtype=float)
-            A[:, later] = X[:, np.searchsorted(grid, times[later])]
-        if not np.all(np.isfinite(A)):
-            raise RuntimeError("the simulation produced non-finite values")
-        out = np.asarray(self.outputs.map(len(times))(ca.DM(times).T, A, P, np.zeros(0)), dtype=float)
         m, n = self.n_obs, self.n
+        out = np.empty((m + m * n + (m * n * n if self.order == 2 else 0), len(times)))
+        a = None
+        for seg in protocol.segments:
+            P = np.r_[p, segment_tail(seg)]
+            if a is None:
+                a = np.asarray(self.init(seg.t0, P), dtype=float).ravel()
+            for ev in seg.doses:  # before the outputs at t0, in model order
+                a = np.asarray(self._jump(ev.dose, ev.state_index)(ev.time, a, P, np.zeros(0)), dtype=float).ravel()
+            idx = np.asarray(seg.out_idx, dtype=int)
+            ts = times[idx]
+            later = ts > seg.t0
+            grid = np.unique(np.r_[ts[later], seg.t1])
+            A = np.repeat(a[:, None], len(idx), axis=1)
+            if grid.size and seg.t1 > seg.t0:
+                key = grid.tobytes() + np.float64(seg.t0).tobytes()
+                F = self._integrators.get(key)
+                if F is None:
+                    F = self._integrators[key] = self.sim.integrator_for(self.dae, seg.t0, grid, self.rtol, self.atol)
+                X = np.asarray(F(x0=a, p=P)["xf"], dtype=float)
+                A[:, later] = X[:, np.searchsorted(grid, ts[later])]
+                a = X[:, -1]  # the grid ends at t1: the next segment starts here
+            if not (np.all(np.isfinite(A)) and np.all(np.isfinite(a))):
+                raise RuntimeError("the simulation produced non-finite values")
+            if idx.size:
+                out[:, idx] = np.asarray(self.outputs.map(len(idx))(ca.DM(ts).T, A, P, np.zeros(0)), dtype=float)
         y = out[:m]
         dy = out[m:m + m * n].T.reshape(len(times), n, m).transpose(0, 2, 1)
         d2y = (out[m + m * n:].T.reshape(len(times), n, n, m).transpose(0, 3, 2, 1)
@@ -272,11 +305,11 @@ class Sensitivities:
 def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     """When the loss is a sum of squares with nothing but sigmas besides: every observed observe
     least squares, normal or lognormal, each sigma either fixed (no estimated param) or one
-    estimated param used nowhere else (then profiled out analytically), no networks, and every
-    series one segment without doses. Returns (protocols, {observe: sigma param or float or
+    estimated param used nowhere else (then profiled out analytically), Poisson observes, and no
+    networks (`set` windows and doses are fine). Returns (protocols, {observe: sigma param or float or
     None}) or None."""
     if (ir.neurals or ir.integrals or train.static or not train.series  # integrals: outputs need lags
-            or any(p.per_series for p in ir.params)):
+            or any(p.per_series for p in ir.params) or any(d.from_data for d in ir.doses)):
         return None
     est = {p.symbol: p for p in ir.params if p.estimate}
     used = set()
@@ -289,6 +322,8 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
             continue
         if o.noise == "lsq":
             sigma[o.name] = None
+        elif o.noise == "poisson":
+            sigma[o.name] = POISSON
         elif o.noise in ("normal", "lognormal") and o.sigma is not None and o.symbol not in o.sigma.free_symbols:
             free = o.sigma.free_symbols & set(est)
             if not free:
@@ -301,10 +336,11 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
         else:
             return None
     protocols = [sim.protocol(s.times, **s.run_options()) for s in train.series]
-    if any(len(pr.segments) != 1 or pr.segments[0].doses for pr in protocols):
-        return None
     return protocols, sigma
 
+
+# a Poisson observe's place in the plan: least squares on its deviance residuals
+POISSON = ("poisson",)
 
 # scipy.optimize.least_squares' status codes, in words
 _LSQ_STATUS = {0: "stopped at the evaluation limit before converging",
@@ -312,9 +348,37 @@ _LSQ_STATUS = {0: "stopped at the evaluation limit before converging",
                3: "converged (params no longer change)", 4: "converged"}
 
 
+def _deviance(f, df, d2f, y):
+    """Poisson deviance residuals r = sign(f - y) sqrt(2 D), D = f - y + y log(y / f), with dr
+    (n x p), d2r (n x p x p, or None without d2f) and the Fisher rows df / sqrt(f). r r' = D' =
+    1 - y/f and r'^2 + r r'' = D'' = y / f^2; where f = y (r = 0) r' is its limit 1 / sqrt(f)
+    and r'' is 0 (only r * r'' enters the Hessian). A non-positive rate under a positive count
+    gives NaN residuals (the trust region then shrinks); under a zero count, r = 0 and no slope."""
+    with np.errstate(all="ignore"):
+        ylog = np.where(y > 0, y * np.log(y / f), 0.0)
+        D = np.maximum(f - y + ylog, 0.0)  # >= 0 in exact arithmetic; rounding may dip below
+        r = np.sign(f - y) * np.sqrt(2.0 * D)
+        near = np.abs(f - y) <= 1e-8 * np.abs(f)
+        slope = np.where(near, 1.0 / np.sqrt(f), (1.0 - y / f) / np.where(near, 1.0, r))
+        # a zero count where the rate is zero, or below it by the integrator's error (a patch the
+        # epidemic has not reached): no deviance, no slope
+        zero = (f <= 0) & (y == 0)
+        r, slope = np.where(zero, 0.0, r), np.where(zero, 0.0, slope)
+        r = np.where((f <= 0) & (y > 0), np.nan, r)
+        dr = slope[:, None] * df
+        fisher = np.where(f > 0, 1.0 / np.sqrt(f), 0.0)[:, None] * df
+        d2r = None
+        if d2f is not None:
+            curv = np.where(near | zero, 0.0, (y / f ** 2 - slope ** 2) / np.where(near | zero, 1.0, r))
+            d2r = curv[:, None, None] * np.einsum("ij,ik->ijk", df, df) + slope[:, None, None] * d2f
+    return r, dr, d2r, fisher
+
+
 class LeastSquaresProblem:
     """NLL = sum over sigma groups g of S_g / (2 s_g^2) + n_g log s_g + const, S_g the sum of
-    squared residuals (log residuals for lognormal); least squares: s_g = 1 without the log.
+    squared residuals (log residuals for lognormal); least squares: s_g = 1 without the log;
+    Poisson: s_g = 1 and the deviance residuals sign(f - y) sqrt(2 (f - y + y log(y / f))),
+    whose half sum of squares is the Poisson NLL up to a constant.
     With the sigmas fixed the dynamic params are a weighted least-squares problem (scipy's
     trust-region reflective with exact Jacobians); a sigma param then has its closed form."""
 
@@ -334,12 +398,15 @@ class LeastSquaresProblem:
 
     def _group(self, name):
         s = self.sigma[name]
-        return ("lsq",) if s is None else (("param", s) if isinstance(s, str) else ("fixed", s))
+        if s is None or s == POISSON:
+            return ("lsq",) if s is None else POISSON
+        return ("param", s) if isinstance(s, str) else ("fixed", s)
 
     def residuals(self, values: Mapping, order: int = 1, sens: Optional[Sensitivities] = None):
-        """{group: (r, dr, d2r or None)} of the unweighted residuals, and predictions per series."""
+        """{group: (r, dr, d2r or None, fisher)} of the unweighted residuals (fisher: the rows
+        whose J'J is the Fisher information), and predictions per series."""
         p = self.sim.param_vector(values)
-        blocks = {g: ([], [], []) for g in self.groups}
+        blocks = {g: ([], [], [], []) for g in self.groups}
         predictions = []
         for s, proto in zip(self.train.series, self.protocols):
             y, dy, d2y = (sens or self.first)(proto, p)
@@ -349,6 +416,11 @@ class LeastSquaresProblem:
                 idx = np.flatnonzero(np.isfinite(data))
                 f, df = y[self.obs_row[name], idx], dy[idx, self.obs_row[name], :]
                 d2f = d2y[idx, self.obs_row[name]] if d2y is not None else None
+                if self.noise[name] == "poisson":
+                    r, dr, d2r, fisher = _deviance(f, df, d2f, data[idx])
+                    b = blocks[POISSON]
+                    b[0].append(r), b[1].append(dr), b[2].append(d2r), b[3].append(fisher)
+                    continue
                 if self.noise[name] == "lognormal":
                     with np.errstate(all="ignore"):  # a non-positive prediction is a NaN residual
                         r = np.log(f) - np.log(data[idx])
@@ -358,13 +430,13 @@ class LeastSquaresProblem:
                 else:
                     r = f - data[idx]
                 b = blocks[self._group(name)]
-                b[0].append(r), b[1].append(df), b[2].append(d2f)
-        out = {g: (np.concatenate(r), np.concatenate(dr), np.concatenate(d2r) if order == 2 else None)
-               for g, (r, dr, d2r) in blocks.items()}
+                b[0].append(r), b[1].append(df), b[2].append(d2f), b[3].append(df)
+        out = {g: (np.concatenate(r), np.concatenate(dr), np.concatenate(d2r) if order == 2 else None,
+                   np.concatenate(fisher)) for g, (r, dr, d2r, fisher) in blocks.items()}
         return out, predictions
 
     def sigma_of(self, g, values):
-        return 1.0 if g[0] == "lsq" else (values[g[1]] if g[0] == "param" else g[1])
+        return 1.0 if g[0] in ("lsq", "poisson") else (values[g[1]] if g[0] == "param" else g[1])
 
     def hessian_and_gradient(self, values):
         """Exact NLL gradient and Hessian in the estimated params (natural units), from
@@ -374,7 +446,7 @@ class LeastSquaresProblem:
         blocks, _ = self.residuals(values, order=2, sens=second)
         H, g_out = np.zeros((n_est, n_est)), np.zeros(n_est)
         dyn = np.array(self.dyn, dtype=int)
-        for g, (r, J, d2r) in blocks.items():
+        for g, (r, J, d2r, _) in blocks.items():
             s = self.sigma_of(g, values)
             H[np.ix_(dyn, dyn)] += (J.T @ J + np.einsum("i,ijk->jk", r, d2r)) / s ** 2
             g_out[dyn] += J.T @ r / s ** 2
@@ -386,6 +458,22 @@ class LeastSquaresProblem:
                 H[k, k] += 3 * S / s ** 4 - n / s ** 2
                 g_out[k] += -S / s ** 3 + n / s
         return g_out, H
+
+    def gauss_newton(self, values):
+        """The Fisher information in the estimated params (natural units) from first-order
+        sensitivities: sum_g J'J / s^2, and 2 n_g / s^2 for a sigma param (its expected
+        information; the expected cross terms with the dynamic params vanish)."""
+        n_est = len(self.est)
+        blocks, _ = self.residuals(values)
+        H = np.zeros((n_est, n_est))
+        dyn = np.array(self.dyn, dtype=int)
+        for g, (r, _, _, J) in blocks.items():
+            s = self.sigma_of(g, values)
+            H[np.ix_(dyn, dyn)] += J.T @ J / s ** 2
+            if g[0] == "param":
+                k = [p.name for p in self.est].index(g[1])
+                H[k, k] += 2 * r.size / s ** 2
+        return H
 
     def solve(self, start: np.ndarray, max_nfev: int) -> tuple[dict, float, int]:
         """Weighted least squares in the dynamic params, then the closed-form sigmas; repeated
@@ -469,10 +557,13 @@ class LeastSquaresSolver(StartSolver):
         return StartOutcome(values, {}, float(loss), _LSQ_STATUS.get(status, f"stopped (status {status})"),
                             status > 0)
 
+    def _at(self, outcome: StartOutcome, x) -> dict:
+        return dict(outcome.values, **{p.name: float(v) for p, v in zip(self.est, x)})
+
     def curvature(self, outcome: StartOutcome):
         # exact first and second derivatives, at the optimum (standard errors)
-        def at(x):
-            return dict(outcome.values, **{p.name: float(v) for p, v in zip(self.est, x)})
+        return (lambda x: self.problem.hessian_and_gradient(self._at(outcome, x))[0],
+                lambda x: self.problem.hessian_and_gradient(self._at(outcome, x))[1])
 
-        return (lambda x: self.problem.hessian_and_gradient(at(x))[0],
-                lambda x: self.problem.hessian_and_gradient(at(x))[1])
+    def gauss_newton(self, outcome: StartOutcome):
+        return lambda x: self.problem.gauss_newton(self._at(outcome, x))

@@ -15,7 +15,7 @@ from ..interrupt import interruptible
 from .failures import native_output_captured
 from .loss import numpy_nll, predict, rmse_by_observe
 from ..series_params import by_series, estimated_params, series_key
-from .multistart import MultiStart, run_starts, start_origins
+from .multistart import MultiStart, StartOutcome, StartSolver, run_starts, start_origins
 from .result import FitResult, matrix_dict
 from .starts import correlation, finite_difference_hessian, param_labels, standard_errors, start_points
 
@@ -37,10 +37,34 @@ def _torch(ir, train, valid, rtol, atol, max_iter, seed, simulator, **options):
 # back-end name -> the fitting path for it (nimm_dsl.backends.BACKENDS names the back ends)
 PATHS = {"casadi": _casadi, "torch": _torch}
 
+# How the curvature behind the standard errors is computed: the Gauss-Newton / Fisher
+# information approximation (first-order sensitivities only; the field's standard) or the exact
+# Hessian of the loss (second-order sensitivities, several times the cost on large models).
+HESSIANS = ("gauss-newton", "exact")
+
+
+def information_matrix(solver: StartSolver, outcome: StartOutcome, x: np.ndarray,
+                       hessian: str = "gauss-newton") -> np.ndarray:
+    """The curvature of the training loss in the estimated params (natural units) at `x`, the
+    estimates of `outcome`: the observed information the standard errors invert. "gauss-newton"
+    falls back to the exact Hessian on paths without an approximation (IPOPT: neural terms,
+    negbinomial, a sigma that uses its own prediction); where no exact Hessian exists either,
+    central differences of the exact gradient."""
+    if hessian not in HESSIANS:
+        raise ValueError(f"hessian must be one of {', '.join(HESSIANS)}, got {hessian!r}")
+    approx = solver.gauss_newton(outcome) if hessian == "gauss-newton" else None
+    if approx is not None:
+        return np.asarray(approx(x), dtype=float)
+    grad, exact = solver.curvature(outcome)
+    if exact is not None:
+        return np.asarray(exact(x), dtype=float)
+    return finite_difference_hessian(grad, x, np.maximum(np.abs(x), 1e-8))
+
 
 def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: float = 0.0,
         seed: int = 0, rtol: float = 1e-8, atol: float = 1e-8, max_iter: Optional[int] = None,
-        progress: bool = True, file: Optional[str] = None, simulator=None, **options) -> FitResult:
+        progress: bool = True, file: Optional[str] = None, simulator=None, hessian: str = "gauss-newton",
+        **options) -> FitResult:
     """Fit the estimated params (ParamIR.estimate) and neural weights of `ir` to `data` (a CSV
     path, a DataFrame or a Dataset).
 
@@ -48,7 +72,8 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
     is kept in FitResult.starts. holdout: fraction of each series' last points kept out of the
     fit (validation; the Torch fit also stops early on it). simulator: a compiled simulator of
     `ir` for `backend` to reuse. options: of the path (`ipopt_options` for CasADi; `lr`,
-    `lbfgs_iter`, `warm_start`, ... for Torch). Solver output never reaches the terminal; a
+    `lbfgs_iter`, `warm_start`, ... for Torch). hessian: what the standard errors invert (see
+    HESSIANS and `information_matrix`). Solver output never reaches the terminal; a
     fit that fails raises FitError with the cause found and a fix."""
     t0 = time.perf_counter()
     check_backend(backend)
@@ -56,6 +81,8 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
         raise ValueError(f"starts must be at least 1, got {starts}")
     if not 0.0 <= holdout < 1.0:  # also refuses NaN
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if hessian not in HESSIANS:
+        raise ValueError(f"hessian must be one of {', '.join(HESSIANS)}, got {hessian!r}")
     dataset = load_bound(ir, data, file=file)  # E601-E603 before any work starts (TASKS.md §5)
     if not dataset.observed_names:
         raise FitError(f"{dataset.file}: no observed column to fit")
@@ -68,11 +95,11 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
         points, origins, notes = solver.warm_start(start_points(solver.est, starts, seed), start_origins(starts))
         run = run_starts(solver, points, origins, seed, terminal if progress else None)
         run.warnings[:0] = notes
-        return _finish(ir, dataset, train, valid, solver, run, backend, time.perf_counter() - t0)
+        return _finish(ir, dataset, train, valid, solver, run, backend, hessian, t0)
 
 
 def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solver, run: MultiStart,
-            backend: str, seconds: float) -> FitResult:
+            backend: str, hessian: str, t0: float) -> FitResult:
     best, sim, rtol, atol = run.best, solver.simulator, solver.rtol, solver.atol
     est = estimated_params(ir, train)
     names = [p.name for p in est]
@@ -84,9 +111,7 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
     stderr, flat, cov = {n: None for n in names}, [], np.full((len(names), len(names)), np.nan)
     if names:
         try:
-            grad, hessian = solver.curvature(best)
-            H = (hessian(x) if hessian is not None
-                 else finite_difference_hessian(grad, x, np.maximum(np.abs(x), 1e-8)))
+            H = information_matrix(solver, best, x, hessian)
             lsq_only = all(o.noise == "lsq" for o in ir.observes if o.name in train.observed_names)
             stderr, flat, cov = standard_errors(H, names, x, best.loss, train.n_observations, lsq_only)
             if not np.all(np.isfinite(H)):
@@ -121,7 +146,7 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
     return FitResult(model=ir.name, backend=backend, params=params, loss=float(best.loss),
                      metrics=metrics, stderr=stderr, warnings=list(dict.fromkeys(warnings)),
                      weights=best.weights, units={p.name: p.unit for p in ir.params}, estimated=names,
-                     n_observations=train.n_observations, seconds=seconds, dataset=dataset,
+                     n_observations=train.n_observations, seconds=time.perf_counter() - t0, dataset=dataset,
                      holdout_after=holdout_after, labels={n: v for n, v in labels.items() if v},
                      starts=run.records, covariance=matrix_dict(shared, cov),
                      correlation=matrix_dict(shared, correlation(cov)),

@@ -62,6 +62,12 @@ class StartSolver:
         units), at `outcome`'s weights."""
         raise NotImplementedError
 
+    def gauss_newton(self, outcome: StartOutcome) -> Optional[Callable]:
+        """The Gauss-Newton (Fisher information) approximation of the loss's Hessian in the
+        estimated params (natural units), at `outcome`'s weights: x -> matrix, or None where the
+        path has none (then the exact Hessian is used)."""
+        return None
+
     def warm_start(self, points: np.ndarray, origins: list) -> tuple[np.ndarray, list, list[str]]:
         """The start points to use instead of the requested ones, and notes about them."""
         return points, origins, []

@@ -318,9 +318,12 @@ class TorchSolver(StartSolver):
 
         # Both back ends compute the same loss; CasADi's exact Hessian is far cheaper than
         # differentiating the Torch solver twice, so the standard errors come from there.
-        from .casadi_paths import casadi_problem
-
-        prob = casadi_problem(self.ir, self.train, self.rtol, self.atol)
+        prob = self._casadi_problem()
         w_vec = prob.sim.weight_vector(weights)
         exact = prob.hessian()
         return grad, (lambda x: exact(x, w_vec))
+
+    def _casadi_problem(self):
+        from .casadi_paths import casadi_problem
+
+        return casadi_problem(self.ir, self.train, self.rtol, self.atol)
