@@ -263,7 +263,9 @@ def write_plots(agent, best, fit_json: Optional[dict], plausible: dict) -> list[
             fig, axes = plt.subplots(1, len(observes), squeeze=False, figsize=(5 * len(observes), 3.2))
             series, cut = dataset.series[0], train.series[0].n_points
             fine = np.linspace(series.times[0], series.times[-1], 300)
-            run = sim.simulate(fine, params=fit_json["params"], inputs=dict(series.inputs) or None, weights=weights)
+            own = {**fit_json["params"], **{k: v[series.label] for k, v in (fit_json.get("series_params") or {}).items()
+                                            if series.label in v}}
+            run = sim.simulate(fine, params=own, **series.run_options(), weights=weights)
             for ax, o in zip(axes[0], observes):
                 if cut < series.n_points:
                     ax.axvspan(series.times[cut], series.times[-1], color="0.92", lw=0, label="validation window")

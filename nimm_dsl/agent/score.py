@@ -195,8 +195,8 @@ def _let_shape(sim, dataset, fitted, entry: dict, scenarios: list) -> Optional[d
         xs, ys = [], []
         for series in dataset.series:
             times = np.linspace(series.times[0], series.times[-1], MAX_TRAJECTORY_POINTS)
-            res = sim.simulate(times, params=fitted.params, scenario=scenario,
-                               inputs=dict(series.inputs) or None, weights=fitted.weights or None)
+            res = sim.simulate(times, params=fitted.params_for(series.label), scenario=scenario,
+                               **series.run_options(), weights=fitted.weights or None)
             try:
                 xs.append(np.asarray(res[driver], float))
                 ys.append(np.asarray(res[let], float))

@@ -214,7 +214,7 @@ def _dose_checks(ir: ModelIR, t, table_doses, report) -> None:
         if d.from_data:
             spans.setdefault(d.name, d.span)
     times = t.numbers(ir.time_name)
-    labels = (t.frame[SERIES_COLUMN].map(lambda v: str(v).strip()).to_numpy()
+    labels = (np.array([str(v).strip() for v in t.frame[SERIES_COLUMN]], dtype=object)
               if SERIES_COLUMN in t.columns else np.array([None] * len(times)))
     observed = np.zeros(len(times), dtype=bool)
     for o in ir.observes:

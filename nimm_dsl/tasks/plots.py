@@ -106,15 +106,15 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
                                  figsize=(5.0 * len(series_list), 3.2 * len(shown)))
         for column, series in enumerate(series_list):
             fine = np.union1d(np.linspace(series.times[0], series.times[-1], FINE_POINTS), series.times)
-            factual = _factual_inputs(dataset, series.label)
+            factual = _factual_options(dataset, series.label)  # its inputs and table doses
+            counterfactual = {**factual, "inputs": dict(series.inputs) or None}
             own = fitted.params_for(series.label)
-            baseline = sim.simulate(fine, params=own, inputs=factual,
-                                    weights=fitted.weights or None)
-            under = sim.simulate(fine, params=own, scenario=cf.scenario,
-                                 inputs=dict(series.inputs) or None, weights=fitted.weights or None)
+            baseline = sim.simulate(fine, params=own, **factual, weights=fitted.weights or None)
+            under = sim.simulate(fine, params=own, scenario=cf.scenario, **counterfactual,
+                                 weights=fitted.weights or None)
             band = draw_bands(sim, ir, uncertainty and uncertainty.with_values(own), fine, BAND_LEVEL,
-                              scenario=cf.scenario,
-                              inputs=dict(series.inputs) or None, weights=fitted.weights or None, names=shown)
+                              scenario=cf.scenario, **counterfactual, weights=fitted.weights or None,
+                              names=shown)
             for row, observe in enumerate(shown):
                 ax = axes[row][column]
                 ax.plot(series.times, series.observed[observe], "-", lw=3, color="0.75", label="truth")
@@ -136,8 +136,9 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
     return written
 
 
-def _factual_inputs(dataset, label):
+def _factual_options(dataset, label) -> dict:
+    """The inputs and table doses of the training series `label` (else the first series)."""
     for series in dataset.series:
         if series.label == label:
-            return dict(series.inputs) or None
-    return dict(dataset.series[0].inputs) or None if dataset.series else None
+            return series.run_options()
+    return dataset.series[0].run_options() if dataset.series else {}
