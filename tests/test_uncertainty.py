@@ -303,3 +303,33 @@ def test_noise_quantiles_of_every_noise_model_match_scipy():
                                                        ParamIR("k", k, 3.0, 0, np.inf, "1", True)], observes=[o])
         got = add_noise(ir, "y", f, {"s": 0.5, "k": 3.0}, {}, u)
         np.testing.assert_allclose(got, expected[kind], rtol=1e-9, err_msg=kind)
+
+
+def test_seir_example_fit_reports_correlations_and_profiles_that_agree_with_the_standard_errors(tmp_path):
+    """Issue #17's done-when on the shipped SEIR example: Poisson counts simulated from it over 150
+    days, fitted with the incubation and infectious periods fixed at the example's published
+    values (incidence alone cannot separate them from beta). The report carries the correlation
+    matrix and the profiles; each well-determined param's profile interval agrees with
+    +- 1.96 SE within 10% of that half-width."""
+    source = (Path(__file__).parent.parent / "examples" / "seir.nimm").read_text()
+    truth = nimm_dsl.load_source(source)
+    times = np.arange(0.0, 151.0)
+    expected = np.asarray(truth.compile("casadi").simulate(times)["cases"], dtype=float)
+    data = pd.DataFrame({"day": times, "cases": np.random.default_rng(1).poisson(expected)})
+    fixed = (source.replace('param sigma [1/day]  = 1/5.2 in [0.05, 1]', 'const sigma [1/day]  = 1/5.2')
+             .replace('param gamma [1/day]  = 0.2  in [0.05, 1]', 'const gamma [1/day]  = 0.2'))
+    assert fixed.count("const") == source.count("const") + 2
+    model = nimm_dsl.load_source(fixed)
+    res = model.fit(data, progress=False)
+    profs = profile(model.ir, data, res)
+    assert set(res.correlation) == {"beta", "rho", "I0"}
+    assert all(res.correlation[n][n] == pytest.approx(1.0) for n in res.correlation)
+    for name in ("beta", "rho", "I0"):
+        estimate, se = res.params[name], res.stderr[name]
+        lo, hi = profs[name]["ci95"]
+        assert profs[name]["not_identifiable"] == []
+        assert lo == pytest.approx(estimate - 1.96 * se, abs=0.1 * 1.96 * se)
+        assert hi == pytest.approx(estimate + 1.96 * se, abs=0.1 * 1.96 * se)
+    assert res.params["beta"] == pytest.approx(0.44, rel=0.02) and res.params["rho"] == pytest.approx(0.15, rel=0.03)
+    doc = json.loads(res.save(tmp_path / "FIT.json").read_text())
+    assert set(doc["profiles"]) == {"beta", "rho", "I0"} and doc["correlation"]["beta"]["I0"] < -0.9
