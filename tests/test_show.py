@@ -53,3 +53,13 @@ def test_latex_reads_with_the_users_names_and_shows_inputs_as_inputs(capsys):
 
     assert [latex_name(n) for n in ("I0", "beta", "beta_eff", "ka", "x")] == [
         "I_{0}", r"\beta", r"\mathrm{beta\_eff}", r"\mathrm{ka}", "x"]
+
+
+def test_latex_pulls_unit_factors_out_of_sums(capsys):
+    """Hodgkin-Huxley's currents are declared in uA/cm^2 from mS/cm^2 times mV: lowering spreads the
+    factor over the sum (`1000 g (V/1000 - E/1000)`); shown, it is `g (V - E)` again."""
+    assert main(["show", str(Path(SEIR).parent / "hodgkin_huxley.nimm")]) == 0
+    tex = capsys.readouterr().out
+    assert r"\mathrm{I\_Na} &= \mathrm{g\_Na} h m^{3} \left(- \mathrm{E\_Na} + V\right)" in tex
+    assert r"\frac{- \mathrm{I\_K} - \mathrm{I\_L} - \mathrm{I\_Na} + \mathrm{I\_ext}(t)}{\mathrm{C\_m}}" in tex
+    assert "1000 \\mathrm{g" not in tex

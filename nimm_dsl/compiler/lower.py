@@ -343,7 +343,7 @@ def to_latex(ir: I.ModelIR) -> str:
         return sp.latex(e, symbol_names=names)
 
     def tex(e) -> str:
-        return ltx(e.xreplace(baseline) if isinstance(e, sp.Basic) else e)
+        return ltx(_display_form(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
 
     def text(name: str) -> str:  # a name inside \text{}: underscores must be escaped
         return name.replace("_", r"\_")
@@ -384,6 +384,18 @@ def to_latex(ir: I.ModelIR) -> str:
         default = f", default {u.default:g}" if u.default is not None else ", from the data"
         rows.append(rf"{tex(u.symbol)} &: \text{{input ({how}{default})}} && [\mathrm{{{u.unit}}}]")
     return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}\n"
+
+
+DISPLAY_FACTORING_LIMIT = 400  # operations; larger expressions are shown as lowered
+
+
+def _display_form(e):
+    """Unit factors pulled out for reading: `1000 g (V/1000 - E/1000)` (a unit conversion spread
+    over a sum) shows as `g (V - E)`. The same expression, only regrouped; huge ones (families
+    expanded to thousands of terms) are left as they are."""
+    if isinstance(e, sp.Expr) and sp.count_ops(e) <= DISPLAY_FACTORING_LIMIT:
+        return sp.factor_terms(e)
+    return e
 
 
 def latex_name(name: str) -> str:
