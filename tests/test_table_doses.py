@@ -307,9 +307,11 @@ def test_one_series_estimates_a_per_series_param_once_under_its_name():
 
 
 def test_a_sigma_may_not_use_a_per_series_param():
+    """Refused by the checker (E306 at the name), not first at fit time: clean means it fits."""
     text = PK.replace("normal(sigma = 0.05)", "normal(sigma = 0.05 [mg] * k * 1 [h])")
-    with pytest.raises(nimm_dsl.FitError, match="per-series param"):
-        nimm_dsl.load_source(text, "pk.nimm").fit(table(), progress=False)
+    found = [(d.code, d.span.line, d.span.column) for d in nimm_dsl.check(text)]
+    assert found == [("E306", 7, 54)]
+    assert "per-series param" in nimm_dsl.check(text)[0].message
 
 
 def _three_series():

@@ -283,6 +283,9 @@ class _Checker:
         if sym.kind not in pos.allowed:
             self.report("E306", node.span, f"{pos.what} may use only {pos.expected}; found {sym.kind} `{name}`",
                         self.restricted_hint(pos, sym.kind))
+        elif pos.allowed == SIGMA_KINDS and getattr(sym.decl, "per_series", False):
+            self.report("E306", node.span, f"{pos.what} is one number shared by every data series; "
+                        f"`{name}` is a per-series param", f"declare `{name}` without `per series`")
         return True
 
     def restricted_hint(self, pos: Position, kind: str) -> Optional[str]:
