@@ -411,3 +411,25 @@ def test_weekly_negative_binomial_counts_recover_the_seir_and_beat_the_instantan
     assert rho == pytest.approx(truth["rho"], rel=0.10)
     assert 1.0 < k / truth["k"] < 1.8
     assert wins >= 15
+
+
+def test_scenario_plots_draw_interval_counts_as_steps_over_their_week():
+    """Weekly counts are drawn held over the week that ends at each output time (steps), baseline
+    and scenario alike, and the data as a bar over their week; a state stays a curve."""
+    from matplotlib.collections import LineCollection
+
+    from nimm_dsl.runtime.data import Series
+    from nimm_dsl.runtime.plots import ScenarioRun, scenario_figure
+
+    model = nimm_dsl.load_source(SEIR)
+    sim = model.compile("casadi")
+    base, under = sim.simulate(WEEKS), sim.simulate(WEEKS, scenario="distancing")
+    data = Series(None, WEEKS, {"weekly": np.asarray(base["weekly"], float)}, {}, np.arange(len(WEEKS)))
+    fig = scenario_figure([ScenarioRun(base, under, None, None, data, None)], model.ir, states=True,
+                          scenario="distancing")
+    weekly, exposed = (next(a for a in fig.axes if a.get_title() == n) for n in ("weekly", "E"))
+    assert [ln.get_drawstyle() for ln in weekly.get_lines()] == ["steps-pre", "steps-pre"]
+    assert [ln.get_drawstyle() for ln in exposed.get_lines()] == ["default", "default"]
+    (bars,) = [c for c in weekly.collections if isinstance(c, LineCollection)]
+    first = bars.get_segments()[0]
+    assert first[0][0] == pytest.approx(0.0) and first[1][0] == pytest.approx(7.0)

@@ -271,18 +271,26 @@ def scenario_figure(runs: Sequence[ScenarioRun], ir=None, names: Optional[Sequen
             ax = axes[place(r, c)[0]][place(r, c)[1]]
             t = run.baseline.times
             first_text = "baseline" if run.scenario is not None else "model"
+            # a count over an interval holds over the interval that ends at each output time
+            window = _interval(ir, name) if ir is not None else None
+            steps = {} if window is None else {"drawstyle": "steps-pre"}
             for result, band, color, text in ((run.baseline, run.baseline_band, "C0", first_text),
                                               (run.scenario, run.scenario_band, "C3", label)):
                 if result is None:
                     continue
                 if band and name in band:
-                    ax.fill_between(result.times, *band[name], color=color, alpha=0.18, lw=0)
+                    ax.fill_between(result.times, *band[name], color=color, alpha=0.18, lw=0,
+                                    **({} if window is None else {"step": "pre"}))
                 ax.plot(result.times, np.asarray(result[name]).T, color=color,
-                        ls="--" if result is run.scenario else "-", lw=1.6, label=text)
+                        ls="--" if result is run.scenario else "-", lw=1.6, label=text, **steps)
             if run.data is not None and name in getattr(run.data, "observed", {}):
                 y = run.data.observed[name]
                 ok = np.isfinite(y)
-                ax.plot(run.data.times[ok], y[ok], "o", color="k", ms=3.5, label="data")
+                if window is not None:
+                    ax.hlines(y[ok], run.data.times[ok] - window, run.data.times[ok], color="k", lw=2.4,
+                              alpha=0.7, label="data")
+                else:
+                    ax.plot(run.data.times[ok], y[ok], "o", color="k", ms=3.5, label="data")
             if ir is not None and t is not None and len(t):
                 mark_protocol(ax, ir, scenario if run.scenario is not None else None, t[0], t[-1])
             ax.set_ylabel(_label(name, units.get(name)))
