@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--profile", nargs="*", metavar="NAME",
                    help="profile likelihood of these estimated params (none named: all); with --plot "
                         "also writes PLOT_profiles.png. Put it after MODEL and DATA.csv")
+    f.add_argument("--profile-workers", type=int, default=None, metavar="N",
+                   help="profiles computed in N processes at once (default: one per core, CasADi only)")
     f.add_argument("--hessian", choices=("gauss-newton", "exact"), default="gauss-newton",
                    help="curvature behind the standard errors: the Fisher information (default) or "
                         "the exact Hessian of the loss (slower on large models)")
@@ -409,6 +411,8 @@ def cmd_fit(args) -> int:
 
     if args.starts < 1:
         raise UsageError(f"nimm: --starts needs at least 1 start, got {args.starts}")
+    if args.profile_workers is not None and args.profile_workers < 1:
+        raise UsageError(f"nimm: --profile-workers needs at least 1 process, got {args.profile_workers}")
     if not 0.0 <= args.holdout < 1.0:
         raise UsageError(f"nimm: --holdout needs a fraction in [0, 1), got {args.holdout}")
     _check_writable(args.output, "--output", (args.model, args.data))
@@ -422,8 +426,9 @@ def cmd_fit(args) -> int:
     if args.profile is not None:
         from .runtime.fit import profile
 
+        workers = args.profile_workers if args.profile_workers is not None else (os.cpu_count() or 1)
         profile(model.ir, args.data, result, args.profile or None, holdout=args.holdout,
-                simulator=model.compile(args.backend))
+                simulator=model.compile(args.backend), workers=workers)
     print(format_report(result), flush=True)  # before the notes on stderr
     for w in result.warnings:
         _warn(w)

@@ -333,3 +333,20 @@ def test_seir_example_fit_reports_correlations_and_profiles_that_agree_with_the_
     assert res.params["beta"] == pytest.approx(0.44, rel=0.02) and res.params["rho"] == pytest.approx(0.15, rel=0.03)
     doc = json.loads(res.save(tmp_path / "FIT.json").read_text())
     assert set(doc["profiles"]) == {"beta", "rho", "I0"} and doc["correlation"]["beta"]["I0"] < -0.9
+    # the same profiles computed in two worker processes at once
+    parallel = profile(model.ir, data, res, workers=2)
+    assert list(parallel) == ["beta", "rho", "I0"]
+    for name in parallel:
+        assert parallel[name]["values"] == pytest.approx(profs[name]["values"], rel=1e-12)
+        assert parallel[name]["nll"] == pytest.approx(profs[name]["nll"], rel=1e-9)
+
+
+def test_profiles_in_parallel_run_in_worker_processes_and_keep_the_order():
+    import os
+
+    from nimm_dsl.runtime.fit.profile import _each_in_parallel
+
+    out = _each_in_parallel(["a", "b", "c"], lambda name: (name, os.getpid()), 2)
+    assert list(out) == ["a", "b", "c"] and [v[0] for v in out.values()] == ["a", "b", "c"]
+    assert os.getpid() not in {v[1] for v in out.values()}
+    assert set(_each_in_parallel(["a", "b"], lambda name: os.getpid(), 1).values()) == {os.getpid()}

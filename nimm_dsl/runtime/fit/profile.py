@@ -30,11 +30,13 @@ PAST_THRESHOLD = 1.0  # stop a side once the profile is this far above the thres
 
 def profile(ir: ModelIR, data, result: FitResult, names: Optional[Sequence[str]] = None,
             backend: Optional[str] = None, holdout: float = 0.0, simulator=None, rtol: float = 1e-8,
-            atol: float = 1e-8, max_iter: Optional[int] = None) -> dict:
+            atol: float = 1e-8, max_iter: Optional[int] = None, workers: int = 1) -> dict:
     """{param: {"values", "nll", "ci95", "not_identifiable"}} for each of `names` (default: every
     estimated param) of the fit `result` of `ir` to `data` (the same data and hold-out fraction
     as the fit). Also stored in `result.profiles` (FIT.json `profiles`; docs/fit-json.md).
-    Neural weights stay at their fitted values."""
+    Neural weights stay at their fitted values. workers > 1: the params' profiles run in that many
+    worker processes at once (CasADi back end, where processes can be forked; each profile is a
+    warm-started chain, so one param's points stay in one worker); the result is the same."""
     from .entry import PATHS
 
     backend = backend or result.backend
@@ -68,11 +70,35 @@ def profile(ir: ModelIR, data, result: FitResult, names: Optional[Sequence[str]]
     # residual variance, as the covariance does (starts.standard_errors)
     lsq_only = all(o.noise == "lsq" for o in ir.observes if o.name in train.observed_names)
     rise = THRESHOLD_95 * (2.0 * result.loss / max(train.n_observations - len(est), 1) if lsq_only else 1.0)
-    out = {}
-    for name in names:
-        out[name] = _profile_one(est[name], result, refit, rise)
+    out = _each_in_parallel(names, lambda name: _profile_one(est[name], result, refit, rise),
+                            workers if backend == "casadi" else 1)
     result.profiles.update(out)
     return out
+
+
+_JOB = None  # the function the forked workers run (a closure cannot be sent; forked, it is inherited)
+
+
+def _run_job(name):
+    return _JOB(name)
+
+
+def _each_in_parallel(names: list, job, workers: int) -> dict:
+    """{name: job(name)}, in up to `workers` forked processes when there is more than one name.
+    Only param names go to the workers and plain lists and numbers come back."""
+    global _JOB
+    import multiprocessing
+
+    if workers <= 1 or len(names) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return {name: job(name) for name in names}
+    from concurrent.futures import ProcessPoolExecutor
+
+    _JOB = job
+    try:
+        with ProcessPoolExecutor(min(workers, len(names)), mp_context=multiprocessing.get_context("fork")) as pool:
+            return dict(zip(names, pool.map(_run_job, names)))
+    finally:
+        _JOB = None
 
 
 def _fixed(ir: ModelIR, name: str, value: float, warm: dict) -> ModelIR:
