@@ -216,12 +216,18 @@ def _report_line(report: str, name: str) -> str:
     return next(line for line in report.splitlines() if line.strip().startswith(f"{name} "))
 
 
-def test_at_a_bound_and_not_determined_are_different_labels_and_report_and_warnings_agree():
+def product_decay_model(k1_bounds=(0.01, 5), k2_bounds=(0.1, 10)):
+    """dX/dt = -k1 k2 X: only the product k1*k2 is identifiable from X."""
     k1, k2 = sp.symbols("k1 k2")
     ir = decay_model(sigma_param=False)
-    ir.params = [ParamIR("k1", k1, 0.3, 0.01, 5, "1/h", True), ParamIR("k2", k2, 1.0, 0.1, 10, "1", True),
+    ir.params = [ParamIR("k1", k1, 0.3, *k1_bounds, "1/h", True), ParamIR("k2", k2, 1.0, *k2_bounds, "1", True),
                  ir.params[1]]
-    ir.derivatives = {"X": -k1 * k2 * sp.Symbol("X")}  # only the product k1*k2 is identifiable
+    ir.derivatives = {"X": -k1 * k2 * sp.Symbol("X")}
+    return ir
+
+
+def test_at_a_bound_and_not_determined_are_different_labels_and_report_and_warnings_agree():
+    ir = product_decay_model()
     res = fit(ir, decay_data(), progress=False)
     assert res.params["k1"] * res.params["k2"] == pytest.approx(0.5, rel=0.1)
     assert res.labels == {"k1": [UNDETERMINED], "k2": [UNDETERMINED]}

@@ -17,7 +17,7 @@ from nimm_dsl.runtime.bands import Uncertainty, bands
 from nimm_dsl.runtime.fit import fit, format_report, profile
 from nimm_dsl.runtime.fit.result import UNDETERMINED
 
-from test_fit import decay_data, decay_model
+from test_fit import decay_data, decay_model, product_decay_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -72,12 +72,7 @@ def test_report_flags_strongly_correlated_pairs_by_name():
 
 
 def test_a_param_the_data_cannot_determine_has_no_covariance():
-    k1, k2 = sp.symbols("k1 k2")
-    ir = decay_model(sigma_param=False)
-    ir.params = [ParamIR("k1", k1, 0.3, 0.01, 5, "1/h", True), ParamIR("k2", k2, 1.0, 0.1, 10, "1", True),
-                 ir.params[1]]
-    ir.derivatives = {"X": -k1 * k2 * sp.Symbol("X")}  # only the product k1*k2 is identifiable
-    res = fit(ir, decay_data(), progress=False)
+    res = fit(product_decay_model(), decay_data(), progress=False)
     assert res.labels["k1"] == [UNDETERMINED]
     assert res.covariance["k1"]["k1"] is None and res.covariance["X0"]["k2"] is None
     assert res.covariance["X0"]["X0"] == pytest.approx(res.stderr["X0"] ** 2)
@@ -120,13 +115,8 @@ def test_least_squares_profile_interval_matches_the_standard_error():
 
 
 def product_ir():
-    """dX/dt = -k1 k2 X: only the product is identifiable (wide bounds so that it stays flat)."""
-    k1, k2 = sp.symbols("k1 k2")
-    ir = decay_model(sigma_param=False)
-    ir.params = [ParamIR("k1", k1, 0.3, 1e-4, 1e4, "1/h", True), ParamIR("k2", k2, 1.0, 1e-4, 1e4, "1", True),
-                 ir.params[1]]
-    ir.derivatives = {"X": -k1 * k2 * sp.Symbol("X")}
-    return ir
+    """dX/dt = -k1 k2 X, with wide bounds so that the profile stays flat."""
+    return product_decay_model(k1_bounds=(1e-4, 1e4), k2_bounds=(1e-4, 1e4))
 
 
 def test_profile_flags_a_product_of_two_params_as_not_identifiable(tmp_path):

@@ -180,18 +180,7 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
         _check_increasing(times[idx], idx, ir.time_name, label, where)
         t = times[idx]
         observed = {o: values[o][idx] for o in present_obs}
-        inputs = {}
-        for u in present_inputs:
-            v = values[u][idx]
-            keep = np.isfinite(v)
-            if keep.any():
-                inputs[u] = (t[keep], v[keep])
-        doses = {}
-        for d in present_doses:
-            v = values[d][idx]
-            keep = np.isfinite(v)
-            if keep.any():
-                doses[d] = (t[keep], v[keep])
+        inputs, doses = _given(present_inputs, values, idx, t), _given(present_doses, values, idx, t)
         if observed and not any(np.isfinite(v).any() for v in observed.values()):
             what = f"series `{label}`" if label is not None else "the table"  # not "series `None`"
             warnings.append(f"{file}: {what} has no observed value; it does not affect the fit")
@@ -219,6 +208,18 @@ class Table:
     def numbers(self, column: str) -> np.ndarray:
         """A column as floats (NaN where missing); DataError naming the file, column and row."""
         return _numeric_column(self.frame[column], column, self.where)
+
+
+def _given(columns, values: dict, idx: np.ndarray, t: np.ndarray) -> dict:
+    """{column: (times, values)} of one series' rows where the column has a value (inputs and
+    table doses: an empty cell means nothing given at that time)."""
+    out = {}
+    for c in columns:
+        v = values[c][idx]
+        keep = np.isfinite(v)
+        if keep.any():
+            out[c] = (t[keep], v[keep])
+    return out
 
 
 def read_table(path_or_frame, file: Optional[str] = None) -> Table:
