@@ -87,6 +87,23 @@ def test_log_axes_only_where_everything_is_positive(fitted):
     plt.close(fig)
 
 
+def test_log_axes_label_minor_ticks_as_plain_numbers_within_one_decade():
+    """A log axis over less than a decade has at most one major tick, so its minor ticks carry the
+    labels: they read `2`, `3000`, `0.4`, not matplotlib's `2x10^0`."""
+    import matplotlib.pyplot as plt
+
+    from nimm_dsl.runtime.plots import _log_axis
+
+    for low, high, expected in [(3, 9, ["2", "3", "4", "6"]), (3000, 9000, ["2000", "3000", "4000", "6000"]),
+                                (0.2, 0.7, ["0.2", "0.3", "0.4", "0.6"]), (3, 300, [])]:
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [low, high])
+        _log_axis(ax)
+        fig.canvas.draw()
+        assert [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()] == expected
+        plt.close(fig)
+
+
 def test_scenario_figure_shows_observes_shades_the_window_and_facets_series(fitted):
     model, sim, data, res = fitted
     t = np.linspace(0, 36, 73)

@@ -168,6 +168,26 @@ def _log_axis(ax) -> None:
     values = [v[np.isfinite(v)] for v in values if v.size]
     if values and all(np.all(v > 0) for v in values if v.size):
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(_minor_log_labels(ax.yaxis))
+
+
+def _minor_log_labels(axis):
+    """Minor ticks of a log axis read as plain numbers (`2`, `30`, `0.5`) rather than `2x10^0`;
+    matplotlib's own LogFormatter still decides which of them are labelled (short spans only)."""
+    from matplotlib.ticker import Formatter, LogFormatter
+
+    class MinorLogLabels(Formatter):
+        def __init__(self):
+            self.which = LogFormatter(minor_thresholds=(1, 0.4))
+            self.which.set_axis(axis)
+
+        def set_locs(self, locs):
+            self.which.set_locs(locs)
+
+        def __call__(self, value, pos=None):
+            return f"{value:g}" if self.which(value, pos) else ""
+
+    return MinorLogLabels()
 
 
 def mark_protocol(ax, ir, scenario: Optional[str], t0: float, t1: float) -> None:
