@@ -33,6 +33,8 @@ def deliver(agent, reason: str):
         return result
     final = agent.executor.map([agent.payload(best, validation=0.0, full_fit=True)])[0]
     write_text_atomic(run_dir / "best.nimm", best.source)
+    for table in agent.task.tables:  # beside best.nimm, so that its `table(...)` reads them there
+        write_bytes_atomic(run_dir / table.name, table.read_bytes())
     if final.get("status") == "ok" and final.get("fit_json"):
         write_text_atomic(run_dir / "best.fit.json", json.dumps(final["fit_json"], indent=2) + "\n")
     else:
@@ -127,7 +129,7 @@ def scenario_spread(agent, members) -> dict:
         if entry["determined"] is False:
             worst = max(entry["spread"].items(), key=lambda kv: kv[1]["relative_to_noise"] or 0)
             entry["discriminate"] = (f"the plausible models disagree most on `{worst[0]}` at "
-                                     f"{_time_name(best)} = {worst[1]['at_time']:.3g} under this "
+                                     f"{_time_name(best, agent.tables)} = {worst[1]['at_time']:.3g} under this "
                                      f"scenario ({worst[1]['max']:.3g} apart, {worst[1]['relative_to_noise']:.1f}× "
                                      "the residual scale): a measurement there, or data from a regime like "
                                      "the scenario's, would tell them apart")
@@ -154,11 +156,11 @@ def _g(value) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
-def _time_name(node) -> str:
+def _time_name(node, tables=None) -> str:
     from ..api import load_source
 
     try:
-        return load_source(node.source).ir.time_name or "time"
+        return load_source(node.source, "<candidate>", tables).ir.time_name or "time"
     except Exception:  # noqa: BLE001 - only a label
         return "time"
 
@@ -195,7 +197,7 @@ def report_markdown(agent, best, plausible: dict, reason: str, final: Optional[d
     try:  # the compiled equations, as `nimm show --format text` prints them
         from ..api import load_source
 
-        lines += ["Equations (declared units):", "", "```", load_source(best.source).equations().rstrip(),
+        lines += ["Equations (declared units):", "", "```", load_source(best.source, "best.nimm", agent.tables).equations().rstrip(),
                   "```", ""]
     except Exception:  # noqa: BLE001 - the source above says it all
         pass
@@ -250,7 +252,7 @@ def write_plots(agent, best, fit_json: Optional[dict], plausible: dict) -> list[
         from ..api import load_source
         from ..runtime.data import load_data
 
-        model = load_source(best.source, "best.nimm")
+        model = load_source(best.source, "best.nimm", agent.tables)
         ir = model.ir
         if fit_json and not ir.is_static:
             dataset = load_data(agent.task.train, ir)

@@ -31,19 +31,31 @@ def score_candidate(payload: dict) -> dict:
     return out
 
 
+def _tables(entry):
+    """The task's provided tables, sent as plain data (a folder and file names); none otherwise."""
+    from pathlib import Path
+
+    from ..compiler.families import NO_TABLES, TableAccess
+
+    if not entry:
+        return NO_TABLES
+    return TableAccess(Path(entry["folder"]), frozenset(entry["names"]))
+
+
 def _score(payload: dict) -> dict:
     from ..api import load_source
     from ..errors import ModelError, NimmError
 
+    tables = _tables(payload.get("tables"))
     try:
-        model = load_source(payload["source"], payload.get("file", "<candidate>"))
+        model = load_source(payload["source"], payload.get("file", "<candidate>"), tables)
         ir = model.ir
     except ModelError as e:
         return {"status": "check_failed", "error": str(e)}
     if payload.get("noise"):  # the plausible-set comparison under another candidate's noise model
         try:
             model = load_source(_with_noise(payload["source"], model, payload["noise"]),
-                                payload.get("file", "<candidate>"))
+                                payload.get("file", "<candidate>"), tables)
             ir = model.ir
         except (ModelError, KeyError) as e:
             return {"status": "check_failed", "error": f"cannot use the reference noise model: {e}"}

@@ -125,7 +125,8 @@ class Agent:
         self.scenarios = [cf.scenario for cf in self.task.counterfactuals]
         self.task_text = task_text(self.task.description,
                                    [(cf.scenario, cf.description) for cf in self.task.counterfactuals])
-        self.summary = summarize_table(self.task.train)
+        self.summary = summarize_table(self.task.train, self.task.tables)
+        self.tables = self.task.table_access()  # what `table(...)` may read in every candidate
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> AgentResult:
@@ -208,7 +209,8 @@ class Agent:
                                     data_summary=self.summary, repair_budget=self.config.repair_budget,
                                     probe=self.config.probe and full,
                                     probe_timeout=self.config.probe_timeout, file=file,
-                                    observes=self.task.observes if full else ())
+                                    observes=self.task.observes if full else (),
+                                    tables=self.tables)
         node = self.tree.add(parent, kind, change, candidate.source, generation)
         node.attempts = [a.to_json() for a in candidate.attempts]
         node.diagnostics = [d.to_dict() for d in candidate.diagnostics]
@@ -237,7 +239,9 @@ class Agent:
                 "seed": self.config.seed if seed is None else seed,
                 "observes": list(self.task.observes) if self.task.observes else None,
                 "scenarios": self.scenarios, "noise": noise, "full_fit": full_fit,
-                "lets": _shape_lets(node.source)}
+                "lets": _shape_lets(node.source, self.tables),
+                "tables": ({"folder": str(self.tables.folder), "names": sorted(self.tables.allowed)}
+                           if self.task.tables else None)}
 
     def _score_pending(self) -> None:
         pending = [n for n in self.tree.nodes if n.status == "pending"]
@@ -275,7 +279,7 @@ class Agent:
                     self.tree.nodes[c].kind == "law" for c in node.children):
                 continue
             try:
-                model = load_source(node.source, f"nodes/{node.id:03d}.nimm")
+                model = load_source(node.source, f"nodes/{node.id:03d}.nimm", self.tables)
                 role_let = find_role_let(model)
                 siblings = law_siblings(model, role_let) if role_let is not None else []
             except Exception:  # noqa: BLE001 - a law we cannot write is a sibling we skip
@@ -284,7 +288,7 @@ class Agent:
                 child = self.tree.add(node.id, "law", change, source, node.generation)
                 stage, diagnostics = validate(source, f"nodes/{child.id:03d}.nimm", self.task.train,
                                               self.config.probe, self.config.probe_timeout,
-                                              self.task.observes or ())
+                                              self.task.observes or (), self.tables)
                 child.diagnostics = [d.to_dict() for d in diagnostics]
                 child.status = STAGE_STATUS[stage]
                 if child.status == "pending" and (twin := self.tree.find_duplicate(source, child.id)):
@@ -462,12 +466,12 @@ def _span(bounds) -> str:
     return f"[{bounds[0]:.3g}, {bounds[1]:.3g}]"
 
 
-def _shape_lets(source: str) -> list[dict]:
+def _shape_lets(source: str, tables=None) -> list[dict]:
     from ..api import load_source
     from .laws import shape_lets
 
     try:
-        return shape_lets(load_source(source))
+        return shape_lets(load_source(source, "<candidate>", tables))
     except Exception:  # noqa: BLE001 - nothing to show is not a failure
         return []
 

@@ -107,9 +107,11 @@ def validate(source: str, file: str = "<candidate>", data=None, probe: bool = Tr
 def build_candidate(client: ChatClient, messages: list[dict], task: str, data=None,
                     data_summary: Optional[str] = None, repair_budget: int = 3, probe: bool = True,
                     probe_timeout: float = 60.0, file: str = "<candidate>",
-                    on_attempt: Optional[Callable[[Attempt], None]] = None, observes=()) -> Candidate:
+                    on_attempt: Optional[Callable[[Attempt], None]] = None, observes=(),
+                    tables=None) -> Candidate:
     """Ask for a model with `messages`, then repair it from its diagnostics at most
-    `repair_budget` times (so at most 1 + repair_budget language-model calls)."""
+    `repair_budget` times (so at most 1 + repair_budget language-model calls). `tables`: the
+    files the task provides to `table(...)` (TableAccess; none by default)."""
     candidate = Candidate()
     for _ in range(1 + max(0, repair_budget)):
         started = time.perf_counter()
@@ -123,7 +125,7 @@ def build_candidate(client: ChatClient, messages: list[dict], task: str, data=No
                 on_attempt(attempt)
             break
         source = extract_model(reply)
-        stage, diagnostics = validate(source, file, data, probe, probe_timeout, observes)
+        stage, diagnostics = validate(source, file, data, probe, probe_timeout, observes, tables)
         usage = getattr(client, "last_usage", None)
         attempt = Attempt(source, stage, diagnostics, note=reply_note(reply),
                           prompt_tokens=getattr(usage, "prompt_tokens", None) if usage else None,

@@ -128,9 +128,11 @@ def worked_example() -> str:
 
 
 # ---------------------------------------------------------------- the data summary
-def summarize_table(path, max_rows: int = MAX_SUMMARY_ROWS) -> str:
+def summarize_table(path, provided=(), max_rows: int = MAX_SUMMARY_ROWS) -> str:
     """What a modeler would look at first: columns with ranges and missing values, the time
-    range, the series, and the first rows. Only the training table is ever summarised."""
+    range, the series, and the first rows. Only the training table is ever summarised, and the
+    tables the task provides for `table(...)` (`provided`: their paths) by their header and
+    first rows."""
     import pandas as pd
 
     from ..runtime.data import open_local
@@ -163,6 +165,12 @@ def summarize_table(path, max_rows: int = MAX_SUMMARY_ROWS) -> str:
     with open(path, encoding="utf-8-sig") as handle:  # as written, not as pandas reformats them
         first = [next(handle, "").rstrip("\n") for _ in range(max_rows + 1)]
     lines.append("First rows:\n" + "\n".join(line for line in first if line))
+    for table in provided:
+        with open(table, encoding="utf-8-sig") as handle:
+            rows = [line.rstrip("\n") for line in handle if line.strip()]
+        lines.append(f"\nProvided table `{table.name}` ({len(rows) - 1} rows; a const family reads a "
+                     f"column with `table(\"{table.name}\", COLUMN)`, keyed by its first column):\n"
+                     + "\n".join(rows[:max_rows + 1]))
     return "\n".join(lines)
 
 

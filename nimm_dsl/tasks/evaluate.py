@@ -174,10 +174,13 @@ def _check(task: Task, model, report: EvaluationReport):
             source = read_model_text(model)
         except OSError as e:
             raise NimmError(f"{file}: cannot read the model ({e.strerror or e})") from None
-        diagnostics = check(source, file)
+        # a task that provides tables is where `table(...)` reads, for baselines and the agent's
+        # models alike; otherwise the model's own folder (a hand-written model's CSVs beside it)
+        tables = task.table_access() if task.tables else None
+        diagnostics = check(source, file, tables)
         loaded = None
         if not any(d.is_error for d in diagnostics):
-            loaded = load_source(source, file)
+            loaded = load_source(source, file, tables)
     if loaded is not None:
         report.model = loaded.name
         try:

@@ -45,11 +45,22 @@ class Task:
     counterfactuals: tuple[Counterfactual, ...] = ()
     observes: Optional[tuple[str, ...]] = None  # None: every observe with a data column
     fit: FitSettings = field(default_factory=FitSettings)
+    tables: tuple[Path, ...] = ()  # files that a model's `table("NAME.csv", column)` may read
 
     @property
     def held_out_files(self) -> list[Path]:
         """The files the agent must never open."""
         return [p for p in [self.test, *(c.truth for c in self.counterfactuals)] if p is not None]
+
+    def table_access(self):
+        """What `table(...)` may read in any model scored on this task, hand-written or proposed
+        by the agent: the files the task lists under [data] tables, by their plain names, and
+        nothing else (compiler.families.TableAccess)."""
+        from ..compiler.families import NO_TABLES, TableAccess
+
+        if not self.tables:
+            return NO_TABLES
+        return TableAccess(self.tables[0].parent, frozenset(p.name for p in self.tables))
 
 
 _TOP_KEYS = {"task", "data", "counterfactual", "evaluate", "fit"}
@@ -74,11 +85,15 @@ def load_task(path, read_held_out: bool = True) -> Task:
     name = _string(task, "name", path, "[task]")
     description = _string(task, "description", path, "[task]", default="")
     data = _table(raw, "data", path)
+    unknown = sorted(set(data) - {"train", "test", "tables"})
+    if unknown:
+        raise TaskError(f"{path}: [data] has an unknown key `{unknown[0]}` (known: train, test, tables)")
     train = _existing(path, _string(data, "train", path, "[data]"), "[data] train")
     test_name = _string(data, "test", path, "[data]", default=None)
     test = _existing(path, test_name, "[data] test") if test_name is not None else None
 
     train_columns = table_columns(train)
+    tables = _provided_tables(path, data)
     if test is not None and read_held_out:
         test_columns = table_columns(test)
         if set(test_columns) != set(train_columns):
@@ -141,8 +156,35 @@ def load_task(path, read_held_out: bool = True) -> Task:
         raise TaskError(f"{path}: [fit] backend `{settings['backend']}` is not one of {', '.join(BACKENDS)}")
     if settings.get("starts", 1) < 1:
         raise TaskError(f"{path}: [fit] starts must be at least 1")
-    return Task(name, description, path, train, test, tuple(counterfactuals), observes,
-                FitSettings(**settings))
+    task = Task(name, description, path, train, test, tuple(counterfactuals), observes,
+                FitSettings(**settings), tables)
+    leaked = [p.name for p in tables if p in task.held_out_files]
+    if leaked:
+        raise TaskError(f"{path}: [data] tables lists held-out file(s) {_listed(leaked)}: a model "
+                        "could read the data it is scored on")
+    return task
+
+
+def _provided_tables(path: Path, data: dict) -> tuple[Path, ...]:
+    """[data] tables: CSV files beside each other that models read with `table("NAME.csv", col)`
+    (district populations, a mixing matrix). One folder, so that a plain name means one file."""
+    listed = data.get("tables", [])
+    if not isinstance(listed, list) or not all(isinstance(t, str) and t.strip() for t in listed):
+        raise TaskError(f"{path}: [data] tables must be a list of file names")
+    not_csv = [name for name in listed if not name.lower().endswith(".csv")]
+    if not_csv:
+        raise TaskError(f"{path}: [data] tables must be CSV files (`.csv`): {_listed(not_csv)}")
+    tables = tuple(_existing(path, name, "[data] tables") for name in listed)
+    if len({p.parent for p in tables}) > 1:
+        raise TaskError(f"{path}: [data] tables must all be in one folder (a model names them by "
+                        f"their file name): {_listed(listed)}")
+    names = [p.name for p in tables]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TaskError(f"{path}: [data] tables lists {_listed(twice)} twice")
+    for table in tables:
+        table_columns(table)  # a header must be there: the agent shows it to the language model
+    return tables
 
 
 def table_columns(path: Path) -> list[str]:
