@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data", metavar="DATA.csv", help="also check that the table fits the model (E601-W606)")
     c.add_argument("--probe", action="store_true",
                    help="also simulate every scenario once at the defaults (E801-W804; loads the back end)")
+    c.add_argument("--task", metavar="TASK.toml",
+                   help="read table(...) files from the ones the task provides ([data] tables)")
 
     s = sub.add_parser("simulate", help="simulate a model (optionally a fitted one, under a scenario)")
     s.add_argument("model", metavar="MODEL")
@@ -162,12 +164,13 @@ def cmd_check(args) -> int:
 
     if args.data is not None and not os.path.isfile(args.data):
         raise UsageError(f"nimm: cannot read `{args.data}`: no such file")
+    tables = _task_tables(args.task) if args.task else None
     all_diags, texts = [], []
     for path in args.files:
         source = _read(path)
-        diags = [d.with_file(path) for d in check(source, path)]
+        diags = [d.with_file(path) for d in check(source, path, tables)]
         if (args.data or args.probe) and not has_errors(diags):
-            diags += _run_time_diagnostics(source, path, args.data, args.probe)
+            diags += _run_time_diagnostics(source, path, args.data, args.probe, tables)
         all_diags += diags
         if args.format == "text" and diags:
             texts.append(render_text(diags, source))
@@ -183,7 +186,17 @@ def cmd_check(args) -> int:
     return EXIT_ERROR if has_errors(all_diags) else EXIT_OK
 
 
-def _run_time_diagnostics(source: str, path: str, data: Optional[str], probe: bool) -> list:
+def _task_tables(task_file: str):
+    """The tables a task provides to `table(...)`, as `nimm evaluate` reads them for this task."""
+    from .tasks import TaskError, load_task
+
+    try:
+        return load_task(task_file, read_held_out=False).table_access()
+    except TaskError as e:
+        raise UsageError(f"nimm: {e}") from None
+
+
+def _run_time_diagnostics(source: str, path: str, data: Optional[str], probe: bool, tables=None) -> list:
     """`check --data` and `--probe`: the data binding (TASKS.md §5), then the probe when the
     binding found no error. A table that cannot be read is a DataError (exit 1)."""
     from .api import load_source
@@ -191,7 +204,7 @@ def _run_time_diagnostics(source: str, path: str, data: Optional[str], probe: bo
     from .errors import ModelError
 
     try:
-        model = load_source(source, path)
+        model = load_source(source, path, tables)
         model.ir
     except ModelError as e:  # a model the checker passed but lowering refused
         return [d.with_file(path) for d in e.diagnostics]

@@ -88,3 +88,21 @@ def test_task_tables_that_cannot_be_used_are_task_errors(tmp_path, tables, messa
     with pytest.raises(TaskError, match=None) as caught:
         load_task(task)
     assert message in str(caught.value)
+
+
+def test_nimm_check_reads_tables_from_the_task(tmp_path):
+    import subprocess
+    import sys
+
+    task = write_task(tmp_path)
+    model = tmp_path / "patches.nimm"
+    model.write_text(MODEL)
+    alone = subprocess.run([sys.executable, "-m", "nimm_dsl.cli", "check", str(model)],
+                           capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 1 and "E354" in alone.stdout  # not beside the model
+    with_task = subprocess.run([sys.executable, "-m", "nimm_dsl.cli", "check", str(model), "--task", str(task)],
+                               capture_output=True, text=True, timeout=120)
+    assert with_task.returncode == 0, with_task.stdout + with_task.stderr
+    missing = subprocess.run([sys.executable, "-m", "nimm_dsl.cli", "check", str(model), "--task",
+                              str(tmp_path / "nowhere.toml")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "cannot read the task file" in missing.stderr
