@@ -70,7 +70,8 @@ def test_the_data_summary_shows_each_provided_table():
     with tempfile.TemporaryDirectory() as tmp:
         task = load_task(write_task(Path(tmp)))
         summary = summarize_table(task.train, task.tables)
-    assert 'Provided table `rates.csv` (2 rows; a const family reads a column with `table("rates.csv", COLUMN)`' in summary
+    assert ('Provided table `rates.csv` (2 rows keyed by `p`: declare `index p = ...` with those members and '
+            'read a column with `const NAME[i in p] [UNIT] = table("rates.csv", COLUMN)`)') in summary
     assert "p,k\n1,0.1\n2,0.3" in summary
 
 

@@ -23,6 +23,7 @@ from ..grammar.words import BUILTIN_CONSTANTS
 
 MAX_DIAGNOSTIC_CHARS = 6000  # a repair prompt shows at most this much of the diagnostics
 MAX_SUMMARY_ROWS = 5
+MAX_PROVIDED_ROWS = 30  # a districts' table is reference data: shown whole when small
 
 # One line of form per statement keyword; a test checks every keyword of the grammar has one.
 STATEMENT_FORMS: dict[str, str] = {
@@ -168,9 +169,12 @@ def summarize_table(path, provided=(), max_rows: int = MAX_SUMMARY_ROWS) -> str:
     for table in provided:
         with open(table, encoding="utf-8-sig") as handle:
             rows = [line.rstrip("\n") for line in handle if line.strip()]
-        lines.append(f"\nProvided table `{table.name}` ({len(rows) - 1} rows; a const family reads a "
-                     f"column with `table(\"{table.name}\", COLUMN)`, keyed by its first column):\n"
-                     + "\n".join(rows[:max_rows + 1]))
+        key = rows[0].split(",")[0].strip() if rows else "?"
+        shown = rows[:MAX_PROVIDED_ROWS + 1]
+        lines.append(f"\nProvided table `{table.name}` ({len(rows) - 1} rows keyed by `{key}`: declare "
+                     f"`index {key} = ...` with those members and read a column with "
+                     f"`const NAME[i in {key}] [UNIT] = table(\"{table.name}\", COLUMN)`):\n" + "\n".join(shown)
+                     + ("\n..." if len(rows) > len(shown) else ""))
     return "\n".join(lines)
 
 
