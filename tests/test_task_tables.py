@@ -107,3 +107,44 @@ def test_nimm_check_reads_tables_from_the_task(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "nimm_dsl.cli", "check", str(model), "--task",
                               str(tmp_path / "nowhere.toml")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "cannot read the task file" in missing.stderr
+
+
+def test_evaluation_plots_wrap_a_family_into_a_grid_and_hold_interval_counts_over_their_week(tmp_path, monkeypatch):
+    """Eight districts' panels are a grid at most three wide, not one tall column; an observe that
+    counts over an interval (`integral(..., 7 [day])`) is drawn as steps over each week, the data
+    as bars over the week they count."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    weekly = MODEL.replace("index patch = 1..2", "index patch = 1..4").replace(
+        "observe y[p in patch] [mg] = x[p] ~ normal(sigma = 0.1 [mg])",
+        "observe y[p in patch] [mg] = integral(scale * k[p] * x[p], 7 [day]) ~ normal(sigma = 0.1 [mg])")
+    data = tmp_path / "data"
+    data.mkdir()
+    rates = {"1": 0.1, "2": 0.3, "3": 0.05, "4": 0.2}
+    (data / "rates.csv").write_text("p,k\n" + "".join(f"{p},{k}\n" for p, k in rates.items()))
+    t = 7.0 * np.arange(1, 7)
+    # the amount lost over the week ending at t: x(t - 7) - x(t)
+    frame = {"t": t, **{f"y[{p}]": 10 * (np.exp(-SCALE * k * (t - 7)) - np.exp(-SCALE * k * t)) for p, k in rates.items()}}
+    pd.DataFrame(frame).iloc[:4].to_csv(data / "train.csv", index=False)
+    pd.DataFrame(frame).iloc[4:].to_csv(data / "test.csv", index=False)
+    (tmp_path / "task.toml").write_text('[task]\nname = "weekly"\n[data]\ntrain = "data/train.csv"\n'
+                                       'test = "data/test.csv"\ntables = ["data/rates.csv"]\n')
+    (tmp_path / "weekly.nimm").write_text(weekly.replace("time t [day]", "time t [day] from 0"))
+    report = evaluate(tmp_path / "task.toml", tmp_path / "weekly.nimm", plot_dir=tmp_path / "plots")
+    assert report.status == "ok", report.error
+    (fig,) = drawn
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title().split()[0] for ax in shown] == ["y[1]", "y[2]", "y[3]", "y[4]"]
+    assert shown[0].get_subplotspec().get_gridspec().get_geometry() == (2, 3)
+    for ax in shown:
+        (steps,) = [line for line in ax.get_lines() if line.get_gid() == "interval"]
+        assert steps.get_drawstyle() == "steps-pre"
+        assert steps.get_xdata()[0] == pytest.approx(0.0)  # the first week's interval starts at 0
+        bars = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+        spans = {tuple(np.round(seg[:, 0], 6)) for c in bars for seg in c.get_segments()}
+        assert spans == {(a - 7.0, a) for a in t}  # train and test bars, each over its own week

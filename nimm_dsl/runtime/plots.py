@@ -83,7 +83,7 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
                           **s.run_options(), weights=weights)
         for c, name in enumerate(columns):
             ax = axes[place(r, c)[0]][place(r, c)[1]]
-            window = _interval(ir, name)
+            window = interval_of(ir, name)
             if band and name in band and window is None:
                 ax.fill_between(grid, *band[name], color="C0", alpha=0.2, lw=0,
                                 label=_band_label(name, ir, bands))
@@ -121,7 +121,7 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
     return fig
 
 
-def _interval(ir, name: str) -> Optional[float]:
+def interval_of(ir, name: str) -> Optional[float]:
     """The window of an observe that is a count over an interval (`integral(RATE, WINDOW)`;
     the longest when it has several), else None."""
     o = next((o for o in ir.observes if o.name == name), None)
@@ -292,7 +292,7 @@ def scenario_figure(runs: Sequence[ScenarioRun], ir=None, names: Optional[Sequen
             t = run.baseline.times
             first_text = "baseline" if run.scenario is not None else "model"
             # a count over an interval holds over the interval that ends at each output time
-            window = _interval(ir, name) if ir is not None else None
+            window = interval_of(ir, name) if ir is not None else None
             steps = {} if window is None else {"drawstyle": "steps-pre"}
             for result, band, color, text in ((run.baseline, run.baseline_band, "C0", first_text),
                                               (run.scenario, run.scenario_band, "C3", label)):
