@@ -148,3 +148,14 @@ def test_evaluation_plots_wrap_a_family_into_a_grid_and_hold_interval_counts_ove
         bars = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
         spans = {tuple(np.round(seg[:, 0], 6)) for c in bars for seg in c.get_segments()}
         assert spans == {(a - 7.0, a) for a in t}  # train and test bars, each over its own week
+
+
+def test_the_probe_rechecks_a_model_with_the_tables_it_was_checked_with(tmp_path):
+    """The probe re-reads the model text in a child process: it must read `table(...)` where the
+    parent did (the task's provided files), not fail with an internal KeyError (found by trying
+    the agent on the metapop task)."""
+    from nimm_dsl.llm.pipeline import validate
+
+    task = load_task(write_task(tmp_path))
+    stage, diagnostics = validate(MODEL, "nodes/000.nimm", task.train, probe=True, tables=task.table_access())
+    assert stage == "clean", [str(d) for d in diagnostics]

@@ -29,6 +29,7 @@ class CheckedModel:
     units: "object"  # unitcheck.UnitInfo: declared unit per symbol, inferred unit per expression
     diagnostics: list[Diagnostic] = field(default_factory=list)
     families: FamilyInfo = field(default_factory=FamilyInfo)
+    tables: Optional[TableAccess] = None  # what `table(...)` could read: a re-check elsewhere reads the same
 
     @property
     def ok(self) -> bool:
@@ -105,7 +106,8 @@ def check_source(source: str, file: str = "<model>", tables: Optional[TableAcces
     if source.startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the model
         source = " " + source[1:]
     program, diags = parse(source, file)
-    program, d, families = expand_families(program, file, tables if tables is not None else default_tables(file))
+    tables = tables if tables is not None else default_tables(file)
+    program, d, families = expand_families(program, file, tables)
     diags += d
     table, d = build_symbol_table(program, file)
     diags += d
@@ -122,4 +124,4 @@ def check_source(source: str, file: str = "<model>", tables: Optional[TableAcces
         key = (x.code, x.span) if not x.is_error and x.span.line in families.lines else (x.code, x.span, x.message)
         unique.setdefault(key, x)
     return CheckedModel(source, file, program, table, names, units, sorted(unique.values(), key=sort_key),
-                        families)
+                        families, tables)

@@ -243,6 +243,7 @@ class ModelIR:
     # each *IR above has the span of its statement; these hold the rest
     file: str = "<model>"
     source: Optional[str] = None  # the model text, for rendering those diagnostics
+    tables: Optional[object] = None  # families.TableAccess the text was checked with (a re-check in a child process uses it)
     model_span: Optional[Span] = None  # the `model` header
     time_span: Optional[Span] = None  # the `time` line
     der_spans: dict[str, Span] = field(default_factory=dict)  # state -> its `der(...)` line

@@ -186,6 +186,7 @@ def lower(checked: CheckedModel) -> I.ModelIR:
             if table.time is not None and table.time.origin is not None else None),
         file=checked.file,
         source=checked.source,
+        tables=checked.tables,
         model_span=model.span if model else None,
         time_span=table.time.span if table.time else None,
     )
