@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--hessian", choices=("gauss-newton", "exact"), default="gauss-newton",
                    help="curvature behind the standard errors: the Fisher information (default) or "
                         "the exact Hessian of the loss (slower on large models)")
+    f.add_argument("--dispersion", choices=("adjusted", "ml"), default="adjusted",
+                   help="params that only set a negbinomial dispersion: Cox–Reid adjusted profile "
+                        "likelihood (default; less biased in small samples) or maximum likelihood")
 
     g = sub.add_parser("generate", help="ask an LLM for a model, check it and repair it from the diagnostics")
     g.add_argument("task", metavar="TASK",
@@ -435,7 +438,8 @@ def cmd_fit(args) -> int:
     if not sys.stderr.isatty():  # a log gets a line now and one every 30 s (a terminal: a bar)
         _say(f"nimm: fitting {model.name} to {args.data} ({args.starts} start{'s' * (args.starts > 1)})")
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
-                       seed=args.seed, progress=True, hessian=args.hessian)
+                       seed=args.seed, progress=True, hessian=args.hessian,
+                       dispersion=args.dispersion)
     if args.profile is not None:
         from .runtime.fit import profile
 

@@ -12,10 +12,12 @@ from ...errors import FitError, SimulationError
 from ..binding import load_bound
 from ..data import Dataset, load_data
 from ..interrupt import interruptible
+from .dispersion import (DISPERSION_ESTIMATORS, ESTIMATOR_NAMES, MAX_ROUNDS, TOLERANCE, adjusted_profile,
+                         curvature, dispersion_only, hold, maximise)
 from .failures import native_output_captured
 from .loss import numpy_nll, predict, rmse_by_observe
 from ..series_params import by_series, estimated_params, series_key
-from .multistart import MultiStart, StartOutcome, StartSolver, run_starts, start_origins
+from .multistart import START_ERRORS, MultiStart, StartOutcome, StartSolver, run_starts, start_origins
 from .result import FitResult, matrix_dict
 from .starts import correlation, finite_difference_hessian, param_labels, standard_errors, start_points
 
@@ -64,7 +66,7 @@ def information_matrix(solver: StartSolver, outcome: StartOutcome, x: np.ndarray
 def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: float = 0.0,
         seed: int = 0, rtol: float = 1e-8, atol: float = 1e-8, max_iter: Optional[int] = None,
         progress: bool = True, file: Optional[str] = None, simulator=None, hessian: str = "gauss-newton",
-        **options) -> FitResult:
+        dispersion: str = "adjusted", **options) -> FitResult:
     """Fit the estimated params (ParamIR.estimate) and neural weights of `ir` to `data` (a CSV
     path, a DataFrame or a Dataset).
 
@@ -73,8 +75,11 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
     fit (validation; the Torch fit also stops early on it). simulator: a compiled simulator of
     `ir` for `backend` to reuse. options: of the path (`ipopt_options` for CasADi; `lr`,
     `lbfgs_iter`, `warm_start`, ... for Torch). hessian: what the standard errors invert (see
-    HESSIANS and `information_matrix`). Solver output never reaches the terminal; a
-    fit that fails raises FitError with the cause found and a fix."""
+    HESSIANS and `information_matrix`). dispersion: how params that only set a negbinomial
+    dispersion are estimated, "adjusted" (Cox–Reid adjusted profile likelihood, less biased in
+    small samples; runtime/fit/dispersion.py) or "ml" (maximum likelihood with the rest). Solver
+    output never reaches the terminal; a fit that fails raises FitError with the cause found and
+    a fix."""
     t0 = time.perf_counter()
     check_backend(backend)
     if starts < 1:
@@ -83,23 +88,72 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
     if hessian not in HESSIANS:
         raise ValueError(f"hessian must be one of {', '.join(HESSIANS)}, got {hessian!r}")
+    if dispersion not in DISPERSION_ESTIMATORS:
+        raise ValueError(f"dispersion must be one of {', '.join(DISPERSION_ESTIMATORS)}, got {dispersion!r}")
     dataset = load_bound(ir, data, file=file)  # E601-E603 before any work starts (TASKS.md §5)
     if not dataset.observed_names:
         raise FitError(f"{dataset.file}: no observed column to fit")
     if dataset.n_observations == 0:
         raise FitError(f"{dataset.file}: every observed value is missing; nothing to fit")
     train, valid = dataset.split(holdout) if holdout > 0 else (dataset, None)
+    nuisance = dispersion_only(ir, train)
+    # network weights are outside the adjustment's J: hybrid models keep maximum likelihood
+    held = nuisance if dispersion == "adjusted" and not ir.neurals else []
+    estimator = (ESTIMATOR_NAMES["adjusted"] if held else ESTIMATOR_NAMES["ml"]) if nuisance else None
+    # the starts fit the mean params with the dispersion held at its default; then they alternate
+    fit_ir = hold(ir, {p.name: p.default for p in ir.params}, [p.name for p in held]) if held else ir
     with interruptible(), native_output_captured() as terminal:  # Ctrl-C stops the fit
-        solver = PATHS[backend](ir, train, valid, rtol, atol, max_iter, seed, simulator, **options)
+        solver = PATHS[backend](fit_ir, train, valid, rtol, atol, max_iter, seed, simulator, **options)
         solver.progress = terminal if progress else None
         points, origins, notes = solver.warm_start(start_points(solver.est, starts, seed), start_origins(starts))
         run = run_starts(solver, points, origins, seed, terminal if progress else None)
         run.warnings[:0] = notes
-        return _finish(ir, dataset, train, valid, solver, run, backend, hessian, t0)
+        held_curvature = None
+        if held:
+            for record in run.records:  # each start fitted the means at the dispersion's default
+                record.start.update({p.name: float(p.default) for p in held})
+                if record.params is not None:
+                    record.params.update({p.name: float(p.default) for p in held})
+            solver, held_curvature = _adjust_dispersion(ir, train, valid, backend, solver, run, held, seed,
+                                                        max_iter, options)
+        return _finish(ir, dataset, train, valid, solver, run, backend, hessian, t0, held_curvature, estimator)
+
+
+def _adjust_dispersion(ir, train, valid, backend, solver, run: MultiStart, held, seed, max_iter, options):
+    """Alternate the dispersion-only params `held` (Cox–Reid adjusted profile, one numpy step for
+    both back ends) and the mean params at fixed dispersion (the back end's path), from the best
+    start; updates run.best. Returns the last mean solver and the Hessian of -APL in `held`."""
+    names = [p.name for p in held]
+    best, sim, rtol, atol = run.best, solver.simulator, solver.rtol, solver.atol
+    values = dict(best.values)
+    for round_ in range(MAX_ROUNDS):
+        profile = adjusted_profile(ir, train, sim, values, best.weights, solver.est, names, rtol, atol)
+        found = maximise(profile, held)
+        change = max(abs(found[n] - values[n]) / max(abs(values[n]), 1e-300) for n in names)
+        values.update(found)
+        if change < TOLERANCE:
+            break
+        if round_ == MAX_ROUNDS - 1:
+            run.warnings.append(f"the dispersion ({', '.join(names)}) still moved by {change:.1e} (relative) "
+                                f"after {MAX_ROUNDS} rounds of the adjusted profile; the estimates may be rough")
+            break
+        mean = PATHS[backend](hold(ir, values, names), train, valid, rtol, atol, max_iter, seed, sim, **options)
+        try:
+            refit = mean.solve(np.array([values[p.name] for p in mean.est], dtype=float))
+        except START_ERRORS as e:
+            run.warnings.append(f"the fit of the means at the adjusted dispersion failed ({e}); the estimates "
+                                "are those of the previous round")
+            break
+        solver, best = mean, refit
+        values = dict(refit.values, **{n: values[n] for n in names})
+    profile = adjusted_profile(ir, train, sim, values, best.weights, solver.est, names, rtol, atol)
+    run.best = StartOutcome(values, best.weights, profile.nll(values), best.status, best.converged, best.notes)
+    return solver, curvature(profile, names)
 
 
 def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solver, run: MultiStart,
-            backend: str, hessian: str, t0: float) -> FitResult:
+            backend: str, hessian: str, t0: float, held_curvature: Optional[np.ndarray] = None,
+            estimator: Optional[str] = None) -> FitResult:
     best, sim, rtol, atol = run.best, solver.simulator, solver.rtol, solver.atol
     est = estimated_params(ir, train)
     names = [p.name for p in est]
@@ -111,7 +165,15 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
     stderr, flat, cov = {n: None for n in names}, [], np.full((len(names), len(names)), np.nan)
     if names:
         try:
-            H = information_matrix(solver, best, x, hessian)
+            # the solver's params (the mean params, when the dispersion was held); the held
+            # dispersion's block is its adjusted profile's curvature, orthogonal to the means
+            fitted = [names.index(p.name) for p in solver.est]
+            H = np.zeros((len(names), len(names)))
+            if fitted:
+                H[np.ix_(fitted, fitted)] = information_matrix(solver, best, x[fitted], hessian)
+            if held_curvature is not None:
+                rest = [j for j in range(len(names)) if j not in fitted]
+                H[np.ix_(rest, rest)] = held_curvature
             lsq_only = all(o.noise == "lsq" for o in ir.observes if o.name in train.observed_names)
             stderr, flat, cov = standard_errors(H, names, x, best.loss, train.n_observations, lsq_only)
             if not np.all(np.isfinite(H)):
@@ -151,7 +213,7 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
                      starts=run.records, covariance=matrix_dict(shared, cov),
                      correlation=matrix_dict(shared, correlation(cov)),
                      series_params=series_params, series_stderr=series_stderr,
-                     fingerprint=ir.fingerprint())
+                     fingerprint=ir.fingerprint(), dispersion_estimator=estimator)
 
 
 def nll(ir: ModelIR, data, params: Optional[Mapping] = None, weights=None, backend: str = "casadi",

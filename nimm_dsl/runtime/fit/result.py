@@ -81,6 +81,9 @@ class FitResult:
     series_stderr: dict = field(default_factory=dict)
 
     fingerprint: str = ""  # ModelIR.fingerprint() of the model fitted
+    # how params that only set a negbinomial dispersion were estimated: "cox-reid" (adjusted
+    # profile likelihood) or "ml"; None when the model has none (runtime/fit/dispersion.py)
+    dispersion_estimator: Optional[str] = None
 
     def params_for(self, label) -> dict:
         """`params` for one data series: each per-series param at that series' fitted value."""
@@ -111,7 +114,7 @@ class FitResult:
             "series_stderr": {k: {s: _finite_or_none(e) for s, e in v.items()}
                               for k, v in self.series_stderr.items()},
             "warnings": list(self.warnings),
-        } | ({"profiles": json_safe(self.profiles)} if self.profiles else {})
+        } | ({"dispersion_estimator": self.dispersion_estimator} if self.dispersion_estimator else {}) | ({"profiles": json_safe(self.profiles)} if self.profiles else {})
 
     def summary(self) -> str:
         """The text report `nimm fit` prints (`format_report`)."""
@@ -317,11 +320,18 @@ def start_line(k: int, s: StartRecord) -> str:
     return f"{head}: {s.status}{loss}"
 
 
+DISPERSION_WORDS = {"cox-reid": "Cox–Reid adjusted profile likelihood (less biased in small samples; "
+                               "--dispersion ml for maximum likelihood)",
+                    "ml": "maximum likelihood"}
+
+
 def format_report(result: FitResult) -> str:
     """A short human summary: params with standard errors, units and labels, loss, RMSE per
     observe, and one line per start when there were several."""
     lines = [f"fit of {result.model} ({result.backend}, {result.n_observations} observations, "
              f"{result.seconds:.1f} s)", f"  loss (negative log-likelihood): {result.loss:.6g}"]
+    if result.dispersion_estimator:
+        lines.append("  dispersion: " + DISPERSION_WORDS.get(result.dispersion_estimator, result.dispersion_estimator))
     for name in result.estimated:
         se = result.stderr.get(name)
         se_text = f" ± {se:.3g}" if se is not None else ""
