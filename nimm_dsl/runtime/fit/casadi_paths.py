@@ -324,6 +324,9 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
             sigma[o.name] = None
         elif o.noise == "poisson":
             sigma[o.name] = POISSON
+        elif o.noise == "negbinomial" and o.dispersion is not None and not (o.dispersion.free_symbols & set(est)):
+            env = {p.symbol: float(p.default) for p in ir.params}  # a fixed dispersion (the fit may alternate it)
+            sigma[o.name] = (NEGBINOMIAL, float(sigma_values(ir, env, array_walk_ops(np, float), [o.name])[o.name]))
         elif o.noise in ("normal", "lognormal") and o.sigma is not None and o.symbol not in o.sigma.free_symbols:
             free = o.sigma.free_symbols & set(est)
             if not free:
@@ -339,8 +342,10 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     return protocols, sigma
 
 
-# a Poisson observe's place in the plan: least squares on its deviance residuals
+# a Poisson observe's place in the plan: least squares on its deviance residuals; a negbinomial
+# one's (with a fixed dispersion k): (NEGBINOMIAL, k), its deviance residuals at that k
 POISSON = ("poisson",)
+NEGBINOMIAL = "negbinomial"
 
 # scipy.optimize.least_squares' status codes, in words
 _LSQ_STATUS = {0: "stopped at the evaluation limit before converging",
@@ -348,28 +353,37 @@ _LSQ_STATUS = {0: "stopped at the evaluation limit before converging",
                3: "converged (params no longer change)", 4: "converged"}
 
 
-def _deviance(f, df, d2f, y):
-    """Poisson deviance residuals r = sign(f - y) sqrt(2 D), D = f - y + y log(y / f), with dr
-    (n x p), d2r (n x p x p, or None without d2f) and the Fisher rows df / sqrt(f). r r' = D' =
-    1 - y/f and r'^2 + r r'' = D'' = y / f^2; where f = y (r = 0) r' is its limit 1 / sqrt(f)
-    and r'' is 0 (only r * r'' enters the Hessian). A non-positive rate under a positive count
-    gives NaN residuals (the trust region then shrinks); under a zero count, r = 0 and no slope."""
+def _deviance(f, df, d2f, y, k=np.inf):
+    """Count deviance residuals r = sign(f - y) sqrt(2 D) of a negative binomial with dispersion
+    k (Poisson: k = inf), D = y log(y / f) - (y + k) log((y + k) / (f + k)) (Poisson: f - y +
+    y log(y / f)), the NLL in the mean f up to a constant; with dr (n x p), d2r (n x p x p, or
+    None without d2f) and the Fisher rows df sqrt(k / (f (f + k))) (Poisson: df / sqrt(f)).
+    r r' = D' = k (f - y) / (f (f + k)) and r'^2 + r r'' = D'' = y / f^2 - (y + k) / (f + k)^2;
+    where f = y (r = 0) r' is its limit sqrt(D''(y)) and r'' is 0 (only r * r'' enters the
+    Hessian). A non-positive mean under a positive count gives NaN residuals (the trust region
+    then shrinks); under a zero count, r = 0 and no slope."""
     with np.errstate(all="ignore"):
         ylog = np.where(y > 0, y * np.log(y / f), 0.0)
-        D = np.maximum(f - y + ylog, 0.0)  # >= 0 in exact arithmetic; rounding may dip below
+        if np.isinf(k):
+            D, dD, d2D, info = f - y + ylog, 1.0 - y / f, y / f ** 2, 1.0 / f
+        else:
+            D = ylog - (y + k) * np.log1p((y - f) / (f + k))
+            dD, d2D = k * (f - y) / (f * (f + k)), y / f ** 2 - (y + k) / (f + k) ** 2
+            info = k / (f * (f + k))
+        D = np.maximum(D, 0.0)  # >= 0 in exact arithmetic; rounding may dip below
         r = np.sign(f - y) * np.sqrt(2.0 * D)
         near = np.abs(f - y) <= 1e-8 * np.abs(f)
-        slope = np.where(near, 1.0 / np.sqrt(f), (1.0 - y / f) / np.where(near, 1.0, r))
-        # a zero count where the rate is zero, or below it by the integrator's error (a patch the
+        slope = np.where(near, np.sqrt(info), dD / np.where(near, 1.0, r))
+        # a zero count where the mean is zero, or below it by the integrator's error (a patch the
         # epidemic has not reached): no deviance, no slope
         zero = (f <= 0) & (y == 0)
         r, slope = np.where(zero, 0.0, r), np.where(zero, 0.0, slope)
         r = np.where((f <= 0) & (y > 0), np.nan, r)
         dr = slope[:, None] * df
-        fisher = np.where(f > 0, 1.0 / np.sqrt(f), 0.0)[:, None] * df
+        fisher = np.where(f > 0, np.sqrt(info), 0.0)[:, None] * df
         d2r = None
         if d2f is not None:
-            curv = np.where(near | zero, 0.0, (y / f ** 2 - slope ** 2) / np.where(near | zero, 1.0, r))
+            curv = np.where(near | zero, 0.0, (d2D - slope ** 2) / np.where(near | zero, 1.0, r))
             d2r = curv[:, None, None] * np.einsum("ij,ik->ijk", df, df) + slope[:, None, None] * d2f
     return r, dr, d2r, fisher
 
@@ -398,8 +412,8 @@ class LeastSquaresProblem:
 
     def _group(self, name):
         s = self.sigma[name]
-        if s is None or s == POISSON:
-            return ("lsq",) if s is None else POISSON
+        if s is None or s == POISSON or (isinstance(s, tuple) and s[0] == NEGBINOMIAL):
+            return ("lsq",) if s is None else s
         return ("param", s) if isinstance(s, str) else ("fixed", s)
 
     def residuals(self, values: Mapping, order: int = 1, sens: Optional[Sensitivities] = None):
@@ -416,9 +430,10 @@ class LeastSquaresProblem:
                 idx = np.flatnonzero(np.isfinite(data))
                 f, df = y[self.obs_row[name], idx], dy[idx, self.obs_row[name], :]
                 d2f = d2y[idx, self.obs_row[name]] if d2y is not None else None
-                if self.noise[name] == "poisson":
-                    r, dr, d2r, fisher = _deviance(f, df, d2f, data[idx])
-                    b = blocks[POISSON]
+                if self.noise[name] in ("poisson", "negbinomial"):
+                    k = self.sigma[name][1] if self.noise[name] == "negbinomial" else np.inf
+                    r, dr, d2r, fisher = _deviance(f, df, d2f, data[idx], k)
+                    b = blocks[self._group(name)]
                     b[0].append(r), b[1].append(dr), b[2].append(d2r), b[3].append(fisher)
                     continue
                 if self.noise[name] == "lognormal":
@@ -436,7 +451,7 @@ class LeastSquaresProblem:
         return out, predictions
 
     def sigma_of(self, g, values):
-        return 1.0 if g[0] in ("lsq", "poisson") else (values[g[1]] if g[0] == "param" else g[1])
+        return 1.0 if g[0] in ("lsq", "poisson", NEGBINOMIAL) else (values[g[1]] if g[0] == "param" else g[1])
 
     def hessian_and_gradient(self, values):
         """Exact NLL gradient and Hessian in the estimated params (natural units), from
