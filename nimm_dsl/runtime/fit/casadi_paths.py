@@ -229,12 +229,19 @@ class Sensitivities:
         init = [x0, ca.vec(S0)] + ([ca.vec(ca.jacobian(ca.vec(S0), theta))] if S2 is not None else [])
         self.init = ca.Function("init_sens", [t, P], [ca.vertcat(*init)])
         a = ca.vertcat(*states)
-        y = m.outputs(t, x, P, W)[m.n_lets:]
-        dy = _total_derivative(y, x, S, None, theta)
+        # an integral observe sees each integral's value I and its sensitivity dI (n_int x n):
+        # differences of its accumulator and the accumulator's sensitivities (first order only)
+        rows = sim.ir.integral_rows()
+        if rows and order == 2:
+            raise ValueError("second-order sensitivities of integral observes are not available")
+        I, dI = ca.SX.sym("I", len(rows)), ca.SX.sym("dI", len(rows), n)
+        y = (m.outputs(t, x, P, W, I) if rows else m.outputs(t, x, P, W))[m.n_lets:]
+        dy = _total_derivative(y, x, S, None, theta) + (ca.jacobian(y, I) @ dI if rows else 0)
         outs = [y, ca.vec(dy)]
         if S2 is not None:
             outs.append(ca.vec(_total_derivative(ca.vec(dy), x, S, S2, theta)))
-        self.outputs = ca.Function("outputs_sens", [t, a, P, W], [ca.vertcat(*outs)])
+        self.outputs = ca.Function("outputs_sens", [t, a, P, W, I, ca.vec(dI)], [ca.vertcat(*outs)])
+        self.integral_rows = rows
         self.n_obs = y.shape[0]
         self._integrators = {}
         self._symbols = (t, x, P, W, S, S2, theta, a)
@@ -261,16 +268,16 @@ class Sensitivities:
 
     def __call__(self, protocol, p: np.ndarray):
         """(y [n_obs x n_t], dy [n_t x n_obs x n], d2y [n_t x n_obs x n x n] or None) at the
-        output times of a protocol; p: values of ir.params. Across the segments of `set` windows
+        asked times of a protocol; p: values of ir.params. Across the segments of `set` windows
         and doses the state and its sensitivities are continuous but for the dose jumps (the
         boundaries do not depend on the params); each segment integrates with its own runtime
-        vector.
+        vector. With integrals the protocol's grid also holds each t - window (Protocol.lags).
         RuntimeError when the integration fails or gives non-finite values."""
         import casadi as ca
 
         times = protocol.output_times
-        m, n = self.n_obs, self.n
-        out = np.empty((m + m * n + (m * n * n if self.order == 2 else 0), len(times)))
+        A_all = np.empty((self.dae["x"].shape[0], len(times)))
+        P_all = np.empty((len(p) + len(segment_tail(protocol.segments[0])), len(times)))
         a = None
         for seg in protocol.segments:
             P = np.r_[p, segment_tail(seg)]
@@ -293,11 +300,23 @@ class Sensitivities:
                 a = X[:, -1]  # the grid ends at t1: the next segment starts here
             if not (np.all(np.isfinite(A)) and np.all(np.isfinite(a))):
                 raise RuntimeError("the simulation produced non-finite values")
-            if idx.size:
-                out[:, idx] = np.asarray(self.outputs.map(len(idx))(ca.DM(ts).T, A, P, np.zeros(0)), dtype=float)
+            A_all[:, idx], P_all[:, idx] = A, P[:, None]
+        cols = np.arange(len(times)) if protocol.requested is None else np.asarray(protocol.requested)
+        m, n, nx, rows = self.n_obs, self.n, self.nx, self.integral_rows
+        I = dI = np.zeros((0, len(cols)))
+        if rows:
+            Q = A_all[rows]  # the accumulators, then their sensitivity rows (S is stored column-major)
+            dQ = A_all[[nx + j * nx + r for r in rows for j in range(n)]]
+            I = protocol.integral_values(Q)
+            lags = np.repeat(protocol.lags, n, axis=0)
+            dI = (dQ[:, cols] - dQ[np.arange(dQ.shape[0])[:, None], lags]).reshape(len(rows), n, len(cols))
+            dI = dI.transpose(1, 0, 2).reshape(n * len(rows), len(cols))  # vec(dI) per column
+        out = np.asarray(self.outputs.map(len(cols))(ca.DM(times[cols]).T, A_all[:, cols], P_all[:, cols],
+                                                     np.zeros(0), I, dI), dtype=float)
+        n_t = len(cols)
         y = out[:m]
-        dy = out[m:m + m * n].T.reshape(len(times), n, m).transpose(0, 2, 1)
-        d2y = (out[m + m * n:].T.reshape(len(times), n, n, m).transpose(0, 3, 2, 1)
+        dy = out[m:m + m * n].T.reshape(n_t, n, m).transpose(0, 2, 1)
+        d2y = (out[m + m * n:].T.reshape(n_t, n, n, m).transpose(0, 3, 2, 1)
                if self.order == 2 else None)
         return y, dy, d2y
 
@@ -308,7 +327,7 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     estimated param used nowhere else (then profiled out analytically), Poisson observes, and no
     networks (`set` windows and doses are fine). Returns (protocols, {observe: sigma param or float or
     None}) or None."""
-    if (ir.neurals or ir.integrals or train.static or not train.series  # integrals: outputs need lags
+    if (ir.neurals or train.static or not train.series
             or any(p.per_series for p in ir.params) or any(d.from_data for d in ir.doses)):
         return None
     est = {p.symbol: p for p in ir.params if p.estimate}
@@ -453,17 +472,19 @@ class LeastSquaresProblem:
     def sigma_of(self, g, values):
         return 1.0 if g[0] in ("lsq", "poisson", NEGBINOMIAL) else (values[g[1]] if g[0] == "param" else g[1])
 
-    def hessian_and_gradient(self, values):
+    def hessian_and_gradient(self, values, order: int = 2):
         """Exact NLL gradient and Hessian in the estimated params (natural units), from
-        second-order sensitivities: sum_g (J'J + sum r d2r) / s^2 plus the sigma terms."""
+        second-order sensitivities: sum_g (J'J + sum r d2r) / s^2 plus the sigma terms
+        (order=1: the gradient only, from first-order sensitivities; the Hessian is then None)."""
         n_est = len(self.est)
-        second = Sensitivities(self.sim, self.columns, 2, self.rtol, self.atol)
-        blocks, _ = self.residuals(values, order=2, sens=second)
+        second = Sensitivities(self.sim, self.columns, 2, self.rtol, self.atol) if order == 2 else None
+        blocks, _ = self.residuals(values, order=order, sens=second)
         H, g_out = np.zeros((n_est, n_est)), np.zeros(n_est)
         dyn = np.array(self.dyn, dtype=int)
         for g, (r, J, d2r, _) in blocks.items():
             s = self.sigma_of(g, values)
-            H[np.ix_(dyn, dyn)] += (J.T @ J + np.einsum("i,ijk->jk", r, d2r)) / s ** 2
+            if order == 2:
+                H[np.ix_(dyn, dyn)] += (J.T @ J + np.einsum("i,ijk->jk", r, d2r)) / s ** 2
             g_out[dyn] += J.T @ r / s ** 2
             if g[0] == "param":
                 k = [p.name for p in self.est].index(g[1])
@@ -472,7 +493,7 @@ class LeastSquaresProblem:
                 H[k, dyn] = H[dyn, k]
                 H[k, k] += 3 * S / s ** 4 - n / s ** 2
                 g_out[k] += -S / s ** 3 + n / s
-        return g_out, H
+        return g_out, (H if order == 2 else None)
 
     def gauss_newton(self, values):
         """The Fisher information in the estimated params (natural units) from first-order
@@ -576,7 +597,10 @@ class LeastSquaresSolver(StartSolver):
         return dict(outcome.values, **{p.name: float(v) for p, v in zip(self.est, x)})
 
     def curvature(self, outcome: StartOutcome):
-        # exact first and second derivatives, at the optimum (standard errors)
+        # exact first and second derivatives, at the optimum (standard errors); integral
+        # observes have first-order sensitivities only: the Hessian is then differenced
+        if self.ir.integrals:
+            return (lambda x: self.problem.hessian_and_gradient(self._at(outcome, x), order=1)[0]), None
         return (lambda x: self.problem.hessian_and_gradient(self._at(outcome, x))[0],
                 lambda x: self.problem.hessian_and_gradient(self._at(outcome, x))[1])
 
