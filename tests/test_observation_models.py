@@ -375,10 +375,10 @@ def test_weekly_negative_binomial_counts_recover_the_seir_and_beat_the_instantan
     held-out last 5 weeks by their own likelihoods. Fits start away from the truth (beta 0.5,
     rho 0.5, k 5; one start each) and run at rtol 1e-6 to keep the 60 fits cheap.
 
-    k: the maximum-likelihood dispersion from 15 points, with beta and rho fitted too, is biased
-    upward (about n / (n - p) on the log-variance, more since the first weeks' small counts carry
-    little information on it): the median estimate is about 1.5 k here, for k = 5 or 10 alike, so
-    the issue's "k within 30%" is not met and the check below is the bias we measured."""
+    k: estimated by the Cox–Reid adjusted profile likelihood (the default; runtime/fit/dispersion.py).
+    Maximum likelihood, with beta and rho fitted from the same 15 points, gives a median of 1.51 k
+    on these data sets (the small-sample bias; 1.11 k with the means known); the adjusted
+    profile gives 1.27 k, inside the issue's 30%."""
     from scipy.stats import nbinom, poisson
 
     truth = {"beta": 0.6, "rho": 0.3, "k": 10.0}
@@ -409,7 +409,7 @@ def test_weekly_negative_binomial_counts_recover_the_seir_and_beat_the_instantan
     beta, rho, k = np.median(np.array(estimates), axis=0)
     assert beta == pytest.approx(truth["beta"], rel=0.10)
     assert rho == pytest.approx(truth["rho"], rel=0.10)
-    assert 1.0 < k / truth["k"] < 1.8
+    assert k == pytest.approx(truth["k"], rel=0.30)
     assert wins >= 15
 
 
