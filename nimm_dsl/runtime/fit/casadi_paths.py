@@ -5,8 +5,9 @@ simulator's `trajectory_function`, with exact gradients (and, without networks, 
 through CVODES.
 
 Least squares: where the loss is a sum of squares in the dynamic params (normal/lognormal/
-least-squares observes, sigmas that are params used nowhere else, Poisson observes through their
-deviance residuals, no networks; `set` windows and doses allowed) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
+least-squares observes, sigmas that are params used nowhere else, Poisson observes and negbinomial
+ones with a fixed dispersion through their deviance residuals, integral observes, no networks;
+`set` windows and doses allowed) the ODE is solved together with its forward sensitivities in one CVODES call and scipy's
 trust-region least squares runs on that exact Jacobian, each sigma at its closed-form optimum:
 several times faster than IPOPT with exact Hessians (benchmarks/README.md). Passing
 `ipopt_options={...}` forces IPOPT.
@@ -324,8 +325,10 @@ class Sensitivities:
 def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     """When the loss is a sum of squares with nothing but sigmas besides: every observed observe
     least squares, normal or lognormal, each sigma either fixed (no estimated param) or one
-    estimated param used nowhere else (then profiled out analytically), Poisson observes, and no
-    networks (`set` windows and doses are fine). Returns (protocols, {observe: sigma param or float or
+    estimated param used nowhere else (then profiled out analytically), Poisson observes,
+    negbinomial ones whose dispersion has no estimated param (the adjusted-dispersion alternation
+    holds it: runtime/fit/dispersion.py), and no networks (`set` windows, doses and integrals are
+    fine). Returns (protocols, {observe: sigma param or float or
     None}) or None."""
     if (ir.neurals or train.static or not train.series
             or any(p.per_series for p in ir.params) or any(d.from_data for d in ir.doses)):
