@@ -138,3 +138,21 @@ def test_nimm_fit_reports_the_dispersion_estimator_and_writes_it_to_fit_json(tmp
         assert document["dispersion_estimator"] == {"adjusted": "cox-reid", "ml": "ml"}[option]
         assert ("Cox–Reid" in report) == (option == "adjusted")
     assert found["adjusted"] < found["ml"]
+
+
+def test_integral_observes_fit_through_least_squares_to_the_ipopt_optimum_with_its_standard_errors():
+    """Weekly negbinomial counts of an SEIR's reported incidence (integral observes) on the fast
+    path: each integral's sensitivity is the difference of its accumulator's sensitivities; same
+    optimum and exact-Hessian standard errors as IPOPT on the CasADi loss graph."""
+    from test_observation_models import SEIR, WEEKS
+
+    model = nimm_dsl.load_source(SEIR.replace("param k [1] = 10 in [0.1, 1000]", "const k [1] = 8"))
+    counts = np.array([3, 16, 25, 80, 190, 310, 920, 1500, 3900, 4400, 6100, 3800, 2300, 1700, 700.0])
+    table = pd.DataFrame({"t": WEEKS, "weekly": counts})
+    assert isinstance(casadi_solver(model.ir, load_data(table, model.ir), 1e-8, 1e-8, None), LeastSquaresSolver)
+    fast = model.fit(table, progress=False, hessian="exact")
+    ipopt = model.fit(table, progress=False, hessian="exact", ipopt_options={})
+    assert fast.loss == pytest.approx(ipopt.loss, rel=1e-8)
+    for name in ("beta", "rho"):
+        assert fast.params[name] == pytest.approx(ipopt.params[name], rel=1e-5)
+        assert fast.stderr[name] == pytest.approx(ipopt.stderr[name], rel=1e-3)
