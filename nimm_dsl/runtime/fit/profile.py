@@ -16,6 +16,7 @@ import numpy as np
 from ...compiler.ir import ModelIR, ParamIR
 from ...errors import FitError
 from ..binding import load_bound
+from .dispersion import ESTIMATOR_NAMES, dispersion_only, hold
 from .loss import numpy_nll, predict
 from .multistart import START_ERRORS, est_params
 from .result import FitResult
@@ -53,9 +54,14 @@ def profile(ir: ModelIR, data, result: FitResult, names: Optional[Sequence[str]]
 
         simulator = compile_ir(ir, backend, **({"rtol": rtol, "atol": atol} if backend == "casadi" else {}))
     options = {"weights": result.weights} if backend == "casadi" and ir.neurals else {}
+    # a dispersion estimated by the adjusted profile (runtime/fit/dispersion.py) stays at its
+    # estimate while the mean params are profiled: refitting it by maximum likelihood would
+    # profile another estimate (its own profile refits the means, as any param's does)
+    held = ([p.name for p in dispersion_only(ir, train)]
+            if result.dispersion_estimator == ESTIMATOR_NAMES["adjusted"] else [])
 
     def refit(name: str, value: float, warm: dict) -> tuple[float, dict]:
-        fixed = _fixed(ir, name, value, warm)
+        fixed = _fixed(hold(ir, result.params, held) if name not in held else ir, name, value, warm)
         solver = PATHS[backend](fixed, train, None, rtol, atol, max_iter, 0, simulator, **options)
         solver.progress = None
         if not solver.est:  # nothing left to refit
