@@ -109,12 +109,19 @@ class AdjustedProfile:
         return info
 
     def __call__(self, values: Mapping) -> float:
-        """-APL at `values` (the negative, for minimisers)."""
+        """-APL at `values` (the negative, for minimisers). Directions the data do not determine
+        (a zero eigenvalue of J' W J) are left out of the determinant, so that a mean param the
+        data cannot fix does not make the adjustment infinite."""
+        nll = self.nll(values)
         with np.errstate(all="ignore"):
-            sign, logdet = np.linalg.slogdet(self.information(values))
-        if sign <= 0:
+            info = self.information(values)
+        if info.size == 0:
+            return nll
+        if not np.all(np.isfinite(info)):
             return np.inf
-        return self.nll(values) + 0.5 * logdet
+        eig = np.linalg.eigvalsh(info)
+        kept = eig[eig > 1e-12 * max(float(eig.max()), 0.0)]
+        return nll + 0.5 * float(np.sum(np.log(kept))) if kept.size else nll
 
 
 def _fisher_weight(noise: str, mu: np.ndarray, option) -> np.ndarray:
