@@ -169,3 +169,15 @@ def test_profiles_of_the_mean_params_hold_the_adjusted_dispersion():
     assert min(found["nll"]) == pytest.approx(fit.loss, rel=1e-9)
     assert found["values"][int(np.argmin(found["nll"]))] == pytest.approx(fit.params["k"], rel=1e-9)
     assert found["ci95"][0] < fit.params["k"] < found["ci95"][1]
+
+
+def test_a_mean_direction_the_data_cannot_determine_leaves_the_adjusted_dispersion_as_without_it():
+    """A0 * c is all the data see: J' W J is singular, and the adjustment uses the directions the
+    data determine, so kd is the one of the model with A0 alone."""
+    redundant = nimm_dsl.load_source(DECAY.format(dispersion=ESTIMATED + "\nparam c [1] = 1 in [0.1, 10]")
+                                     .replace("= A0 in", "= A0 * c in"))
+    fit = redundant.fit(FRAME, progress=False)
+    alone = decay().fit(FRAME, progress=False)
+    assert fit.params["kd"] == pytest.approx(alone.params["kd"], rel=1e-5)
+    assert fit.params["A0"] * fit.params["c"] == pytest.approx(alone.params["A0"], rel=1e-5)
+    assert "not determined by the data" in fit.labels["c"]
