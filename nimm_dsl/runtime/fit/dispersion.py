@@ -20,7 +20,10 @@ likelihood given them. The fit alternates: the mean params at fixed dispersion (
 through the fast least-squares one where it applies), then the dispersion by maximising APL with
 the means held (J by central differences of the predictions, in numpy: the same step for both
 back ends), until the dispersion moves less than `TOLERANCE` (relative) or `MAX_ROUNDS` rounds.
-Its standard error comes from the curvature of APL at its maximum; in the covariance it is
+Maximum likelihood (`dispersion="ml"`) runs the same alternation with the plain likelihood in
+the dispersion step: it converges to the joint optimum quickly because the mean params and the
+dispersion are orthogonal, and keeps the means on the fast path. The dispersion's standard error
+comes from the curvature of APL (or the likelihood) at its maximum; in the covariance it is
 uncorrelated with the mean params (the negative binomial's mean and dispersion are orthogonal:
 their expected cross information is zero).
 """
@@ -86,6 +89,7 @@ class AdjustedProfile:
     names: list  # the dispersion-only params
     predictions: list  # per series {observe: mu}
     jacobians: list  # per series {observe: (n_times, n_mean) d mu / d mean params}
+    adjusted: bool = True  # False: the plain profile likelihood (maximum likelihood for the dispersion)
 
     def nll(self, values: Mapping) -> float:
         """The negative log-likelihood at `values` with the predictions held."""
@@ -113,6 +117,8 @@ class AdjustedProfile:
         (a zero eigenvalue of J' W J) are left out of the determinant, so that a mean param the
         data cannot fix does not make the adjustment infinite."""
         nll = self.nll(values)
+        if not self.adjusted:
+            return nll
         with np.errstate(all="ignore"):
             info = self.information(values)
         if info.size == 0:
@@ -141,22 +147,24 @@ def _fisher_weight(noise: str, mu: np.ndarray, option) -> np.ndarray:
 
 
 def adjusted_profile(ir: ModelIR, train: Dataset, simulator, values: Mapping, weights: Optional[Mapping],
-                     mean: Sequence[ParamIR], names: Sequence[str], rtol: float, atol: float) -> AdjustedProfile:
+                     mean: Sequence[ParamIR], names: Sequence[str], rtol: float, atol: float,
+                     adjusted: bool = True) -> AdjustedProfile:
     """APL around the estimate `values`: predictions there and their central-difference
-    Jacobian in the `mean` params (steps STEP relative, at least STEP of the param's scale)."""
+    Jacobian in the `mean` params (steps STEP relative, at least STEP of the param's scale).
+    adjusted=False: the plain likelihood with the means held (no Jacobian needed)."""
     from .starts import param_scale
 
     values = dict(values)
     predictions = predict(simulator, train, values, weights, rtol, atol)
     columns = []
-    for p in mean:
+    for p in (mean if adjusted else []):
         h = STEP * max(abs(values[p.name]), STEP * param_scale(p))
         up = predict(simulator, train, dict(values, **{p.name: values[p.name] + h}), weights, rtol, atol)
         down = predict(simulator, train, dict(values, **{p.name: values[p.name] - h}), weights, rtol, atol)
         columns.append([{n: (u[n] - d[n]) / (2 * h) for n in u} for u, d in zip(up, down)])
     jacobians = [{n: np.stack([col[k][n] for col in columns], axis=1) if columns else np.zeros((len(pred[n]), 0))
                   for n in pred} for k, pred in enumerate(predictions)]
-    return AdjustedProfile(ir, train, values, list(names), predictions, jacobians)
+    return AdjustedProfile(ir, train, values, list(names), predictions, jacobians, adjusted)
 
 
 def _search_bounds(p: ParamIR) -> tuple[float, float, bool]:

@@ -97,9 +97,11 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
         raise FitError(f"{dataset.file}: every observed value is missing; nothing to fit")
     train, valid = dataset.split(holdout) if holdout > 0 else (dataset, None)
     nuisance = dispersion_only(ir, train)
-    # network weights are outside the adjustment's J: hybrid models keep maximum likelihood
-    held = nuisance if dispersion == "adjusted" and not ir.neurals else []
-    estimator = (ESTIMATOR_NAMES["adjusted"] if held else ESTIMATOR_NAMES["ml"]) if nuisance else None
+    # hybrid models fit everything jointly by maximum likelihood (network weights are outside the
+    # adjustment's J, and the alternation would retrain the networks each round)
+    held = nuisance if not ir.neurals else []
+    adjusted = dispersion == "adjusted" and bool(held)
+    estimator = ESTIMATOR_NAMES["adjusted" if adjusted else "ml"] if nuisance else None
     # the starts fit the mean params with the dispersion held at its default; then they alternate
     fit_ir = hold(ir, {p.name: p.default for p in ir.params}, [p.name for p in held]) if held else ir
     with interruptible(), native_output_captured() as terminal:  # Ctrl-C stops the fit
@@ -114,20 +116,22 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
                 record.start.update({p.name: float(p.default) for p in held})
                 if record.params is not None:
                     record.params.update({p.name: float(p.default) for p in held})
-            solver, held_curvature = _adjust_dispersion(ir, train, valid, backend, solver, run, held, seed,
-                                                        max_iter, options)
+            solver, held_curvature = _alternate_dispersion(ir, train, valid, backend, solver, run, held, adjusted,
+                                                           seed, max_iter, options)
         return _finish(ir, dataset, train, valid, solver, run, backend, hessian, t0, held_curvature, estimator)
 
 
-def _adjust_dispersion(ir, train, valid, backend, solver, run: MultiStart, held, seed, max_iter, options):
-    """Alternate the dispersion-only params `held` (Cox–Reid adjusted profile, one numpy step for
-    both back ends) and the mean params at fixed dispersion (the back end's path), from the best
-    start; updates run.best. Returns the last mean solver and the Hessian of -APL in `held`."""
+def _alternate_dispersion(ir, train, valid, backend, solver, run: MultiStart, held, adjusted: bool, seed,
+                          max_iter, options):
+    """Alternate the dispersion-only params `held` (the Cox–Reid adjusted profile, or with
+    adjusted=False the plain likelihood, with the means held: one numpy step for both back ends)
+    and the mean params at fixed dispersion (the back end's path), from the best start; updates
+    run.best. Returns the last mean solver and the Hessian of the minimised profile in `held`."""
     names = [p.name for p in held]
     best, sim, rtol, atol = run.best, solver.simulator, solver.rtol, solver.atol
     values = dict(best.values)
     for round_ in range(MAX_ROUNDS):
-        profile = adjusted_profile(ir, train, sim, values, best.weights, solver.est, names, rtol, atol)
+        profile = adjusted_profile(ir, train, sim, values, best.weights, solver.est, names, rtol, atol, adjusted)
         found = maximise(profile, held)
         change = max(abs(found[n] - values[n]) / max(abs(values[n]), 1e-300) for n in names)
         values.update(found)
@@ -135,18 +139,19 @@ def _adjust_dispersion(ir, train, valid, backend, solver, run: MultiStart, held,
             break
         if round_ == MAX_ROUNDS - 1:
             run.warnings.append(f"the dispersion ({', '.join(names)}) still moved by {change:.1e} (relative) "
-                                f"after {MAX_ROUNDS} rounds of the adjusted profile; the estimates may be rough")
+                                f"after {MAX_ROUNDS} rounds of fitting it and the means in turn; the estimates "
+                                "may be rough")
             break
         mean = PATHS[backend](hold(ir, values, names), train, valid, rtol, atol, max_iter, seed, sim, **options)
         try:
             refit = mean.solve(np.array([values[p.name] for p in mean.est], dtype=float))
         except START_ERRORS as e:
-            run.warnings.append(f"the fit of the means at the adjusted dispersion failed ({e}); the estimates "
+            run.warnings.append(f"the fit of the means at the updated dispersion failed ({e}); the estimates "
                                 "are those of the previous round")
             break
         solver, best = mean, refit
         values = dict(refit.values, **{n: values[n] for n in names})
-    profile = adjusted_profile(ir, train, sim, values, best.weights, solver.est, names, rtol, atol)
+    profile = adjusted_profile(ir, train, sim, values, best.weights, solver.est, names, rtol, atol, adjusted)
     run.best = StartOutcome(values, best.weights, profile.nll(values), best.status, best.converged, best.notes)
     return solver, curvature(profile, names)
 
