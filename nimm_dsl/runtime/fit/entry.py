@@ -49,9 +49,9 @@ def information_matrix(solver: StartSolver, outcome: StartOutcome, x: np.ndarray
                        hessian: str = "gauss-newton") -> np.ndarray:
     """The curvature of the training loss in the estimated params (natural units) at `x`, the
     estimates of `outcome`: the observed information the standard errors invert. "gauss-newton"
-    falls back to the exact Hessian on paths without an approximation (IPOPT: neural terms,
-    negbinomial, a sigma that uses its own prediction); where no exact Hessian exists either,
-    central differences of the exact gradient."""
+    falls back to the exact Hessian on paths without an approximation (IPOPT: neural terms, a
+    negbinomial dispersion fitted jointly with them, a sigma that uses its own prediction); where
+    no exact Hessian exists either, central differences of the exact gradient."""
     if hessian not in HESSIANS:
         raise ValueError(f"hessian must be one of {', '.join(HESSIANS)}, got {hessian!r}")
     approx = solver.gauss_newton(outcome) if hessian == "gauss-newton" else None
