@@ -113,6 +113,10 @@ def test_a_fixed_dispersion_fits_through_least_squares_to_the_scipy_optimum():
     J = np.stack([-TIMES * mu, mu / A0], 1)
     cov = np.linalg.inv(J.T @ (J / (mu + mu ** 2 / 4.0)[:, None]))
     assert [fit.stderr["k"], fit.stderr["A0"]] == pytest.approx(list(np.sqrt(np.diag(cov))), rel=1e-4)
+    # the exact Hessian from second-order sensitivities of the deviance residuals: IPOPT's
+    exact = model.fit(FRAME, progress=False, hessian="exact")
+    ipopt = model.fit(FRAME, progress=False, hessian="exact", ipopt_options={})
+    assert [exact.stderr["k"], exact.stderr["A0"]] == pytest.approx([ipopt.stderr["k"], ipopt.stderr["A0"]], rel=1e-4)
 
 
 def test_only_params_used_nowhere_but_a_negbinomial_dispersion_are_adjusted():
