@@ -261,3 +261,23 @@ def test_a_candidate_is_refitted_under_a_negative_binomial_reference_noise():
     assert observe.noise == "negbinomial" and str(observe.dispersion) == REFERENCE_DISPERSION + "y"
     assert "param reference_dispersion_y [1] = 7.5 in [0.0075, 7500]" in _with_noise(
         source, load_source(source), spec)
+
+
+def test_the_refinement_request_says_which_estimates_sit_on_a_bound_or_are_poorly_determined():
+    """Trying the agent with a language model behind the bridge: it had to compare estimates with
+    bounds by itself and missed that sigma, gamma and k sat on their upper bounds."""
+    from nimm_dsl.agent.search import _estimate_text
+    from nimm_dsl.agent.tree import Node
+
+    node = Node(id=0, parent=None, kind="propose", change="", source="",
+                params={"sigma": 0.5, "beta": 0.68, "E0": 7.8, "k": 1000.0},
+                stderr={"sigma": 0.01, "beta": 1.1, "E0": None, "k": 670.0},
+                units={"sigma": "1/day", "beta": "1/day", "E0": "person", "k": "1"},
+                labels={"sigma": ["at its upper bound"], "E0": ["not determined by the data"],
+                        "k": ["at its upper bound"]})
+    texts = {n: _estimate_text(n, v, node) for n, v in node.params.items()}
+    assert texts["sigma"] == "sigma = 0.5 ± 0.01 [1/day] (at its upper bound)"
+    assert texts["beta"] == ("beta = 0.68 ± 1.1 [1/day] (the standard error exceeds the estimate: "
+                             "poorly determined by these data)")
+    assert texts["E0"] == "E0 = 7.8 [person] (not determined by the data)"
+    assert texts["k"] == "k = 1000 ± 6.7e+02 [1] (at its upper bound)"

@@ -96,6 +96,7 @@ def _score(payload: dict) -> dict:
         "params": {n: fitted.params[n] for n in fitted.estimated},
         "stderr": {n: fitted.stderr.get(n) for n in fitted.estimated},
         "units": {n: fitted.units.get(n) for n in fitted.estimated},
+        "labels": {n: list(fitted.labels[n]) for n in fitted.estimated if fitted.labels.get(n)},
         "warnings": list(fitted.warnings),
         "residuals": residuals,
         "noise": noise_spec(ir, fitted),

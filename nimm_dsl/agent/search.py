@@ -262,8 +262,8 @@ class Agent:
         for node, result in zip(nodes, results):
             node.status = result.get("status", "fit_failed")
             node.error = result.get("error")
-            for key in ("scores", "params", "stderr", "units", "warnings", "residuals", "noise", "scenarios",
-                        "lets"):
+            for key in ("scores", "params", "stderr", "units", "labels", "warnings", "residuals", "noise",
+                        "scenarios", "lets"):
                 if key in result:
                     setattr(node, key, result[key])
             node.seconds += float(result.get("seconds") or 0.0)
@@ -350,9 +350,7 @@ class Agent:
         lines.append(f"\nThe model to improve (node {parent.id}, validation {parent.score:.4g}):\n"
                      f"```nimm\n{parent.source}```")
         lines.append("Estimates (± standard error): " + ", ".join(
-            f"{n} = {v:.4g}" + (f" ± {parent.stderr[n]:.2g}" if parent.stderr.get(n) is not None else
-                                " (not determined by the data)") + (f" [{parent.units.get(n)}]" if parent.units.get(n) else "")
-            for n, v in parent.params.items()))
+            _estimate_text(n, v, parent) for n, v in parent.params.items()))
         if parent.warnings:
             lines.append("Fit warnings:\n" + "\n".join(f"- {w}" for w in parent.warnings[:8]))
         binding = [d for d in parent.diagnostics if d.get("code", "").startswith(("W6", "W8"))]
@@ -464,6 +462,21 @@ def best_law_for(let: str, node: Node, tree: Tree) -> Optional[Node]:
 
 def _span(bounds) -> str:
     return f"[{bounds[0]:.3g}, {bounds[1]:.3g}]"
+
+
+def _estimate_text(name: str, value: float, node: Node) -> str:
+    """`beta = 0.68 ± 1.1 [1/day] (at its upper bound; the standard error exceeds the estimate)`:
+    what a modeler reads off a fit first, said outright (a language model misses a bound it must
+    compare by itself)."""
+    se = node.stderr.get(name)
+    text = f"{name} = {value:.4g}" + (f" ± {se:.2g}" if se is not None else "")
+    text += f" [{node.units[name]}]" if node.units.get(name) else ""
+    notes = [label for label in node.labels.get(name, []) if se is not None or "determined" not in label]
+    if se is None:
+        notes.append("not determined by the data")
+    elif abs(se) > abs(value):
+        notes.append("the standard error exceeds the estimate: poorly determined by these data")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _shape_lets(source: str, tables=None) -> list[dict]:

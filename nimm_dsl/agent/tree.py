@@ -33,6 +33,7 @@ class Node:
     params: dict = field(default_factory=dict)
     stderr: dict = field(default_factory=dict)
     units: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)  # param -> ["at its upper bound", ...] (FitResult.labels)
     warnings: list = field(default_factory=list)
     residuals: dict = field(default_factory=dict)
     noise: dict = field(default_factory=dict)

@@ -76,6 +76,14 @@ Rules that matter:
   time is the value after the dose. A dose amount may be an expression evaluated at that time.
 - A neural term should refine a named `let` (a rate, a response), start at zero (`init = zero`)
   and stay small (hidden = [8]); give it `penalty = 1e-3`.
+- Districts, age groups, a chain of compartments: an index and families, each line written once.
+  `index district = 1..8` (members 1 to 8; named: `index age = [child, adult]`); `const
+  pop[d in district] [person] = table("districts.csv", pop)` reads column `pop` of a table the
+  task provides, keyed by a column named `district`; `state I[d in district] [person] =
+  ifelse(d == 1, 10 [person], 0 [person])` gives one element its own value; `let foi[d in
+  district] [1/day] = beta * sum(k in district, C[d, k] * I[k] / pop[k])`; `flow S[d] -> E[d] =
+  foi[d] * S[d]` and `der(X[d])` are one equation per member; `observe cases[d in district]
+  [person] = ...` fits the data columns `cases[1]`, `cases[2]`, ...; `I[1]` is one element.
 - Every scenario the task names must be a `scenario NAME ... end` block. Inside it, `set` lines
   change params, consts or inputs, over a window if needed (`set lockdown = 1 from 20 to 45`,
   times in the time unit), `dose` lines add or replace doses and `remove DOSE` drops one. Say the
