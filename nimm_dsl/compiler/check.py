@@ -6,9 +6,8 @@ earlier ones found errors (so one run reports everything), but on the statements
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..grammar import ast as A
 from ..grammar.parser import parse
@@ -17,19 +16,54 @@ from .families import FamilyInfo, TableAccess, expand_families
 from .symbols import SymbolTable, build_symbol_table
 
 
-@dataclass
 class CheckedModel:
-    """What the back ends consume: the tree, resolved symbols, units and the dependency graph."""
+    """What the back ends consume: the tree, resolved symbols, units and the dependency graph.
 
-    source: str
-    file: str
-    program: A.Program
-    table: SymbolTable
-    names: "object"  # names.NameInfo: let order, dependency graph
-    units: "object"  # unitcheck.UnitInfo: declared unit per symbol, inferred unit per expression
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    families: FamilyInfo = field(default_factory=FamilyInfo)
-    tables: Optional[TableAccess] = None  # what `table(...)` could read: a re-check elsewhere reads the same
+    A model with index families is checked on a reduced expansion (compiler/families.py,
+    `reduce`); `program`, `table`, `names` and `units` are those of the whole model, expanded on
+    first use, so nothing after the checker sees the reduced one."""
+
+    def __init__(self, source: str, file: str, program: A.Program, table: SymbolTable, names, units,
+                 diagnostics: Optional[list[Diagnostic]] = None, families: Optional[FamilyInfo] = None,
+                 tables: Optional[TableAccess] = None, whole: Optional[Callable[[], tuple]] = None):
+        self.source = source
+        self.file = file
+        self.diagnostics = diagnostics if diagnostics is not None else []
+        self.families = families if families is not None else FamilyInfo()
+        self.tables = tables  # what `table(...)` could read: a re-check elsewhere reads the same
+        self._parts = (program, table, names, units)
+        self._whole = whole  # () -> (program, table, names, units, diagnostics) of the whole model
+        self._whole_errors: list[Diagnostic] = []
+
+    def _expanded(self) -> tuple:
+        if self._whole is not None:
+            whole, self._whole = self._whole, None
+            *self._parts, diagnostics = whole()
+            seen = {(d.code, d.span.line) for d in self.diagnostics}
+            self._whole_errors = [d for d in diagnostics if d.is_error and (d.code, d.span.line) not in seen]
+        return self._parts
+
+    @property
+    def program(self) -> A.Program:
+        return self._expanded()[0]
+
+    @property
+    def table(self) -> SymbolTable:
+        return self._expanded()[1]
+
+    @property
+    def names(self):  # names.NameInfo: let order, dependency graph
+        return self._expanded()[2]
+
+    @property
+    def units(self):  # unitcheck.UnitInfo: declared unit per symbol, inferred unit per expression
+        return self._expanded()[3]
+
+    def whole_model_errors(self) -> list[Diagnostic]:
+        """Errors that only the whole model shows (none is known: the reduced check is meant to
+        find them all; lowering refuses the model if one ever appears)."""
+        self._expanded()
+        return self._whole_errors
 
     @property
     def ok(self) -> bool:
@@ -98,30 +132,46 @@ def default_tables(file: str) -> TableAccess:
         return TableAccess(None)
 
 
-def check_source(source: str, file: str = "<model>", tables: Optional[TableAccess] = None) -> CheckedModel:
-    """`tables`: which files `table(...)` may read (default: any CSV beside `file`)."""
+def _phases(program: A.Program, file: str, tables: TableAccess, reduce: bool) -> tuple:
     from .names import check_names
     from .unitcheck import check_units
 
-    if source.startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the model
-        source = " " + source[1:]
-    program, diags = parse(source, file)
-    tables = tables if tables is not None else default_tables(file)
-    program, d, families = expand_families(program, file, tables)
-    diags += d
+    program, diags, families = expand_families(program, file, tables, reduce)
     table, d = build_symbol_table(program, file)
     diags += d
     names, d = check_names(program, table, file)
     diags += d
     units, d = check_units(program, table, file)
     diags += d
+    return program, table, names, units, diags, families
+
+
+def check_source(source: str, file: str = "<model>", tables: Optional[TableAccess] = None,
+                 whole: bool = False) -> CheckedModel:
+    """`tables`: which files `table(...)` may read (default: any CSV beside `file`). `whole`:
+    check every element of every family, not the reduced expansion (as slow as the indexes are
+    large; tests/test_family_check.py compares the two)."""
+    if source.startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the model
+        source = " " + source[1:]
+    parsed, diags = parse(source, file)
+    tables = tables if tables is not None else default_tables(file)
+    # with families, check the reduced expansion: its size does not grow with the indexes
+    reduce = not whole and any(isinstance(s, A.IndexDecl) for s in parsed.statements)
+    program, table, names, units, d, families = _phases(parsed, file, tables, reduce)
+    diags += d
     # One diagnostic per (code, place): phases may meet the same fault from two sides.
-    # A family line's elements share its span: one warning per line and code, not one per element.
+    # A family line's elements share its span: one diagnostic per line and code, not one per
+    # element (the whole expansion would repeat a fault of the line for each of its N elements).
     unique: dict[tuple, Diagnostic] = {}
     for x in _without_follow_on(diags, source, program.unparsed):
         if families.follows_from_failure(x):
             continue
-        key = (x.code, x.span) if not x.is_error and x.span.line in families.lines else (x.code, x.span, x.message)
+        key = (x.code, x.span) if x.span.line in families.lines else (x.code, x.span, x.message)
         unique.setdefault(key, x)
+
+    def whole() -> tuple:
+        program, table, names, units, diagnostics, _ = _phases(parsed, file, tables, False)
+        return program, table, names, units, diagnostics
+
     return CheckedModel(source, file, program, table, names, units, sorted(unique.values(), key=sort_key),
-                        families, tables)
+                        families, tables, whole if reduce else None)

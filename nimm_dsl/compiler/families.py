@@ -10,6 +10,13 @@ family's line and names the element.
 
 Sums become balanced trees of `+` (depth log2 N, so the checker's recursive walks stay shallow),
 and lowering flattens them into one n-ary sum.
+
+With `reduce`, each index keeps only the members that the text names (`I[3]`, the members of its
+subsets) plus one member that it does not name, which stands for all the others: names, units and
+structure do not depend on how many members an index has, so the checker runs on a model whose
+size does not grow with the index (docs/architecture.md, "Checking families"). Whatever does
+depend on the members (a subscript outside its index, subsets, table keys, the size caps) is
+still checked against the full index.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import io
 import itertools
 import math
 from fractions import Fraction
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -82,7 +89,7 @@ _DECLS = (A.ConstDecl, A.ParamDecl, A.StateDecl, A.LetDecl, A.ObserveDecl)
 
 
 class _Expander:
-    def __init__(self, program: A.Program, file: str, tables: Optional[TableAccess]):
+    def __init__(self, program: A.Program, file: str, tables: Optional[TableAccess], reduce: bool = False):
         self.file = file
         self.tables = tables
         self.info = FamilyInfo()
@@ -92,6 +99,8 @@ class _Expander:
         for s in program.statements:
             if isinstance(s, A.IndexDecl):
                 self._declare_index(s)
+        # the members each line and sum is expanded over; info.indexes keeps the full sets
+        self.expanded = _reduced_members(self.info.indexes, program) if reduce else self.info.indexes
         declared = [s for s in program.statements if type(s) in A.DECLARATION_KINDS]
         self.broken: set[str] = set()  # families over an undeclared index (E350 on their line)
         for s in declared:
@@ -144,8 +153,8 @@ class _Expander:
             if not variables:
                 return [self.instance(s, {})]
             names = list(variables)
-            members = [self.info.indexes[variables[v][0]] for v in names]
-            count = math.prod(len(m) for m in members)
+            members = [self.expanded[variables[v][0]] for v in names]
+            count = math.prod(len(self.info.indexes[variables[v][0]]) for v in names)
             self._scale = count
             if count > MAX_ELEMENTS:
                 raise _Fail("E353", s.span, f"this line has {count} elements (at most {MAX_ELEMENTS})")
@@ -344,7 +353,7 @@ class _Expander:
             saved = self._env_index.get(var)
             self._env_index[var] = index.name
             try:
-                terms = [self.expr(e.body, {**env, var: m}) for m in members]
+                terms = [self.expr(e.body, {**env, var: m}) for m in self.expanded[index.name]]
             finally:
                 self._scale = outer
                 if saved is None:
@@ -524,9 +533,45 @@ def _hint_among(name: str, names, what: str) -> Optional[str]:
     return did_you_mean(name, list(names)) if names else f"declare it: `index {name} = 1..10`"
 
 
-def expand_families(program: A.Program, file: str, tables: Optional[TableAccess] = None):
-    """(scalar program, diagnostics, FamilyInfo)."""
-    x = _Expander(program, file, tables)
+def _literal_subscripts(program: A.Program) -> set[str]:
+    """Every subscript written as a plain name or number anywhere in the text (`I[3]`, `C[d, north]`)."""
+    found: set[str] = set()
+    stack: list = list(program.statements)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, A.Element):
+            found.update(sub.name for sub in node.subscripts if isinstance(sub, A.Ident))
+            stack.append(node.subscripts)
+        elif is_dataclass(node) and not isinstance(node, (A.Ident, Span)):
+            stack.extend(getattr(node, f.name) for f in fields(node))
+    return found
+
+
+def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> dict[str, list[str]]:
+    """Per index, in its order: the members the text names, and one member for each set of
+    indexes that share members (`north` inside `district`: one member in `north`, one outside).
+    Every other element behaves like the one that stands for its set, which is the same member
+    whichever index a line ranges over, so subsets and their parents keep matching elements."""
+    named = _literal_subscripts(program)
+    holders: dict[str, list[str]] = {}
+    for index, members in indexes.items():
+        for m in members:
+            holders.setdefault(m, []).append(index)
+    standing: set[str] = set()
+    seen: set[tuple] = set()
+    for m, owners in holders.items():  # first member of each set of indexes, in declaration order
+        if tuple(owners) not in seen:
+            seen.add(tuple(owners))
+            standing.add(m)
+    return {index: [m for m in members if m in named or m in standing] for index, members in indexes.items()}
+
+
+def expand_families(program: A.Program, file: str, tables: Optional[TableAccess] = None, reduce: bool = False):
+    """(scalar program, diagnostics, FamilyInfo); `reduce`: expand over the members that stand for
+    all (see the module docstring), for checking."""
+    x = _Expander(program, file, tables, reduce)
     x._env_index = {}
     x._scale = 1
     x._tables = {}

@@ -172,6 +172,8 @@ class _Lowerer:
 
 def lower(checked: CheckedModel) -> I.ModelIR:
     """Build the ModelIR of a model that checked without errors."""
+    for d in checked.whole_model_errors():
+        raise LoweringError(d.code, d.span, d.message)
     L = _Lowerer(checked)
     table = checked.table
     stmts = checked.program.statements
