@@ -42,6 +42,7 @@ def _rational(x) -> sp.Expr:
     return sp.Float(x) if isinstance(x, float) else sp.Integer(x)
 
 
+_LONG_SUM = 16  # terms from which a sum is built without sympy's normalisation (see _sum)
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "^": sp.Pow}
 _COMPARE = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}
 
@@ -70,6 +71,7 @@ class _Lowerer:
         self.let_decls = {s.name: s.decl for s in self.table.symbols.values() if s.kind == "let"}
         self._baseline_lets: dict[str, sp.Expr] = {}  # name -> baseline value (base units)
         self.table_dose: Optional[tuple[str, sp.Expr]] = None  # (name, base-unit value) inside its amount
+        self._plain = False  # inside the terms of a long sum: arithmetic without normalisation
 
     # -- units
     def scale(self, name: str) -> sp.Expr:
@@ -104,7 +106,10 @@ class _Lowerer:
             raw = self.sym[name]
         if not baseline and name in self.overrides:
             raw = self.overrides[name]
-        return raw * self.scale(name)
+        scale = self.scale(name)
+        if scale == 1:  # most names: skip sympy's Mul construction, 10^4 times in a family model
+            return raw
+        return sp.Mul(raw, scale, evaluate=False) if self._plain else raw * scale
 
     def expr(self, e, baseline: bool = False) -> sp.Expr:
         go = lambda x: self.expr(x, baseline)  # noqa: E731
@@ -115,12 +120,17 @@ class _Lowerer:
         if isinstance(e, A.BinOp) and e.op in "+-":
             # one n-ary Add per sum: a binary `+` per term re-flattens the whole sum each time,
             # quadratic in its length (docs/architecture.md, the IR decision)
-            return sp.Add(*(term if positive else -term for term, positive in self._terms(e, go)))
+            return self._sum(e, go)
         if isinstance(e, A.BinOp):
-            return _ARITHMETIC[e.op](go(e.left), go(e.right))
+            left, right = go(e.left), go(e.right)
+            if self._plain and e.op in "*/":
+                return sp.Mul(left, right if e.op == "*" else sp.Pow(right, -1), evaluate=False)
+            return _ARITHMETIC[e.op](left, right)
         if isinstance(e, A.UnaryOp):
             v = go(e.operand)
-            return sp.Not(v) if e.op == "not" else -v
+            if e.op == "not":
+                return sp.Not(v)
+            return sp.Mul(-1, v, evaluate=False) if self._plain else -v
         if isinstance(e, A.Compare):
             return _COMPARE[e.op](go(e.left), go(e.right))
         if isinstance(e, A.BoolOp):
@@ -137,6 +147,31 @@ class _Lowerer:
                 self.integrals.append((value, args[0], self.number(e.args[1], self.time_name)))
                 return value
         raise LoweringError("E204", getattr(e, "span", A.Span(1, 1, 1, 1)), f"cannot lower {e!r}")
+
+    def _sum(self, e, go) -> sp.Expr:
+        """A sum as one Add. The terms of a long sum (an index sum, expanded) are built without
+        sympy's normalisation (`evaluate=False`): it costs about 0.1 ms per product, which made
+        lowering a dense 100-district model take seconds, and it buys nothing there (the terms
+        are distinct products of numbers and names); the back ends evaluate the same values."""
+        stack, n = [e], 0
+        while stack and n < _LONG_SUM:  # count the terms, up to the threshold
+            node = stack.pop()
+            if isinstance(node, A.BinOp) and node.op in "+-":
+                stack += (node.left, node.right)
+            else:
+                n += 1
+        if n < _LONG_SUM or self._plain:
+            terms = self._terms(e, go)
+        else:
+            self._plain = True
+            try:
+                terms = self._terms(e, go)
+            finally:
+                self._plain = False
+        if not self._plain and n < _LONG_SUM:
+            return sp.Add(*(term if positive else -term for term, positive in terms))
+        return sp.Add(*(term if positive else sp.Mul(-1, term, evaluate=False) for term, positive in terms),
+                      evaluate=False)
 
     @staticmethod
     def _terms(e, go) -> list:
