@@ -1,13 +1,17 @@
 """Index families (issue #14) and lowering time (issue #15, target 4), side by side in one run.
 
-A metapopulation SEIR over N districts, written in 17 lines whatever N, with dense mixing (every
-district meets every other, contacts decaying with the distance between district numbers: N^2
-terms). For N = 1, 10, 100 (and 1000 with --big): parse+check, lowering to the IR, CasADi
-compile, and one simulation (101 outputs, rtol = atol = 1e-8, the compiled simulator reused) next
-to scipy's LSODA on a hand-vectorised numpy right-hand side (a matrix-vector product) at the same
-tolerances. Medians of --repeats runs for the simulations; check, lower and compile once per N.
+A metapopulation SEIR over N districts, written in 17 lines whatever N. Dense mixing: every
+district meets every other, contacts decaying with the distance between district numbers (N^2
+terms). Mean-field mixing (--mixing mean): each district mixes 80 % within itself and 20 % with
+the population-weighted mean of all (one scalar let: N terms). For N = 1, 10, 100 (and 1000 with
+--big): check (parse + the reduced family expansion + the checker), lower (the whole expansion,
+which check leaves to its first use, and the sympy IR), CasADi compile, and one simulation (101
+outputs, rtol = atol = 1e-8, the compiled simulator reused after a first call that builds its
+integrator, timed apart) with the default BDF method and with method="adams", next to scipy's LSODA on a hand-vectorised numpy right-hand side (a
+matrix-vector product) at the same tolerances. Medians of --repeats runs for the simulations;
+check, lower and compile once per N.
 
-    .venv/bin/python benchmarks/index_families.py [--repeats 5] [--big]
+    .venv/bin/python benchmarks/index_families.py [--repeats 5] [--big] [--mixing dense|mean]
 """
 from __future__ import annotations
 
@@ -21,8 +25,15 @@ from scipy.integrate import solve_ivp
 TIMES = np.linspace(0, 100, 101)
 
 
-def model_text(n: int) -> str:
-    return f'''model metapop "dense SEIR over {n} districts"
+FORCE = {
+    "dense": "let force[d in district] [1/day] = beta * sum(k in district, exp(-abs(d - k) / 3) * I[k] / pop[k])",
+    "mean": "let mean_prevalence [1] = sum(k in district, I[k]) / sum(k in district, pop[k])\n"
+            "let force[d in district] [1/day] = beta * (0.8 * I[d] / pop[d] + 0.2 * mean_prevalence)",
+}
+
+
+def model_text(n: int, mixing: str = "dense") -> str:
+    return f'''model metapop "{mixing} SEIR over {n} districts"
 time t [day]
 unit person
 index district = 1..{n}
@@ -34,7 +45,7 @@ state S[d in district] [person] = pop[d] - ifelse(d == 1, 5 [person], 0 [person]
 state E[d in district] [person] = 0
 state I[d in district] [person] = ifelse(d == 1, 5, 0)
 state R[d in district] [person] = 0
-let force[d in district] [1/day] = beta * sum(k in district, exp(-abs(d - k) / 3) * I[k] / pop[k])
+{FORCE[mixing]}
 flow S[d] -> E[d] = force[d] * S[d]
 flow E[d] -> I[d] = sigma * E[d]
 flow I[d] -> R[d] = gamma * I[d]
@@ -42,14 +53,19 @@ observe cases[d in district] [person/day] = sigma * E[d] ~ poisson
 '''
 
 
-def scipy_run(n: int) -> float:
+def scipy_run(n: int, mixing: str = "dense") -> float:
     d = np.arange(1, n + 1)
     pop = 1000 * (1 + d / 10)
     kernel = np.exp(-np.abs(d[:, None] - d[None, :]) / 3)
 
+    def prevalence(I):
+        if mixing == "dense":
+            return kernel @ (I / pop)
+        return 0.8 * I / pop + 0.2 * I.sum() / pop.sum()
+
     def rhs(t, y):
         S, E, I, R = y.reshape(4, n)
-        infection = 0.6 * (kernel @ (I / pop)) * S
+        infection = 0.6 * prevalence(I) * S
         return np.concatenate([-infection, infection - 0.25 * E, 0.25 * E - 0.2 * I, 0.2 * I])
 
     y0 = np.concatenate([pop - np.where(d == 1, 5, 0), np.zeros(n), np.where(d == 1, 5.0, 0.0), np.zeros(n)])
@@ -61,7 +77,8 @@ def scipy_run(n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--big", action="store_true", help="also N = 1000 (10^6 mixing terms)")
+    parser.add_argument("--big", action="store_true", help="also N = 1000 (dense: 10^6 mixing terms)")
+    parser.add_argument("--mixing", choices=sorted(FORCE), default="dense")
     args = parser.parse_args()
 
     from nimm_dsl.backends import compile_ir
@@ -69,10 +86,12 @@ def main() -> None:
     from nimm_dsl.compiler.lower import lower
 
     check_source(model_text(2))  # build the parser's tables outside the timings
-    print("| N | states | lines | check (s) | lower (s) | compile (s) | simulate (ms) | scipy LSODA, numpy RHS (ms) | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"{args.mixing} mixing")
+    print("| N | states | lines | check (s) | lower (s) | compile (s) | first simulate, Adams (s) | simulate, BDF (ms) "
+          "| simulate, Adams (ms) | scipy LSODA, numpy RHS (ms) | ratio BDF | ratio Adams |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [1, 10, 100] + ([1000] if args.big else []):
-        text = model_text(n)
+        text = model_text(n, args.mixing)
         t0 = time.perf_counter()
         checked = check_source(text)
         t1 = time.perf_counter()
@@ -81,15 +100,21 @@ def main() -> None:
         t2 = time.perf_counter()
         sim = compile_ir(ir, "casadi")
         t3 = time.perf_counter()
-        ours, theirs = [], []
-        for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits both
-            start = time.perf_counter()
-            sim.simulate(TIMES, rtol=1e-8, atol=1e-8)
-            ours.append(time.perf_counter() - start)
-            theirs.append(scipy_run(n))
-        a, b = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
+        sim_adams = compile_ir(ir, "casadi", method="adams")
+        start = time.perf_counter()
+        sim_adams.simulate(TIMES, rtol=1e-8, atol=1e-8)
+        first = time.perf_counter() - start
+        sim.simulate(TIMES, rtol=1e-8, atol=1e-8)
+        bdf, adm, theirs = [], [], []
+        for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits all
+            for simulator, times in ((sim, bdf), (sim_adams, adm)):
+                start = time.perf_counter()
+                simulator.simulate(TIMES, rtol=1e-8, atol=1e-8)
+                times.append(time.perf_counter() - start)
+            theirs.append(scipy_run(n, args.mixing))
+        a, c, b = (statistics.median(x) * 1e3 for x in (bdf, adm, theirs))
         print(f"| {n} | {4 * n} | {len(text.strip().splitlines())} | {t1 - t0:.3f} | {t2 - t1:.3f} | {t3 - t2:.3f} "
-              f"| {a:.1f} | {b:.1f} | {a / b:.2f}x |", flush=True)
+              f"| {first:.2f} | {a:.1f} | {c:.1f} | {b:.1f} | {a / b:.2f}x | {c / b:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

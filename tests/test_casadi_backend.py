@@ -115,7 +115,7 @@ def test_sir_against_scipy_with_lets_and_observes():
     assert res.names == ["S", "I", "R", "infection", "in_bed"]
 
 
-@pytest.mark.parametrize("method", ["cvodes", "idas", "rk"])
+@pytest.mark.parametrize("method", ["cvodes", "adams", "idas", "rk"])
 def test_ifelse_model_against_scipy_for_each_method(method):
     x, k = sym("x"), sym("k")
     # kinked right-hand side: fast decay above 1, slow below

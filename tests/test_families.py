@@ -109,6 +109,15 @@ def test_casadi_matches_a_vectorised_scipy_reference(model):
         np.testing.assert_allclose(got, ref[k], rtol=1e-6, atol=1e-6)
 
 
+def test_the_adams_method_matches_the_reference_without_a_jacobian(model):
+    # non-stiff and 400 coupled states: the method benchmarks/index_families.py measures
+    res = model.compile("casadi", method="adams").simulate(TIMES, rtol=1e-10, atol=1e-10)
+    ref = numpy_reference()
+    for k, family in enumerate("SEIR"):
+        got = np.array([res[f"{family}[{d}]"] for d in range(1, N + 1)])
+        np.testing.assert_allclose(got, ref[k], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_both_back_ends_agree_on_the_family_model():
     # 6 districts: the Torch back end runs the elements as scalars, so 100 take minutes

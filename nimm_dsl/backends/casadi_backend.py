@@ -26,7 +26,12 @@ from .results import SimulationResult, domain_warnings, nonfinite_warnings, trou
 from ..compiler.ir import ModelIR, Ops, walk
 from .neural import casadi_mlp, check_weights
 
-METHODS = ("cvodes", "idas", "rk")
+METHODS = ("cvodes", "adams", "idas", "rk")
+# 'adams': CVODES with the Adams method and fixed-point iteration: no Jacobian is formed or
+# factorised, which for a non-stiff model with many coupled states (a metapopulation) is most of
+# the BDF cost (benchmarks/README.md, "Index families"); a stiff model needs 'cvodes'.
+_PLUGIN = {"adams": "cvodes"}
+_ADAMS = {"linear_multistep_method": "adams", "nonlinear_solver_iteration": "functional"}
 _CACHE_SIZE = 256
 
 CASADI_OPS = Ops(
@@ -140,7 +145,9 @@ def _inside_domains(ode, x, ir: ModelIR):
 def compile_casadi(ir: ModelIR, method: str = "cvodes", **options) -> "CasadiSimulator":
     """Compile a ModelIR for simulation with CasADi.
 
-    method: 'cvodes' (BDF, stiff-capable, default), 'idas', or 'rk' (fixed-step Runge-Kutta).
+    method: 'cvodes' (BDF, stiff-capable, default), 'adams' (CVODES's Adams method without a
+    Jacobian: faster on non-stiff models with many coupled states), 'idas', or 'rk' (fixed-step
+    Runge-Kutta).
     options: rtol, atol (defaults for simulate), max_num_steps (per output interval, default
     20000), finite_elements (rk steps per output interval, default 20), integrator_options (a
     dict passed on to casadi.integrator).
@@ -158,6 +165,7 @@ class CasadiSimulator:
             raise ValueError(f"unknown integration method `{method}`; choose one of {', '.join(METHODS)}")
         self.ir = ir
         self.method = method
+        self._plugin = _PLUGIN.get(method, method)  # the casadi.integrator plugin
         self.rtol, self.atol = float(rtol), float(atol)
         self.max_num_steps = int(max_num_steps)
         self.finite_elements = int(finite_elements)
@@ -293,13 +301,15 @@ class CasadiSimulator:
         else:
             opts.update(abstol=atol, reltol=rtol, max_num_steps=self.max_num_steps,
                         disable_internal_warnings=True)
+            if self.method == "adams":
+                opts.update(_ADAMS)
         opts.update(self.integrator_options)
         return opts
 
     def integrator_for(self, dae: dict, t0: float, grid, rtol: float, atol: float) -> ca.Function:
         """A CasADi integrator of another ODE (`dae` as for casadi.integrator, e.g. the model's
         ODE augmented with its sensitivities) with this simulator's method and options."""
-        return ca.integrator("F_custom", self.method, dae, float(t0), [float(g) for g in grid],
+        return ca.integrator("F_custom", self._plugin, dae, float(t0), [float(g) for g in grid],
                              self._integrator_opts(rtol, atol))
 
     def _integrator(self, t0: float, grid: np.ndarray, rtol: float, atol: float) -> _FastCall:
@@ -311,7 +321,7 @@ class CasadiSimulator:
             return F
         t, x, P, W, ode = self._ode
         dae = {"x": x, "p": ca.vertcat(P, W), "t": t, "ode": ode}
-        F = _FastCall(ca.integrator("F", self.method, dae, float(t0), grid.tolist(),
+        F = _FastCall(ca.integrator("F", self._plugin, dae, float(t0), grid.tolist(),
                                     self._integrator_opts(rtol, atol)))
         self._integrators[key] = F
         if len(self._integrators) > _CACHE_SIZE:
@@ -657,7 +667,7 @@ class CasadiSimulator:
             s, t0, dt = ca.SX.sym("s"), ca.SX.sym("t0"), ca.SX.sym("dt")
             scaled = dt * ca.substitute(ode, t, t0 + s * dt)
             dae = {"x": x, "p": ca.vertcat(P, W, t0, dt), "t": s, "ode": scaled}
-            F = ca.integrator("F_unit", self.method, dae, 0.0, 1.0, self._integrator_opts(rtol, atol))
+            F = ca.integrator("F_unit", self._plugin, dae, 0.0, 1.0, self._integrator_opts(rtol, atol))
             self._unit_integrators[key] = F
         return F
 
