@@ -193,11 +193,20 @@ def _describe(node, operands) -> str:
     return f"`{a} {node.op} {b}`" if node.op != "^" else f"`{a}^{b}`"
 
 
+def _beyond_floats(x: Value) -> bool:
+    """|x| > the largest float. For a Fraction the bit lengths settle it without comparing it with
+    a float (which converts the float to a Fraction: most of the cost of folding index values)."""
+    if isinstance(x, Fraction):
+        if abs(x.numerator).bit_length() - x.denominator.bit_length() < 1023:  # |x| < 2^1023
+            return False
+    return abs(x) > FLOAT_MAX
+
+
 def _finite(node, result: Value, *operands: Value) -> Value:
     """The result, or FoldError when it is no number (`inf - inf`) or outgrew the floats."""
     if isinstance(result, float) and math.isnan(result):
         raise FoldError(node.span, f"{_describe(node, operands)} has no value", None)
-    if abs(result) > FLOAT_MAX and all(abs(x) <= FLOAT_MAX for x in operands):
+    if _beyond_floats(result) and not any(_beyond_floats(x) for x in operands):
         raise FoldError(node.span, f"{_describe(node, operands)} is beyond the largest number a model can hold "
                                    "(about 1.8e308)", "rescale the quantity, or use a larger unit")
     return result

@@ -119,6 +119,7 @@ class _Checker:
     def __init__(self, program: A.Program, table: SymbolTable, file: str):
         self.program = program
         self.table = table
+        self._names_of: dict[tuple, list[str]] = {}
         self.file = file
         self.diags: list[Diagnostic] = []
         self.info = NameInfo()
@@ -484,7 +485,7 @@ class _Checker:
                 self.report("E306", stmt.value.span, f"the value of unit `{stmt.name.name}` must be a number with a unit, e.g. `1000 [cell]`")
         elif isinstance(stmt, A.DerEq):
             self.rate_names[id(stmt)] = self.resolve(stmt.value, Position(f"der({stmt.state.name})"))
-            kind = self.lookup_ident(stmt.state, "`der(...)`", [s.name for s in self.table.of_kind("state")])
+            kind = self.lookup_ident(stmt.state, "`der(...)`", self.names_of("state"))
             if kind == "state":
                 self.info.dynamics[stmt.state.name].append(stmt)
             elif kind is not None:
@@ -499,6 +500,13 @@ class _Checker:
         elif isinstance(stmt, A.RemoveStmt):
             self.check_remove(stmt, scenario)
 
+    def names_of(self, *kinds: str) -> list[str]:
+        """The names of the symbols of these kinds, listed once per run: the der, flow, dose and
+        set lines of a family model are thousands, and the symbols too."""
+        if kinds not in self._names_of:
+            self._names_of[kinds] = [s.name for s in self.table.of_kind(*kinds)]
+        return self._names_of[kinds]
+
     def check_flow(self, stmt: A.FlowEq) -> None:
         ends = "".join(("" if stmt.source is None else stmt.source.name, " -> ", "" if stmt.target is None else stmt.target.name))
         self.rate_names[id(stmt)] = self.resolve(stmt.rate, Position(f"the rate of flow `{ends.strip()}`"))
@@ -512,7 +520,7 @@ class _Checker:
             if stmt.source.name in self.info.dynamics:  # it still touches the state: no E301 on top
                 self.info.dynamics[stmt.source.name].append(stmt)
             return
-        states = [s.name for s in self.table.of_kind("state")]
+        states = self.names_of("state")
         for end in (stmt.source, stmt.target):
             if end is None:
                 continue
@@ -537,7 +545,7 @@ class _Checker:
         timing = set()
         for word, expr in (("at", stmt.at), ("every", stmt.every), ("times", stmt.times)):
             timing |= self.resolve_constant_time(expr, f"`{word}` of {where}")
-        states = [s.name for s in self.table.of_kind("state")]
+        states = self.names_of("state")
         kind = self.lookup_ident(stmt.state, where, states)
         if kind is not None and kind != "state":
             self.report("E204", stmt.state.span, f"a dose changes a state, found {kind} `{stmt.state.name}`",
@@ -565,7 +573,7 @@ class _Checker:
         used = self.resolve(stmt.value, Position(f"the value of `set {target}`", finite=True))
         for word, expr in (("from", stmt.start), ("to", stmt.end)):  # `to inf` means to the end
             used |= self.resolve_constant_time(expr, f"`{word}` of `set {target}`", finite=False)
-        settable = [s.name for s in self.table.of_kind(*SETTABLE_KINDS)]
+        settable = self.names_of(*SETTABLE_KINDS)
         kind = self.lookup_ident(stmt.target, "`set`", settable)
         if kind is not None and kind not in SETTABLE_KINDS:
             hint = {"state": "change a state with a `dose` (`+=` or `*=`)",
