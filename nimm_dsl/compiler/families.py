@@ -149,6 +149,7 @@ class _Expander:
                 return self.removals(s)
             variables = self.variables(s)
             self._env_index = {v: index for v, (index, _span) in variables.items()}
+            self._shapes = {}  # per node of this line: (constant, varying), the same for every element
             self._scale = 1  # elements of the line times the sizes of the enclosing sums
             if not variables:
                 return [self.instance(s, {})]
@@ -319,6 +320,10 @@ class _Expander:
         number), so a family's equations stay as small as the scalar ones."""
         if isinstance(e, A.Number):
             return e, e.unit is None, False
+        if self._shape(e, env) == (True, True) and not isinstance(e, A.Name):
+            number = self._fold_in(e, env)  # most of a dense kernel: no tree built per element
+            if number is not None:
+                return number, True, True
         if isinstance(e, A.Name):
             if e.name in env:
                 return self.variable_value(e, env), True, True
@@ -384,6 +389,43 @@ class _Expander:
         return e, False, False
 
     _env_index: dict
+    _shapes: dict
+
+    def _shape(self, e, env) -> tuple[bool, bool]:
+        """(constant, varying) of a subtree, as `_expr` finds them, without building anything;
+        remembered per node, as every element of the line has the same."""
+        shape = self._shapes.get(id(e))
+        if shape is None:
+            if isinstance(e, A.Number):
+                shape = (e.unit is None, False)
+            elif isinstance(e, A.Name):
+                shape = (True, True) if e.name in env else (e.name == "pi", False)
+            elif isinstance(e, A.Call):
+                parts = [self._shape(a, env) for a in e.args]
+                shape = (e.func.name in BUILTINS and all(p[0] for p in parts), any(p[1] for p in parts))
+            elif isinstance(e, (A.BinOp, A.Compare, A.BoolOp)):
+                left, right = self._shape(e.left, env), self._shape(e.right, env)
+                shape = (left[0] and right[0], left[1] or right[1])
+            elif isinstance(e, A.UnaryOp):
+                shape = self._shape(e.operand, env)
+            else:
+                shape = (False, False)
+            self._shapes[id(e)] = shape
+        return shape
+
+    def _fold_in(self, e, env):
+        """A constant subtree over index values as one number node for this element, folded with
+        the index variables' values; None when it has no number value (then the tree is built and
+        left to the checker, as before)."""
+        if "pi" in env or "inf" in env or not all(m.isdigit() for m in env.values()):
+            return None  # the slow path reports a named member's missing value at its token
+        try:
+            value = fold(e, names=lambda name: Fraction(int(env[name])))
+        except FoldError:
+            return None
+        if value is None or isinstance(value, bool):
+            return None
+        return _number_node(value, e.span)
 
     def variable_value(self, e: A.Name, env) -> A.Number:
         member = env[e.name]
@@ -499,7 +541,11 @@ def _folded(node):
         return node
     if value is None or isinstance(value, bool):
         return node
-    span = node.span
+    return _number_node(value, node.span)
+
+
+def _number_node(value, span: Span):
+    """A folded value as a tree: a number, negated when below zero, a quotient when a fraction."""
     magnitude = abs(value)
     if isinstance(magnitude, Fraction) and magnitude.denominator != 1:
         number = A.BinOp("/", _number(magnitude.numerator, span), _number(magnitude.denominator, span), span)
