@@ -119,6 +119,17 @@ def test_doses_match_interpreted_and_closed_form():
     assert close(states(a, ["C"]), C[None, :])
 
 
+def test_stiff_model_matches_interpreted(tmp_path):
+    """van der Pol with mu = 1000: relaxation jumps that Adams must take with tiny steps."""
+    path = tmp_path / "vdp.nimm"
+    path.write_text("model vdp\ntime t [s]\nparam mu [1] = 1000 in [1, 1e4]\nstate x [1] = 2\n"
+                    "state y [1] = 0\nder(x) = y / (1 [s])\nder(y) = (mu * (1 - x^2) * y - x) / (1 [s])\n")
+    times = np.linspace(0, 3000, 301)
+    a, b = both(nimm_dsl.load(path).ir, times, rtol=1e-11, atol=1e-11)
+    assert np.max(np.abs(a["x"] - b["x"])) < 1e-5 * 2
+    assert np.min(a["x"]) < -1.9 and np.max(a["x"]) > 1.9  # it relaxed both ways
+
+
 def test_failure_is_located_like_the_interpreted_path(tmp_path):
     """x' = x^2 from 1 blows up at t = 1: the compiled solver fails, the segment is rerun on the
     interpreted path, which names the time."""
