@@ -125,14 +125,14 @@ def run_case(name, file, horizon, rhs, y0, states, peers, repeats):
         run = ours(fast, tol)
 
         def with_bdf():
-            compiled_route.DEFAULT_LMM = "bdf"
+            compiled_route.DEFAULT_METHOD = "bdf"
             try:
                 return run()
             finally:
-                compiled_route.DEFAULT_LMM = default
+                compiled_route.DEFAULT_METHOD = default
         return with_bdf
 
-    default = compiled_route.DEFAULT_LMM
+    default = compiled_route.DEFAULT_METHOD
     solvers = {"compiled": lambda tol: ours(fast, tol),
                "compiled BDF": bdf,
                "CasADi interpreted": lambda tol: ours(slow, tol),

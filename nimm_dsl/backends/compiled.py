@@ -33,10 +33,11 @@ from typing import Optional
 import casadi as ca
 import numpy as np
 
-# Adams (non-stiff) vs BDF was measured on SIR and Hodgkin-Huxley at equal accuracy
-# (benchmarks/compiled_speed.py): Adams is faster and more accurate on both; BDF stays available.
-LMM = {"adams": 1, "bdf": 2}
-DEFAULT_LMM = "adams"
+# "dopri5": Dormand-Prince 5(4) on plain arrays, switching to CVODES BDF where the problem turns
+# out stiff; "adams" and "bdf": CVODES throughout. Chosen by measurement at equal accuracy
+# (benchmarks/compiled_speed.py).
+METHODS = {"dopri5": 0, "adams": 1, "bdf": 2}
+DEFAULT_METHOD = "dopri5"
 FLAGS = ("-O2", "-shared", "-fPIC")
 LIBS = ("-lsundials_cvodes", "-lsundials_nvecserial", "-lm")
 COMPILER_ENV = "NIMM_CC"  # the C compiler to use; a missing one means the interpreted path
@@ -233,7 +234,7 @@ class CompiledODE:
         pw = np.ascontiguousarray(pw, dtype=float)
         out = np.empty((len(grid), self.n_states))
         flag = self._solve(float(t0), grid.ctypes.data, len(grid), x0.ctypes.data, pw.ctypes.data,
-                           rtol, atol, max_steps, LMM[method or DEFAULT_LMM], out.ctypes.data, self._reached.ctypes.data)
+                           rtol, atol, max_steps, METHODS[method or DEFAULT_METHOD], out.ctypes.data, self._reached.ctypes.data)
         if flag != 0 or not np.isfinite(out).all():
             return None
         return out
