@@ -7,8 +7,8 @@ Run from the repository root:  .venv/bin/python benchmarks/compiled_speed.py
 SIR and Hodgkin-Huxley (examples/), 1000 output times. For every tolerance of a sweep each
 solver runs REPEATS times, interleaved with the others so that load on a shared machine affects
 them alike; its error is the largest error relative to each state's range against DOP853 at
-rtol = atol = 1e-12. "compiled" uses the default multistep method (Adams), "compiled BDF" the
-other one, which is how the default was chosen. "At equal accuracy" compares, for an error level, each solver's fastest
+rtol = atol = 1e-12. "compiled" uses the default method (Dormand-Prince 5(4) in C, CVODES BDF
+when stiff), "compiled BDF" CVODES BDF throughout, which is how the default was chosen. "At equal accuracy" compares, for an error level, each solver's fastest
 run that reaches it. Our two routes are timed through `simulate` (protocol, outputs, result),
 the peers as bare solver calls on hand-written right-hand sides. Compile time (code generation
 + gcc, empty cache) and a cached load are reported separately.
@@ -121,7 +121,7 @@ def run_case(name, file, horizon, rhs, y0, states, peers, repeats):
             return np.array([res[s] for s in states])
         return run
 
-    def bdf(tol):  # the compiled route with BDF instead of the default Adams, for the choice
+    def bdf(tol):  # the compiled route with CVODES BDF instead of the default, for the choice
         run = ours(fast, tol)
 
         def with_bdf():

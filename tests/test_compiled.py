@@ -155,7 +155,7 @@ def sir_symbols():
     sim = compile_casadi(load("flu_sir.nimm"), compiled=False)
     t, x, P, W, ode = sim._ode  # noqa: SLF001  (the same symbols the simulator compiles)
     import casadi as ca
-    return t, x, ca.vertcat(P, W), ode
+    return t, x, ca.vertcat(P, W), ode, sim._outputs  # noqa: SLF001
 
 
 def built_files(cache):
@@ -276,3 +276,26 @@ def test_adaptive_compiles_after_the_budget_and_reuses_the_cache(monkeypatch, pr
     assert compile_casadi(ir, method="rk").compiled_route is None
     with pytest.raises(ValueError, match="cvodes"):
         compile_casadi(ir, method="idas", compiled=True)
+
+
+@pytest.mark.parametrize("path, horizon, scenario", [
+    ("examples/flu_sir.nimm", 20, "isolation"),
+    ("examples/lotka_volterra_neural.nimm", 10, None),  # neural weights in the right-hand side
+    ("examples/measles_seasonal.nimm", 365, None),
+    ("examples/pk_two_compartment.nimm", 48, None),
+    ("seir weekly", 70, None),  # weekly integrals and a set window (tests/test_observation_models.py)
+])
+def test_every_output_matches_interpreted(path, horizon, scenario):
+    """States, lets and observes (the outputs are compiled too) of varied models."""
+    if path == "seir weekly":
+        from test_observation_models import SEIR
+        model = nimm_dsl.load_source(SEIR)
+    else:
+        model = nimm_dsl.load(ROOT / path)
+    times = np.linspace(0, horizon, 71)
+    a, b = both(model.ir, times, scenario=scenario, **TOL)
+    names = [n for n in b.names if n != model.ir.time_name]
+    assert a.names == b.names and len(names) > 2
+    for name in names:
+        scale = max(np.max(np.abs(b[name])), 1e-300)
+        assert np.max(np.abs(a[name] - b[name])) / scale < 1e-6, name

@@ -196,7 +196,7 @@ class CasadiSimulator:
             from .compiled import Route
 
             t, x, P, W, ode = self._ode
-            self.compiled_route = Route(compiled, t, x, ca.vertcat(P, W), ode)
+            self.compiled_route = Route(compiled, t, x, ca.vertcat(P, W), ode, self._outputs)
 
     # ------------------------------------------------------------ building the functions
     def _symbolic_env(self, extra: dict, runtime: list):
@@ -515,6 +515,10 @@ class CasadiSimulator:
 
     def _outputs_numeric(self, times, X, Pcols, w, integrals=None) -> np.ndarray:
         """Lets then observes at every output time: [(n_lets + n_observes) x T]."""
+        solver = self.compiled_route.solver() if self.compiled_route is not None else None
+        Y = None if solver is None else solver.outputs(times, X, Pcols, w, integrals)
+        if Y is not None:
+            return Y
         n_t = len(times)
         fast = self._fast_output_map.get(n_t)
         if fast is None:

@@ -4,8 +4,9 @@ CasADi's integrator costs about a millisecond per call however small the model (
 set-up and timers), ten times what a compiled right-hand side needs. Here the model's right-hand
 side and its dense Jacobian, the SX expressions the CasADi back end already builds, are turned
 into C by CasADi's code generator (public API), joined with a small driver of our own
-(`cvodes_driver.c`: CVODES, dense linear solver, our Jacobian, CV_NORMAL to each output time)
-and compiled with the system C compiler into a shared object loaded with ctypes. The CasADi back
+(`cvodes_driver.c`: Dormand-Prince 5(4) on plain arrays with dense output at the output times,
+handing over to CVODES BDF with our Jacobian where the problem turns out stiff) and compiled with
+the system C compiler into a shared object loaded with ctypes. The CasADi back
 end calls it once per segment of the event protocol, exactly where it would call its integrator.
 
 Shared objects are cached per user under `$XDG_CACHE_HOME/nimm_dsl/compiled` (else
@@ -77,16 +78,21 @@ def cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------- the C source
-def c_source(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> str:
-    """The generated right-hand side and dense Jacobian of `ode` (inputs t, x, pw), then the driver."""
+def c_source(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function) -> str:
+    """The generated right-hand side and dense Jacobian of `ode` (inputs t, x, pw) and the
+    simulator's `outputs(t, x, P, W[, I])` (lets then observes), then the driver."""
     rhs = ca.Function("nimm_rhs", [t, x, pw], [ode])
     jac = ca.Function("nimm_jac", [t, x, pw], [ca.densify(ca.jacobian(ode, x))])
+    symbols = outputs.sx_in()
+    out = ca.Function("nimm_out", symbols, outputs.call(symbols))
     gen = ca.CodeGenerator("nimm_model.c", {"with_header": False})
-    gen.add(rhs)
-    gen.add(jac)
-    sizes = {"NX": x.numel(),
-             "SZ_ARG": max(f.sz_arg() for f in (rhs, jac)), "SZ_RES": max(f.sz_res() for f in (rhs, jac)),
-             "SZ_IW": max(f.sz_iw() for f in (rhs, jac)), "SZ_W": max(f.sz_w() for f in (rhs, jac))}
+    fns = (rhs, jac, out)
+    for f in fns:
+        gen.add(f)
+    sizes = {"NX": x.numel(), "NP": outputs.nnz_in(2), "NW": outputs.nnz_in(3),
+             "NI": outputs.nnz_in(4) if outputs.n_in() > 4 else 0, "NY": outputs.nnz_out(0),
+             "SZ_ARG": max(f.sz_arg() for f in fns), "SZ_RES": max(f.sz_res() for f in fns),
+             "SZ_IW": max(f.sz_iw() for f in fns), "SZ_W": max(f.sz_w() for f in fns)}
     defines = "".join(f"#define NIMM_{k} {v}\n" for k, v in sizes.items())
     return gen.dump() + "\n" + defines + DRIVER.read_text()
 
@@ -213,14 +219,17 @@ def _compile(tools: Toolchain, source: str, so: Path, digest: Path) -> Optional[
 class CompiledODE:
     """A loaded compiled model: `integrate` one segment."""
 
-    def __init__(self, lib: ctypes.CDLL, n_states: int, path: Path):
+    def __init__(self, lib: ctypes.CDLL, n_states: int, n_outputs: int, path: Path):
         self.path = path
-        self.n_states = n_states
+        self.n_states, self.n_outputs = n_states, n_outputs
         self._solve = lib.nimm_solve
         dp = ctypes.c_void_p
         self._solve.argtypes = [ctypes.c_double, dp, ctypes.c_int, dp, dp, ctypes.c_double,
                                 ctypes.c_double, ctypes.c_long, ctypes.c_int, dp, dp]
         self._solve.restype = ctypes.c_int
+        self._outputs = lib.nimm_outputs
+        self._outputs.argtypes = [ctypes.c_int, dp, dp, dp, dp, dp, dp]
+        self._outputs.restype = ctypes.c_int
         self._lib = lib  # keeps the library loaded
         self._reached = np.zeros(1)
 
@@ -239,10 +248,25 @@ class CompiledODE:
             return None
         return out
 
+    def outputs(self, times, X, Pcols, w, integrals=None) -> Optional[np.ndarray]:
+        """Lets then observes at every output time, [n_outputs x T], from the states X [nx x T],
+        runtime vectors Pcols [n_runtime x T] and integrals [n_integrals x T]; None if the
+        generated code reports an error (the caller then uses CasADi's)."""
+        n = len(times)
+        times = np.ascontiguousarray(times, dtype=float)
+        cols = [np.ascontiguousarray(np.transpose(a), dtype=float) for a in (X, Pcols)]
+        w = np.ascontiguousarray(w, dtype=float)
+        extra = None if integrals is None else np.ascontiguousarray(np.transpose(integrals), dtype=float)
+        Y = np.empty((n, self.n_outputs))
+        flag = self._outputs(n, times.ctypes.data, cols[0].ctypes.data, cols[1].ctypes.data, w.ctypes.data,
+                             None if extra is None else extra.ctypes.data, Y.ctypes.data)
+        return None if flag else Y.T
 
-def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, compiler: Optional[str] = None,
+
+def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compiler: Optional[str] = None,
           cached_only: bool = False) -> Optional[CompiledODE]:
-    """The compiled solver of dx/dt = ode(t, x, pw), from the cache or freshly compiled.
+    """The compiled solver of dx/dt = ode(t, x, pw) and the `outputs` function, from the cache or
+    freshly compiled.
 
     cached_only: return None rather than compile when no valid cached object exists (the
     adaptive choice looks up the cache first and compiles only once a model has run long enough).
@@ -252,7 +276,7 @@ def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, compiler: Optional[str] = N
         if not cached_only:
             _fallback(f"no C compiler `{compiler or os.environ.get(COMPILER_ENV) or 'cc'}` found")
         return None
-    source = c_source(t, x, pw, ode)
+    source = c_source(t, x, pw, ode, outputs)
     key = hashlib.sha256("\0".join([source, tools.compiler, tools.identity, *FLAGS, *LIBS]).encode()).hexdigest()
     if key in _loaded:
         return _loaded[key]
@@ -274,7 +298,7 @@ def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, compiler: Optional[str] = N
         if lib is None:
             _fallback(f"the freshly built {so} failed its checks")
             return None
-    _loaded[key] = CompiledODE(lib, x.numel(), so)
+    _loaded[key] = CompiledODE(lib, x.numel(), outputs.nnz_out(0), so)
     return _loaded[key]
 
 
@@ -289,9 +313,10 @@ class Route:
     or adaptively (None: at once if the cache holds it, else after BUILD_BUDGET seconds of
     interpreted simulation)."""
 
-    def __init__(self, mode: Optional[bool], t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX):
+    def __init__(self, mode: Optional[bool], t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX,
+                 outputs: ca.Function):
         self.mode = mode
-        self._symbols = (t, x, pw, ode)
+        self._symbols = (t, x, pw, ode, outputs)
         self._solver: Optional[CompiledODE] = None
         self._looked_up = False  # the adaptive cache lookup happened
         self._settled = mode is False  # built, or failed to build: no further attempt

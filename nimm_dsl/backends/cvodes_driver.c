@@ -1,4 +1,6 @@
-/* The integrator driver of the compiled route (nimm_dsl/backends/compiled.py).
+/* The integrator driver of the compiled route (nimm_dsl/backends/compiled.py): an explicit
+   Dormand-Prince 5(4) pair on plain arrays (the default, `dopri5` below), and CVODES (Adams or
+   BDF, dense linear solver, our Jacobian) for stiff problems or on request.
 
    It is appended to C code that CasADi generates for the model: nimm_rhs(t, x, p) -> dx/dt and
    nimm_jac(t, x, p) -> d(dx/dt)/dx as a dense column-major matrix, with NIMM_NX states and the
@@ -264,5 +266,26 @@ int nimm_solve(double t0, const double *grid, int n_grid, const double *x0, cons
   if (flag == NIMM_STIFF)
     return cvodes_solve(t, grid + k, n_grid - k, y, p, rtol, atol, max_steps, CV_BDF,
                         out + (long)k * NIMM_NX, t_reached);
+  return flag;
+}
+
+/* The outputs (lets then observes) at n output times: column j of each argument is
+   t[j], X[j * NIMM_NX ...], P[j * NIMM_NP ...], the weights w, I[j * NIMM_NI ...] (NULL without
+   integrals); Y[j * NIMM_NY ...] receives them. Returns nonzero on an error of the generated code. */
+int nimm_outputs(int n, const double *t, const double *X, const double *P, const double *w,
+                 const double *I, double *Y) {
+  nimm_work *wk = (nimm_work *)calloc(1, sizeof(nimm_work));
+  int flag = 0;
+  if (!wk) return -1;
+  for (int j = 0; j < n && !flag; j++) {
+    wk->arg[0] = t + j;
+    wk->arg[1] = X + (long)j * NIMM_NX;
+    wk->arg[2] = P + (long)j * NIMM_NP;
+    wk->arg[3] = w;
+    if (NIMM_NI > 0) wk->arg[4] = I ? I + (long)j * NIMM_NI : 0;
+    wk->res[0] = Y + (long)j * NIMM_NY;
+    flag = nimm_out(wk->arg, wk->res, wk->iw, wk->w, 0);
+  }
+  free(wk);
   return flag;
 }
