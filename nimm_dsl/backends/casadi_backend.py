@@ -468,11 +468,11 @@ class CasadiSimulator:
         plans = self._plan(protocol, rtol, atol)
         solver = self.compiled_route.solver() if self.compiled_route is not None else None
         started = time.perf_counter()
-        x = self._fast_init({0: protocol.t_start, 1: np.r_[theta, plans[0].tail], 2: w}).ravel()
+        x = self._fast_init({0: protocol.t_start, 1: np.concatenate((theta, plans[0].tail)), 2: w}).ravel()
         self._check_finite(x, f"in the initial values at {self.ir.time_name} = {self._t(protocol.t_start)}",
                            protocol.t_start)
         for plan in plans:
-            P = np.r_[theta, plan.tail]
+            P = np.concatenate((theta, plan.tail))
             x = self._apply_doses(plan.segment, x, P, w, symbolic=False)
             Pcols[:, plan.out_cols] = P[:, None]
             X[:, plan.at_start] = x[:, None]
@@ -480,7 +480,7 @@ class CasadiSimulator:
                 # the compiled solver, where there is one; a failure there reruns the segment on
                 # the interpreted integrator, which locates and reports it
                 xf = None if solver is None else solver.integrate(
-                    plan.segment.t0, plan.grid, x, np.r_[P, w], rtol, atol, self.max_num_steps)
+                    plan.segment.t0, plan.grid, x, np.concatenate((P, w)), rtol, atol, self.max_num_steps)
                 if xf is None:
                     xf = self._integrate(plan, x, P, w, rtol, atol)
                 X[:, plan.later_cols] = xf[plan.grid_rows].T
