@@ -7,7 +7,8 @@ Run from the repository root:  .venv/bin/python benchmarks/compiled_speed.py
 SIR and Hodgkin-Huxley (examples/), 1000 output times. For every tolerance of a sweep each
 solver runs REPEATS times, interleaved with the others so that load on a shared machine affects
 them alike; its error is the largest error relative to each state's range against DOP853 at
-rtol = atol = 1e-12. "compiled" uses the default method (Dormand-Prince 5(4) in C, CVODES BDF
+rtol = atol = 1e-12. "compiled, bare solver" is the same compiled object called directly for
+the one segment (no protocol, outputs or result), as the peers are called. "compiled" uses the default method (Dormand-Prince 5(4) in C, CVODES BDF
 when stiff), "compiled BDF" CVODES BDF throughout, which is how the default was chosen. "At equal accuracy" compares, for an error level, each solver's fastest
 run that reaches it. Our two routes are timed through `simulate` (protocol, outputs, result),
 the peers as bare solver calls on hand-written right-hand sides. Compile time (code generation
@@ -33,6 +34,7 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp()  # the compile time is measure
 import nimm_dsl  # noqa: E402
 from nimm_dsl.backends import compiled as compiled_route  # noqa: E402
 from nimm_dsl.backends.casadi_backend import compile_casadi  # noqa: E402
+from nimm_dsl.backends.protocol import segment_tail  # noqa: E402
 from simulate_speed import hh_rhs, sir_rhs  # noqa: E402  (the same hand-written references)
 
 N_TIMES = 1000
@@ -132,8 +134,17 @@ def run_case(name, file, horizon, rhs, y0, states, peers, repeats):
                 compiled_route.DEFAULT_METHOD = default
         return with_bdf
 
+    # the compiled solver called bare, as the peers are: one segment from the initial state
+    solver = fast.compiled_route.solver()
+    (segment,) = fast.protocol(times).segments
+    pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+
+    def bare(tol):
+        return lambda: solver.integrate(0.0, times[1:], np.asarray(y0, float), pw, tol, tol, 20000).T
+
     default = compiled_route.DEFAULT_METHOD
     solvers = {"compiled": lambda tol: ours(fast, tol),
+               "compiled, bare solver": lambda tol: lambda: np.c_[np.asarray(y0, float), bare(tol)()],
                "compiled BDF": bdf,
                "CasADi interpreted": lambda tol: ours(slow, tol),
                "scipy LSODA": lambda tol: lambda: solve_ivp(rhs, (0.0, horizon), y0, method="LSODA",
@@ -177,7 +188,8 @@ def main():
             print(f"| {case[0]} | {tol:g} | " + " | ".join(cells) + " |")
 
     print("\nAt equal accuracy: fastest run reaching each error level (ms), and the ratios\n")
-    peer_cols = [s for s in ("numbalsoda", "scipy LSODA", "CasADi interpreted", "compiled BDF") if s in solvers]
+    peer_cols = [s for s in ("numbalsoda", "scipy LSODA", "CasADi interpreted", "compiled BDF",
+                             "compiled, bare solver") if s in solvers]
     print("| model | error <= | compiled | " + " | ".join(peer_cols) + " | "
           + " | ".join(f"compiled / {p}" for p in peer_cols) + " |")
     print("|---|---:|---:|" + "---:|" * (2 * len(peer_cols)))

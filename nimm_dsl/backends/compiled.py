@@ -4,7 +4,7 @@ CasADi's integrator costs about a millisecond per call however small the model (
 set-up and timers), ten times what a compiled right-hand side needs. Here the model's right-hand
 side and its dense Jacobian, the SX expressions the CasADi back end already builds, are turned
 into C by CasADi's code generator (public API), joined with a small driver of our own
-(`cvodes_driver.c`: Dormand-Prince 5(4) on plain arrays with dense output at the output times,
+(`compiled_driver.c`: Dormand-Prince 5(4) on plain arrays with dense output at the output times,
 handing over to CVODES BDF with our Jacobian where the problem turns out stiff) and compiled with
 the system C compiler into a shared object loaded with ctypes. The CasADi back
 end calls it once per segment of the event protocol, exactly where it would call its integrator.
@@ -42,7 +42,7 @@ DEFAULT_METHOD = "dopri5"
 FLAGS = ("-O2", "-shared", "-fPIC")
 LIBS = ("-lsundials_cvodes", "-lsundials_nvecserial", "-lm")
 COMPILER_ENV = "NIMM_CC"  # the C compiler to use; a missing one means the interpreted path
-DRIVER = Path(__file__).with_name("cvodes_driver.c")
+DRIVER = Path(__file__).with_name("compiled_driver.c")
 
 
 class CompiledFallback(UserWarning):
