@@ -82,7 +82,11 @@ def c_source(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function) ->
     """The generated right-hand side and dense Jacobian of `ode` (inputs t, x, pw) and the
     simulator's `outputs(t, x, P, W[, I])` (lets then observes), then the driver."""
     rhs = ca.Function("nimm_rhs", [t, x, pw], [ode])
-    jac = ca.Function("nimm_jac", [t, x, pw], [ca.densify(ca.jacobian(ode, x))])
+    jacobian = ca.jacobian(ode, x)
+    jac = ca.Function("nimm_jac", [t, x, pw], [jacobian])
+    pattern = jacobian.sparsity()  # compressed columns, as the generated code writes them
+    n = x.numel()
+    at = [c * n + r for c in range(n) for r in pattern.row()[pattern.colind()[c]:pattern.colind()[c + 1]]]
     symbols = outputs.sx_in()
     out = ca.Function("nimm_out", symbols, outputs.call(symbols))
     gen = ca.CodeGenerator("nimm_model.c", {"with_header": False})
@@ -93,8 +97,10 @@ def c_source(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function) ->
              "NI": outputs.nnz_in(4) if outputs.n_in() > 4 else 0, "NY": outputs.nnz_out(0),
              "SZ_ARG": max(f.sz_arg() for f in fns), "SZ_RES": max(f.sz_res() for f in fns),
              "SZ_IW": max(f.sz_iw() for f in fns), "SZ_W": max(f.sz_w() for f in fns)}
+    sizes["JAC_NNZ"] = len(at)
     defines = "".join(f"#define NIMM_{k} {v}\n" for k, v in sizes.items())
-    return gen.dump() + "\n" + defines + DRIVER.read_text()
+    places = f"static const long nimm_jac_at[{len(at) + 1}] = {{{', '.join(map(str, at + [0]))}}};\n"
+    return gen.dump() + "\n" + defines + places + DRIVER.read_text()
 
 
 # ---------------------------------------------------------------- the compiler

@@ -2,10 +2,11 @@
    Dormand-Prince 5(4) pair on plain arrays (the default, `dopri5` below), and CVODES (Adams or
    BDF, dense linear solver, our Jacobian) for stiff problems or on request.
 
-   It is appended to C code that CasADi generates for the model: nimm_rhs(t, x, p) -> dx/dt and
-   nimm_jac(t, x, p) -> d(dx/dt)/dx as a dense column-major matrix, with NIMM_NX states and the
-   NIMM_SZ_* work sizes defined before this file. One call integrates one segment: CVODES from
-   (t0, x) to each grid time, stopping exactly at the last one. */
+   It is appended to C code that CasADi generates for the model: nimm_rhs(t, x, p) -> dx/dt,
+   nimm_jac(t, x, p) -> the structural nonzeros of d(dx/dt)/dx (their places in the dense
+   column-major matrix: nimm_jac_at) and nimm_out (the outputs), with NIMM_NX states and the
+   NIMM_SZ_* work sizes defined before this file. One call integrates one segment, stopping
+   exactly at its last output time. */
 #include <stdlib.h>
 #include <string.h>
 #include <cvodes/cvodes.h>
@@ -19,6 +20,7 @@ typedef struct {
   casadi_real *res[NIMM_SZ_RES];
   casadi_int iw[NIMM_SZ_IW + 1];
   casadi_real w[NIMM_SZ_W + 1];
+  casadi_real jac[NIMM_JAC_NNZ + 1];
 } nimm_work;
 
 static int all_finite(const double *v, long n) {
@@ -48,9 +50,14 @@ static int nimm_j(sunrealtype t, N_Vector x, N_Vector fx, SUNMatrix J, void *use
   wk->arg[0] = &tt;
   wk->arg[1] = N_VGetArrayPointer(x);
   wk->arg[2] = wk->p;
-  wk->res[0] = SUNDenseMatrix_Data(J); /* column-major, as CasADi writes a dense matrix */
+  wk->res[0] = wk->jac;
   if (nimm_jac(wk->arg, wk->res, wk->iw, wk->w, 0)) return -1;
-  return all_finite(SUNDenseMatrix_Data(J), (long)NIMM_NX * NIMM_NX) ? 0 : 1;
+  /* the nonzeros into the dense matrix: a dense Jacobian in the generated code would be n^2
+     assignments for gcc to compile */
+  double *dense = SUNDenseMatrix_Data(J);
+  memset(dense, 0, sizeof(double) * NIMM_NX * NIMM_NX);
+  for (long k = 0; k < NIMM_JAC_NNZ; k++) dense[nimm_jac_at[k]] = wk->jac[k];
+  return all_finite(wk->jac, NIMM_JAC_NNZ) ? 0 : 1;
 }
 
 static void nimm_silent(int code, const char *module, const char *function, char *msg, void *data) {
