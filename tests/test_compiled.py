@@ -266,6 +266,7 @@ def test_adaptive_compiles_after_the_budget_and_reuses_the_cache(monkeypatch, pr
     assert sim.compiled_route.solver() is None  # one short run never waits for the compiler
     assert sim.compiled_route.interpreted_seconds > 0
     monkeypatch.setattr(compiled, "BUILD_BUDGET", 0.0)
+    monkeypatch.setattr(compiled, "BUDGET_PER_OPERATION", 0.0)
     sim.simulate(times)
     assert (sim.compiled_route.solver() is not None) == TOOLCHAIN
     compiled.forget_loaded()
@@ -299,3 +300,17 @@ def test_every_output_matches_interpreted(path, horizon, scenario):
     for name in names:
         scale = max(np.max(np.abs(b[name])), 1e-300)
         assert np.max(np.abs(a[name] - b[name])) / scale < 1e-6, name
+
+
+def test_a_model_too_large_to_compile_quickly_stays_interpreted(monkeypatch):
+    """gcc time grows faster than the right-hand side (about 500 s for a dense 100-patch model):
+    above MAX_RHS_SIZE nothing is compiled, whatever the mode, and the fallback says why."""
+    monkeypatch.setattr(compiled, "MAX_RHS_SIZE", 10)
+    ir = load("hodgkin_huxley.nimm")
+    times = np.linspace(0, 5, 11)
+    with pytest.warns(compiled.CompiledFallback, match="operations"):
+        sim = compile_casadi(ir, compiled=True)
+        a = sim.simulate(times)
+    assert sim.compiled_route.solver() is None
+    b = compile_casadi(ir, compiled=False).simulate(times)
+    assert np.array_equal(a["V"], b["V"])

@@ -72,6 +72,14 @@ def forget_loaded() -> None:
     _warned = False
 
 
+MAX_RHS_SIZE = 2000  # right-hand-side operations (CasADi instructions): about 3 s of gcc
+
+
+def rhs_size(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> int:
+    """The right-hand side's size in CasADi instructions: what the compile time grows with."""
+    return ca.Function("size", [t, x, pw], [ode]).n_instructions()
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nimm_dsl" / "compiled"
@@ -277,6 +285,12 @@ def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compi
     cached_only: return None rather than compile when no valid cached object exists (the
     adaptive choice looks up the cache first and compiles only once a model has run long enough).
     None after one warning per process when it cannot be built."""
+    size = rhs_size(t, x, pw, ode)
+    if size > MAX_RHS_SIZE:
+        if not cached_only:
+            _fallback(f"the right-hand side has {size} operations, more than {MAX_RHS_SIZE}: gcc would take "
+                      f"minutes")
+        return None
     tools = toolchain(compiler)
     if tools is None:
         if not cached_only:
@@ -309,15 +323,18 @@ def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compi
 
 
 # Adaptive choice: compile once the interpreted path has spent about as long as the C compiler
-# takes (0.24 s for SIR and Hodgkin-Huxley, gcc -O2 on this machine; benchmarks/compiled_speed.py):
-# a model run once never waits for gcc, and one run many times pays for compiling at most twice.
-BUILD_BUDGET = 0.25  # seconds of interpreted simulation
+# will take, so that a model run once never waits for gcc and one run many times pays for
+# compiling at most about twice. gcc -O2 on this machine (2026-11-30): 0.24-0.5 s for SIR and
+# Hodgkin-Huxley, 0.53 s for 432 right-hand-side operations, 1.9 s for 1362, 14 s for 4722 and
+# about 500 s for 26802 (a dense 100-patch model): superlinear, hence a size limit.
+BUILD_BUDGET = 0.25  # seconds of interpreted simulation, at least
+BUDGET_PER_OPERATION = 1.4e-3  # seconds of gcc per right-hand-side operation, about
 
 
 class Route:
     """Whether and when one simulator uses its compiled solver: always (mode True), never (False)
-    or adaptively (None: at once if the cache holds it, else after BUILD_BUDGET seconds of
-    interpreted simulation)."""
+    or adaptively (None: at once if the cache holds it, else once the interpreted simulations
+    took about as long as compiling will: BUILD_BUDGET, or more for a larger right-hand side)."""
 
     def __init__(self, mode: Optional[bool], t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX,
                  outputs: ca.Function):
@@ -327,6 +344,7 @@ class Route:
         self._looked_up = False  # the adaptive cache lookup happened
         self._settled = mode is False  # built, or failed to build: no further attempt
         self.interpreted_seconds = 0.0
+        self._size = rhs_size(t, x, pw, ode) if mode is None else 0
 
     def solver(self) -> Optional[CompiledODE]:
         if self._settled:
@@ -335,7 +353,7 @@ class Route:
             self._looked_up = True
             self._solver = build(*self._symbols, cached_only=True)
             self._settled = self._solver is not None
-        elif self.mode or self.interpreted_seconds >= BUILD_BUDGET:
+        elif self.mode or self.interpreted_seconds >= max(BUILD_BUDGET, BUDGET_PER_OPERATION * self._size):
             self._solver = build(*self._symbols)
             self._settled = True
         return self._solver
