@@ -12,7 +12,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps "xgrammar==0.2.9"  # its deps are in [dev], minus 1 GB of triton
 	touch $@
 
-setup: $(VENV)/.installed
+# Optional: SUNDIALS CVODES headers and libraries for compiled simulation
+# (nimm_dsl/backends/compiled.py). Installed only as root with apt-get and only when missing;
+# without them simulations use the interpreted CasADi integrator (same results, slower).
+sundials:
+	@if [ ! -f /usr/include/cvodes/cvodes.h ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsundials-dev >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsundials-dev >/dev/null 2>&1) \
+		|| echo "libsundials-dev not installed: simulations use the interpreted integrator"; \
+	fi
+
+setup: $(VENV)/.installed sundials
 
 # The product's main job on shipped data: score two models of the oncology task (a Gompertz
 # tumour under chemotherapy and radiotherapy) — fit, forecast, both counterfactuals, the plots —
@@ -30,14 +40,15 @@ demo: $(VENV)/.installed
 
 # The suite runs with a new, empty cache directory, as on a fresh machine: a cache must only
 # ever be a speed-up, and one left in ~/.cache once hid a parser bug from CI.
-test: $(VENV)/.installed
+test: $(VENV)/.installed sundials
 	cache=$$(mktemp -d) && XDG_CACHE_HOME=$$cache MPLCONFIGDIR=$$cache/mpl $(BIN)/python -m pytest -p no:cacheprovider; \
 	status=$$?; rm -rf "$$cache"; exit $$status
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/check_speed.py
 	$(BIN)/python benchmarks/simulate_speed.py
+	$(BIN)/python benchmarks/compiled_speed.py
 	$(BIN)/python benchmarks/batch_speed.py
 	$(BIN)/python benchmarks/fit_speed.py
 
-.PHONY: setup demo test bench
+.PHONY: setup sundials demo test bench

@@ -127,7 +127,8 @@ def test_fit_then_simulate_the_fitted_model_under_a_scenario(tmp_path):
     assert table["day"].tolist() == source["day"].astype(float).tolist()
     direct = nimm_dsl.load(model).compile("casadi").simulate(
         source["day"].to_numpy(float), params=fitted["params"], scenario="isolation")
-    assert np.allclose(table["I"], direct["I"], rtol=1e-9)
+    # to the solver's tolerance: either process may take the compiled route (a cached object)
+    assert np.allclose(table["I"], direct["I"], rtol=1e-6)
     assert scenario_png.stat().st_size > 10_000
 
 

@@ -12,9 +12,11 @@ casadi is imported here only; `import nimm_dsl` does not load this module.
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from functools import partial
+from typing import Callable, Mapping, Optional
 
 import casadi as ca
 import numpy as np
@@ -104,7 +106,7 @@ class SymbolicModel:
 class _SegmentPlan:
     segment: Segment
     tail: np.ndarray  # flags and input coefficients (the protocol part of the runtime vector)
-    F: Optional[_FastCall]  # the segment's integrator; None for a zero-length segment
+    make_F: Optional[Callable[[], _FastCall]]  # builds the segment's integrator; None for zero length
     grid: np.ndarray  # integrator output times (after t0; the last one is t1)
     at_start: np.ndarray  # output indices at t0, right after the doses
     later: np.ndarray  # output indices after t0 ...
@@ -114,6 +116,11 @@ class _SegmentPlan:
     out_cols: object
     later_cols: object
     grid_rows: object
+
+    @property
+    def F(self) -> Optional[_FastCall]:
+        """The segment's CasADi integrator, built on first use (the compiled route needs none)."""
+        return None if self.make_F is None else self.make_F()
 
 
 def _as_slice(idx: np.ndarray):
@@ -150,7 +157,10 @@ def compile_casadi(ir: ModelIR, method: str = "cvodes", **options) -> "CasadiSim
     Runge-Kutta).
     options: rtol, atol (defaults for simulate), max_num_steps (per output interval, default
     20000), finite_elements (rk steps per output interval, default 20), integrator_options (a
-    dict passed on to casadi.integrator).
+    dict passed on to casadi.integrator), compiled (the right-hand side compiled to C and
+    integrated by CVODES directly, `nimm_dsl.backends.compiled`: True always, False never, None
+    (default) once a model has run long enough to repay the C compiler or is already cached;
+    'cvodes' without integrator_options only).
     """
     return CasadiSimulator(ir, method=method, **options)
 
@@ -160,7 +170,7 @@ class CasadiSimulator:
 
     def __init__(self, ir: ModelIR, method: str = "cvodes", rtol: float = 1e-8, atol: float = 1e-8,
                  max_num_steps: int = 20000, finite_elements: int = 20,
-                 integrator_options: Optional[dict] = None):
+                 integrator_options: Optional[dict] = None, compiled: Optional[bool] = None):
         if method not in METHODS:
             raise ValueError(f"unknown integration method `{method}`; choose one of {', '.join(METHODS)}")
         self.ir = ir
@@ -187,6 +197,14 @@ class CasadiSimulator:
             self._build_static()
         else:
             self._build_dynamic()
+        self.compiled_route = None
+        if compiled and (method != "cvodes" or integrator_options):
+            raise ValueError("compiled=True needs method='cvodes' and no integrator_options")
+        if compiled is not False and method == "cvodes" and not integrator_options and not ir.is_static:
+            from .compiled import Route
+
+            t, x, P, W, ode = self._ode
+            self.compiled_route = Route(compiled, t, x, ca.vertcat(P, W), ode, self._outputs)
 
     # ------------------------------------------------------------ building the functions
     def _symbolic_env(self, extra: dict, runtime: list):
@@ -340,7 +358,7 @@ class CasadiSimulator:
             times = protocol.output_times[seg.out_idx]
             later = times > seg.t0
             grid = np.unique(np.r_[times[later], seg.t1])
-            F = self._integrator(seg.t0, grid, rtol, atol) if seg.t1 > seg.t0 else None
+            F = partial(self._integrator, seg.t0, grid, rtol, atol) if seg.t1 > seg.t0 else None
             rows, cols = seg.out_idx[later], np.searchsorted(grid, times[later])
             plans.append(_SegmentPlan(seg, segment_tail(seg), F, grid, seg.out_idx[~later],
                                       rows, cols, _as_slice(seg.out_idx), _as_slice(rows),
@@ -406,7 +424,7 @@ class CasadiSimulator:
             x = self._apply_doses(plan.segment, x, P, w, symbolic=True)
             for i in plan.at_start:
                 out_x[i], out_p[i] = x, P
-            if plan.F is not None:
+            if plan.make_F is not None:
                 xf = plan.F.fn(x0=x, p=ca.vertcat(P, w))["xf"]
                 for i, c in zip(plan.later, plan.cols):
                     out_x[i], out_p[i] = xf[:, int(c)], P
@@ -458,18 +476,27 @@ class CasadiSimulator:
         X = np.empty((len(self.ir.states), n_t))
         Pcols = np.empty((self.n_runtime, n_t))
         plans = self._plan(protocol, rtol, atol)
-        x = self._fast_init({0: protocol.t_start, 1: np.r_[theta, plans[0].tail], 2: w}).ravel()
+        solver = self.compiled_route.solver() if self.compiled_route is not None else None
+        started = time.perf_counter()
+        x = self._fast_init({0: protocol.t_start, 1: np.concatenate((theta, plans[0].tail)), 2: w}).ravel()
         self._check_finite(x, f"in the initial values at {self.ir.time_name} = {self._t(protocol.t_start)}",
                            protocol.t_start)
         for plan in plans:
-            P = np.r_[theta, plan.tail]
+            P = np.concatenate((theta, plan.tail))
             x = self._apply_doses(plan.segment, x, P, w, symbolic=False)
             Pcols[:, plan.out_cols] = P[:, None]
             X[:, plan.at_start] = x[:, None]
-            if plan.F is not None:
-                xf = self._integrate(plan, x, P, w, rtol, atol)
+            if plan.make_F is not None:
+                # the compiled solver, where there is one; a failure there reruns the segment on
+                # the interpreted integrator, which locates and reports it
+                xf = None if solver is None else solver.integrate(
+                    plan.segment.t0, plan.grid, x, np.concatenate((P, w)), rtol, atol, self.max_num_steps)
+                if xf is None:
+                    xf = self._integrate(plan, x, P, w, rtol, atol)
                 X[:, plan.later_cols] = xf[plan.grid_rows].T
                 x = xf[-1]
+        if solver is None and self.compiled_route is not None:
+            self.compiled_route.record(time.perf_counter() - started)
         return X, Pcols
 
     # ------------------------------------------------------------ numeric simulation
@@ -498,6 +525,10 @@ class CasadiSimulator:
 
     def _outputs_numeric(self, times, X, Pcols, w, integrals=None) -> np.ndarray:
         """Lets then observes at every output time: [(n_lets + n_observes) x T]."""
+        solver = self.compiled_route.solver() if self.compiled_route is not None else None
+        Y = None if solver is None else solver.outputs(times, X, Pcols, w, integrals)
+        if Y is not None:
+            return Y
         n_t = len(times)
         fast = self._fast_output_map.get(n_t)
         if fast is None:

@@ -128,7 +128,7 @@ def trough_warnings(times, X: np.ndarray, states, atol: float, time_name: str,
         if not np.isfinite(s.lo):
             continue
         above = X[i] - s.lo
-        came_down = np.maximum.accumulate(np.r_[0.0, above[:-1]]) > TROUGH_DEPTH * atol
+        came_down = np.maximum.accumulate(np.concatenate(([0.0], above[:-1]))) > TROUGH_DEPTH * atol
         idx = np.flatnonzero((np.abs(above) <= 10 * atol) & came_down)
         if idx.size == 0:
             continue
