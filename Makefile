@@ -12,14 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps "xgrammar==0.2.9"  # its deps are in [dev], minus 1 GB of triton
 	touch $@
 
-# Optional: SUNDIALS CVODES headers and libraries for compiled simulation
-# (nimm_dsl/backends/compiled.py). Installed only as root with apt-get and only when missing;
-# without them simulations use the interpreted CasADi integrator (same results, slower).
+# Optional: SUNDIALS CVODES and GNU Scientific Library headers and libraries for compiled
+# simulation (nimm_dsl/backends/compiled.py). Installed only as root with apt-get and only when
+# missing; without them simulations use the interpreted CasADi integrator (same results, slower).
 sundials:
-	@if [ ! -f /usr/include/cvodes/cvodes.h ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsundials-dev >/dev/null 2>&1 \
-		|| (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsundials-dev >/dev/null 2>&1) \
-		|| echo "libsundials-dev not installed: simulations use the interpreted integrator"; \
+	@if { [ ! -f /usr/include/cvodes/cvodes.h ] || [ ! -f /usr/include/gsl/gsl_odeiv2.h ]; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsundials-dev libgsl-dev >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsundials-dev libgsl-dev >/dev/null 2>&1) \
+		|| echo "libsundials-dev or libgsl-dev not installed: simulations use the interpreted integrator"; \
 	fi
 
 setup: $(VENV)/.installed sundials

@@ -1,7 +1,7 @@
 """The compiled route (nimm_dsl/backends/compiled.py): same results as the interpreted CasADi path
 and scipy, a cache that never loads a planted object, and a clean fallback.
 
-Where this machine has no C compiler or no SUNDIALS headers, the parity tests still run and
+Where this machine has no C compiler or no SUNDIALS or GSL headers, the parity tests still run and
 assert the fallback instead (same results, one warning): nothing is skipped.
 """
 import os
@@ -18,12 +18,15 @@ from scipy.integrate import solve_ivp
 import nimm_dsl
 from nimm_dsl.backends import compiled
 from nimm_dsl.backends.casadi_backend import compile_casadi
+from nimm_dsl.backends.protocol import segment_tail
 from nimm_dsl.errors import SimulationError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-# what the CI machine has (.ci/run installs libsundials-dev); without it the fallback is asserted
-TOOLCHAIN = shutil.which("cc") is not None and Path("/usr/include/cvodes/cvodes.h").exists()
+# what the CI machine has (make setup installs libsundials-dev and libgsl-dev); without them the
+# fallback is asserted
+TOOLCHAIN = (shutil.which("cc") is not None and Path("/usr/include/cvodes/cvodes.h").exists()
+             and Path("/usr/include/gsl/gsl_odeiv2.h").exists())
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 
@@ -130,10 +133,31 @@ def test_stiff_model_matches_interpreted(tmp_path):
     assert np.max(np.abs(a["x"] - b["x"])) < 1e-5 * 2
     assert np.min(a["x"]) < -1.9 and np.max(a["x"]) > 1.9  # it relaxed both ways
     solver = compile_casadi(ir, compiled=True).compiled_route.solver()
-    if TOOLCHAIN:  # the explicit method alone would need far more than 2000 steps per output
+    if TOOLCHAIN:  # an explicit method alone would need far more than 2000 steps per output
         pw = np.array([1000.0])
-        assert solver.integrate(0.0, times[1:], [2.0, 0.0], pw, 1e-8, 1e-8, 2000, "dopri5") is not None
-        assert solver.integrate(0.0, times[1:], [2.0, 0.0], pw, 1e-8, 1e-8, 2000, "bdf") is not None
+        bdf = solver.integrate(0.0, times[1:], [2.0, 0.0], pw, 1e-8, 1e-8, 2000, "bdf")
+        assert bdf is not None
+        for method in ("rkf45", "rkck", "rk8pd"):  # each hands the segment over to BDF
+            explicit = solver.integrate(0.0, times[1:], [2.0, 0.0], pw, 1e-8, 1e-8, 2000, method)
+            assert explicit is not None and np.max(np.abs(explicit[:, 0] - bdf[:, 0])) < 1e-3
+
+
+@pytest.mark.parametrize("method", sorted(compiled.METHODS))
+def test_every_method_matches_scipy(method):
+    """Each stepper the driver offers, called bare on SIR, against DOP853 at 1e-12."""
+    ir = load("flu_sir.nimm")
+    times = np.linspace(0, 30, 301)
+    fast = compile_casadi(ir, compiled=True)
+    solver = fast.compiled_route.solver()
+    if not TOOLCHAIN:
+        assert solver is None
+        return
+    ref = solve_ivp(sir_rhs, (0, 30), [762.0, 1.0, 0.0], t_eval=times, args=(1.73,), method="DOP853",
+                    rtol=1e-12, atol=1e-12).y
+    (segment,) = fast.protocol(times).segments
+    pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+    x = solver.integrate(0.0, times[1:], np.array([762.0, 1.0, 0.0]), pw, 1e-10, 1e-10, 20000, method)
+    assert x is not None and close(x.T, ref[:, 1:])
 
 
 def test_failure_is_located_like_the_interpreted_path(tmp_path):
@@ -234,19 +258,19 @@ def test_shared_cache_directory_is_refused(private_cache):
 
 
 # ---------------------------------------------------------------- fallback and adaptivity
-@pytest.mark.parametrize("compiler", ["missing", "no sundials"])
-def test_fallback_warns_once_and_matches(tmp_path, monkeypatch, compiler):
+@pytest.mark.parametrize("compiler,reason", [("missing", "no C compiler"),
+                                             ("cvodes/cvodes.h", "SUNDIALS"),
+                                             ("gsl/gsl_odeiv2.h", "GNU Scientific Library")])
+def test_fallback_warns_once_and_matches(tmp_path, monkeypatch, compiler, reason):
     if compiler == "missing":
         monkeypatch.setenv(compiled.COMPILER_ENV, str(tmp_path / "no-such-cc"))
-        reason = "no C compiler"
-    else:  # a compiler that cannot find the headers, as on a machine without libsundials-dev
+    else:  # a compiler that cannot find a header, as on a machine without libsundials-dev or libgsl-dev
         fake = tmp_path / "fake-cc"
         fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo fake 1.0; exit 0; fi\n"
-                        "echo 'model.c:1: fatal error: cvodes/cvodes.h: No such file or directory' >&2\n"
+                        f"echo 'model.c:1: fatal error: {compiler}: No such file or directory' >&2\n"
                         "exit 1\n")
         fake.chmod(0o755)
         monkeypatch.setenv(compiled.COMPILER_ENV, str(fake))
-        reason = "SUNDIALS"
     ir = load("flu_sir.nimm")
     times = np.linspace(0, 30, 31)
     with warnings.catch_warnings(record=True) as caught:

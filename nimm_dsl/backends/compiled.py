@@ -4,8 +4,9 @@ CasADi's integrator costs about a millisecond per call however small the model (
 set-up and timers), ten times what a compiled right-hand side needs. Here the model's right-hand
 side and its dense Jacobian, the SX expressions the CasADi back end already builds, are turned
 into C by CasADi's code generator (public API), joined with a small driver of our own
-(`compiled_driver.c`: Dormand-Prince 5(4) on plain arrays with dense output at the output times,
-handing over to CVODES BDF with our Jacobian where the problem turns out stiff) and compiled with
+(`compiled_driver.c`: an explicit Runge-Kutta pair of the GNU Scientific Library's gsl_odeiv2
+stepping to each output time, handing over to CVODES BDF with our Jacobian where the problem turns
+out stiff) and compiled with
 the system C compiler into a shared object loaded with ctypes. The CasADi back
 end calls it once per segment of the event protocol, exactly where it would call its integrator.
 
@@ -14,7 +15,7 @@ Shared objects are cached per user under `$XDG_CACHE_HOME/nimm_dsl/compiled` (el
 Nothing is loaded unless the directory is ours and private (0700), the file is ours and writable
 by nobody else, and its content hash equals the one recorded when we built it (docs/security.md).
 
-Where no C compiler or no SUNDIALS headers exist, `build` returns None after one warning per
+Where no C compiler or no SUNDIALS or GSL headers exist, `build` returns None after one warning per
 process and the interpreted integrator is used: same results within the tolerances.
 """
 from __future__ import annotations
@@ -34,19 +35,19 @@ from typing import Optional
 import casadi as ca
 import numpy as np
 
-# "dopri5": Dormand-Prince 5(4) on plain arrays, switching to CVODES BDF where the problem turns
-# out stiff; "adams" and "bdf": CVODES throughout. Chosen by measurement at equal accuracy
-# (benchmarks/compiled_speed.py).
-METHODS = {"dopri5": 0, "adams": 1, "bdf": 2}
-DEFAULT_METHOD = "dopri5"
+# "rkf45", "rkck", "rk8pd": GSL's explicit embedded Runge-Kutta pairs, switching to CVODES BDF
+# where the problem turns out stiff; "adams" and "bdf": CVODES throughout. The default is chosen
+# by measurement at equal accuracy (benchmarks/compiled_speed.py).
+METHODS = {"adams": 1, "bdf": 2, "rkf45": 3, "rkck": 4, "rk8pd": 5}
+DEFAULT_METHOD = "rk8pd"
 FLAGS = ("-O2", "-shared", "-fPIC")
-LIBS = ("-lsundials_cvodes", "-lsundials_nvecserial", "-lm")
+LIBS = ("-lsundials_cvodes", "-lsundials_nvecserial", "-lgsl", "-lgslcblas", "-lm")
 COMPILER_ENV = "NIMM_CC"  # the C compiler to use; a missing one means the interpreted path
 DRIVER = Path(__file__).with_name("compiled_driver.c")
 
 
 class CompiledFallback(UserWarning):
-    """The compiled route is unavailable (no compiler, no SUNDIALS, an unsafe cache); the
+    """The compiled route is unavailable (no compiler, no SUNDIALS or GSL, an unsafe cache); the
     interpreted CasADi integrator is used instead."""
 
 
@@ -219,8 +220,11 @@ def _compile(tools: Toolchain, source: str, so: Path, digest: Path) -> Optional[
         except (OSError, subprocess.SubprocessError) as err:
             return f"the C compiler {tools.compiler} failed to run: {err}"
         if run.returncode != 0:
-            if "cvodes" in run.stderr and ("No such file" in run.stderr or "cannot find" in run.stderr):
+            missing = "No such file" in run.stderr or "cannot find" in run.stderr
+            if missing and "cvodes" in run.stderr:
                 return "no SUNDIALS CVODES headers or libraries (Debian: apt-get install libsundials-dev)"
+            if missing and "gsl" in run.stderr:
+                return "no GNU Scientific Library headers or libraries (Debian: apt-get install libgsl-dev)"
             first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr[:200])
             return f"the C compiler failed: {first.strip()}"
         content = out.read_bytes()
@@ -250,7 +254,7 @@ class CompiledODE:
     def integrate(self, t0: float, grid: np.ndarray, x0: np.ndarray, pw: np.ndarray, rtol: float,
                   atol: float, max_steps: int, method: Optional[str] = None) -> Optional[np.ndarray]:
         """The states at each time of `grid` (increasing, after t0) from x0 at t0: [len(grid) x nx];
-        None when CVODES fails (the caller reruns the segment on the interpreted path, which
+        None when the solver fails (the caller reruns the segment on the interpreted path, which
         locates and reports the failure)."""
         grid = np.ascontiguousarray(grid, dtype=float)
         x0 = np.ascontiguousarray(x0, dtype=float)
