@@ -8,9 +8,11 @@ SIR and Hodgkin-Huxley (examples/), 1000 output times. For every tolerance of a 
 solver runs REPEATS times, interleaved with the others so that load on a shared machine affects
 them alike; its error is the largest error relative to each state's range against DOP853 at
 rtol = atol = 1e-12. "compiled, bare solver" is the same compiled object called directly for
-the one segment (no protocol, outputs or result), as the peers are called. "compiled" uses the default method (Dormand-Prince 5(4) in C, CVODES BDF
-when stiff), "compiled BDF" CVODES BDF throughout, which is how the default was chosen. "At equal accuracy" compares, for an error level, each solver's fastest
-run that reaches it. Our two routes are timed through `simulate` (protocol, outputs, result),
+the one segment (no protocol, outputs or result), as the peers are called. "compiled" uses the
+default method (compiled.DEFAULT_METHOD: a GSL explicit Runge-Kutta pair, CVODES BDF when stiff);
+"compiled <method>" each other method of the driver (GSL rkf45, rkck, rk8pd; CVODES BDF
+throughout), which is how the default was chosen. "At equal accuracy" compares, for an error
+level, each solver's fastest run that reaches it. Our two routes are timed through `simulate` (protocol, outputs, result),
 the peers as bare solver calls on hand-written right-hand sides. Compile time (code generation
 + gcc, empty cache) and a cached load are reported separately.
 """
@@ -90,11 +92,13 @@ def numbalsoda_solvers():
 
 def median_times(fns, repeats) -> list[float]:
     samples = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, samples):
+    for rep in range(repeats):
+        # a different solver goes first each round: the first after another solver runs slower
+        for i in range(len(fns)):
+            k = (rep + i) % len(fns)
             t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
+            fns[k]()
+            samples[k].append(time.perf_counter() - t0)
     return [statistics.median(s) for s in samples]
 
 
@@ -123,16 +127,18 @@ def run_case(name, file, horizon, rhs, y0, states, peers, repeats):
             return np.array([res[s] for s in states])
         return run
 
-    def bdf(tol):  # the compiled route with CVODES BDF instead of the default, for the choice
-        run = ours(fast, tol)
+    def with_method(method):  # the compiled route with another method than the default, for the choice
+        def make(tol):
+            run = ours(fast, tol)
 
-        def with_bdf():
-            compiled_route.DEFAULT_METHOD = "bdf"
-            try:
-                return run()
-            finally:
-                compiled_route.DEFAULT_METHOD = default
-        return with_bdf
+            def timed():
+                compiled_route.DEFAULT_METHOD = method
+                try:
+                    return run()
+                finally:
+                    compiled_route.DEFAULT_METHOD = default
+            return timed
+        return make
 
     # the compiled solver called bare, as the peers are: one segment from the initial state
     solver = fast.compiled_route.solver()
@@ -145,7 +151,8 @@ def run_case(name, file, horizon, rhs, y0, states, peers, repeats):
     default = compiled_route.DEFAULT_METHOD
     solvers = {"compiled": lambda tol: ours(fast, tol),
                "compiled, bare solver": lambda tol: lambda: np.c_[np.asarray(y0, float), bare(tol)()],
-               "compiled BDF": bdf,
+               **{f"compiled {m}": with_method(m) for m in compiled_route.METHODS
+                  if m != default},
                "CasADi interpreted": lambda tol: ours(slow, tol),
                "scipy LSODA": lambda tol: lambda: solve_ivp(rhs, (0.0, horizon), y0, method="LSODA",
                                                              t_eval=times, rtol=tol, atol=tol).y}
@@ -188,8 +195,8 @@ def main():
             print(f"| {case[0]} | {tol:g} | " + " | ".join(cells) + " |")
 
     print("\nAt equal accuracy: fastest run reaching each error level (ms), and the ratios\n")
-    peer_cols = [s for s in ("numbalsoda", "scipy LSODA", "CasADi interpreted", "compiled BDF",
-                             "compiled, bare solver") if s in solvers]
+    peer_cols = [s for s in ("numbalsoda", "scipy LSODA", "CasADi interpreted", "compiled, bare solver")
+                 if s in solvers] + [s for s in solvers if s.startswith("compiled ") and s != "compiled, bare solver"]
     print("| model | error <= | compiled | " + " | ".join(peer_cols) + " | "
           + " | ".join(f"compiled / {p}" for p in peer_cols) + " |")
     print("|---|---:|---:|" + "---:|" * (2 * len(peer_cols)))

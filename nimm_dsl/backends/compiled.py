@@ -1,4 +1,4 @@
-"""The compiled route of the CasADi back end: the right-hand side as C, integrated by CVODES directly.
+"""The compiled route of the CasADi back end: the right-hand side as C, integrated directly (GSL, CVODES).
 
 CasADi's integrator costs about a millisecond per call however small the model (its per-call
 set-up and timers), ten times what a compiled right-hand side needs. Here the model's right-hand
@@ -39,7 +39,7 @@ import numpy as np
 # where the problem turns out stiff; "adams" and "bdf": CVODES throughout. The default is chosen
 # by measurement at equal accuracy (benchmarks/compiled_speed.py).
 METHODS = {"adams": 1, "bdf": 2, "rkf45": 3, "rkck": 4, "rk8pd": 5}
-DEFAULT_METHOD = "rk8pd"
+DEFAULT_METHOD = "rkck"
 FLAGS = ("-O2", "-shared", "-fPIC")
 LIBS = ("-lsundials_cvodes", "-lsundials_nvecserial", "-lgsl", "-lgslcblas", "-lm")
 COMPILER_ENV = "NIMM_CC"  # the C compiler to use; a missing one means the interpreted path
