@@ -73,6 +73,8 @@ def test_the_data_summary_shows_each_provided_table():
     assert ('Provided table `rates.csv` (2 rows keyed by `p`: declare `index p = ...` with those members and '
             'read a column with `const NAME[i in p] [UNIT] = table("rates.csv", COLUMN)`)') in summary
     assert "p,k\n1,0.1\n2,0.3" in summary
+    # a short training table is shown whole, so its last rows (where an epidemic peaks) are seen
+    assert "All rows:" in summary and summary.count("\n7.0,") == 1
 
 
 @pytest.mark.parametrize("tables, message", [

@@ -23,6 +23,7 @@ from ..grammar.words import BUILTIN_CONSTANTS
 
 MAX_DIAGNOSTIC_CHARS = 6000  # a repair prompt shows at most this much of the diagnostics
 MAX_SUMMARY_ROWS = 5
+WHOLE_TABLE_ROWS = 15  # up to this many rows the summary shows the table whole (a language model read the peaks off it)
 MAX_PROVIDED_ROWS = 30  # a districts' table is reference data: shown whole when small
 
 # One line of form per statement keyword; a test checks every keyword of the grammar has one.
@@ -52,9 +53,11 @@ Rules that matter:
 - One statement per line; a long expression may wrap only inside ( ). `#` starts a comment.
   Order does not matter. Use `^` for powers (not `**`) and `der(X) = ...` (not dX/dt).
 - Units in brackets: [1/day], [mg/L], [person], [1] (dimensionless); compound units such as
-  [g/L/h] or [mL/(kg*h)] and powers [m^2] are fine. A bare number standing
-  alone in a declaration, bound, dose amount or set value takes the declared unit; a number next
-  to names is dimensionless, so write `5 [day]`. der(X) has the unit of X per time unit.
+  [g/L/h] or [mL/(kg*h)] and powers [m^2] are fine. A bare number (or numbers only, `1 / 3`)
+  standing alone in a declaration, bound, dose amount or set value takes the declared unit; a
+  number next to names is dimensionless, so write `5 [day]`. der(X) has the unit of X per time unit.
+- What the task states (a known period, a population, a dose) is a `const`; only what is unknown
+  is a `param`. Estimating a stated value lets it drift to a bound and blurs every other estimate.
 - Arguments of exp, log, sin, ... and of neural terms must be dimensionless: divide by a
   reference scale (S / N).
 - The time variable is named exactly like the data table's time column (`time day [day]` for a
@@ -66,7 +69,8 @@ Rules that matter:
 - Every data column to fit needs an `observe` of the same name and unit. A reported fraction of
   incidence per day is `observe cases [person] = rho * rate * 1 [day] ~ poisson`; counts reported
   per week are the integral of the rate over the week: `observe weekly [person] =
-  integral(rho * rate, 7 [day]) ~ negbinomial(dispersion = k)` (`integral` only in observes).
+  integral(rho * rate, 7 [day]) ~ negbinomial(dispersion = k)`: the integral over the 7 days
+  ending at each observation time (`integral` only in observes).
   Counts use `poisson` or, when overdispersed, `negbinomial` with `param k [1]`; positive
   quantities spanning decades `lognormal(sigma = s)`; otherwise `normal(sigma = s)` with
   `param s [unit of the observe] = ... in [..]`. The observe's own name in its sigma is its
@@ -77,16 +81,19 @@ Rules that matter:
 - A neural term should refine a named `let` (a rate, a response), start at zero (`init = zero`)
   and stay small (hidden = [8]); give it `penalty = 1e-3`.
 - Districts, age groups, a chain of compartments: an index and families, each line written once.
-  `index district = 1..8` (members 1 to 8; named: `index age = [child, adult]`); `const
+  `index district = 1..8` (members 1 to 8; named: `index age = [child, adult]`); a variable in
+  brackets on the left of a declaration ranges over its index, and in `der`, `flow`, `dose` and
+  `set` lines a subscript that is not a member (`S[d]`) means every member; `const
   pop[d in district] [person] = table("districts.csv", pop)` reads column `pop` of a table the
   task provides, keyed by a column named `district`; `state I[d in district] [person] =
   ifelse(d == 1, 10 [person], 0 [person])` gives one element its own value; `let foi[d in
   district] [1/day] = beta * sum(k in district, C[d, k] * I[k] / pop[k])`; `flow S[d] -> E[d] =
   foi[d] * S[d]` and `der(X[d])` are one equation per member; `observe cases[d in district]
-  [person] = ...` fits the data columns `cases[1]`, `cases[2]`, ...; `I[1]` is one element.
+  [person] = ...` fits the data columns `cases[1]`, `cases[2]`, ...; `I[1]` is one element; a
+  matrix is `const C[d in district, k in district] [1] = ...` (two variables, one per position).
 - Every scenario the task names must be a `scenario NAME ... end` block. Inside it, `set` lines
   change params, consts or inputs, over a window if needed (`set lockdown = 1 from 20 to 45`,
-  times in the time unit), `dose` lines add or replace doses and `remove DOSE` drops one. Say the
+  times in the time unit; without `to`, to the end of the run), `dose` lines add or replace doses and `remove DOSE` drops one. Say the
   whole intervention inside the block, even when the data drive it through an input column."""
 
 
@@ -171,9 +178,10 @@ def summarize_table(path, provided=(), max_rows: int = MAX_SUMMARY_ROWS) -> str:
         lines.append(f"- `{column}`: {kind}, {shape}"
                      + (f", {missing} missing" if missing else "")
                      + (f" (first {present.iloc[0]:.4g}, last {present.iloc[-1]:.4g})" if len(distinct) > 4 else ""))
+    whole = len(frame) <= WHOLE_TABLE_ROWS  # a short table is read whole: its last rows matter too
     with open(path, encoding="utf-8-sig") as handle:  # as written, not as pandas reformats them
-        first = [next(handle, "").rstrip("\n") for _ in range(max_rows + 1)]
-    lines.append("First rows:\n" + "\n".join(line for line in first if line))
+        first = [next(handle, "").rstrip("\n") for _ in range((WHOLE_TABLE_ROWS if whole else max_rows) + 1)]
+    lines.append(("All rows:\n" if whole else "First rows:\n") + "\n".join(line for line in first if line))
     for table in provided:
         with open(table, encoding="utf-8-sig") as handle:
             rows = [line.rstrip("\n") for line in handle if line.strip()]
