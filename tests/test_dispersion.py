@@ -185,3 +185,15 @@ def test_a_mean_direction_the_data_cannot_determine_leaves_the_adjusted_dispersi
     assert fit.params["kd"] == pytest.approx(alone.params["kd"], rel=1e-5)
     assert fit.params["A0"] * fit.params["c"] == pytest.approx(alone.params["A0"], rel=1e-5)
     assert "not determined by the data" in fit.labels["c"]
+
+
+def test_a_dispersion_at_its_upper_bound_says_that_poisson_would_do():
+    """Counts no more spread than Poisson around the model drive k to its upper bound; a language
+    model behind the agent read only "widen the bound" and kept the negative binomial."""
+    exact = pd.DataFrame({"t": TIMES, "y": np.round(mean(0.3, 100.0))})  # no noise at all
+    fitted = decay().fit(exact, progress=False)
+    assert fitted.params["kd"] == pytest.approx(100.0)
+    assert any("the dispersion `kd` ran to its upper bound" in w and "`~ poisson`" in w
+               for w in fitted.warnings)
+    overdispersed = decay().fit(FRAME, progress=False)  # k well inside its bounds: no such advice
+    assert not any("ran to its upper bound" in w for w in overdispersed.warnings)

@@ -18,7 +18,7 @@ from .failures import native_output_captured
 from .loss import numpy_nll, predict, rmse_by_observe
 from ..series_params import by_series, estimated_params, series_key
 from .multistart import START_ERRORS, MultiStart, StartOutcome, StartSolver, run_starts, start_origins
-from .result import FitResult, matrix_dict
+from .result import AT_UPPER, FitResult, matrix_dict
 from .starts import correlation, finite_difference_hessian, param_labels, standard_errors, start_points
 
 
@@ -187,6 +187,11 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
             warnings.append(f"no standard errors: the curvature of the loss could not be computed ({e})")
     labels, label_warnings = param_labels(est, best.values, stderr, flat)
     warnings += label_warnings
+    for p in dispersion_only(ir, train):
+        if AT_UPPER in labels.get(p.name, []):  # k -> inf is the Poisson limit
+            warnings.append(f"the dispersion `{p.name}` ran to its upper bound: the counts spread no more "
+                            "than Poisson counts around the model, so `~ poisson` is the simpler noise "
+                            "model for them")
     metrics = {"rmse": rmse_by_observe(train, predict(sim, train, best.values, best.weights, rtol, atol))}
     holdout_after = {}
     if valid is not None and valid.series:
