@@ -17,3 +17,12 @@ def test_cold_fit_loads_no_pandas_torch_matplotlib_or_pint(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert "beta" in out.stdout  # the fit ran and reported
     assert out.stdout.strip().splitlines()[-1] == "loaded: 0"
+
+
+def test_cold_check_loads_no_back_end_and_no_package_metadata(tmp_path):
+    # `--version` alone needs importlib.metadata; `nimm check` must not load a back end
+    code = ("import sys; from nimm_dsl.cli import main; rc = main(sys.argv[1:]); "
+            "print('loaded:', rc, *[m for m in ('torch', 'casadi', 'importlib.metadata') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code, "check", str(EXAMPLES / "flu_sir.nimm")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "loaded: 0"

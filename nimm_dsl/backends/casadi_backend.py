@@ -64,7 +64,7 @@ _FAILURE_REASONS = {
 }
 
 
-class _FastCall:
+class FastCall:
     """Numeric calls of a CasADi Function through its buffer interface: numpy memory in and out,
     no DM conversions (about 10x less overhead for long output grids). A CasADi n x m matrix is
     an (m, n) C-ordered array here. Raises RuntimeError like a normal call."""
@@ -106,7 +106,7 @@ class SymbolicModel:
 class _SegmentPlan:
     segment: Segment
     tail: np.ndarray  # flags and input coefficients (the protocol part of the runtime vector)
-    make_F: Optional[Callable[[], _FastCall]]  # builds the segment's integrator; None for zero length
+    make_F: Optional[Callable[[], FastCall]]  # builds the segment's integrator; None for zero length
     grid: np.ndarray  # integrator output times (after t0; the last one is t1)
     at_start: np.ndarray  # output indices at t0, right after the doses
     later: np.ndarray  # output indices after t0 ...
@@ -118,7 +118,7 @@ class _SegmentPlan:
     grid_rows: object
 
     @property
-    def F(self) -> Optional[_FastCall]:
+    def F(self) -> Optional[FastCall]:
         """The segment's CasADi integrator, built on first use (the compiled route needs none)."""
         return None if self.make_F is None else self.make_F()
 
@@ -260,13 +260,13 @@ class CasadiSimulator:
         init_env[ir.time] = t
         init = ca.vertcat(*[walk(s.init, init_env, CASADI_OPS, neural, {}) for s in ir.states])
         self._init = ca.Function("init", [t, P, W], [init], ["t", "P", "W"], ["x0"])
-        self._fast_init = _FastCall(self._init)
+        self._fast_init = FastCall(self._init)
         # a dose amount may use any value: it is evaluated in the state just before the dose
         self._dose_amount = {}
         for dose in [d for d in ir.doses] + [d for sc in ir.scenarios.values() for d in sc.doses]:
             self._dose_amount[id(dose)] = ca.Function("dose_amount", [t, x, P, W], [ev(dose.amount)])
         self._output_map: dict[int, ca.Function] = {}
-        self._fast_output_map: dict[int, _FastCall] = {}
+        self._fast_output_map: dict[int, FastCall] = {}
 
     def _build_static(self):
         ir = self.ir
@@ -330,7 +330,7 @@ class CasadiSimulator:
         return ca.integrator("F_custom", self._plugin, dae, float(t0), [float(g) for g in grid],
                              self._integrator_opts(rtol, atol))
 
-    def _integrator(self, t0: float, grid: np.ndarray, rtol: float, atol: float) -> _FastCall:
+    def _integrator(self, t0: float, grid: np.ndarray, rtol: float, atol: float) -> FastCall:
         grid = np.ascontiguousarray(grid, dtype=float)
         key = (float(t0), grid.tobytes(), rtol, atol)
         F = self._integrators.get(key)
@@ -339,7 +339,7 @@ class CasadiSimulator:
             return F
         t, x, P, W, ode = self._ode
         dae = {"x": x, "p": ca.vertcat(P, W), "t": t, "ode": ode}
-        F = _FastCall(ca.integrator("F", self._plugin, dae, float(t0), grid.tolist(),
+        F = FastCall(ca.integrator("F", self._plugin, dae, float(t0), grid.tolist(),
                                     self._integrator_opts(rtol, atol)))
         self._integrators[key] = F
         if len(self._integrators) > _CACHE_SIZE:
@@ -532,7 +532,7 @@ class CasadiSimulator:
         n_t = len(times)
         fast = self._fast_output_map.get(n_t)
         if fast is None:
-            fast = self._fast_output_map[n_t] = _FastCall(self._output_fn(n_t))
+            fast = self._fast_output_map[n_t] = FastCall(self._output_fn(n_t))
         # a CasADi n x T matrix is a (T, n) C-ordered array
         args = {0: times, 1: X.T, 2: Pcols.T, 3: w}
         if integrals is not None:

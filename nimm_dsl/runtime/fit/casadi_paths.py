@@ -245,6 +245,7 @@ class Sensitivities:
         self.integral_rows = rows
         self.n_obs = y.shape[0]
         self._integrators = {}
+        self._mapped_outputs = {}  # per number of output times, called through numpy buffers
         self._symbols = (t, x, P, W, S, S2, theta, a)
         self._jumps = {}
 
@@ -274,8 +275,6 @@ class Sensitivities:
         boundaries do not depend on the params); each segment integrates with its own runtime
         vector. With integrals the protocol's grid also holds each t - window (Protocol.lags).
         RuntimeError when the integration fails or gives non-finite values."""
-        import casadi as ca
-
         times = protocol.output_times
         A_all = np.empty((self.dae["x"].shape[0], len(times)))
         P_all = np.empty((len(p) + len(segment_tail(protocol.segments[0])), len(times)))
@@ -295,8 +294,9 @@ class Sensitivities:
                 key = grid.tobytes() + np.float64(seg.t0).tobytes()
                 F = self._integrators.get(key)
                 if F is None:
-                    F = self._integrators[key] = self.sim.integrator_for(self.dae, seg.t0, grid, self.rtol, self.atol)
-                X = np.asarray(F(x0=a, p=P)["xf"], dtype=float)
+                    F = self._integrators[key] = _buffered(self.sim.integrator_for(self.dae, seg.t0, grid,
+                                                                                   self.rtol, self.atol))
+                X = F({F.fn.index_in("x0"): a, F.fn.index_in("p"): P}, F.fn.index_out("xf")).T
                 A[:, later] = X[:, np.searchsorted(grid, ts[later])]
                 a = X[:, -1]  # the grid ends at t1: the next segment starts here
             if not (np.all(np.isfinite(A)) and np.all(np.isfinite(a))):
@@ -312,14 +312,28 @@ class Sensitivities:
             lags = np.repeat(protocol.lags, n, axis=0)
             dI = (dQ[:, cols] - dQ[np.arange(dQ.shape[0])[:, None], lags]).reshape(len(rows), n, len(cols))
             dI = dI.transpose(1, 0, 2).reshape(n * len(rows), len(cols))  # vec(dI) per column
-        out = np.asarray(self.outputs.map(len(cols))(ca.DM(times[cols]).T, A_all[:, cols], P_all[:, cols],
-                                                     np.zeros(0), I, dI), dtype=float)
+        mapped = self._mapped_outputs.get(len(cols))
+        if mapped is None:
+            mapped = self._mapped_outputs[len(cols)] = _buffered(self.outputs.map(len(cols)))
+        # a buffer holds a CasADi (rows x columns) matrix as a (columns, rows) C-ordered array
+        args = {0: times[cols], 1: A_all[:, cols].T, 2: P_all[:, cols].T}
+        if rows:
+            args.update({4: I.T, 5: dI.T})
+        out = mapped(args).T
         n_t = len(cols)
         y = out[:m]
         dy = out[m:m + m * n].T.reshape(n_t, n, m).transpose(0, 2, 1)
         d2y = (out[m + m * n:].T.reshape(n_t, n, n, m).transpose(0, 3, 2, 1)
                if self.order == 2 else None)
         return y, dy, d2y
+
+
+def _buffered(fn):
+    """`fn` called through numpy buffers (backends' FastCall): the dict call's DM conversions
+    cost about as much as the outputs' evaluation for these small models."""
+    from ...backends.casadi_backend import FastCall
+
+    return FastCall(fn)
 
 
 def least_squares_plan(ir: ModelIR, train: Dataset, sim):
