@@ -638,6 +638,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # numpy's RuntimeWarnings (overflow in exp, ...) are no message for a user: what went
             # wrong is reported as a diagnostic with the quantity and the time
             warnings.simplefilter("ignore", RuntimeWarning)
+            # a library warning (the compiled route falling back, say) reads like our other
+            # messages, not as Python's `file:line: Category:` with a source line under it
+            warnings.showwarning = lambda message, *_, **__: _say(f"nimm: warning: {message}")
             return commands[args.command](args)
     except BaseException as e:  # noqa: BLE001 - every outcome becomes a message and an exit status
         if isinstance(e, KeyboardInterrupt) or interrupted():  # whatever a solver made of Ctrl-C

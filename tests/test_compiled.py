@@ -338,3 +338,23 @@ def test_a_model_too_large_to_compile_quickly_stays_interpreted(monkeypatch):
     assert sim.compiled_route.solver() is None
     b = compile_casadi(ir, compiled=False).simulate(times)
     assert np.array_equal(a["V"], b["V"])
+
+
+def test_the_cli_words_a_fallback_like_its_other_messages(capsys, monkeypatch):
+    """One line `nimm: warning: compiled simulation unavailable (...)`, not Python's warning format
+    with a file, a line number and a source line under it."""
+    import warnings
+
+    from nimm_dsl.backends.compiled import CompiledFallback
+    from nimm_dsl.cli import main
+
+    def simulate_and_fall_back(args):
+        warnings.warn("compiled simulation unavailable (no C compiler); using the interpreted "
+                      "CasADi integrator, same results, slower", CompiledFallback)
+        return 0
+
+    monkeypatch.setattr("nimm_dsl.cli.cmd_check", simulate_and_fall_back)
+    assert main(["check", "whatever.nimm"]) == 0
+    err = capsys.readouterr().err
+    assert err == ("nimm: warning: compiled simulation unavailable (no C compiler); using the "
+                   "interpreted CasADi integrator, same results, slower\n")
