@@ -85,7 +85,7 @@ class _Fail(Exception):
         self.diagnostic = (code, span, message, hint)
 
 
-_DECLS = (A.ConstDecl, A.ParamDecl, A.StateDecl, A.LetDecl, A.ObserveDecl)
+_DECLS = (A.ConstDecl, A.ParamDecl, A.StateDecl, A.InputDecl, A.LetDecl, A.ObserveDecl)
 
 
 class _Expander:
@@ -251,6 +251,8 @@ class _Expander:
                 changes["value"] = self.table_value(s, env)
             elif isinstance(s, A.StateDecl):
                 changes["init"] = x(s.init)
+            elif isinstance(s, A.InputDecl):
+                changes["default"] = x(s.default)
             else:
                 changes["value"] = x(s.value)
             if getattr(s, "bounds", None) is not None:

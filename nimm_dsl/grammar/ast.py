@@ -273,6 +273,7 @@ class InputDecl:
     interp: str  # 'step' | 'linear'
     doc: Optional[str]
     span: Span
+    family: Optional[list[Binder]] = None  # `[d in district]`: one input (data column) per member
 
 
 @node

@@ -235,7 +235,7 @@ class _Builder(Transformer_NonRecursive):
         return A.StateDecl(c[0], c[2], c[3], c[4], c[5], self.statement_span, c[1])
 
     def input_decl(self, c):
-        return A.InputDecl(c[0], c[1], c[2], c[3] or "step", c[4], self.statement_span)
+        return A.InputDecl(c[0], c[2], c[3], c[4] or "step", c[5], self.statement_span, c[1])
 
     def interp(self, c):
         return str(c[0])

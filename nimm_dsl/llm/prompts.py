@@ -89,7 +89,8 @@ Rules that matter:
   ifelse(d == 1, 10 [person], 0 [person])` gives one element its own value; `let foi[d in
   district] [1/day] = beta * sum(k in district, C[d, k] * I[k] / pop[k])`; `flow S[d] -> E[d] =
   foi[d] * S[d]` and `der(X[d])` are one equation per member; `observe cases[d in district]
-  [person] = ...` fits the data columns `cases[1]`, `cases[2]`, ...; `I[1]` is one element; a
+  [person] = ...` fits the data columns `cases[1]`, `cases[2]`, ... (`input u[d in district]` reads
+  `u[1]`, `u[2]`, ... the same way); `I[1]` is one element; a
   matrix is `const C[d in district, k in district] [1] = ...` (two variables, one per position).
 - Every scenario the task names must be a `scenario NAME ... end` block. Inside it, `set` lines
   change params, consts or inputs, over a window if needed (`set lockdown = 1 from 20 to 45`,
