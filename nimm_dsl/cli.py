@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", metavar="DATA.csv", help="inputs and output times from a data table")
     s.add_argument("--times", metavar="T0:T1:N", help="N evenly spaced output times from T0 to T1")
     s.add_argument("--backend", choices=("casadi", "torch"), default="casadi")
+    s.add_argument("--method", choices=("bdf", "adams"), default="bdf", help=METHOD_HELP)
     s.add_argument("--output", metavar="OUT.csv", help="write the table here (default: stdout)")
     s.add_argument("--plot", metavar="PLOT.png", help="plot the run (baseline vs scenario with --scenario)")
     s.add_argument("--bands", type=float, metavar="LEVEL",
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("model", metavar="MODEL")
     f.add_argument("data", metavar="DATA.csv")
     f.add_argument("--backend", choices=("casadi", "torch"), default="casadi")
+    f.add_argument("--method", choices=("bdf", "adams"), default="bdf", help=METHOD_HELP)
     f.add_argument("--output", metavar="FIT.json")
     f.add_argument("--plot", metavar="FIT.png")
     f.add_argument("--starts", type=int, default=1, help="multi-start: N Latin-hypercube starts")
@@ -200,6 +202,21 @@ def cmd_check(args) -> int:
     if args.format == "text":
         print(f"{len(args.files)} file(s) checked: {n_err} error(s), {n_warn} warning(s)", file=sys.stderr)
     return EXIT_ERROR if has_errors(all_diags) else EXIT_OK
+
+
+METHOD_HELP = ("CasADi's integration method: bdf (CVODES BDF, stiff-capable; the default) or adams "
+               "(CVODES Adams without a Jacobian: much faster on large non-stiff models such as "
+               "metapopulations, wrong for stiff ones)")
+
+
+def _simulator(model, args):
+    """The simulator a command uses: the back end's shared one, or CasADi with --method adams."""
+    if getattr(args, "method", "bdf") == "adams":
+        if args.backend != "casadi":
+            raise UsageError("nimm: --method adams is a CasADi integration method; the torch back end "
+                             "has its own solvers")
+        return model.compile("casadi", method="adams")
+    return model.compile(args.backend)
 
 
 def _task_tables(task_file: str):
@@ -345,7 +362,7 @@ def cmd_simulate(args) -> int:
             except FitError as e:
                 raise FitError(f"{args.fit}: {e}") from None
     _torch_threads(args.backend)
-    sim = model.compile(args.backend)
+    sim = _simulator(model, args)
     grid = _parse_times(args.times) if args.times else None
     if grid is not None and ir.t0 is not None and grid[0] < ir.t0:
         raise UsageError(f"nimm: --times starts at {grid[0]:g}, before the model's clock origin "
@@ -452,13 +469,13 @@ def cmd_fit(args) -> int:
         _say(f"nimm: fitting {model.name} to {args.data} ({args.starts} start{'s' * (args.starts > 1)})")
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
                        seed=args.seed, progress=True, hessian=args.hessian,
-                       dispersion=args.dispersion)
+                       dispersion=args.dispersion, simulator=_simulator(model, args))
     if args.profile is not None:
         from .runtime.fit import profile
 
         workers = args.profile_workers if args.profile_workers is not None else (os.cpu_count() or 1)
         profile(model.ir, args.data, result, args.profile or None, holdout=args.holdout,
-                simulator=model.compile(args.backend), workers=workers)
+                simulator=_simulator(model, args), workers=workers)
     print(format_report(result), flush=True)  # before the notes on stderr
     for w in result.warnings:
         _warn(w)
@@ -468,7 +485,7 @@ def cmd_fit(args) -> int:
     if args.plot:
         from .runtime.plots import plot_fit
 
-        written = plot_fit(model.ir, result.dataset, result, model.compile(args.backend), args.plot,
+        written = plot_fit(model.ir, result.dataset, result, _simulator(model, args), args.plot,
                            bands=0.95, log=args.log)
         print(f"nimm: plot written to {written}", file=sys.stderr)
         if result.profiles:

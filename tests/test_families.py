@@ -356,3 +356,28 @@ def test_an_input_family_takes_one_data_column_per_member(backend):
     untreated = sim.simulate(t, params=fitted.params, inputs=inputs, scenario="untreated")
     for p in "123":
         np.testing.assert_allclose(untreated[f"y[{p}]"], 10 * np.exp(-k * t), rtol=1e-5)
+
+
+def test_the_cli_fits_and_simulates_with_the_adams_method(tmp_path, capsys):
+    """`--method adams` (CVODES Adams, no Jacobian: the fast choice for large non-stiff families)
+    reaches the same fit as the default BDF; the torch back end refuses it as a usage error."""
+    import json
+
+    import pandas as pd
+
+    from nimm_dsl.cli import main
+
+    t = np.arange(0.0, 11.0)
+    model = tmp_path / "m.nimm"
+    model.write_text(INPUT_FAMILY)
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"t": t, **{f"y[{p}]": 10 * np.exp(-0.3 * t) for p in "123"}}).to_csv(data, index=False)
+    fits = {}
+    for method in ("bdf", "adams"):
+        out = tmp_path / f"{method}.json"
+        assert main(["fit", str(model), str(data), "--method", method, "--output", str(out)]) == 0
+        fits[method] = json.loads(out.read_text())["params"]["k"]
+    assert fits["adams"] == pytest.approx(0.3, rel=1e-5) and fits["bdf"] == pytest.approx(0.3, rel=1e-5)
+    capsys.readouterr()
+    assert main(["simulate", str(model), "--method", "adams", "--backend", "torch", "--times", "0:5:3"]) == 2
+    assert "--method adams is a CasADi integration method" in capsys.readouterr().err
