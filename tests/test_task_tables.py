@@ -51,7 +51,7 @@ def test_agent_candidates_read_only_the_provided_tables(tmp_path):
     access = task.table_access()
     assert access.allowed == frozenset({"rates.csv"})
     payload = {"source": MODEL, "file": "nodes/000.nimm", "train": str(task.train), "validation": 0.0,
-               "tables": {"folder": str(access.folder), "names": sorted(access.allowed)}}
+               "tables": access.to_plain()}
     scored = score_candidate(payload)
     assert scored["status"] == "ok", scored.get("error")
     assert scored["params"]["scale"] == pytest.approx(SCALE, rel=1e-5)

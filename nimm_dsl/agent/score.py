@@ -31,22 +31,13 @@ def score_candidate(payload: dict) -> dict:
     return out
 
 
-def _tables(entry):
-    """The task's provided tables, sent as plain data (a folder and file names); none otherwise."""
-    from pathlib import Path
-
-    from ..compiler.families import NO_TABLES, TableAccess
-
-    if not entry:
-        return NO_TABLES
-    return TableAccess(Path(entry["folder"]), frozenset(entry["names"]))
-
-
 def _score(payload: dict) -> dict:
     from ..api import load_source
     from ..errors import ModelError, NimmError
 
-    tables = _tables(payload.get("tables"))
+    from ..compiler.families import NO_TABLES, TableAccess
+
+    tables = TableAccess.from_plain(payload.get("tables")) or NO_TABLES  # a candidate reads no file unless given
     try:
         model = load_source(payload["source"], payload.get("file", "<candidate>"), tables)
         ir = model.ir

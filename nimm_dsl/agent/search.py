@@ -240,8 +240,7 @@ class Agent:
                 "observes": list(self.task.observes) if self.task.observes else None,
                 "scenarios": self.scenarios, "noise": noise, "full_fit": full_fit,
                 "lets": _shape_lets(node.source, self.tables),
-                "tables": ({"folder": str(self.tables.folder), "names": sorted(self.tables.allowed)}
-                           if self.task.tables else None)}
+                "tables": self.tables.to_plain() if self.task.tables else None}
 
     def _score_pending(self) -> None:
         pending = [n for n in self.tree.nodes if n.status == "pending"]

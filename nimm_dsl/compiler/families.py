@@ -49,6 +49,18 @@ class TableAccess:
     folder: Optional[Path]
     allowed: Optional[frozenset] = None
 
+    def to_plain(self) -> dict:
+        """As plain data, for a re-check in another process (the probe's child, an agent worker)."""
+        return {"folder": None if self.folder is None else str(self.folder),
+                "allowed": None if self.allowed is None else sorted(self.allowed)}
+
+    @staticmethod
+    def from_plain(entry: Optional[dict]) -> Optional["TableAccess"]:
+        if entry is None:
+            return None
+        return TableAccess(None if entry["folder"] is None else Path(entry["folder"]),
+                           None if entry["allowed"] is None else frozenset(entry["allowed"]))
+
 
 NO_TABLES = TableAccess(None, frozenset())  # model text from a language model, by default
 

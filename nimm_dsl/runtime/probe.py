@@ -50,7 +50,7 @@ def probe(model, data=None, timeout: float = DEFAULT_TIMEOUT, max_steps: int = D
     if ir.source is None:
         raise ValueError("the probe needs a model loaded from text (its IR has no source)")
     request = {"source": ir.source, "file": ir.file, "max_steps": int(max_steps), "inputs": None,
-               "tables": _tables_entry(ir.tables)}
+               "tables": ir.tables.to_plain() if ir.tables is not None else None}
     if ir.is_static:
         request["rows"] = _static_rows(ir, data, file)
     elif data is not None:
@@ -78,26 +78,6 @@ def probe(model, data=None, timeout: float = DEFAULT_TIMEOUT, max_steps: int = D
     return sorted(found, key=sort_key)
 
 
-def _tables_entry(access) -> Optional[dict]:
-    """The table access the model was checked with, as plain data for the child's re-check (a
-    model whose `table(...)` files the task provides must read them there too)."""
-    if access is None:
-        return None
-    return {"folder": None if access.folder is None else str(access.folder),
-            "allowed": None if access.allowed is None else sorted(access.allowed)}
-
-
-def _tables_access(entry):
-    from pathlib import Path
-
-    from ..compiler.families import TableAccess
-
-    if entry is None:
-        return None
-    return TableAccess(None if entry["folder"] is None else Path(entry["folder"]),
-                       None if entry["allowed"] is None else frozenset(entry["allowed"]))
-
-
 def _static_rows(ir: ModelIR, data, file) -> Optional[dict]:
     if data is None:
         return None
@@ -116,10 +96,11 @@ def _runs(request: dict) -> list[Diagnostic]:
     """Every run of the probe, in this process: what the child does."""
     from ..backends import compile_ir
     from ..compiler.check import check_source
+    from ..compiler.families import TableAccess
     from ..compiler.lower import lower
     from ..errors import SimulationError
 
-    checked = check_source(request["source"], request["file"], _tables_access(request.get("tables")))
+    checked = check_source(request["source"], request["file"], TableAccess.from_plain(request.get("tables")))
     if not checked.ok:  # the parent checked it clean: only what it could read differs (a table file)
         return [d for d in checked.diagnostics if d.is_error]
     ir = lower(checked)
