@@ -36,6 +36,28 @@ _PLUGIN = {"adams": "cvodes"}
 _ADAMS = {"linear_multistep_method": "adams", "nonlinear_solver_iteration": "functional"}
 _CACHE_SIZE = 256
 
+def _casadi_matvec(group, vector, entries):
+    """The rows of a linear_forms.LinearGroup as one call of a CasADi function computing the
+    sparse matrix times the vector: N^2 scalar nodes become one node, evaluated by CasADi's
+    matrix product (and differentiated as one). `never_inline` keeps the call a call inside the
+    SX right-hand side."""
+    n_rows, n_cols = group.shape
+    order = group.column_major()
+    pattern = ca.Sparsity.triplet(n_rows, n_cols, [group.entries[i][0] for i in order],
+                                  [group.entries[i][1] for i in order])
+    v = ca.MX.sym("v", n_cols)
+    name = f"linear_form_{group.index}"
+    if entries is None:
+        matrix = ca.DM(pattern, [group.entries[i][2] for i in order])
+        fn = ca.Function(name, [v], [ca.mtimes(matrix, v)], {"never_inline": True})
+        out = fn(ca.vertcat(*vector))
+    else:
+        nz = ca.MX.sym("m", len(order))
+        fn = ca.Function(name, [v, nz], [ca.mtimes(ca.MX(pattern, nz), v)], {"never_inline": True})
+        out = fn(ca.vertcat(*vector), ca.vertcat(*[entries[i] for i in order]))
+    return [out[i] for i in range(n_rows)]
+
+
 CASADI_OPS = Ops(
     const=lambda v: ca.SX(float(v)),
     add=lambda a, b: a + b,
@@ -48,6 +70,7 @@ CASADI_OPS = Ops(
     and_=ca.logic_and,
     or_=ca.logic_or,
     not_=ca.logic_not,
+    matvec=_casadi_matvec,
 )
 
 # what a SUNDIALS return flag means for a modeler
@@ -224,9 +247,10 @@ class CasadiSimulator:
             return out
 
         memo: dict = {}
+        linear = ir.linear_forms()
 
         def ev(expr):
-            return walk(expr, env, CASADI_OPS, neural, memo)
+            return walk(expr, env, CASADI_OPS, neural, memo, linear)
 
         for let in ir.lets:
             env[let.symbol] = ev(let.expr)

@@ -77,8 +77,11 @@ MAX_RHS_SIZE = 2000  # right-hand-side operations (CasADi instructions): about 3
 
 
 def rhs_size(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> int:
-    """The right-hand side's size in CasADi instructions: what the compile time grows with."""
-    return ca.Function("size", [t, x, pw], [ode]).n_instructions()
+    """The right-hand side's size in CasADi instructions plus its Jacobian's nonzeros: what the
+    compile time grows with. A matrix-vector call (compiler/linear_forms.py) is one instruction
+    of the right-hand side but an N x N block of the Jacobian, each entry its own expression."""
+    return (ca.Function("size", [t, x, pw], [ode]).n_instructions()
+            + ca.jacobian_sparsity(ode, x).nnz())
 
 
 def cache_dir() -> Path:

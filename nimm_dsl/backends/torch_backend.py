@@ -87,7 +87,35 @@ class _Tape:
             and_=lambda a, b: e(lambda x, y: torch.logical_and(_as_bool(x), _as_bool(y)), a, b),
             or_=lambda a, b: e(lambda x, y: torch.logical_or(_as_bool(x), _as_bool(y)), a, b),
             not_=lambda a: e(lambda x: torch.logical_not(_as_bool(x)), a),
+            matvec=self._matvec,
         )
+
+    def _matvec(self, group, vector: list[int], entries: Optional[list[int]]) -> list[int]:
+        """The rows of a linear_forms.LinearGroup as one matrix product over the batch (one
+        register holding every row), instead of N^2 scalar multiplications and additions."""
+        n_rows, n_cols = group.shape
+        rows = torch.tensor([r for r, _, _, _ in group.entries], dtype=torch.long, device=self.device)
+        cols = torch.tensor([c for _, c, _, _ in group.entries], dtype=torch.long, device=self.device)
+
+        def stacked(values):  # registers that broadcast together -> (..., len(values))
+            return torch.stack(torch.broadcast_tensors(*values), dim=-1)
+
+        if entries is None:
+            matrix_t = torch.zeros(n_cols, n_rows, dtype=self.dtype, device=self.device)
+            matrix_t[cols, rows] = torch.tensor([e[2] for e in group.entries], dtype=self.dtype,
+                                                device=self.device)
+            product = self._emit(lambda *v: stacked(v) @ matrix_t, *vector)
+        else:
+            n_vector = len(vector)
+
+            def with_entries(*regs):
+                values = stacked(regs[n_vector:])
+                matrix = values.new_zeros(*values.shape[:-1], n_rows, n_cols)
+                matrix[..., rows, cols] = values
+                return (matrix @ stacked(regs[:n_vector]).unsqueeze(-1)).squeeze(-1)
+
+            product = self._emit(with_entries, *vector, *entries)
+        return [self._emit(lambda m, r=r: m[..., r], product) for r in range(n_rows)]
 
     def neural(self, name: str, args: list[int]) -> int:
         reg = self._emit(name, *args)
@@ -114,13 +142,13 @@ def _record(ir: ModelIR, inputs: list[sp.Symbol], exprs: list[sp.Expr], dtype, d
     """A tape computing the lets (in order) and then `exprs`; returns (tape, expr regs, let regs)."""
     tape = _Tape(inputs, dtype, device)
     env = {s: i for i, s in enumerate(inputs)}
-    ops, memo = tape.ops(), {}
+    ops, memo, linear = tape.ops(), {}, ir.linear_forms()
     let_regs = []
     if with_lets:
         for let in ir.lets:
-            env[let.symbol] = walk(let.expr, env, ops, tape.neural, memo)
+            env[let.symbol] = walk(let.expr, env, ops, tape.neural, memo, linear)
             let_regs.append(env[let.symbol])
-    out = [walk(x, env, ops, tape.neural, memo) for x in exprs]
+    out = [walk(x, env, ops, tape.neural, memo, linear) for x in exprs]
     return tape, out, let_regs
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import sympy as sp
 
 from ..diagnostics import Span
+from .linear_forms import LinearForms, find_linear_forms
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "gelu")
 
@@ -305,6 +306,15 @@ class ModelIR:
         }
         return hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:16]
 
+    def linear_forms(self) -> LinearForms:
+        """The long sums of the lets, derivatives and observes that share their terms, grouped
+        into matrix rows (compiler/linear_forms.py); found once per IR."""
+        found = self.__dict__.get("_linear_forms")
+        if found is None:
+            exprs = [x.expr for x in self.lets] + list(self.derivatives.values()) + [o.expr for o in self.observes]
+            found = self.__dict__["_linear_forms"] = find_linear_forms(exprs, [p.symbol for p in self.params])
+        return found
+
     def state_index(self, name: str) -> int:
         return next(i for i, s in enumerate(self.states) if s.name == name)
 
@@ -338,6 +348,10 @@ class Ops:
     and_: Callable
     or_: Callable
     not_: Callable
+    # matvec(group, vector, entries) -> the rows of a linear_forms.LinearGroup: `vector` the
+    # backend values of group.keys, `entries` those of the matrix entries (None when the matrix
+    # is numbers only). None: the back end evaluates long sums term by term.
+    matvec: Optional[Callable] = None
 
 
 # The sympy forms of compiler/builtins.py as `Ops.funcs` names (sqrt is a power, min/max fold).
@@ -349,13 +363,18 @@ _REL = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
         sp.GreaterThan: ">=", sp.Equality: "==", sp.Unequality: "!="}
 
 
-def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, memo: Optional[dict] = None):
+def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, memo: Optional[dict] = None,
+         linear: Optional[LinearForms] = None):
     """Evaluate a sympy expression with backend operations, by structural recursion.
 
     env maps sympy Symbols to backend values. neural(name, [args]) evaluates a neural call.
     memo caches shared sub-expressions (pass one dict for several expressions that share lets).
+    linear: `ModelIR.linear_forms()`; with an `ops.matvec`, the long sums it groups are rows of
+    one matrix-vector product each, computed once per group.
     """
     memo = {} if memo is None else memo
+    if ops.matvec is None:
+        linear = None
 
     def go(e):
         hit = memo.get(e)
@@ -371,6 +390,24 @@ def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, 
             acc = op(acc, go(a))
         return acc
 
+    def product(factors):
+        return fold(ops.mul, factors)
+
+    def linear_row(g: int, r: int):
+        key = ("linear form", g)
+        rows = memo.get(key)
+        if rows is None:
+            group = linear.groups[g]
+            vector = [product(k) for k in group.keys]
+            entries = None if group.numeric else [
+                ops.mul(ops.const(number), product(syms)) if syms else ops.const(number)
+                for _, _, number, syms in group.entries]
+            rows = memo[key] = ops.matvec(group, vector, entries)
+        acc = rows[r]
+        for term in linear.groups[g].remainder[r]:
+            acc = ops.add(acc, go(term))
+        return acc
+
     def _eval(e):
         if isinstance(e, sp.Symbol):
             try:
@@ -384,6 +421,9 @@ def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, 
         if e.is_Number or e is sp.pi or e.is_NumberSymbol:
             return ops.const(float(e))
         if isinstance(e, sp.Add):
+            hit = linear.row_of.get(e) if linear is not None else None
+            if hit is not None:
+                return linear_row(*hit)
             return fold(ops.add, e.args)
         if isinstance(e, sp.Mul):
             return fold(ops.mul, e.args)

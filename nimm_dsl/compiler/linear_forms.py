@@ -1,0 +1,145 @@
+"""Long sums that share their terms, found in the IR so that back ends evaluate them as one
+matrix-vector product.
+
+An index family's `sum(k in district, C[d, k] * I[k] / pop[k])` becomes, for each d, a sum of
+N products that differ between rows only by a coefficient: row d is sum_k M[d, k] * v[k] with
+v[k] = I[k] / pop[k]. Evaluated term by term that is N^2 scalar operations; as a product of the
+N x N matrix M with the vector v it is one call, which is what a vectorised numpy right-hand side
+does (docs/architecture.md, "The IR after sympy"; issue #14: a dense 100-district model simulated
+5x slower than scipy that way).
+
+The analysis is structural and exact: a term is a product of factors; its numbers and the bare
+param/const symbols among them are its coefficient, the other factors are its *key* (the vector
+entry). A term whose key appears in at least one other long sum is shared; long sums whose shared
+keys are the same set form a group, one matrix row each, and the terms that are not shared stay
+outside the product as a remainder of their row. Nothing is approximated: a row's value is the
+same sum, added in another order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import sympy as sp
+
+MIN_TERMS = 8  # a sum shorter than this is cheaper as scalar operations than as a call
+MIN_ROWS = 2  # a matrix of one row is a dot product: no sharing to gain
+
+
+@dataclass
+class LinearGroup:
+    """Rows `rows` (the sums) = matrix @ vector + each row's remainder.
+
+    `keys[j]`: the factors whose product is vector entry j. `entries`: the nonzero matrix
+    entries as (row, column, number, symbols): the entry is number * product of the symbols
+    (params or consts, evaluated by the back end; none for a constant matrix)."""
+
+    index: int  # within the model: names the back ends' function (stable, for compiled caches)
+    rows: list[sp.Expr]
+    keys: list[tuple]
+    entries: list[tuple[int, int, float, tuple]]
+    remainder: list[list[sp.Expr]]  # per row: the terms outside the product
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), len(self.keys)
+
+    @property
+    def numeric(self) -> bool:
+        return all(not syms for _, _, _, syms in self.entries)
+
+    def column_major(self) -> list[int]:
+        """Indices into `entries` in column-major order (CasADi's compressed column storage)."""
+        return sorted(range(len(self.entries)), key=lambda i: (self.entries[i][1], self.entries[i][0]))
+
+
+@dataclass
+class LinearForms:
+    groups: list[LinearGroup] = field(default_factory=list)
+    row_of: dict = field(default_factory=dict)  # sum expression -> (group index, row)
+
+
+def _factors(term: sp.Expr) -> list[sp.Expr]:
+    """The factors of a product, nested products (built without normalisation) flattened."""
+    out, stack = [], [term]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, sp.Mul):
+            stack.extend(reversed(node.args))
+        else:
+            out.append(node)
+    return out
+
+
+def _split(term: sp.Expr, coefficient_symbols: frozenset) -> Optional[tuple[float, tuple, tuple]]:
+    """(number, coefficient symbols, key) of a term, or None when the term has no key to share
+    (a number alone, or only params and consts)."""
+    number, symbols, key = 1.0, [], []
+    for f in _factors(term):
+        if f.is_Number:  # p / q: a correctly rounded float without sympy's mpmath conversion
+            number *= f.p / f.q if f.is_Rational else float(f)
+        elif f in coefficient_symbols:
+            symbols.append(f)
+        else:
+            key.append(f)
+    if not key:
+        return None
+    return number, tuple(symbols), tuple(key)
+
+
+def _long_sums(exprs: list[sp.Expr]) -> list[sp.Add]:
+    """Every distinct sum of at least MIN_TERMS terms inside `exprs`, in first-seen order."""
+    seen, found, stack = set(), [], list(reversed(exprs))
+    while stack:
+        node = stack.pop()
+        if node in seen or not isinstance(node, sp.Basic) or node.is_Atom:
+            continue
+        seen.add(node)
+        if isinstance(node, sp.Add) and len(node.args) >= MIN_TERMS:
+            found.append(node)
+        stack.extend(reversed(node.args))
+    return found
+
+
+def find_linear_forms(exprs: list[sp.Expr], coefficient_symbols) -> LinearForms:
+    """The groups of long sums in `exprs` (a model's lets, derivatives and observes) that share
+    their terms. `coefficient_symbols`: the symbols that may sit in a matrix entry (params and
+    consts: the same at every evaluation of a run, never states or time)."""
+    coefficient_symbols = frozenset(coefficient_symbols)
+    sums = _long_sums(exprs)
+    split = {}
+    for s in sums:
+        parts = [_split(t, coefficient_symbols) for t in s.args]
+        split[s] = parts
+    uses: dict[tuple, int] = {}
+    for s in sums:
+        for key in {p[2] for p in split[s] if p is not None}:
+            uses[key] = uses.get(key, 0) + 1
+    by_keys: dict[frozenset, list] = {}
+    for s in sums:
+        shared = frozenset(p[2] for p in split[s] if p is not None and uses[p[2]] >= 2)
+        if len(shared) >= MIN_TERMS:
+            by_keys.setdefault(shared, []).append(s)
+    forms = LinearForms()
+    for shared, rows in by_keys.items():
+        if len(rows) < MIN_ROWS:
+            continue
+        column: dict[tuple, int] = {}
+        entries, remainder = [], []
+        for r, s in enumerate(rows):
+            rest, taken = [], set()
+            for term, part in zip(s.args, split[s]):
+                # a key twice in one sum (unnormalised terms) keeps its second term outside, so
+                # that every matrix entry is one term
+                if part is None or part[2] not in shared or part[2] in taken:
+                    rest.append(term)
+                    continue
+                number, symbols, key = part
+                taken.add(key)
+                entries.append((r, column.setdefault(key, len(column)), number, symbols))
+            remainder.append(rest)
+        g = len(forms.groups)
+        forms.groups.append(LinearGroup(g, rows, list(column), entries, remainder))
+        for r, s in enumerate(rows):
+            forms.row_of[s] = (g, r)
+    return forms
