@@ -63,3 +63,23 @@ def test_latex_pulls_unit_factors_out_of_sums(capsys):
     assert r"\mathrm{I\_Na} &= \mathrm{g\_Na} h m^{3} \left(- \mathrm{E\_Na} + V\right)" in tex
     assert r"\frac{- \mathrm{I\_K} - \mathrm{I\_L} - \mathrm{I\_Na} + \mathrm{I\_ext}(t)}{\mathrm{C\_m}}" in tex
     assert "1000 \\mathrm{g" not in tex
+
+
+FAMILY = """model ring
+time t [day]
+index patch = 1..3
+param k [1/day] = 0.3 in [0.01, 1]
+state X[p in patch] [1] = 1
+der(X[p]) = k * (sum(q in patch, exp(-abs(p - q) / 3) * X[q]) - X[p] / 3)
+"""
+
+
+def test_folded_decimals_show_as_decimals_and_plain_fractions_stay(tmp_path, capsys):
+    path = tmp_path / "ring.nimm"
+    path.write_text(FAMILY)
+    assert main(["show", str(path), "--format", "text"]) == 0
+    # exp(-1/3), folded exactly, is not shown as 7165313105737893/10^16; 1 - 1/3 stays a fraction
+    assert "dX[2]/dt = k*(0.716531*X[1] + 2*X[2]/3 + 0.716531*X[3])" in capsys.readouterr().out
+    assert main(["show", str(path), "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert "7165313105737893" not in tex and "10^{" not in tex

@@ -431,9 +431,19 @@ def _display_form(e):
     """Unit factors pulled out for reading: `1000 g (V/1000 - E/1000)` (a unit conversion spread
     over a sum) shows as `g (V - E)`. The same expression, only regrouped; huge ones (families
     expanded to thousands of terms) are left as they are."""
+    e = _readable_numbers(e)  # first: factoring 10^16 denominators out of a sum reads worse
     if isinstance(e, sp.Expr) and sp.count_ops(e) <= DISPLAY_FACTORING_LIMIT:
         return sp.factor_terms(e)
     return e
+
+
+def _readable_numbers(e):
+    """Exact fractions that only stand for a decimal (a folded `exp(-1/3)` is
+    7165313105737893/10000000000000000) shown as that decimal, to 6 digits; 1/3 stays 1/3."""
+    if not isinstance(e, sp.Basic):
+        return e
+    long = {r: sp.Float(r, 6) for r in e.atoms(sp.Rational) if r.q > 1000}
+    return e.xreplace(long) if long else e
 
 
 def latex_name(name: str) -> str:
@@ -469,7 +479,7 @@ def to_text(ir: I.ModelIR) -> str:
     baseline = _display_substitutions(ir)
 
     def show(e) -> str:
-        return sp.sstr(e.xreplace(baseline) if isinstance(e, sp.Basic) else e)
+        return sp.sstr(_readable_numbers(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
 
     t = ir.time
     rows = [f"{let.symbol} = {show(let.expr)}    [{let.unit}]" for let in ir.lets]
