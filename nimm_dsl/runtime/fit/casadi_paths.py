@@ -23,7 +23,7 @@ from ...backends import compile_ir
 from ...backends.protocol import segment_tail
 from ...compiler.ir import ModelIR, walk
 from ..data import Dataset
-from ..series_params import estimated_params, series_key
+from ..series_params import estimated_params, series_key, series_values
 from .failures import IPOPT_CONVERGED, IPOPT_USABLE, StartFailed, ipopt_status_words
 from .loss import array_walk_ops, casadi_loss_ops, dataset_nll, numpy_nll, sigma_values
 from .multistart import StartOutcome, StartSolver
@@ -342,10 +342,9 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     estimated param used nowhere else (then profiled out analytically), Poisson observes,
     negbinomial ones whose dispersion has no estimated param (the adjusted-dispersion alternation
     holds it: runtime/fit/dispersion.py), and no networks (`set` windows, doses and integrals are
-    fine). Returns (protocols, {observe: sigma param or float or
+    fine, and so are per-series params: each series fills its own columns). Returns (protocols, {observe: sigma param or float or
     None}) or None."""
-    if (ir.neurals or train.static or not train.series
-            or any(p.per_series for p in ir.params) or any(d.from_data for d in ir.doses)):
+    if ir.neurals or train.static or not train.series or any(d.from_data for d in ir.doses):
         return None
     est = {p.symbol: p for p in ir.params if p.estimate}
     used = set()
@@ -438,8 +437,15 @@ class LeastSquaresProblem:
         sigma_params = {v for v in sigma.values() if isinstance(v, str)}
         self.dyn = [j for j, p in enumerate(self.est) if p.name not in sigma_params]
         self.sigma_est = [j for j, p in enumerate(self.est) if p.name in sigma_params]
-        index = {p.name: i for i, p in enumerate(ir.params)}
-        columns = [index[self.est[j].name] for j in self.dyn]
+        # sensitivities are taken in the model's params (a per-series param once); each series
+        # puts them into its own columns of the fit (its copy `V[label]`, docs/language.md §4)
+        index = {p.symbol: i for i, p in enumerate(ir.params)}
+        columns = list(dict.fromkeys(index[self.est[j].symbol] for j in self.dyn))
+        position = {self.est[j].name: k for k, j in enumerate(self.dyn)}
+        self.series_columns = [
+            np.array([position[series_key(ir.params[c].name, s.label) if ir.params[c].per_series
+                               and series_key(ir.params[c].name, s.label) in position else ir.params[c].name]
+                      for c in columns]) for s in train.series]
         self.rtol, self.atol, self.columns = rtol, atol, columns
         self.first = Sensitivities(sim, columns, 1, rtol, atol)
         self.obs_row = {o.name: i for i, o in enumerate(ir.observes)}
@@ -455,11 +461,19 @@ class LeastSquaresProblem:
     def residuals(self, values: Mapping, order: int = 1, sens: Optional[Sensitivities] = None):
         """{group: (r, dr, d2r or None, fisher)} of the unweighted residuals (fisher: the rows
         whose J'J is the Fisher information), and predictions per series."""
-        p = self.sim.param_vector(values)
         blocks = {g: ([], [], [], []) for g in self.groups}
         predictions = []
-        for s, proto in zip(self.train.series, self.protocols):
-            y, dy, d2y = (sens or self.first)(proto, p)
+        n_dyn = len(self.dyn)
+        for s, proto, at in zip(self.train.series, self.protocols, self.series_columns):
+            y, dy, d2y = (sens or self.first)(proto, self.sim.param_vector(series_values(self.ir, values, s)))
+            if len(at) != n_dyn or np.any(at != np.arange(n_dyn)):  # per-series params: this series' columns
+                wide = np.zeros(dy.shape[:2] + (n_dyn,))
+                wide[:, :, at] = dy
+                dy = wide
+                if d2y is not None:
+                    wide2 = np.zeros(d2y.shape[:2] + (n_dyn, n_dyn))
+                    wide2[:, :, at[:, None], at[None, :]] = d2y
+                    d2y = wide2
             predictions.append({n: y[self.obs_row[n]] for n in self.train.observed_names})
             for name in self.sigma:
                 data = s.observed[name]
