@@ -153,6 +153,11 @@ def _indometh_reference():
 
 def test_a_per_series_rate_matches_scipy_and_the_other_params_stay_shared():
     data = table()  # two series, doses of 2 mg (a) and 1 + 0.5 mg (b), sigma fixed
+    from nimm_dsl.runtime.data import load_data
+    from nimm_dsl.runtime.fit.casadi_paths import LeastSquaresSolver, casadi_solver
+
+    # table doses and per-series params take the least-squares path (issue #15, target 2)
+    assert isinstance(casadi_solver(pk().ir, load_data(data, pk().ir), 1e-8, 1e-8, 200), LeastSquaresSolver)
     fit = pk().fit(data, progress=False)
     obs = data[data.amount.notna()]
 
