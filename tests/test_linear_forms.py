@@ -209,3 +209,18 @@ def test_torch_differentiates_through_a_matrix_of_consts():
     rng = np.random.default_rng(2)
     x = torch.tensor(rng.uniform(0.5, 2.0, len(inputs)), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(rhs, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_the_compiled_route_counts_the_jacobian_block_of_a_product():
+    """One call in the right-hand side is an N x N block of the Jacobian, each entry compiled:
+    the size that decides whether gcc runs must see it (a dense 100-district model would spend
+    ~30 s in gcc otherwise)."""
+    from nimm_dsl.backends import compile_ir
+    from nimm_dsl.backends.compiled import rhs_size
+
+    n = 30
+    sim = compile_ir(nimm_dsl.load_source(model_text(KERNEL_SUM, n=n)).ir, "casadi", compiled=False)
+    import casadi as ca
+
+    m = sim.symbolic()
+    assert sim.rhs.n_instructions() < n * n <= rhs_size(m.t, m.x, ca.vertcat(m.P, m.W), m.ode)
