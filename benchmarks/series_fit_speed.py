@@ -118,50 +118,43 @@ def main() -> None:
     table = pd.read_csv(DATA)
     table = table[table.conc.notna()][["series", "t", "conc"]].reset_index(drop=True)
     model = nimm_dsl.load_source(model_text())
-    sim = model.compile("casadi")
     n_subjects = table.series.nunique()
     params = {p.name: p for p in model.ir.params}
     start = [params["V"].default, params["sigma"].default] + [params["k"].default] * n_subjects
     bounds = ([(params["V"].lo, params["V"].hi), (params["sigma"].lo, params["sigma"].hi)]
               + [(params["k"].lo, params["k"].hi)] * n_subjects)
-    ours_t, ipopt_t, scipy_t = [], [], []
-    for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits all three
-        t0 = time.perf_counter()
-        ours = model.fit(table, progress=False, simulator=sim)
-        t1 = time.perf_counter()
-        ipopt = model.fit(table, progress=False, simulator=sim, ipopt_options={})
-        t2 = time.perf_counter()
-        ref = scipy_fit(table, start, bounds)
-        t3 = time.perf_counter()
-        ours_t.append(t1 - t0), ipopt_t.append(t2 - t1), scipy_t.append(t3 - t2)
-    ours_m, ipopt_m, scipy_m = (statistics.median(x) for x in (ours_t, ipopt_t, scipy_t))
     print(f"load average {os.getloadavg()[0]:.1f}, {args.repeats} interleaved repeats, {n_subjects} subjects")
     print("| fit | ours (s) | IPOPT path (s) | scipy L-BFGS-B + LSODA (s) | speed-up vs scipy | vs IPOPT "
           "| NLL ours | NLL scipy | relative difference |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| Indometh, k per subject | {ours_m:.3f} | {ipopt_m:.3f} | {scipy_m:.3f} | {scipy_m / ours_m:.1f}x "
-          f"| {ipopt_m / ours_m:.1f}x | {ours.loss:.8f} | {ref:.8f} | {abs(ours.loss - ref) / abs(ref):.1e} |")
-    assert abs(ipopt.loss - ours.loss) <= 1e-6 * abs(ours.loss)
+    compare("Indometh, k per subject", model, table, lambda: scipy_fit(table, start, bounds), args.repeats)
 
     pheno = nimm_dsl.load(ROOT / "examples" / "phenobarb.nimm")
-    sim = pheno.compile("casadi")
-    table = pd.read_csv(PHENO)
+    pheno_table = pd.read_csv(PHENO)
     params = [pheno.ir.param(n) for n in ("cl", "v", "sigma")]
     start, bounds = [p.default for p in params], [(p.lo, p.hi) for p in params]
-    ours_t, ipopt_t, scipy_t = [], [], []
-    for _ in range(args.repeats):
+    compare("phenobarbital, 59 infants, table doses", pheno, PHENO,
+            lambda: scipy_phenobarb(pheno_table, start, bounds), args.repeats)
+
+
+def compare(label: str, model, data, scipy_peer, repeats: int) -> None:
+    """Our fit, the IPOPT path and the scipy peer, interleaved (drift in the machine's load hits
+    all three); one table row of medians."""
+    sim = model.compile("casadi")
+    times = ([], [], [])
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        ours = pheno.fit(PHENO, progress=False, simulator=sim)
+        ours = model.fit(data, progress=False, simulator=sim)
         t1 = time.perf_counter()
-        ipopt = pheno.fit(PHENO, progress=False, simulator=sim, ipopt_options={})
+        ipopt = model.fit(data, progress=False, simulator=sim, ipopt_options={})
         t2 = time.perf_counter()
-        ref = scipy_phenobarb(table, start, bounds)
+        ref = scipy_peer()
         t3 = time.perf_counter()
-        ours_t.append(t1 - t0), ipopt_t.append(t2 - t1), scipy_t.append(t3 - t2)
-    ours_m, ipopt_m, scipy_m = (statistics.median(x) for x in (ours_t, ipopt_t, scipy_t))
-    print(f"| phenobarbital, 59 infants, table doses | {ours_m:.3f} | {ipopt_m:.3f} | {scipy_m:.3f} "
-          f"| {scipy_m / ours_m:.1f}x | {ipopt_m / ours_m:.1f}x | {ours.loss:.8f} | {ref:.8f} "
-          f"| {abs(ours.loss - ref) / abs(ref):.1e} |")
+        for column, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+            column.append(seconds)
+    ours_m, ipopt_m, scipy_m = (statistics.median(x) for x in times)
+    print(f"| {label} | {ours_m:.3f} | {ipopt_m:.3f} | {scipy_m:.3f} | {scipy_m / ours_m:.1f}x "
+          f"| {ipopt_m / ours_m:.1f}x | {ours.loss:.8f} | {ref:.8f} | {abs(ours.loss - ref) / abs(ref):.1e} |")
     assert abs(ipopt.loss - ours.loss) <= 1e-6 * abs(ours.loss)
 
 
