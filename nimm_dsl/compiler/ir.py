@@ -400,7 +400,8 @@ def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, 
             group = linear.groups[g]
             vector = [product(k) for k in group.keys]
             entries = None if group.numeric else [
-                ops.mul(ops.const(number), product(syms)) if syms else ops.const(number)
+                ops.const(number) if not syms else product(syms) if number == 1.0
+                else ops.mul(ops.const(number), product(syms))
                 for _, _, number, syms in group.entries]
             rows = memo[key] = ops.matvec(group, vector, entries)
         acc = rows[r]
