@@ -2,11 +2,12 @@
 
 `index district = 1..12` declares an index; `state S[d in district] [person] = ...` a family
 with one state per member, named `S[1]` ... `S[12]`; `flow S[d] -> I[d] = ...` one flow per
-member; `sum(k in district, EXPR)` the sum of EXPR over the members. This pass runs between the
-parser and the checker: it resolves every subscript (E350-E356), reads `table(...)` values
-(E354, E355) and hands the checker an ordinary program whose names happen to contain brackets.
-Each element keeps the span of the line it came from, so every later diagnostic points at the
-family's line and names the element.
+member; `sum(k in district, EXPR)` the sum of EXPR over the members; `flow T[s in 1..4] ->
+T[s+1]` one flow per member of an inline set, each into the next stage (a shifted subscript must
+land on a member: E352). This pass runs between the parser and the checker: it resolves every
+subscript (E350-E356), reads `table(...)` values (E354, E355) and hands the checker an ordinary
+program whose names happen to contain brackets. Each element keeps the span of the line it came
+from, so every later diagnostic points at the family's line and names the element.
 
 Sums become balanced trees of `+` (depth log2 N, so the checker's recursive walks stay shallow),
 and lowering flattens them into one n-ary sum.
@@ -14,9 +15,9 @@ and lowering flattens them into one n-ary sum.
 With `reduce`, each index keeps only the members that the text names (`I[3]`, the members of its
 subsets) plus one member that it does not name, which stands for all the others: names, units and
 structure do not depend on how many members an index has, so the checker runs on a model whose
-size does not grow with the index (docs/architecture.md, "Checking families"). Whatever does
-depend on the members (a subscript outside its index, subsets, table keys, the size caps) is
-still checked against the full index.
+size does not grow with the index (docs/architecture.md, "Checking families"; with shifted
+subscripts, see `_Glue`). Whatever does depend on the members (a subscript outside its index,
+subsets, table keys, the size caps) is still checked against the full index.
 """
 from __future__ import annotations
 
@@ -376,10 +377,10 @@ class _Expander:
             return f"no member of `{var}`'s range has one: check the offset"
         values = [int(m) for m in fine]
         if values == list(range(values[0], values[0] + len(values))):
-            where = f"{values[0]}..{values[-1]}"
-        else:
-            where = "[" + ", ".join(fine[:6]) + (", ...]" if len(fine) > 6 else "]")
-        return f"limit the line to the members where it exists: `{var} in {where}`"
+            return f"limit the line to the members where it exists: `{var} in {values[0]}..{values[-1]}`"
+        if len(fine) <= 6:
+            return f"limit the line to the members where it exists: `{var} in [{', '.join(fine)}]`"
+        return f"limit the line to the members where it exists ({', '.join(fine[:6])}, ...): an index of them"
 
     # -- expressions
     def expr(self, e, env):
@@ -745,6 +746,8 @@ class _Glue:
         if value in self.kept:
             return value
         i = bisect.bisect_left(self._sorted, value)
+        if not 0 < i < len(self._sorted):  # cannot happen: an index's ends are landmarks
+            return value
         before, after = self._sorted[i - 1], self._sorted[i]  # the kept ends of the cut stretch
         if offset > 0:
             return after + (value - before - 1)
