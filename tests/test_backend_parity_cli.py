@@ -14,9 +14,6 @@ from nimm_dsl.runtime.weights import weights_to_fit_entry
 EXAMPLES = sorted(p for p in glob.glob("examples/*.nimm") if "hodgkin" not in p)  # HH: see below
 
 
-CLI_ATOL = 1e-8
-
-
 def simulate(args, out):
     assert main(["simulate", *args, "--output", str(out)]) == 0
     return pd.read_csv(out)
@@ -28,10 +25,7 @@ def assert_same_table(a, b, rtol):
         if col == "series":
             continue
         scale = np.max(np.abs(b[col].to_numpy())) + 1e-300
-        # values below the solvers' absolute tolerance (the CLI's 1e-8) agree only to it: a
-        # transit compartment that emptied before the second output time is 1e-10 in both
-        atol = max(rtol * scale, CLI_ATOL)
-        np.testing.assert_allclose(a[col], b[col], rtol=rtol, atol=atol, err_msg=col)
+        np.testing.assert_allclose(a[col], b[col], rtol=rtol, atol=rtol * scale, err_msg=col)
 
 
 @pytest.mark.slow
