@@ -201,3 +201,12 @@ def test_an_out_of_range_shift_names_the_element_and_the_range_to_use():
     error = next(d for d in check_source(text).diagnostics if d.code == "E352")
     assert "s = 1000" in error.message and "T[1001]" in error.message
     assert "s in 1..999" in error.hint
+
+
+def test_a_dose_on_an_inline_set_is_one_dose_per_listed_member():
+    text = LINE.replace("scenario cut", "dose pulse: u[d in [2, 7]] += 0.5 at 1\nscenario cut")
+    model = nimm_dsl.load_source(text)
+    assert [(d.name, d.state) for d in model.ir.doses] == [("pulse[2]", "u[2]"), ("pulse[7]", "u[7]")]
+    res = model.simulate(np.array([0.0, 1.0 - 1e-9, 1.0]), rtol=1e-10, atol=1e-12)
+    jumps = [res[f"u[{d}]"][2] - res[f"u[{d}]"][1] for d in range(1, 9)]
+    np.testing.assert_allclose(jumps, [0, 0.5, 0, 0, 0, 0, 0.5, 0], atol=1e-6)
