@@ -661,7 +661,8 @@ def _spelled(sub: A.Shift) -> str:
 
 
 def _nodes(program: A.Program) -> Iterable:
-    """Every node of the tree below the statements (idents and spans excepted)."""
+    """Every node of the tree below the statements (idents and spans excepted; not into the
+    member lists of indexes and inline sets, which hold only text)."""
     stack: list = list(program.statements)
     while stack:
         node = stack.pop()
@@ -669,7 +670,7 @@ def _nodes(program: A.Program) -> Iterable:
             stack.extend(node)
         elif is_dataclass(node) and not isinstance(node, (A.Ident, Span)):
             yield node
-            stack.extend(getattr(node, f.name) for f in fields(node))
+            stack.extend(getattr(node, f.name) for f in fields(node) if f.name != "members")
 
 
 def _literal_subscripts(program: A.Program) -> set[str]:
@@ -730,14 +731,9 @@ class _Glue:
             for i, v in enumerate(values):  # the ends of each run of consecutive numbers
                 if i == 0 or values[i - 1] != v - 1 or i == len(values) - 1 or values[i + 1] != v + 1:
                     landmarks.add(v)
-        marks = sorted(landmarks)
         width = 2 * reach
-
-        def near(v: int) -> bool:
-            i = bisect.bisect_left(marks, v)
-            return any(0 <= j < len(marks) and abs(marks[j] - v) <= width for j in (i - 1, i))
-
-        self.kept: set[int] = {v for v in numbers if near(v)}
+        self.kept: set[int] = {v for mark in landmarks for v in range(mark - width, mark + width + 1)
+                               if v in numbers}
         self._sorted = sorted(self.kept)
 
     def stand_in(self, value: int, offset: int) -> int:
