@@ -76,10 +76,13 @@ class FamilyInfo:
     lines: set = field(default_factory=set)  # first lines of the statements that were expanded
     failed: set = field(default_factory=set)  # declarations dropped for an error already reported
     failed_dynamics: set = field(default_factory=set)  # states whose der/flow line was dropped
+    dropped: bool = False  # some line was dropped for an index error
 
     def follows_from_failure(self, d: Diagnostic) -> bool:
-        """An `undefined name` or a state without dynamics that only says that a line with an
-        index error was dropped."""
+        """An `undefined name`, a state without dynamics or an influence path that only says
+        that a line with an index error was dropped (that line may have been the path)."""
+        if d.code in ("W702", "W704"):
+            return self.dropped
         if d.code == "E201":
             return any(f"`{name}[" in d.message for name in self.failed)
         if d.code == "E301":
@@ -187,6 +190,7 @@ class _Expander:
                 self.dose_families.setdefault(s.name.name, []).extend(x.name.name for x in out)
             return out
         except _Fail as fail:
+            self.info.dropped = True
             if fail.diagnostic[0] is not None:
                 self._report(*fail.diagnostic)
             if isinstance(s, _DECLS):
