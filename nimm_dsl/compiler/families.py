@@ -242,12 +242,14 @@ class _Expander:
                                     _members_hint(self.info.indexes[index]))
                     bind(sub, index, sub.span)
         for target in _targets(s):
-            for sub in target.subscripts if isinstance(target, A.Element) else ():
+            if not isinstance(target, A.Element):
+                continue
+            for sub, index in zip(target.subscripts, self.family_indexes(target)):
                 if isinstance(sub, A.Shift) and sub.var.name not in found:
                     raise _Fail("E352", sub.var.span, f"`{sub.var.name}` in `{target.name.name}[{_spelled(sub)}]` is "
                                                       "not bound on this line",
-                                f"bind it in another subscript of the line: `{target.name.name}"
-                                f"[{sub.var.name} in 1..4]`")
+                                f"bind it in another subscript of the line: `[{sub.var.name} in {index}]`, "
+                                "or an inline set of its members")
         return found
 
     def family_indexes(self, e: A.Element) -> list[str]:
