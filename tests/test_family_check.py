@@ -14,6 +14,10 @@ from nimm_dsl.compiler.families import TableAccess, expand_families
 from nimm_dsl.grammar.parser import parse
 
 from test_families import NEURAL, SEIR, SMALL
+from test_transit_chain import CHAIN, LINE
+
+LONG_LINE = (LINE.replace("1..8", "1..1000").replace("2..7", "2..999").replace("[8]", "[1000]")
+             .replace("u[7]", "u[999]").replace("[1, 8]", "[1, 1000]"))
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_DATA = TableAccess(ROOT / "benchmarks" / "tasks" / "data")
@@ -78,13 +82,15 @@ def test_a_fault_in_the_line_of_every_element_is_found_once_at_its_line():
     assert [(d.code, d.span.line) for d in found] == [(found[0].code, 8)]
 
 
-@pytest.mark.parametrize("text", [SEIR, SMALL, NEURAL, model(), model(n=7)], ids=["seir", "small", "neural", "base", "base7"])
+@pytest.mark.parametrize("text", [SEIR, SMALL, NEURAL, model(), model(n=7), LINE, LONG_LINE, CHAIN],
+                         ids=["seir", "small", "neural", "base", "base7", "line", "line1000", "chain1000"])
 def test_the_families_models_check_alike_reduced_and_whole(text):
     assert_same_as_whole(text)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "tasks" / "models" / "metapop").glob("*.nimm"))
-                         + [ROOT / "examples" / "metapop_seir.nimm"], ids=lambda p: p.stem)
+                         + [ROOT / "examples" / "metapop_seir.nimm", ROOT / "examples" / "transit_chain.nimm"],
+                         ids=lambda p: p.stem)
 def test_the_task_and_example_family_models_check_alike_reduced_and_whole(path):
     assert_same_as_whole(path.read_text(), str(path), TASK_DATA)
 
@@ -120,3 +126,92 @@ def test_a_fault_only_the_whole_model_has_is_refused_at_lowering_with_its_place(
     with pytest.raises(ModelError) as error:
         model_.ir
     assert [(d.code, d.span.line) for d in error.value.diagnostics] == [("E504", 10)]
+
+
+# ---------------------------------------------------------------- shifted subscripts
+# With `T[s+1]` each element depends on its neighbours, so the reduced check keeps the members
+# near every run end of every index and inline set and glues the long stretches between them
+# (families._Glue). These hold it to the whole expansion where it matters: at the ends of a chain,
+# of a line's range and of a subset.
+CHAIN_TEMPLATE = """model chain
+time t [h]
+index stage = 1..{n}
+index mid = [400, 401, 700]
+param ktr [1/h] = 1 in [0.1, 10]
+state T[s in stage] [mg] = 0
+{dynamics}
+observe y [mg] = sum(k in stage, T[k])
+"""
+CHAIN_DYNAMICS = "flow T[s in 1..{m}] -> T[s+1] = ktr * T[s]\nflow T[{n}] -> = ktr * T[{n}]"
+
+
+def chain(n=1000, dynamics=CHAIN_DYNAMICS):
+    return CHAIN_TEMPLATE.format(n=n, dynamics=dynamics.format(n=n, m=n - 1))
+
+
+SHIFT_FAULTS = [
+    # the chain stops two stages early: T[999] gets nothing (E301 on the state's line)
+    (dict(dynamics="flow T[s in 1..997] -> T[s+1] = ktr * T[s]\nflow T[1000] -> = ktr * T[1000]"), "E301", 6),
+    # a shifted target whose variable no subscript of the line binds
+    (dict(dynamics="flow -> T[s+1] = ktr"), "E352", 7),
+    (dict(dynamics="flow T[s in 1..999] -> = ktr * T[s+1]"), "E301", 6),
+    # a der line on a subset that the chain also flows into
+    (dict(dynamics=CHAIN_DYNAMICS + "\nder(T[s in mid]) = -ktr * T[s-1]"), "E302", 9),
+    # a shift two stages back, from a range that starts too early for it
+    (dict(dynamics="der(T[s in 2..1000]) = ktr * (T[s-2] - T[s])\nder(T[1]) = -ktr * T[1]"), "E352", 7),
+    # the same written right
+    (dict(dynamics="der(T[s in 3..1000]) = ktr * (T[s-2] - T[s])\nder(T[s in 1..2]) = -ktr * T[s]"), None, None),
+]
+
+
+@pytest.mark.parametrize("changes, code, line", SHIFT_FAULTS)
+def test_a_fault_at_the_end_of_a_chain_is_found_as_in_the_whole_model(changes, code, line):
+    found = [d for d in assert_same_as_whole(chain(**changes)) if d.is_error]
+    assert [(d.code, d.span.line) for d in found] == ([(code, line)] if code else [])
+
+
+def test_a_reduced_chain_does_not_grow_with_its_length():
+    def statements(n):
+        program, _ = parse(chain(n), "m")
+        expanded, diagnostics, info = expand_families(program, "m", None, reduce=True)
+        assert not diagnostics and len(info.indexes["stage"]) == n
+        return len(expanded.statements)
+
+    assert statements(1000) == statements(10_000) < 100
+
+
+def _random_model(rng) -> str:
+    """Flows, der lines and sums with shifts of up to 3 over random inline sets and a subset."""
+    n = rng.choice([30, 200])
+    subset = ", ".join(map(str, sorted(rng.sample(range(1, n + 1), 3))))
+    lines = ["model m", "time t [day]", f"index x = 1..{n}", f"index sub = [{subset}]",
+             "param r [1/day] = 0.3 in [0, 1]", "state T[s in x] [1] = 1", "state U[s in x] [1] = 1"]
+
+    def members():
+        a = rng.randint(1, n)
+        b = rng.randint(a, n)
+        return rng.choice([f"{a}..{b}", "x", "sub", f"[{a}, {b}]" if a != b else f"[{a}]"])
+
+    for _ in range(rng.randint(1, 4)):
+        c = rng.choice([-3, -2, -1, 1, 2, 3])
+        shift = f"s{'+' if c > 0 else '-'}{abs(c)}"
+        a, b = rng.choice("TU"), rng.choice("TU")
+        lines.append(rng.choice([
+            f"flow {a}[s in {members()}] -> {b}[{shift}] = r * {a}[s]",
+            f"flow {a}[s in {members()}] -> = r * {b}[{shift}]",
+            f"der({a}[s in {members()}]) = r * ({b}[{shift}] - {a}[s])",
+            f"flow {a}[s in {members()}] -> = r * {a}[s]",
+            f"der({a}[{rng.randint(1, n)}]) = -r * {a}[{rng.randint(1, n)}]",
+        ]))
+    lines.append("observe y [1] = sum(k in x, T[k] + U[k])")
+    return "\n".join(lines) + "\n"
+
+
+def test_random_chains_check_alike_reduced_and_whole():
+    import random
+
+    rng = random.Random(14)
+    codes = set()
+    for _ in range(40):
+        codes.update(d.code for d in assert_same_as_whole(_random_model(rng)))
+    assert {"E301", "E302", "E352"} <= codes  # the sample reaches the faults that shifts can make

@@ -28,6 +28,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.nimm"))
 def _test_models() -> dict:
     from language_example import FLU
     from test_llm_client import MODEL
+    from test_transit_chain import CHAIN, LINE  # shifted subscripts and inline sets in expressions
 
     models = {p.name: p.read_text(encoding="utf-8") for p in EXAMPLES}
     worked = ROOT / "nimm_dsl" / "llm" / "worked_example.nimm"  # the prompt's worked example
@@ -35,6 +36,8 @@ def _test_models() -> dict:
         models[worked.name] = worked.read_text(encoding="utf-8")
     models["LANGUAGE.md §1"] = FLU
     models["test_llm_client.MODEL"] = MODEL
+    models["test_transit_chain.LINE"] = LINE
+    models["test_transit_chain.CHAIN"] = CHAIN
     return models
 
 

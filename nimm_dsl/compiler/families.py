@@ -2,11 +2,12 @@
 
 `index district = 1..12` declares an index; `state S[d in district] [person] = ...` a family
 with one state per member, named `S[1]` ... `S[12]`; `flow S[d] -> I[d] = ...` one flow per
-member; `sum(k in district, EXPR)` the sum of EXPR over the members. This pass runs between the
-parser and the checker: it resolves every subscript (E350-E356), reads `table(...)` values
-(E354, E355) and hands the checker an ordinary program whose names happen to contain brackets.
-Each element keeps the span of the line it came from, so every later diagnostic points at the
-family's line and names the element.
+member; `sum(k in district, EXPR)` the sum of EXPR over the members; `flow T[s in 1..4] ->
+T[s+1]` one flow per member of an inline set, each into the next stage (a shifted subscript must
+land on a member: E352). This pass runs between the parser and the checker: it resolves every
+subscript (E350-E356), reads `table(...)` values (E354, E355) and hands the checker an ordinary
+program whose names happen to contain brackets. Each element keeps the span of the line it came
+from, so every later diagnostic points at the family's line and names the element.
 
 Sums become balanced trees of `+` (depth log2 N, so the checker's recursive walks stay shallow),
 and lowering flattens them into one n-ary sum.
@@ -14,12 +15,13 @@ and lowering flattens them into one n-ary sum.
 With `reduce`, each index keeps only the members that the text names (`I[3]`, the members of its
 subsets) plus one member that it does not name, which stands for all the others: names, units and
 structure do not depend on how many members an index has, so the checker runs on a model whose
-size does not grow with the index (docs/architecture.md, "Checking families"). Whatever does
-depend on the members (a subscript outside its index, subsets, table keys, the size caps) is
-still checked against the full index.
+size does not grow with the index (docs/architecture.md, "Checking families"; with shifted
+subscripts, see `_Glue`). Whatever does depend on the members (a subscript outside its index,
+subsets, table keys, the size caps) is still checked against the full index.
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import itertools
@@ -74,10 +76,13 @@ class FamilyInfo:
     lines: set = field(default_factory=set)  # first lines of the statements that were expanded
     failed: set = field(default_factory=set)  # declarations dropped for an error already reported
     failed_dynamics: set = field(default_factory=set)  # states whose der/flow line was dropped
+    dropped: bool = False  # some line was dropped for an index error
 
     def follows_from_failure(self, d: Diagnostic) -> bool:
-        """An `undefined name` or a state without dynamics that only says that a line with an
-        index error was dropped."""
+        """An `undefined name`, a state without dynamics or an influence path that only says
+        that a line with an index error was dropped (that line may have been the path)."""
+        if d.code in ("W702", "W704"):
+            return self.dropped
         if d.code == "E201":
             return any(f"`{name}[" in d.message for name in self.failed)
         if d.code == "E301":
@@ -111,8 +116,16 @@ class _Expander:
         for s in program.statements:
             if isinstance(s, A.IndexDecl):
                 self._declare_index(s)
+        for node in _nodes(program):  # inline sets (`s in 1..4`) are indexes named by their spelling
+            if isinstance(node, A.Binder) and node.members is not None:
+                self.info.indexes.setdefault(node.index.name, node.members)
         # the members each line and sum is expanded over; info.indexes keeps the full sets
-        self.expanded = _reduced_members(self.info.indexes, program) if reduce else self.info.indexes
+        self.glue: Optional[_Glue] = None
+        if reduce:
+            self.expanded, self.glue = _reduced_members(self.info.indexes, program)
+        else:
+            self.expanded = self.info.indexes
+        self._member_sets: dict[str, set] = {}
         declared = [s for s in program.statements if type(s) in A.DECLARATION_KINDS]
         self.broken: set[str] = set()  # families over an undeclared index (E350 on their line)
         for s in declared:
@@ -177,6 +190,7 @@ class _Expander:
                 self.dose_families.setdefault(s.name.name, []).extend(x.name.name for x in out)
             return out
         except _Fail as fail:
+            self.info.dropped = True
             if fail.diagnostic[0] is not None:
                 self._report(*fail.diagnostic)
             if isinstance(s, _DECLS):
@@ -211,6 +225,8 @@ class _Expander:
                 continue
             indexes = self.family_indexes(target)
             for sub, index in zip(target.subscripts, indexes):
+                if isinstance(sub, A.Shift):
+                    continue  # its variable is bound by another subscript of the line (below)
                 if isinstance(sub, A.Binder):
                     self.check_index(sub.index)
                     self.check_subset(sub.index.name, index, sub.index.span)
@@ -225,6 +241,15 @@ class _Expander:
                         raise _Fail("E352", sub.span, f"`{sub.name}` is not a member of index `{index}`",
                                     _members_hint(self.info.indexes[index]))
                     bind(sub, index, sub.span)
+        for target in _targets(s):
+            if not isinstance(target, A.Element):
+                continue
+            for sub, index in zip(target.subscripts, self.family_indexes(target)):
+                if isinstance(sub, A.Shift) and sub.var.name not in found:
+                    raise _Fail("E352", sub.var.span, f"`{sub.var.name}` in `{target.name.name}[{_spelled(sub)}]` is "
+                                                      "not bound on this line",
+                                f"bind it in another subscript of the line: `[{sub.var.name} in {index}]`, "
+                                "or an inline set of its members")
         return found
 
     def family_indexes(self, e: A.Element) -> list[str]:
@@ -309,7 +334,8 @@ class _Expander:
                                             "name its elements", f"write `{t.name}[d]` for every element")
             return t
         indexes = self.family_indexes(t)
-        members = [self.member(sub.var if isinstance(sub, A.Binder) else sub, index, env, t.name.name)
+        members = [self.shifted(sub, index, env, t.name.name) if isinstance(sub, A.Shift) else
+                   self.member(sub.var if isinstance(sub, A.Binder) else sub, index, env, t.name.name)
                    for sub, index in zip(t.subscripts, indexes)]
         return A.Ident(element_name(t.name.name, members), t.span)
 
@@ -321,6 +347,46 @@ class _Expander:
         raise _Fail("E352", sub.span, f"`{sub.name}` is neither an index variable in scope here nor a member "
                                       f"of `{index}` (the index of this position of `{family}`)",
                     "bind it on the declaration (`[d in district]`) or in a `sum(k in district, ...)`")
+
+    def shifted(self, sub: A.Shift, index: str, env, family: str) -> str:
+        """The member of `s+1`, `d-1`: the whole number `offset` away from the variable's member,
+        which must be a member of the position's index (E352 names the first element without)."""
+        var = sub.var.name
+        if var not in env:
+            raise _Fail("E352", sub.var.span, f"`{var}` in `{family}[{_spelled(sub)}]` is not an index variable in "
+                                              "scope here", "bind it on the line (`[s in stage]`) or in a `sum(k in ...)`")
+        member = env[var]
+        if not member.isdigit():
+            raise _Fail("E352", sub.span, f"`{var}` ranges over named members (`{member}`, ...): `{_spelled(sub)}` "
+                                          "needs whole numbers", "shift only variables over whole-number indexes")
+        value = int(member) + sub.offset
+        if value < 0 or str(value) not in self.member_set(index):
+            raise _Fail("E352", sub.span, f"at {var} = {member}, `{family}[{_spelled(sub)}]` is `{family}[{value}]`, "
+                                          f"but index `{index}` has no member {value}", self._shift_hint(sub, index))
+        if self.glue is not None:
+            value = self.glue.stand_in(value, sub.offset)
+        return str(value)
+
+    def member_set(self, index: str) -> set:
+        members = self._member_sets.get(index)
+        if members is None:
+            members = self._member_sets[index] = set(self.info.indexes[index])
+        return members
+
+    def _shift_hint(self, sub: A.Shift, index: str) -> str:
+        """The members of the variable's range whose shifted member exists, as an inline set."""
+        var = sub.var.name
+        inside = self.member_set(index)
+        fine = [m for m in self.info.indexes[self._env_index.get(var, index)]
+                if m.isdigit() and str(int(m) + sub.offset) in inside]
+        if not fine:
+            return f"no member of `{var}`'s range has one: check the offset"
+        values = [int(m) for m in fine]
+        if values == list(range(values[0], values[0] + len(values))):
+            return f"limit the line to the members where it exists: `{var} in {values[0]}..{values[-1]}`"
+        if len(fine) <= 6:
+            return f"limit the line to the members where it exists: `{var} in [{', '.join(fine)}]`"
+        return f"limit the line to the members where it exists ({', '.join(fine[:6])}, ...): an index of them"
 
     # -- expressions
     def expr(self, e, env):
@@ -352,6 +418,9 @@ class _Expander:
             indexes = self.family_indexes(e)
             members = []
             for sub, index in zip(e.subscripts, indexes):
+                if isinstance(sub, A.Shift):
+                    members.append(self.shifted(sub, index, env, e.name.name))
+                    continue
                 var_index = self._env_index.get(sub.name)
                 if sub.name in env and var_index is not None and not self.is_subset(var_index, index):
                     raise _Fail("E353", sub.span, f"`{sub.name}` ranges over `{var_index}`, but this position "
@@ -593,27 +662,37 @@ def _hint_among(name: str, names, what: str) -> Optional[str]:
     return did_you_mean(name, list(names)) if names else f"declare it: `index {name} = 1..10`"
 
 
-def _literal_subscripts(program: A.Program) -> set[str]:
-    """Every subscript written as a plain name or number anywhere in the text (`I[3]`, `C[d, north]`)."""
-    found: set[str] = set()
+def _spelled(sub: A.Shift) -> str:
+    return f"{sub.var.name}{'+' if sub.offset >= 0 else '-'}{abs(sub.offset)}"
+
+
+def _nodes(program: A.Program) -> Iterable:
+    """Every node of the tree below the statements (idents and spans excepted; not into the
+    member lists of indexes and inline sets, which hold only text)."""
     stack: list = list(program.statements)
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
-        elif isinstance(node, A.Element):
-            found.update(sub.name for sub in node.subscripts if isinstance(sub, A.Ident))
-            stack.append(node.subscripts)
         elif is_dataclass(node) and not isinstance(node, (A.Ident, Span)):
-            stack.extend(getattr(node, f.name) for f in fields(node))
-    return found
+            yield node
+            stack.extend(getattr(node, f.name) for f in fields(node) if f.name != "members")
 
 
-def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> dict[str, list[str]]:
+def _literal_subscripts(program: A.Program) -> set[str]:
+    """Every subscript written as a plain name or number anywhere in the text (`I[3]`, `C[d, north]`)."""
+    return {sub.name for node in _nodes(program) if isinstance(node, A.Element)
+            for sub in node.subscripts if isinstance(sub, A.Ident)}
+
+
+def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> tuple[dict[str, list[str]], Optional["_Glue"]]:
     """Per index, in its order: the members the text names, and one member for each set of
     indexes that share members (`north` inside `district`: one member in `north`, one outside).
     Every other element behaves like the one that stands for its set, which is the same member
-    whichever index a line ranges over, so subsets and their parents keep matching elements."""
+    whichever index a line ranges over, so subsets and their parents keep matching elements.
+
+    Shifted subscripts (`T[s+1]`) tie each element to its neighbours, so whole-number members
+    are then kept differently (`_Glue`); named members as above."""
     named = _literal_subscripts(program)
     holders: dict[str, list[str]] = {}
     for index, members in indexes.items():
@@ -625,7 +704,56 @@ def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> dict[
         if tuple(owners) not in seen:
             seen.add(tuple(owners))
             standing.add(m)
-    return {index: [m for m in members if m in named or m in standing] for index, members in indexes.items()}
+    reach = max((abs(n.offset) for n in _nodes(program) if isinstance(n, A.Shift)), default=0)
+    glue = _Glue(indexes, named, reach) if reach else None
+
+    def kept(m: str) -> bool:
+        if glue is not None and m.isdigit():
+            return int(m) in glue.kept
+        return m in named or m in standing
+
+    return {index: [m for m in members if kept(m)] for index, members in indexes.items()}, glue
+
+
+class _Glue:
+    """The reduced check's whole-number members when subscripts are shifted by up to `reach`.
+
+    Each whole-number index is a few runs of consecutive numbers; the places where something
+    changes (the ends of every run of every index and inline set, the members the text names)
+    are its landmarks. Members within 2 * reach of a landmark are kept; in the long stretches
+    between, every member sees the same sets within `reach` on either side, so the middle of each
+    stretch is cut out and its two kept ends are glued: a shift that lands in a cut stretch lands
+    as far past the cut instead. The reduced model is then the whole one over a shorter index with
+    the same landmarks, and checks alike: every element keeps the same kinds of neighbours."""
+
+    def __init__(self, indexes: dict[str, list[str]], named: set[str], reach: int):
+        landmarks: set[int] = {int(m) for m in named if m.isdigit()}
+        numbers: set[int] = set()
+        for members in indexes.values():
+            if not members or not all(m.isdigit() for m in members):
+                continue
+            values = sorted(int(m) for m in members)
+            numbers.update(values)
+            for i, v in enumerate(values):  # the ends of each run of consecutive numbers
+                if i == 0 or values[i - 1] != v - 1 or i == len(values) - 1 or values[i + 1] != v + 1:
+                    landmarks.add(v)
+        width = 2 * reach
+        self.kept: set[int] = {v for mark in landmarks for v in range(mark - width, mark + width + 1)
+                               if v in numbers}
+        self._sorted = sorted(self.kept)
+
+    def stand_in(self, value: int, offset: int) -> int:
+        """`value` if kept; else, for a shift that ran into a cut stretch, the member as far
+        past the cut (forwards for a positive offset, backwards for a negative one)."""
+        if value in self.kept:
+            return value
+        i = bisect.bisect_left(self._sorted, value)
+        if not 0 < i < len(self._sorted):  # cannot happen: an index's ends are landmarks
+            return value
+        before, after = self._sorted[i - 1], self._sorted[i]  # the kept ends of the cut stretch
+        if offset > 0:
+            return after + (value - before - 1)
+        return before - (after - 1 - value)
 
 
 def expand_families(program: A.Program, file: str, tables: Optional[TableAccess] = None, reduce: bool = False):

@@ -119,15 +119,27 @@ class BoolOp:
 # ---------------------------------------------------------------- index families
 @node
 class Binder:
-    """`d in district`: a variable ranging over an index (in a declaration, a target or `sum`)."""
+    """`d in district`: a variable ranging over an index (in a declaration, a target or `sum`).
+    An inline set (`s in 1..4`, `d in [2, 5]`) has its members here, and `index` spells the set
+    (`1..4`, `[2, 5]`) at the set's place."""
 
     var: Ident
     index: Ident
     span: Span
+    members: Optional[list[str]] = None
 
 
-# A subscript: a Binder, or an Ident that is a variable, a named member or digits (`3`).
-Subscript = Union[Binder, Ident]
+@node
+class Shift:
+    """`s+1`, `d-1`: the member `offset` away from an index variable over whole numbers."""
+
+    var: Ident
+    offset: int
+    span: Span
+
+
+# A subscript: a Binder, a Shift, or an Ident that is a variable, a named member or digits (`3`).
+Subscript = Union[Binder, Shift, Ident]
 
 
 @node

@@ -43,6 +43,14 @@ MAX_CONTINUATION_LINES = 10  # how far a statement broken across lines (outside 
 _GRAMMAR_PATH = Path(__file__).with_name("nimm.lark")
 
 
+@dataclass
+class _InlineMembers:
+    """`[a, b, c]` as written: the member idents and the span of the brackets."""
+
+    members: list
+    span: A.Span
+
+
 class _Problem(Exception):
     """A syntax error found while building nodes (raised inside the LALR reductions)."""
 
@@ -250,13 +258,20 @@ class _Builder(Transformer_NonRecursive):
 
     def index_decl(self, c):
         name, members, doc = c
-        if isinstance(members, Token):  # INDEX_RANGE `1..12`
+        texts, numeric = self._index_set(members)
+        return A.IndexDecl(name, texts, numeric, doc, self.statement_span)
+
+    def _index_set(self, members) -> tuple[list[str], bool]:
+        """The members of `1..12` (an INDEX_RANGE token) or of `[a, b]` (member idents), and
+        whether they are whole numbers: an index declaration and an inline set alike."""
+        if isinstance(members, Token):
             lo, hi = (int(x) for x in str(members).split(".."))
             if hi < lo:
                 raise _Problem(self._span(members), f"empty index range `{members}`: the first number must not exceed the second")
             if hi - lo >= 100_000:
                 raise _Problem(self._span(members), f"index range `{members}` is too large (at most 100000 members)")
-            return A.IndexDecl(name, [str(k) for k in range(lo, hi + 1)], True, doc, self.statement_span)
+            return [str(k) for k in range(lo, hi + 1)], True
+        members = members.members
         texts = [m.name for m in members]
         seen: set = set()
         for m in members:
@@ -267,10 +282,12 @@ class _Builder(Transformer_NonRecursive):
         if not numeric and any(t[0].isdigit() for t in texts):
             bad = next(m for m in members if m.name[0].isdigit())
             raise _Problem(bad.span, "an index's members are all names or all whole numbers")
-        return A.IndexDecl(name, texts, numeric, doc, self.statement_span)
+        return texts, numeric
 
     def index_members(self, c):
-        return list(c[1:-1])
+        members = list(c[1:-1])
+        members_span = self._span(c[0]).to(self._span(c[-1]))
+        return _InlineMembers(members, members_span)
 
     def index_member(self, c):
         return self._member(c[0])
@@ -286,8 +303,26 @@ class _Builder(Transformer_NonRecursive):
         return list(c[1:-1])
 
     def binder(self, c):
-        var, index = self._reference(c[0]), self._reference(c[1])
-        return A.Binder(var, index, var.span.to(index.span))
+        var, where = self._reference(c[0]), c[1]
+        if isinstance(where, Token) and where.type == "NAME":
+            index = self._reference(where)
+            return A.Binder(var, index, var.span.to(index.span))
+        # an inline set: `s in 1..4`, `d in [2, 5, 7]`, named by its own spelling
+        if isinstance(where, Token):
+            members, _numeric = self._index_set(where)
+            index = A.Ident(str(where).replace(" ", "").replace("\t", ""), self._span(where))
+        else:
+            members, _numeric = self._index_set(where)
+            index = A.Ident("[" + ", ".join(m.name for m in where.members) + "]", where.span)
+        return A.Binder(var, index, var.span.to(index.span), members)
+
+    def sub_shift(self, c):
+        var, op, number = self._reference(c[0]), c[1], c[2]
+        if not str(number).isdigit():
+            raise _Problem(self._span(number), f"`{var.name}{op}{number}`: a subscript moves by a whole number",
+                           f"write `{var.name}{op}1`, `{var.name}{op}2`, ...")
+        offset = int(str(number)) * (-1 if str(op) == "-" else 1)
+        return A.Shift(var, offset, var.span.to(self._span(number)))
 
     def sub_name(self, c):
         return self._reference(c[0])
@@ -312,8 +347,7 @@ class _Builder(Transformer_NonRecursive):
         return A.Element(ident, subs, ident.span.to(end))
 
     def index_sum(self, c):
-        _lpar, var, index, body, rpar = c
-        binder = self.binder([var, index])
+        _lpar, binder, body, rpar = c
         return A.IndexSum(binder, body, binder.span.to(self._span(rpar)))
 
     def table_call(self, c):

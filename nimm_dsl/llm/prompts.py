@@ -92,6 +92,8 @@ Rules that matter:
   [person] = ...` fits the data columns `cases[1]`, `cases[2]`, ... (`input u[d in district]` reads
   `u[1]`, `u[2]`, ... the same way); `I[1]` is one element; a
   matrix is `const C[d in district, k in district] [1] = ...` (two variables, one per position).
+  A chain: `flow T[s in 1..4] -> T[s+1] = ktr * T[s]` (`s+1` is the next member, so the line's
+  range stops one short of the last; `[d in [2, 5]]` lists members; `u[d-1]` is the previous one).
 - Every scenario the task names must be a `scenario NAME ... end` block. Inside it, `set` lines
   change params, consts or inputs, over a window if needed (`set lockdown = 1 from 20 to 45`,
   times in the time unit; without `to`, to the end of the run), `dose` lines add or replace doses and `remove DOSE` drops one. Say the
