@@ -128,6 +128,8 @@ CASES = [
     case("W703", HEADER + "param k [1/day] = 1\nstate x [1] = 1\nder(x) = -k * x\nobserve y [1] = x\n", 3, 7, 8),
     case("W704", HEADER + DECAY + "param j [1/day] = 1 in [0, 2]\nstate z [1] = 0\nder(z) = j\n", 7, 7, 8,
          also={"W702"}),  # z, which j drives, is unobserved too
+    case("W705", HEADER + DECAY + "index n = 1..3\nstate s[i in n] [1] = 1\nstate u[i in n] [1] = 0\n"
+         "flow s[i] -> u[j] = k * s[i]\nobserve v[i in n] [1] = u[i]\n", 10, 16, 17),
 ]
 
 

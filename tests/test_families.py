@@ -385,3 +385,61 @@ def test_the_cli_fits_and_simulates_with_the_adams_method(tmp_path, capsys):
     capsys.readouterr()
     assert main(["simulate", str(model), "--method", "adams", "--backend", "torch", "--times", "0:5:3"]) == 2
     assert "--method adams is a CasADi integration method" in capsys.readouterr().err
+
+
+AGES = """model ages
+time t [day]
+unit person
+index age = [child, adult, senior]
+const pop[a in age] [person] = 1000
+param beta [1/day] = 0.3 in [0.01, 3]
+param cmult[a in age] [1] = 1 in [0.1, 2]
+state S[a in age] [person] = pop[a] - 1 [person]
+state I[a in age] [person] = 1
+let lambda[a in age] [1/day] = beta * cmult[a] * sum(b in age, I[b] / pop[b])
+flow S[a] -> I[a] = lambda[a] * S[a]
+flow I[a] -> = 0.1 [1/day] * I[a]
+observe cases[a in age] [person/day] = lambda[a] * S[a]
+"""
+
+
+def _located(text):
+    return [(d.code, d.span.line, d.span.column) for d in nimm_dsl.check(text)]
+
+
+@pytest.mark.parametrize("line, column", [
+    ("scenario close\n  set cmult[chlid] = 0.4 * cmult[chlid] from 35\nend", 13),
+    ("dose intro: I[adlt] += 5 at 10", 15),
+])
+def test_a_misspelt_member_in_a_target_is_an_error_not_a_variable_over_every_member(line, column):
+    text = AGES + line + "\n"
+    row = len(AGES.splitlines()) + 1 + ("scenario" in line)
+    assert _located(text) == [("E352", row, column)]
+    (d,) = nimm_dsl.check(text)
+    assert "did you mean the member" in d.hint and "in age]" in d.hint
+    # bound explicitly, the same name is a variable over every member, as written
+    bound = line.replace("[chlid]", "[chlid in age]", 1).replace("[adlt]", "[adlt in age]")
+    assert _located(AGES + bound + "\n") == []
+
+
+def test_a_flow_whose_rate_ignores_one_ends_variable_is_w705():
+    text = AGES.replace("flow S[a] -> I[a] = lambda[a] * S[a]", "flow S[a] -> I[b] = lambda[a] * S[a]")
+    assert _located(text) == [("W705", 11, 16)]
+    # a rate that depends on both ends' variables (a migration matrix) is meant
+    migration = AGES + "const m[a in age, b in age] [1/day] = 0.01\nflow S[a] -> S[b] = m[a, b] * S[a]\n"
+    assert "W705" not in [c for c, _, _ in _located(migration)]
+
+
+def test_a_line_dropped_for_an_index_error_leaves_no_unused_warnings():
+    text = AGES.replace("beta * cmult[a]", "beta * cmult[chlid]")
+    assert _located(text) == [("E352", 10, 45)]
+
+
+def test_element_columns_follow_member_order_and_a_misspelt_data_column_is_one_e608(tmp_path):
+    model = nimm_dsl.load_source(AGES)
+    res = model.simulate(np.array([0.0, 1.0]))
+    assert [n for n in res.names if n.startswith("lambda")] == ["lambda[child]", "lambda[adult]", "lambda[senior]"]
+    data = tmp_path / "d.csv"
+    data.write_text("t,cases[child],cases[adult],cases[seniors]\n0,1,2,3\n1,2,3,4\n")
+    (d,) = bind(model, str(data))
+    assert d.code == "E608" and "did you mean `cases[senior]`?" in d.hint

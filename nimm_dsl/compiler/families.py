@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..diagnostics import Diagnostic, Span, did_you_mean
+from ..diagnostics import Diagnostic, Span, closest, did_you_mean
 from ..grammar import ast as A
 from ..grammar.words import RESERVED
 from .builtins import BUILTINS
@@ -79,9 +79,10 @@ class FamilyInfo:
     dropped: bool = False  # some line was dropped for an index error
 
     def follows_from_failure(self, d: Diagnostic) -> bool:
-        """An `undefined name`, a state without dynamics or an influence path that only says
-        that a line with an index error was dropped (that line may have been the path)."""
-        if d.code in ("W702", "W704"):
+        """An `undefined name`, a state without dynamics, an unused declaration or an influence
+        path that only says that a line with an index error was dropped (that line may have been
+        the use or the path)."""
+        if d.code in ("W701", "W702", "W704"):
             return self.dropped
         if d.code == "E201":
             return any(f"`{name}[" in d.message for name in self.failed)
@@ -185,6 +186,8 @@ class _Expander:
             if count > MAX_ELEMENTS:
                 raise _Fail("E353", s.span, f"this line has {count} elements (at most {MAX_ELEMENTS})")
             self.info.lines.add(s.span.line)
+            if isinstance(s, A.FlowEq):
+                self._repeated_flow(s, variables)
             out = [self.instance(s, dict(zip(names, combo))) for combo in itertools.product(*members)]
             if isinstance(s, A.DoseStmt):
                 self.dose_families.setdefault(s.name.name, []).extend(x.name.name for x in out)
@@ -198,6 +201,18 @@ class _Expander:
             for t in _targets(s) if isinstance(s, (A.DerEq, A.FlowEq)) else ():
                 self.info.failed_dynamics.add(t.name.name if isinstance(t, A.Element) else t.name)
             return []
+
+    def _repeated_flow(self, s: A.FlowEq, variables: dict) -> None:
+        """W705: a variable of only one end that the rate does not use repeats the same flow once
+        per member (`flow S[a] -> E[b] = lambda[a] * S[a]`: each S[a] loses the rate once per b)."""
+        ends = [_names_in(t) for t in (s.source, s.target)]
+        used = _names_in(s.rate)
+        for var, (index, span) in variables.items():
+            if sum(var in e for e in ends) == 1 and var not in used:
+                self._report("W705", span, f"the rate does not depend on `{var}`: this flow runs once for each "
+                                           f"member of `{index}`, with the same rate each time",
+                             f"use the same variable at both ends (`S[{var}] -> E[{var}]`), or make the rate "
+                             f"depend on `{var}` (a matrix `C[.., {var}]`)")
 
     def check_index(self, ident: A.Ident) -> list[str]:
         if ident.name not in self.info.indexes:
@@ -240,6 +255,12 @@ class _Expander:
                     if sub.name[0].isdigit():
                         raise _Fail("E352", sub.span, f"`{sub.name}` is not a member of index `{index}`",
                                     _members_hint(self.info.indexes[index]))
+                    near = closest(sub.name, self.info.indexes[index]) if len(sub.name) >= 3 else None
+                    if near is not None:  # a misspelt member would silently act on every member
+                        raise _Fail("E352", sub.span, f"`{sub.name}` is not a member of index `{index}`; as a "
+                                                      f"variable it would range over all of `{index}`",
+                                    f"did you mean the member `{near}`? To range over every member, "
+                                    f"bind it: `[{sub.name} in {index}]`")
                     bind(sub, index, sub.span)
         for target in _targets(s):
             if not isinstance(target, A.Element):
@@ -346,7 +367,9 @@ class _Expander:
             return sub.name
         raise _Fail("E352", sub.span, f"`{sub.name}` is neither an index variable in scope here nor a member "
                                       f"of `{index}` (the index of this position of `{family}`)",
-                    "bind it on the declaration (`[d in district]`) or in a `sum(k in district, ...)`")
+                    did_you_mean(sub.name, self.info.indexes[index])
+                    or f"bind it on the declaration (`[{sub.name} in {index}]`) or in a "
+                       f"`sum({sub.name} in {index}, ...)`")
 
     def shifted(self, sub: A.Shift, index: str, env, family: str) -> str:
         """The member of `s+1`, `d-1`: the whole number `offset` away from the variable's member,
@@ -664,6 +687,20 @@ def _hint_among(name: str, names, what: str) -> Optional[str]:
 
 def _spelled(sub: A.Shift) -> str:
     return f"{sub.var.name}{'+' if sub.offset >= 0 else '-'}{abs(sub.offset)}"
+
+
+def _names_in(node) -> set[str]:
+    """Every name and subscript variable written in a subtree (targets, expressions)."""
+    found, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, list):
+            stack.extend(n)
+        elif isinstance(n, (A.Ident, A.Name)):
+            found.add(n.name)
+        elif is_dataclass(n) and not isinstance(n, Span):
+            stack.extend(getattr(n, f.name) for f in fields(n) if f.name != "members")
+    return found
 
 
 def _nodes(program: A.Program) -> Iterable:

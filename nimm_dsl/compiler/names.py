@@ -128,6 +128,7 @@ class _Checker:
         self._const_cache: dict[str, Optional[float]] = {}
         self.rate_names: dict[int, set[str]] = {}  # id(der/flow line) -> names its rate uses
         self.initial_users: dict[str, str] = {}  # name -> a state whose initial value uses it
+        self._position: Optional[dict[str, int]] = None  # declaration order (decl_index)
         self.set_lines: list[A.SetStmt] = []
         self.hints_left = MAX_HINTS
         self._value_names: Optional[list[str]] = None
@@ -745,9 +746,14 @@ class _Checker:
         lets = [n for n in nodes if symbols[n].kind == "let" and n not in on_cycle]
         self.info.let_order = topological(lets, {n: [d for d in same_kind[n] if d not in on_cycle] for n in lets}, self.decl_index)
 
-    def decl_index(self, name: str) -> tuple[int, int]:
+    def decl_index(self, name: str) -> tuple[int, int, int]:
+        """Where `name` is declared; the elements of a family line share its place and keep
+        their member order (not their names' alphabetical order: `lambda[child]` before
+        `lambda[adult]` when the index says so)."""
+        if self._position is None:
+            self._position = {n: i for i, n in enumerate(self.table.symbols)}
         span = self.table.symbols[name].ident.span
-        return span.line, span.column
+        return span.line, span.column, self._position[name]
 
     def compute_influence(self) -> None:
         observes = [s.name for s in self.table.of_kind("observe")]

@@ -160,19 +160,25 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) ->
             families.setdefault(_family(o.name), []).append(o)
     if not families:
         return unmatched
-    rest = []
+    rest, misspelt = [], set()
     for c in unmatched:
         family = _family(c)
         if family in families:
             elements = [o.name for o in families[family]]
+            # a near spelling of a named member (`cases[seniors]`); numbers are not misspelt names
+            named = not c[len(family) + 1:-1].replace(",", "").isdigit()
+            near = closest(c, [e for e in elements if e not in columns]) if named else None
+            if near is not None:  # its E608 says it: no E609 for the same column
+                misspelt.add(near)
             report("E608", families[family][0].span, f"column `{c}` of {file} is not an element of the observed "
                    f"family `{family}`, which has {_names(elements[:5])}{' ...' if len(elements) > 5 else ''}",
+                   f"did you mean `{near}`? rename the column" if near else
                    "remove or rename the column, or add the member to the index")
         else:
             rest.append(c)
     for family, observes in families.items():
         with_data = [o for o in observes if o.name in columns]
-        without = [o for o in observes if o.name not in columns]
+        without = [o for o in observes if o.name not in columns and o.name not in misspelt]
         if with_data and without:
             report("E609", without[0].span, f"the table {file} has columns for {len(with_data)} of the "
                    f"{len(observes)} elements of `{family}`, but none for {_names([o.name for o in without[:5]])}"
