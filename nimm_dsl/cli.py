@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--hessian", choices=("gauss-newton", "exact"), default="gauss-newton",
                    help="curvature behind the standard errors: the Fisher information (default) or "
                         "the exact Hessian of the loss (slower on large models)")
+    f.add_argument("--max-iter", type=int, default=None, metavar="N",
+                   help="iterations of the optimiser: CasADi, its iteration limit; Torch, its Adam "
+                        "epochs (default 50, 30 with neural terms)")
+    f.add_argument("--lbfgs-iter", type=int, default=None, metavar="N",
+                   help="Torch: L-BFGS iterations after the Adam epochs (default 50)")
     f.add_argument("--dispersion", choices=("adjusted", "ml"), default="adjusted",
                    help="params that only set a negbinomial dispersion: Cox–Reid adjusted profile "
                         "likelihood (default; less biased in small samples) or maximum likelihood")
@@ -467,9 +472,15 @@ def cmd_fit(args) -> int:
     _torch_threads(args.backend)
     if not sys.stderr.isatty():  # a log gets a line now and one every 30 s (a terminal: a bar)
         _say(f"nimm: fitting {model.name} to {args.data} ({args.starts} start{'s' * (args.starts > 1)})")
+    for flag, value in (("--max-iter", args.max_iter), ("--lbfgs-iter", args.lbfgs_iter)):
+        if value is not None and value < 1:
+            raise UsageError(f"nimm: {flag} needs at least 1, got {value}")
+    if args.lbfgs_iter is not None and args.backend != "torch":
+        raise UsageError("nimm: --lbfgs-iter is an option of the Torch fit (--backend torch)")
+    options = {"lbfgs_iter": args.lbfgs_iter} if args.lbfgs_iter is not None else {}
     result = model.fit(args.data, backend=args.backend, starts=args.starts, holdout=args.holdout,
-                       seed=args.seed, progress=True, hessian=args.hessian,
-                       dispersion=args.dispersion, simulator=_simulator(model, args))
+                       seed=args.seed, progress=True, hessian=args.hessian, max_iter=args.max_iter,
+                       dispersion=args.dispersion, simulator=_simulator(model, args), **options)
     if args.profile is not None:
         from .runtime.fit import profile
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nimm_dsl.cli import main
@@ -154,3 +155,22 @@ def test_negative_time_range_and_a_fit_of_another_model(tmp_path):
     other.write_text(json.dumps({"params": {"beta": 1.0}, "loss": 0.0, "metrics": {"rmse": {}}}))
     p = run(["simulate", str(f), "--fit", str(other)], tmp_path)
     assert p.returncode == 1 and str(other) in p.stderr and "`beta`" not in p.stderr and "beta" in p.stderr
+
+
+def test_fit_iteration_limits_reach_the_optimisers(tmp_path, capsys):
+    """--max-iter caps the Torch fit's Adam epochs and --lbfgs-iter its L-BFGS iterations (the
+    message of a fit that stops early names them); --lbfgs-iter is refused for CasADi."""
+    model = tmp_path / "decay.nimm"
+    model.write_text("model decay\ntime t [h]\nparam k [1/h] = 0.5 in [0.01, 2]\nstate x [mg] = 8\n"
+                     "der(x) = -k * x\nobserve y [mg] = x\n")
+    data = tmp_path / "d.csv"
+    data.write_text("t,y\n" + "".join(f"{t},{8 * np.exp(-0.2 * t):.6f}\n" for t in range(0, 10)))
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(model), str(data), "--backend", "torch", "--max-iter", "1", "--lbfgs-iter", "1",
+                 "--output", str(out)]) == 0
+    warning = " ".join(json.loads(out.read_text())["warnings"])
+    assert "stopped before converging" in warning and "--max-iter" in warning
+    assert main(["fit", str(model), str(data), "--lbfgs-iter", "3"]) == 2
+    assert "Torch fit" in capsys.readouterr().err
+    assert main(["fit", str(model), str(data), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["params"]["k"] == pytest.approx(0.2, rel=1e-4)

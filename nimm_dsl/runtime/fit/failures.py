@@ -278,7 +278,7 @@ def diagnose(ir: ModelIR, simulator, dataset: Dataset, est: Sequence[ParamIR], v
             fix = (f"the search ended on a bound ({', '.join(at_bounds)}): widen it if values beyond are "
                    f"plausible, or {starts_fix}")
         elif "iteration limit" in status:
-            fix = f"allow more iterations (max_iter), or {starts_fix}"
+            fix = f"allow more iterations (`--max-iter`, `max_iter` in the API), or {starts_fix}"
         return Diagnosis(f"the optimiser {status.removeprefix('failed: ')}, although the model runs with a "
                          "finite loss at the point reached", fix, False)
     cause = f"{problem.what}{bound_note}"

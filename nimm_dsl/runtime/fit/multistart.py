@@ -178,7 +178,8 @@ def run_starts(solver: StartSolver, points: np.ndarray, origins: Sequence[str], 
                         f"{_failure_line(first, records)}: {first.diagnosis.text()}")
     if not best.converged:
         warnings.append(f"the best start {best.status}; the estimates may be rough (allow more "
-                        "iterations with max_iter, or try more starting points)")
+                        "iterations: `--max-iter`, `max_iter` in the API; or try more starting points: "
+                        "`--starts`)")
     return MultiStart(best, records, warnings)
 
 

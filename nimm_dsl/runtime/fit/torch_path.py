@@ -303,7 +303,8 @@ class TorchSolver(StartSolver):
         change_text = f"{change:.3g}" if np.isfinite(change) else "unknown"
         return StartOutcome(values, weights, loss,
                             f"stopped before converging (last loss change {change_text}, gradient norm "
-                            f"{gnorm:.3g}; raise max_iter or lbfgs_iter)", False, notes)
+                            f"{gnorm:.3g})",
+                            False, notes)
 
     def curvature(self, outcome: StartOutcome):
         import torch
