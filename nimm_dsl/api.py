@@ -119,16 +119,18 @@ class Model:
         kwargs.setdefault("simulator", self.compile(backend))
         return fit(self.ir, data, backend=backend, **kwargs)
 
-    def latex(self) -> str:
+    def latex(self, every_element: bool = False) -> str:
+        """The compiled equations as LaTeX (`nimm show`); of a family, the first two elements,
+        how many more, and the last, unless `every_element`."""
         from .compiler.lower import to_latex
 
-        return to_latex(self.ir)
+        return to_latex(self.ir, every_element)
 
-    def equations(self) -> str:
-        """The compiled equations as plain text (`nimm show --format text`)."""
+    def equations(self, every_element: bool = False) -> str:
+        """The compiled equations as plain text (`nimm show --format text`); families as in `latex`."""
         from .compiler.lower import to_text
 
-        return to_text(self.ir)
+        return to_text(self.ir, every_element)
 
     def __repr__(self) -> str:
         return f"<nimm Model {self.name!r} from {self.file}>"

@@ -169,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="LaTeX equations (default) or plain text")
     w.add_argument("--latex", action="store_const", const="latex", dest="format",
                    help="the same as --format latex")
+    w.add_argument("--all", action="store_true",
+                   help="every element of every family (default: the first two, a count and the last)")
     return p
 
 
@@ -629,7 +631,7 @@ def cmd_agent(args) -> int:
 
 def cmd_show(args) -> int:
     model = _load(args.model)
-    print(model.latex() if args.format == "latex" else model.equations(), end="")
+    print(model.latex(args.all) if args.format == "latex" else model.equations(args.all), end="")
     return EXIT_OK
 
 

@@ -83,3 +83,18 @@ def test_folded_decimals_show_as_decimals_and_plain_fractions_stay(tmp_path, cap
     assert main(["show", str(path), "--format", "latex"]) == 0
     tex = capsys.readouterr().out
     assert "7165313105737893" not in tex and "10^{" not in tex
+
+
+def test_a_family_shows_its_first_two_elements_a_count_and_its_last_unless_all(tmp_path, capsys):
+    path = tmp_path / "ring.nimm"
+    path.write_text(FAMILY.replace("1..3", "1..6"))
+    assert main(["show", str(path), "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split(" = ")[0] for line in out.splitlines() if line.startswith("dX")] == \
+        ["dX[1]/dt", "dX[2]/dt", "dX[6]/dt"]
+    assert "    ... 3 more elements of X (`nimm show --all` lists them)" in out
+    assert main(["show", str(path), "--format", "text", "--all"]) == 0
+    assert sum(line.startswith("dX") for line in capsys.readouterr().out.splitlines()) == 6
+    assert main(["show", str(path)]) == 0
+    tex = capsys.readouterr().out
+    assert r"&\vdots && \text{3 more elements of X}" in tex and _balanced(tex)

@@ -366,7 +366,32 @@ def lower(checked: CheckedModel) -> I.ModelIR:
     return ir
 
 
-def to_latex(ir: I.ModelIR) -> str:
+SHOWN_ELEMENTS = 3  # of a family's rows, `show` prints the first two and the last
+
+
+def _family_rows(items, name_of, row, more):
+    """The rows of `items` (each through `row`), but of each family with more than SHOWN_ELEMENTS
+    elements in a run (`S[1]`, `S[2]`, ...) only the first two, then `more(n, family)` for the n
+    left out, then the last: a 100-district model shows as a few lines per equation instead of
+    hundreds, and the elements shown are rendered only."""
+    items = list(items)
+    out, i = [], 0
+    while i < len(items):
+        family = name_of(items[i]).partition("[")[0] if "[" in name_of(items[i]) else None
+        j = i + 1
+        while family is not None and j < len(items) and name_of(items[j]).partition("[")[0] == family \
+                and "[" in name_of(items[j]):
+            j += 1
+        run = items[i:j]
+        if family is not None and len(run) > SHOWN_ELEMENTS:
+            out += [row(run[0]), row(run[1]), more(len(run) - 3, family), row(run[-1])]
+        else:
+            out += [row(x) for x in run]
+        i = j
+    return out
+
+
+def to_latex(ir: I.ModelIR, every_element: bool = False) -> str:
     """The baseline model as LaTeX equations (aligned), for `nimm show --latex`.
 
     Set lines are shown as windows beside the equations rather than as the Piecewise switches
@@ -388,22 +413,30 @@ def to_latex(ir: I.ModelIR) -> str:
 
     t = ir.time
     dt = rf"\mathrm{{d}}{ltx(t)}" if t is not None else ""
-    rows = []
-    for let in ir.lets:
-        rows.append(rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]")
-    for s in ir.reported_states:
-        rows.append(rf"\frac{{\mathrm{{d}}{ltx(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
-                    rf" && [\mathrm{{{s.unit}/{ir.time_unit}}}]")
-    for s in ir.reported_states:
-        rows.append(rf"{ltx(s.symbol)}({ltx(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]")
-    for o in ir.observes:
+
+    def rows_of(items, name_of, row):
+        if every_element:
+            return [row(x) for x in items]
+        return _family_rows(items, name_of, row,
+                            lambda n, family: rf"&\vdots && \text{{{n} more elements of {text(family)}}}")
+
+    def observe_row(o) -> str:
         noise = {"normal": r"\mathcal{N}", "lognormal": r"\log\mathcal{N}",
                  "poisson": r"\mathrm{Poisson}", "negbinomial": r"\mathrm{NegBin}", "lsq": None}[o.noise]
         rhs = tex(o.expr)
         if noise:
             rhs += rf" && \text{{data}} \sim {noise}" + (rf"(\sigma = {tex(o.sigma)})" if o.sigma is not None else "")
             rhs += rf"(k = {tex(o.dispersion)})" if o.dispersion is not None else ""
-        rows.append(rf"{ltx(o.symbol)} &= {rhs}")
+        return rf"{ltx(o.symbol)} &= {rhs}"
+
+    by_name = lambda x: x.name  # noqa: E731
+    rows = rows_of(ir.lets, by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]")
+    rows += rows_of(ir.reported_states, by_name,
+                    lambda s: rf"\frac{{\mathrm{{d}}{ltx(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
+                              rf" && [\mathrm{{{s.unit}/{ir.time_unit}}}]")
+    rows += rows_of(ir.reported_states, by_name,
+                    lambda s: rf"{ltx(s.symbol)}({ltx(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]")
+    rows += rows_of(ir.observes, by_name, observe_row)
     for s in ir.sets:
         window = " ".join(filter(None, [rf"{s.start:g} \le" if s.start is not None else "",
                                         ltx(t) if t is not None else "",
@@ -473,7 +506,7 @@ def _display_substitutions(ir: I.ModelIR) -> dict:
     return out
 
 
-def to_text(ir: I.ModelIR) -> str:
+def to_text(ir: I.ModelIR, every_element: bool = False) -> str:
     """The baseline model as plain-text equations in declared units, for `nimm show --format text`
     (the same content as `to_latex`)."""
     baseline = _display_substitutions(ir)
@@ -482,15 +515,24 @@ def to_text(ir: I.ModelIR) -> str:
         return sp.sstr(_readable_numbers(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
 
     t = ir.time
-    rows = [f"{let.symbol} = {show(let.expr)}    [{let.unit}]" for let in ir.lets]
-    rows += [f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]"
-             for s in ir.reported_states]
-    rows += [f"{s.symbol}({t}0) = {show(s.init)}    [{s.unit}]" for s in ir.reported_states]
-    for o in ir.observes:
+
+    def rows_of(items, row):
+        if every_element:
+            return [row(x) for x in items]
+        return _family_rows(items, lambda x: x.name, row,
+                            lambda n, family: f"    ... {n} more elements of {family} (`nimm show --all` lists them)")
+
+    def observe_row(o) -> str:
         noise = "" if o.noise == "lsq" else f"    data ~ {o.noise}" + (
             f"(sigma = {show(o.sigma)})" if o.sigma is not None else "") + (
             f"(dispersion = {show(o.dispersion)})" if o.dispersion is not None else "")
-        rows.append(f"{o.symbol} = {show(o.expr)}{noise}")
+        return f"{o.symbol} = {show(o.expr)}{noise}"
+
+    rows = rows_of(ir.lets, lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]")
+    rows += rows_of(ir.reported_states,
+                    lambda s: f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]")
+    rows += rows_of(ir.reported_states, lambda s: f"{s.symbol}({t}0) = {show(s.init)}    [{s.unit}]")
+    rows += rows_of(ir.observes, observe_row)
     for s in ir.sets:
         window = " ".join(filter(None, [f"{s.start:g} <=" if s.start is not None else "",
                                         str(t) if t is not None else "",
