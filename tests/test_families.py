@@ -443,3 +443,11 @@ def test_element_columns_follow_member_order_and_a_misspelt_data_column_is_one_e
     data.write_text("t,cases[child],cases[adult],cases[seniors]\n0,1,2,3\n1,2,3,4\n")
     (d,) = bind(model, str(data))
     assert d.code == "E608" and "did you mean `cases[senior]`?" in d.hint
+
+
+def test_a_long_table_is_told_to_become_wide(tmp_path):
+    data = tmp_path / "long.csv"
+    data.write_text("t,age,cases\n0,child,3\n0,adult,4\n1,child,5\n1,adult,6\n")
+    found = {d.code: d for d in bind(nimm_dsl.load_source(AGES), str(data))}
+    assert "E602" in found
+    assert "`cases` is a family" in found["E602"].hint and "`cases[child]`, `cases[adult]`" in found["E602"].hint

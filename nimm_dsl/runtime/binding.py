@@ -386,7 +386,19 @@ def _names(names) -> str:
 
 
 def _renames(columns, names) -> Optional[str]:
-    """'column `cases` looks like `case`' for columns close to a model name: a typo on one side."""
+    """'column `cases` looks like `case`' for columns close to a model name: a typo on one side.
+    A column named after a family (`cases` for `cases[1]`, `cases[2]`, ...) is a long table's
+    value column: the wide layout wants one column per element."""
+    families = {}
+    for n in names:
+        if _family(n):
+            families.setdefault(_family(n), []).append(n)
+    for c in columns:
+        if c in families:
+            first = ", ".join(f"`{n}`" for n in families[c][:2])
+            return (f"`{c}` is a family: its data go in one column per element, {first}, ... (the wide "
+                    "layout, docs/language.md, Index families); pivot a long table (a row per element, "
+                    "a column naming the member) into that, e.g. with pandas `pivot_table`")
     pairs = [f"column `{c}` looks like `{n}`" for c in columns if (n := closest(c, names))]
     return "; ".join(pairs) + ": rename one of them" if pairs else None
 
