@@ -362,7 +362,7 @@ def test_simulate_writes_the_integral_observe_and_not_its_accumulator(tmp_path):
     table = pd.read_csv(out)
     assert list(table.columns) == ["t", "S", "E", "I", "R", "weekly"]
     shown = nimm_dsl.load_source(SEIR).equations()
-    assert "weekly = integral(E*rho*sigma, 7.0)" in shown and "accumulator" not in shown
+    assert "weekly = integral(E*rho*sigma, 7 day)" in shown and "accumulator" not in shown  # window with its unit
     np.testing.assert_allclose(table["weekly"], seir_reference(WEEKS, switch=35.0), rtol=1e-6)
 
 

@@ -483,6 +483,9 @@ def latex_name(name: str) -> str:
     """A user's name in LaTeX: one letter or a Greek letter, optionally followed by digits, as
     sympy writes it (`I0` -> I_{0}, `beta` -> \\beta); any other name upright and whole
     (`beta_eff` -> \\mathrm{beta\\_eff}), never as a product of letters or a subscript."""
+    if " " in name:  # a number with its unit (an integral's window): no model name has a space
+        number, unit = name.split(" ", 1)
+        return rf"{number}\ \mathrm{{{unit}}}"
     head = re.fullmatch(r"([A-Za-z]+?)(\d*)", name)
     if head and (len(head.group(1)) == 1 or sp.latex(sp.Symbol(head.group(1))).startswith("\\")):
         return sp.latex(sp.Symbol(name))
@@ -502,7 +505,8 @@ def _display_substitutions(ir: I.ModelIR) -> dict:
     # an integral as written (its accumulator state is internal and not shown)
     integral = sp.Function("integral")
     for g in ir.integrals:
-        out[g.symbol] = integral(ir.derivatives[g.state].xreplace(out), sp.Float(g.window, 6))
+        window = sp.Symbol(f"{g.window:g} {ir.time_unit}")  # the window with its unit, as written
+        out[g.symbol] = integral(ir.derivatives[g.state].xreplace(out), window)
     return out
 
 
