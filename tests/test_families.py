@@ -451,3 +451,9 @@ def test_a_long_table_is_told_to_become_wide(tmp_path):
     found = {d.code: d for d in bind(nimm_dsl.load_source(AGES), str(data))}
     assert "E602" in found
     assert "`cases` is a family" in found["E602"].hint and "`cases[child]`, `cases[adult]`" in found["E602"].hint
+
+
+def test_a_unit_error_in_a_family_line_suggests_no_element_names():
+    text = AGES.replace("sum(b in age, I[b] / pop[b])", "sum(b in age, I[b] / pop[b] + I[b])")
+    (d,) = [d for d in nimm_dsl.check(text) if d.code == "E401"]
+    assert d.hint is None or "[child]" not in d.hint  # it suggested `I[child] / S[child]`

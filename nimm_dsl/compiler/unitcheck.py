@@ -533,6 +533,8 @@ class _UnitChecker:
         """`did you mean `gamma * I`?` when one declared factor would fix a bare name."""
         if not (isinstance(expected, Unit) and isinstance(found, Unit) and isinstance(expr, A.Name)):
             return None
+        if "[" in expr.name:  # an element of an expanded family line: `I[child] / S[child]` misleads there
+            return None
         missing = expected / found
         if missing.is_dimensionless:
             return None
