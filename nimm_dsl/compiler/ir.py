@@ -293,14 +293,16 @@ class ModelIR:
         import hashlib
         import json
 
+        shared: dict = {}  # subtree digests, shared by every expression of the model
+        text = lambda e: _expression_key(e, shared)  # noqa: E731
         structure = {
             "name": self.name, "time": [self.time_name, self.time_unit],
-            "states": [[s.name, s.unit, str(s.init)] for s in self.states],
+            "states": [[s.name, s.unit, text(s.init)] for s in self.states],
             "params": [[p.name, p.unit, p.estimate] for p in self.params],
             "inputs": [[u.name, u.unit, u.interp] for u in self.inputs],
-            "lets": [[x.name, x.unit, str(x.expr)] for x in self.lets],
-            "derivatives": sorted([name, str(e)] for name, e in self.derivatives.items()),
-            "observes": [[o.name, o.unit, o.noise, str(o.expr), str(o.sigma), str(o.dispersion)]
+            "lets": [[x.name, x.unit, text(x.expr)] for x in self.lets],
+            "derivatives": sorted([name, text(e)] for name, e in self.derivatives.items()),
+            "observes": [[o.name, o.unit, o.noise, text(o.expr), text(o.sigma), text(o.dispersion)]
                          for o in self.observes],
             "neurals": [[n.name, n.n_inputs, list(n.hidden), n.activation, n.unit] for n in self.neurals],
         }
@@ -331,6 +333,42 @@ class ModelIR:
     def sets_for(self, scenario: Optional[str]) -> list[int]:
         """Indices (into `sets`) of the set lines in force for a scenario (None: baseline)."""
         return [i for i, s in enumerate(self.sets) if s.scenario is None or s.scenario == scenario]
+
+
+_PRINTED_NODES = 200  # expressions up to this many nodes are fingerprinted as sympy prints them
+
+
+def _expression_key(e, digest: Optional[dict] = None) -> str:
+    """A stable text for an expression in `ModelIR.fingerprint`: as sympy prints it (what
+    fingerprints have always used), but for a huge one (an expanded family sum: printing 10^4
+    terms took seconds) a digest of its tree, each distinct subtree hashed once."""
+    if not isinstance(e, sp.Basic):
+        return str(e)
+    count, stack = 0, [e]
+    while stack and count <= _PRINTED_NODES:
+        node = stack.pop()
+        count += 1
+        stack.extend(node.args)
+    if count <= _PRINTED_NODES:
+        return str(e)
+    import hashlib
+
+    digest = {} if digest is None else digest
+    stack = [(e, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in digest:
+            continue
+        if node.args and not ready:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in digest)
+            continue
+        own = type(node).__name__ + ":" + (str(node) if not node.args else "")
+        h = hashlib.sha256(own.encode())
+        for a in node.args:
+            h.update(digest[a].encode())
+        digest[node] = h.hexdigest()
+    return "sha256:" + digest[e]
 
 
 # ---------------------------------------------------------------- walking expressions

@@ -304,15 +304,18 @@ def _start_warnings(ir: ModelIR, dataset: Dataset) -> list[Diagnostic]:
     against the observation there (a series starts at its first time: the initial values hold
     there, so nothing needs integrating)."""
     out = []
+    starts: dict[int, dict] = {}  # per series: every start value at once (not once per observe)
     for o in ir.observes:
         if o.name not in dataset.observed_names:
             continue
-        for s in dataset.series:
+        for k, s in enumerate(dataset.series):
             y, t0 = float(s.observed[o.name][0]), float(s.times[0])
             if not math.isfinite(y) or (ir.t0 is not None and t0 != ir.t0):
                 continue  # a series that starts after the clock origin needs integrating: not a start value
             try:
-                pred = start_values(ir, t0, **s.run_options())[o.name]
+                if k not in starts:
+                    starts[k] = start_values(ir, t0, **s.run_options())
+                pred = starts[k][o.name]
                 sigma = None
                 if o.sigma is not None:
                     at = point(ir, t0, build_protocol(ir, [t0], **s.run_options()).segments[0])

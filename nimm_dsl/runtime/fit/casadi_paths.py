@@ -197,9 +197,12 @@ def _total_derivative(expr, x, S, S2, theta):
     (nx x n) and theta; S2 (nx*n x n, None for first order) holds dS/dtheta."""
     import casadi as ca
 
-    d = ca.jacobian(expr, x) @ S + ca.jacobian(expr, theta)
+    # directional derivatives (forward mode, one direction per param) rather than the Jacobian
+    # times S: a matrix-vector call of the model (compiler/linear_forms.py) then stays one call
+    # per direction instead of an N x N block of scalar Jacobian entries
+    d = ca.jtimes(expr, x, S) + ca.jacobian(expr, theta)
     if S2 is not None:
-        d = d + ca.jacobian(expr, ca.vec(S)) @ S2
+        d = d + ca.jtimes(expr, ca.vec(S), S2)
     return d
 
 
