@@ -457,3 +457,15 @@ def test_a_unit_error_in_a_family_line_suggests_no_element_names():
     text = AGES.replace("sum(b in age, I[b] / pop[b])", "sum(b in age, I[b] / pop[b] + I[b])")
     (d,) = [d for d in nimm_dsl.check(text) if d.code == "E401"]
     assert d.hint is None or "[child]" not in d.hint  # it suggested `I[child] / S[child]`
+
+
+def test_the_start_check_evaluates_a_series_start_once_not_once_per_observe(tmp_path, monkeypatch):
+    from nimm_dsl.runtime import binding
+
+    calls = []
+    original = binding.start_values
+    monkeypatch.setattr(binding, "start_values", lambda *a, **k: calls.append(1) or original(*a, **k))
+    data = tmp_path / "d.csv"
+    data.write_text("t,cases[child],cases[adult],cases[senior]\n0,1,2,3\n1,2,3,4\n")
+    assert {d.code for d in bind(nimm_dsl.load_source(AGES), str(data))} <= {"W606"}
+    assert len(calls) == 1  # three observes, one series: the start values of a 100-district model took 15 s
