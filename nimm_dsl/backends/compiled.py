@@ -273,15 +273,12 @@ class CompiledODE:
         """Lets then observes at every output time, [n_outputs x T], from the states X [nx x T],
         runtime vectors Pcols [n_runtime x T] and integrals [n_integrals x T]; None if the
         generated code reports an error (the caller then uses CasADi's)."""
-        n = len(times)
-        times = np.ascontiguousarray(times, dtype=float)
-        cols = [np.ascontiguousarray(np.transpose(a), dtype=float) for a in (X, Pcols)]
-        w = np.ascontiguousarray(w, dtype=float)
-        extra = None if integrals is None else np.ascontiguousarray(np.transpose(integrals), dtype=float)
-        Y = np.empty((n, self.n_outputs))
-        flag = self._outputs(n, times.ctypes.data, cols[0].ctypes.data, cols[1].ctypes.data, w.ctypes.data,
+        times, X, Pcols, w = (np.ascontiguousarray(a, dtype=float) for a in (times, X, Pcols, w))
+        extra = None if integrals is None else np.ascontiguousarray(integrals, dtype=float)
+        Y = np.empty((self.n_outputs, len(times)))
+        flag = self._outputs(len(times), times.ctypes.data, X.ctypes.data, Pcols.ctypes.data, w.ctypes.data,
                              None if extra is None else extra.ctypes.data, Y.ctypes.data)
-        return None if flag else Y.T
+        return None if flag else Y
 
 
 def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compiler: Optional[str] = None,

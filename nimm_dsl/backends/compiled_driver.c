@@ -211,22 +211,28 @@ int nimm_solve(double t0, const double *grid, int n_grid, const double *x0, cons
   return flag;
 }
 
-/* The outputs (lets then observes) at n output times: column j of each argument is
-   t[j], X[j * NIMM_NX ...], P[j * NIMM_NP ...], the weights w, I[j * NIMM_NI ...] (NULL without
-   integrals); Y[j * NIMM_NY ...] receives them. Returns nonzero on an error of the generated code. */
+/* The outputs (lets then observes) at n output times t[j], from row-major matrices (one row per
+   quantity, one column per time, as numpy holds them): X [NIMM_NX x n], P [NIMM_NP x n], I
+   [NIMM_NI x n] (NULL without integrals) and the weights w; Y [NIMM_NY x n] receives them.
+   Returns nonzero on an error of the generated code. */
 int nimm_outputs(int n, const double *t, const double *X, const double *P, const double *w,
                  const double *I, double *Y) {
   nimm_work *wk = (nimm_work *)calloc(1, sizeof(nimm_work));
+  double x[NIMM_NX + 1], p[NIMM_NP + 1], in[NIMM_NI + 1], y[NIMM_NY + 1];
   int flag = 0;
   if (!wk) return -1;
-  for (int j = 0; j < n && !flag; j++) {
+  wk->arg[1] = x;
+  wk->arg[2] = p;
+  wk->arg[3] = w;
+  if (NIMM_NI > 0) wk->arg[4] = I ? in : 0;
+  wk->res[0] = y;
+  for (long j = 0; j < n && !flag; j++) {
     wk->arg[0] = t + j;
-    wk->arg[1] = X + (long)j * NIMM_NX;
-    wk->arg[2] = P + (long)j * NIMM_NP;
-    wk->arg[3] = w;
-    if (NIMM_NI > 0) wk->arg[4] = I ? I + (long)j * NIMM_NI : 0;
-    wk->res[0] = Y + (long)j * NIMM_NY;
+    for (long r = 0; r < NIMM_NX; r++) x[r] = X[r * n + j];
+    for (long r = 0; r < NIMM_NP; r++) p[r] = P[r * n + j];
+    if (I) for (long r = 0; r < NIMM_NI; r++) in[r] = I[r * n + j];
     flag = nimm_out(wk->arg, wk->res, wk->iw, wk->w, 0);
+    for (long r = 0; r < NIMM_NY; r++) Y[r * n + j] = y[r];
   }
   free(wk);
   return flag;
