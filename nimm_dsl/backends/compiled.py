@@ -252,22 +252,20 @@ class CompiledODE:
         self._outputs.argtypes = [ctypes.c_int, dp, dp, dp, dp, dp, dp]
         self._outputs.restype = ctypes.c_int
         self._lib = lib  # keeps the library loaded
-        self._reached = np.zeros(1)
+        self._reached = np.zeros(1)  # where a failed solve stopped
+        self._reached_at = self._reached.ctypes.data
 
     def integrate(self, t0: float, grid: np.ndarray, x0: np.ndarray, pw: np.ndarray, rtol: float,
                   atol: float, max_steps: int, method: Optional[str] = None) -> Optional[np.ndarray]:
         """The states at each time of `grid` (increasing, after t0) from x0 at t0: [len(grid) x nx];
         None when the solver fails (the caller reruns the segment on the interpreted path, which
         locates and reports the failure)."""
-        grid = np.ascontiguousarray(grid, dtype=float)
-        x0 = np.ascontiguousarray(x0, dtype=float)
-        pw = np.ascontiguousarray(pw, dtype=float)
+        grid, x0, pw = (np.ascontiguousarray(a, dtype=float) for a in (grid, x0, pw))
         out = np.empty((len(grid), self.n_states))
         flag = self._solve(float(t0), grid.ctypes.data, len(grid), x0.ctypes.data, pw.ctypes.data,
-                           rtol, atol, max_steps, METHODS[method or DEFAULT_METHOD], out.ctypes.data, self._reached.ctypes.data)
-        if flag != 0 or not np.isfinite(out).all():
-            return None
-        return out
+                           rtol, atol, max_steps, METHODS[method or DEFAULT_METHOD], out.ctypes.data,
+                           self._reached_at)
+        return None if flag else out  # the driver checks that every state is finite
 
     def outputs(self, times, X, Pcols, w, integrals=None) -> Optional[np.ndarray]:
         """Lets then observes at every output time, [n_outputs x T], from the states X [nx x T],

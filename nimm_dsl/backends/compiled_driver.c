@@ -211,11 +211,11 @@ done:
   return flag;
 }
 
-/* The entry point. method 1: CVODES Adams; 2: CVODES BDF; 3, 4, 5: GSL rkf45, rkck, rk8pd,
+/* One segment. method 1: CVODES Adams; 2: CVODES BDF; 3, 4, 5: GSL rkf45, rkck, rk8pd,
    switching to CVODES BDF from the point where the problem turns out stiff. Arguments as
    cvodes_solve. */
-int nimm_solve(double t0, const double *grid, int n_grid, const double *x0, const double *p,
-               double rtol, double atol, long max_steps, int method, double *out, double *t_reached) {
+static int solve(double t0, const double *grid, int n_grid, const double *x0, const double *p,
+                 double rtol, double atol, long max_steps, int method, double *out, double *t_reached) {
   const gsl_odeiv2_step_type *type = method == 3 ? gsl_odeiv2_step_rkf45
                                      : method == 4 ? gsl_odeiv2_step_rkck
                                      : method == 5 ? gsl_odeiv2_step_rk8pd : NULL;
@@ -235,6 +235,13 @@ int nimm_solve(double t0, const double *grid, int n_grid, const double *x0, cons
     return cvodes_solve(t, grid + k, n_grid - k, y, p, rtol, atol, max_steps, CV_BDF,
                         out + (long)k * NIMM_NX, t_reached);
   return flag;
+}
+
+int nimm_solve(double t0, const double *grid, int n_grid, const double *x0, const double *p,
+               double rtol, double atol, long max_steps, int method, double *out, double *t_reached) {
+  int flag = solve(t0, grid, n_grid, x0, p, rtol, atol, max_steps, method, out, t_reached);
+  /* finite derivatives can still overflow a state to inf: the caller then reruns the segment */
+  return flag == 0 && !all_finite(out, (long)n_grid * NIMM_NX) ? CV_ERR_FAILURE : flag;
 }
 
 /* The outputs (lets then observes) at n output times t[j], from row-major matrices (one row per
