@@ -97,7 +97,7 @@ def domain_warnings(times, X: np.ndarray, states, rtol: float, atol: float, time
     # per state extremes first: on every clean run (nearly all of them) nothing else is computed
     rows = Xb[0] if len(Xb) == 1 else np.moveaxis(Xb, 1, 0).reshape(Xb.shape[1], -1)
     low, high = rows.min(axis=1), rows.max(axis=1)
-    slack = 10 * (atol + rtol * np.maximum(np.abs(low), np.abs(high)))
+    slack = 10 * (atol + rtol * np.maximum(-low, high))  # 10 (atol + rtol max |x|): low <= high
     lo = np.array([s.lo for s in states]) - slack
     hi = np.array([s.hi for s in states]) + slack
     out = []
@@ -130,11 +130,10 @@ def trough_warnings(times, X: np.ndarray, states, atol: float, time_name: str,
     X = np.asarray(X, dtype=float)
     times = np.asarray(times, dtype=float)
     out = []
-    lo = np.array([s.lo for s in states])
-    # only states that come within 10 atol of a finite lower bound somewhere are looked at closely
-    bounded = np.flatnonzero(np.isfinite(lo))
-    near = bounded[np.fmin.reduce(X[bounded], axis=1, initial=np.inf) - lo[bounded] <= 10 * atol]  # fmin: NaN-blind
-    for i in near:
+    # only states that come within 10 atol of their lower bound somewhere are looked at closely
+    # (fmin ignores NaN; a bound of -inf is never near)
+    lowest = np.fmin.reduce(X, axis=1, initial=np.inf) - np.array([s.lo for s in states])
+    for i in np.flatnonzero(lowest <= 10 * atol):
         s = states[i]
         above = X[i] - s.lo
         high = above > TROUGH_DEPTH * atol
