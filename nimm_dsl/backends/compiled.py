@@ -4,9 +4,9 @@ CasADi's integrator costs about a millisecond per call however small the model (
 set-up and timers), ten times what a compiled right-hand side needs. Here the model's right-hand
 side and its dense Jacobian, the SX expressions the CasADi back end already builds, are turned
 into C by CasADi's code generator (public API), joined with a small driver of our own
-(`compiled_driver.c`: an explicit Runge-Kutta pair of the GNU Scientific Library's gsl_odeiv2
-stepping to each output time, handing over to CVODES BDF with our Jacobian where the problem turns
-out stiff) and compiled with
+(`compiled_driver.c`: an explicit Runge-Kutta pair of the GNU Scientific Library's gsl_odeiv2,
+stepping freely where its steps span several output times and to each output time elsewhere,
+handing over to CVODES BDF with our Jacobian where the problem turns out stiff) and compiled with
 the system C compiler into a shared object loaded with ctypes. The CasADi back
 end calls it once per segment of the event protocol, exactly where it would call its integrator.
 
