@@ -133,10 +133,10 @@ done:
    - elsewhere the step stops exactly at the next output time (a truncated step leaves GSL's
      proposed size as it was, so the choice is made again at every step).
    With 1000 outputs on SIR at 1e-8 the first replaces 1000 truncated, error-controlled steps by
-   about 130 free ones plus 1000 bare steps: 25% less time (benchmarks/README.md). GSL exposes no stiffness estimate, so the
-   hand-over is a step budget: an explicit method that needs more than NIMM_STIFF_STEPS steps
-   between two output times is taken to be limited by stability, and the segment goes on from
-   there with CVODES BDF. */
+   about 130 free ones plus 1000 bare steps: 25% less time (benchmarks/README.md).
+   GSL exposes no stiffness estimate, so the hand-over is a step budget: an explicit method that
+   needs more than NIMM_STIFF_STEPS steps between two output times is taken to be limited by
+   stability, and the segment goes on from there with CVODES BDF. */
 #define NIMM_STIFF 1 /* returned by gsl_solve when the problem looks stiff */
 #define NIMM_STIFF_STEPS 500
 #ifndef NIMM_FREE_SPAN /* -DNIMM_FREE_SPAN=1000000000: always stop at outputs (benchmarks) */
@@ -192,10 +192,14 @@ static int gsl_solve(const gsl_odeiv2_step_type *type, nimm_work *wk, double *t_
     for (; k < n_grid && grid[k] <= t; k++, steps = 0) {
       double *at = out + (long)k * NIMM_NX;
       if (grid[k] == t) { memcpy(at, y, sizeof(double) * NIMM_NX); continue; }
-      if (!have_f_start && gsl_f(t_start, y_start, f_start, wk) != GSL_SUCCESS) { flag = CV_ERR_FAILURE; goto done; }
+      if (!have_f_start && gsl_f(t_start, y_start, f_start, wk) != GSL_SUCCESS) {
+        flag = CV_ERR_FAILURE;
+        goto done;
+      }
       have_f_start = 1;
       memcpy(at, y_start, sizeof(y_start));
-      if (gsl_odeiv2_step_apply(partial, t_start, grid[k] - t_start, at, y_err, f_start, NULL, &sys) != GSL_SUCCESS) {
+      if (gsl_odeiv2_step_apply(partial, t_start, grid[k] - t_start, at, y_err, f_start, NULL, &sys)
+          != GSL_SUCCESS) {
         flag = CV_ERR_FAILURE;
         goto done;
       }
