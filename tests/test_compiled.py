@@ -358,3 +358,23 @@ def test_the_cli_words_a_fallback_like_its_other_messages(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err == ("nimm: warning: compiled simulation unavailable (no C compiler); using the "
                    "interpreted CasADi integrator, same results, slower\n")
+
+
+@pytest.mark.parametrize("times", [np.linspace(0, 30, 2001),  # outputs far denser than the steps
+                                   np.r_[np.linspace(0, 2, 401), np.linspace(2.5, 30, 12)]])  # mixed
+@pytest.mark.parametrize("tol", [1e-6, 1e-9])
+def test_outputs_inside_free_steps_are_as_accurate_as_the_tolerance(times, tol):
+    """Where a step spans several output times the driver steps freely and takes each output by
+    one step of the same pair from the step's start: the error stays at the tolerance's level."""
+    a, _ = both(load("flu_sir.nimm"), times, rtol=tol, atol=tol)
+    ref = solve_ivp(sir_rhs, (0, 30), [762.0, 1.0, 0.0], t_eval=times, args=(1.73,), method="DOP853",
+                    rtol=1e-12, atol=1e-12).y
+    assert close(states(a, "SIR"), ref, rel=50 * tol)
+    fast = compile_casadi(load("flu_sir.nimm"), compiled=True)
+    solver = fast.compiled_route.solver()
+    if TOOLCHAIN:  # the other GSL pairs take the same path
+        (segment,) = fast.protocol(times).segments
+        pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+        for method in ("rkf45", "rk8pd"):
+            x = solver.integrate(0.0, times[1:], np.array([762.0, 1.0, 0.0]), pw, tol, tol, 20000, method)
+            assert x is not None and close(x.T, ref[:, 1:], rel=50 * tol)

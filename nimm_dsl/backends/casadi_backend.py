@@ -503,8 +503,9 @@ class CasadiSimulator:
         solver = self.compiled_route.solver() if self.compiled_route is not None else None
         started = time.perf_counter()
         x = self._fast_init({0: protocol.t_start, 1: np.concatenate((theta, plans[0].tail)), 2: w}).ravel()
-        self._check_finite(x, f"in the initial values at {self.ir.time_name} = {self._t(protocol.t_start)}",
-                           protocol.t_start)
+        if not np.isfinite(x).all():  # the message only when needed: this runs on every simulation
+            self._check_finite(x, f"in the initial values at {self.ir.time_name} = {self._t(protocol.t_start)}",
+                               protocol.t_start)
         for plan in plans:
             P = np.concatenate((theta, plan.tail))
             x = self._apply_doses(plan.segment, x, P, w, symbolic=False)
@@ -561,17 +562,18 @@ class CasadiSimulator:
         args = {0: times, 1: X.T, 2: Pcols.T, 3: w}
         if integrals is not None:
             args[4] = integrals.T
-        return fast(args).T
+        return np.ascontiguousarray(fast(args).T)  # rows become the result's arrays
 
     def _result(self, protocol, times, X, Y, rtol, atol, Pcols, w) -> SimulationResult:
         ir = self.ir
         values, units = {}, {ir.time_name: ir.time_unit}
+        # rows of X and Y, which each run allocates anew: views, no copies
         for i, s in enumerate(ir.states):
             if not s.hidden:
-                values[s.name], units[s.name] = X[i].copy(), s.unit
+                values[s.name], units[s.name] = X[i], s.unit
         rows = [(let.name, let.unit) for let in ir.lets] + [(o.name, o.unit) for o in ir.observes]
         for i, (name, unit) in enumerate(rows):
-            values[name], units[name] = Y[i].copy(), unit
+            values[name], units[name] = Y[i], unit
 
         def rhs(idx, columns):
             return self._rhs_columns(times[idx], columns, Pcols[:, idx], w)

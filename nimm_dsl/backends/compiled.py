@@ -4,9 +4,9 @@ CasADi's integrator costs about a millisecond per call however small the model (
 set-up and timers), ten times what a compiled right-hand side needs. Here the model's right-hand
 side and its dense Jacobian, the SX expressions the CasADi back end already builds, are turned
 into C by CasADi's code generator (public API), joined with a small driver of our own
-(`compiled_driver.c`: an explicit Runge-Kutta pair of the GNU Scientific Library's gsl_odeiv2
-stepping to each output time, handing over to CVODES BDF with our Jacobian where the problem turns
-out stiff) and compiled with
+(`compiled_driver.c`: an explicit Runge-Kutta pair of the GNU Scientific Library's gsl_odeiv2,
+stepping freely where its steps span several output times and to each output time elsewhere,
+handing over to CVODES BDF with our Jacobian where the problem turns out stiff) and compiled with
 the system C compiler into a shared object loaded with ctypes. The CasADi back
 end calls it once per segment of the event protocol, exactly where it would call its integrator.
 
@@ -252,36 +252,31 @@ class CompiledODE:
         self._outputs.argtypes = [ctypes.c_int, dp, dp, dp, dp, dp, dp]
         self._outputs.restype = ctypes.c_int
         self._lib = lib  # keeps the library loaded
-        self._reached = np.zeros(1)
+        self._reached = np.zeros(1)  # where a failed solve stopped
+        self._reached_at = self._reached.ctypes.data
 
     def integrate(self, t0: float, grid: np.ndarray, x0: np.ndarray, pw: np.ndarray, rtol: float,
                   atol: float, max_steps: int, method: Optional[str] = None) -> Optional[np.ndarray]:
         """The states at each time of `grid` (increasing, after t0) from x0 at t0: [len(grid) x nx];
         None when the solver fails (the caller reruns the segment on the interpreted path, which
         locates and reports the failure)."""
-        grid = np.ascontiguousarray(grid, dtype=float)
-        x0 = np.ascontiguousarray(x0, dtype=float)
-        pw = np.ascontiguousarray(pw, dtype=float)
+        grid, x0, pw = (np.ascontiguousarray(a, dtype=float) for a in (grid, x0, pw))
         out = np.empty((len(grid), self.n_states))
         flag = self._solve(float(t0), grid.ctypes.data, len(grid), x0.ctypes.data, pw.ctypes.data,
-                           rtol, atol, max_steps, METHODS[method or DEFAULT_METHOD], out.ctypes.data, self._reached.ctypes.data)
-        if flag != 0 or not np.isfinite(out).all():
-            return None
-        return out
+                           rtol, atol, max_steps, METHODS[method or DEFAULT_METHOD], out.ctypes.data,
+                           self._reached_at)
+        return None if flag else out  # the driver checks that every state is finite
 
     def outputs(self, times, X, Pcols, w, integrals=None) -> Optional[np.ndarray]:
         """Lets then observes at every output time, [n_outputs x T], from the states X [nx x T],
         runtime vectors Pcols [n_runtime x T] and integrals [n_integrals x T]; None if the
         generated code reports an error (the caller then uses CasADi's)."""
-        n = len(times)
-        times = np.ascontiguousarray(times, dtype=float)
-        cols = [np.ascontiguousarray(np.transpose(a), dtype=float) for a in (X, Pcols)]
-        w = np.ascontiguousarray(w, dtype=float)
-        extra = None if integrals is None else np.ascontiguousarray(np.transpose(integrals), dtype=float)
-        Y = np.empty((n, self.n_outputs))
-        flag = self._outputs(n, times.ctypes.data, cols[0].ctypes.data, cols[1].ctypes.data, w.ctypes.data,
+        times, X, Pcols, w = (np.ascontiguousarray(a, dtype=float) for a in (times, X, Pcols, w))
+        extra = None if integrals is None else np.ascontiguousarray(integrals, dtype=float)
+        Y = np.empty((self.n_outputs, len(times)))
+        flag = self._outputs(len(times), times.ctypes.data, X.ctypes.data, Pcols.ctypes.data, w.ctypes.data,
                              None if extra is None else extra.ctypes.data, Y.ctypes.data)
-        return None if flag else Y.T
+        return None if flag else Y
 
 
 def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compiler: Optional[str] = None,
