@@ -14,6 +14,7 @@ matrix-vector product) at the same tolerances. Medians of --repeats runs for the
 check, expand, lower and compile once per N.
 
     .venv/bin/python benchmarks/index_families.py [--repeats 5] [--big] [--mixing dense|mean]
+    .venv/bin/python benchmarks/index_families.py --fit 100     (a fit of one param, each method)
 """
 from __future__ import annotations
 
@@ -81,7 +82,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--big", action="store_true", help="also N = 1000 (dense: the check only)")
     parser.add_argument("--mixing", choices=sorted(FORCE), default="dense")
+    parser.add_argument("--fit", type=int, metavar="N", default=None,
+                        help="instead: time a fit of beta to N districts' counts, Adams and BDF")
     args = parser.parse_args()
+    if args.fit:
+        fit_timing(args.fit, args.mixing)
+        return
 
     from nimm_dsl.backends import compile_ir
     from nimm_dsl.compiler.check import check_source
@@ -124,6 +130,33 @@ def main() -> None:
         print(f"| {n} | {4 * n} | {len(text.strip().splitlines())} | {t1 - t0:.3f} | {t_expand - t1:.3f} | {t2 - t_expand:.3f} "
               f"| {t3 - t2:.3f} "
               f"| {first:.2f} | {a:.1f} | {c:.1f} | {b:.1f} | {a / b:.2f}x | {c / b:.2f}x |", flush=True)
+
+
+def fit_timing(n: int, mixing: str) -> None:
+    """One estimated param (beta; sigma and gamma made consts) fitted to rounded expected counts
+    of every district every 5 days, data binding and standard errors included, with each method."""
+    import pandas as pd
+
+    import nimm_dsl
+
+    text = model_text(n, mixing)
+    for name in ("sigma", "gamma"):
+        line = next(x for x in text.splitlines() if x.startswith(f"param {name} "))
+        text = text.replace(line, line.replace("param", "const").split(" in ")[0])
+    model = nimm_dsl.load_source(text)
+    times = np.arange(0.0, 101.0, 5.0)
+    res = model.simulate(times, params={"beta": 0.5})
+    data = pd.DataFrame({"t": times, **{f"cases[{d}]": np.round(res[f"cases[{d}]"]) for d in range(1, n + 1)}})
+    print(f"{mixing} mixing, N = {n}: a fit of beta (truth 0.5)")
+    print("| method | fit (s) | beta | stderr |")
+    print("|---|---|---|---|")
+    for method in ("adams", "cvodes"):
+        sim = model.compile("casadi", method=method)
+        start = time.perf_counter()
+        fit = model.fit(data, progress=False, simulator=sim)
+        seconds = time.perf_counter() - start
+        label = "Adams" if method == "adams" else "BDF"
+        print(f"| {label} | {seconds:.1f} | {fit.params['beta']:.5f} | {fit.stderr['beta']:.2g} |", flush=True)
 
 
 if __name__ == "__main__":
