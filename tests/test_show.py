@@ -92,9 +92,29 @@ def test_a_family_shows_its_first_two_elements_a_count_and_its_last_unless_all(t
     out = capsys.readouterr().out
     assert [line.split(" = ")[0] for line in out.splitlines() if line.startswith("dX")] == \
         ["dX[1]/dt", "dX[2]/dt", "dX[6]/dt"]
-    assert "    ... 3 more elements of X (`nimm show --all` lists them)" in out
+    assert "    ... 3 more elements of X alike (`nimm show --all` lists them)" in out
     assert main(["show", str(path), "--format", "text", "--all"]) == 0
     assert sum(line.startswith("dX") for line in capsys.readouterr().out.splitlines()) == 6
     assert main(["show", str(path)]) == 0
     tex = capsys.readouterr().out
-    assert r"&\vdots && \text{3 more elements of X}" in tex and _balanced(tex)
+    assert r"&\vdots && \text{3 more elements of X alike}" in tex and _balanced(tex)
+
+
+def test_a_hidden_element_never_reads_differently_from_those_shown(tmp_path, capsys):
+    path = tmp_path / "chain.nimm"
+    path.write_text("model chain\ntime t [h]\nindex stage = 1..8\nparam k [1/h] = 1 in [0.1, 10]\n"
+                    "param kx [1/h] = 0.5 in [0.1, 10]\nstate T[s in stage] [mg] = 1\n"
+                    "flow T[s in 1..7] -> T[s+1] = k * T[s]\nflow T[5] -> = kx * T[5]\nobserve y [mg] = T[8]\n")
+    assert main(["show", str(path), "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("dT[")]
+    assert [r.split("/dt")[0] for r in rows] == ["dT[1]", "dT[2]", "dT[5]", "dT[8]"] and "kx" in rows[2]
+    assert "... 4 more elements of T alike" in out  # stages 3, 4, 6 and 7 read like stage 2
+
+
+def test_unit_conversions_stay_fractions(tmp_path, capsys):
+    path = tmp_path / "pk.nimm"
+    path.write_text("model pk\ntime t [h]\nparam k [1/h] = 0.5 in [0.01, 2]\nstate A [mg] = 10\n"
+                    "der(A) = -k * A\nlet out_s [mg/s] = k * A\nobserve y [mg] = A\n")
+    assert main(["show", str(path), "--format", "text"]) == 0
+    assert "out_s = A*k/3600" in capsys.readouterr().out

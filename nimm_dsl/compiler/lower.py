@@ -369,11 +369,31 @@ def lower(checked: CheckedModel) -> I.ModelIR:
 SHOWN_ELEMENTS = 3  # of a family's rows, `show` prints the first two and the last
 
 
-def _family_rows(items, name_of, row, more):
-    """The rows of `items` (each through `row`), but of each family with more than SHOWN_ELEMENTS
-    elements in a run (`S[1]`, `S[2]`, ...) only the first two, then `more(n, family)` for the n
-    left out, then the last: a 100-district model shows as a few lines per equation instead of
-    hundreds, and the elements shown are rendered only."""
+def _shape(*exprs) -> str:
+    """An expression's structure with element subscripts and numbers left out (`S[3]*force[3]`
+    and `S[7]*force[7]` alike; sums and products in any order): which hidden element would read
+    differently from those shown."""
+    def shape(e):
+        if not isinstance(e, sp.Basic):
+            return str(e)
+        if e.is_Number:
+            return "#"
+        if isinstance(e, sp.Symbol):
+            return e.name.partition("[")[0]
+        parts = [shape(a) for a in e.args]
+        if isinstance(e, (sp.Add, sp.Mul)):
+            parts = sorted(parts)
+            parts = [p for p in parts if p != "#"] or ["#"]  # a coefficient of 1 prints no number
+        return f"{type(e).__name__}({','.join(parts)})"
+    return ";".join(shape(e) for e in exprs)
+
+
+def _family_rows(items, name_of, row, more, shape_of):
+    """The rows of `items` (each through `row`), but of a run of a family's elements (`S[1]`,
+    `S[2]`, ...) only the first two, each element whose equation has a shape neither of those
+    has (`_shape`: an extra outflow on one stage), `more(n, family)` for the n left out, and
+    the last: a 100-district model shows as a few lines per equation instead of hundreds, and
+    only the elements shown are rendered."""
     items = list(items)
     out, i = [], 0
     while i < len(items):
@@ -383,8 +403,13 @@ def _family_rows(items, name_of, row, more):
                 and "[" in name_of(items[j]):
             j += 1
         run = items[i:j]
-        if family is not None and len(run) > SHOWN_ELEMENTS:
-            out += [row(run[0]), row(run[1]), more(len(run) - 3, family), row(run[-1])]
+        middle = run[2:-1]
+        if family is not None and len(middle) >= 2:
+            shown = {shape_of(run[0]), shape_of(run[1])}
+            different = [x for x in middle if shape_of(x) not in shown]
+            hidden = len(middle) - len(different)
+            out += [row(run[0]), row(run[1])] + [row(x) for x in different]
+            out += ([more(hidden, family)] if hidden else []) + [row(run[-1])]
         else:
             out += [row(x) for x in run]
         i = j
@@ -414,11 +439,12 @@ def to_latex(ir: I.ModelIR, every_element: bool = False) -> str:
     t = ir.time
     dt = rf"\mathrm{{d}}{ltx(t)}" if t is not None else ""
 
-    def rows_of(items, name_of, row):
+    def rows_of(items, name_of, row, shape_of):
         if every_element:
             return [row(x) for x in items]
         return _family_rows(items, name_of, row,
-                            lambda n, family: rf"&\vdots && \text{{{n} more elements of {text(family)}}}")
+                            lambda n, family: rf"&\vdots && \text{{{n} more elements of {text(family)} alike}}",
+                            shape_of)
 
     def observe_row(o) -> str:
         noise = {"normal": r"\mathcal{N}", "lognormal": r"\log\mathcal{N}",
@@ -430,13 +456,17 @@ def to_latex(ir: I.ModelIR, every_element: bool = False) -> str:
         return rf"{ltx(o.symbol)} &= {rhs}"
 
     by_name = lambda x: x.name  # noqa: E731
-    rows = rows_of(ir.lets, by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]")
+    shape = lambda *es: _shape(*(x.xreplace(baseline) if isinstance(x, sp.Basic) else x for x in es))  # noqa: E731
+    rows = rows_of(ir.lets, by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]",
+                   lambda let: shape(let.expr))
     rows += rows_of(ir.reported_states, by_name,
                     lambda s: rf"\frac{{\mathrm{{d}}{ltx(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
-                              rf" && [\mathrm{{{s.unit}/{ir.time_unit}}}]")
+                              rf" && [\mathrm{{{s.unit}/{ir.time_unit}}}]",
+                    lambda s: shape(ir.derivatives[s.name]))
     rows += rows_of(ir.reported_states, by_name,
-                    lambda s: rf"{ltx(s.symbol)}({ltx(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]")
-    rows += rows_of(ir.observes, by_name, observe_row)
+                    lambda s: rf"{ltx(s.symbol)}({ltx(t)}_0) &= {tex(s.init)} && [\mathrm{{{s.unit}}}]",
+                    lambda s: shape(s.init))
+    rows += rows_of(ir.observes, by_name, observe_row, lambda o: shape(o.expr, o.sigma, o.dispersion))
     for s in ir.sets:
         window = " ".join(filter(None, [rf"{s.start:g} \le" if s.start is not None else "",
                                         ltx(t) if t is not None else "",
@@ -470,12 +500,22 @@ def _display_form(e):
     return e
 
 
+def _stands_for_a_decimal(r: sp.Rational) -> bool:
+    """A fraction folded from a float (a power of ten of 7 digits or more below it, or digits
+    that long on both sides), not one a unit conversion or the text makes (1/3600, 7/1024)."""
+    q, p = int(r.q), abs(int(r.p))
+    while q % 10 == 0 and q > 1:
+        q //= 10
+    tens = q in (1, 2, 4, 5, 8, 16, 25, 32, 64, 125) and r.q >= 10 ** 7
+    return tens or (len(str(p)) > 12 and len(str(int(r.q))) > 12)
+
+
 def _readable_numbers(e):
     """Exact fractions that only stand for a decimal (a folded `exp(-1/3)` is
     7165313105737893/10000000000000000) shown as that decimal, to 6 digits; 1/3 stays 1/3."""
     if not isinstance(e, sp.Basic):
         return e
-    long = {r: sp.Float(r, 6) for r in e.atoms(sp.Rational) if r.q > 1000}
+    long = {r: sp.Float(r, 6) for r in e.atoms(sp.Rational) if _stands_for_a_decimal(r)}
     return e.xreplace(long) if long else e
 
 
@@ -520,11 +560,14 @@ def to_text(ir: I.ModelIR, every_element: bool = False) -> str:
 
     t = ir.time
 
-    def rows_of(items, row):
+    shape = lambda *es: _shape(*(x.xreplace(baseline) if isinstance(x, sp.Basic) else x for x in es))  # noqa: E731
+
+    def rows_of(items, row, shape_of):
         if every_element:
             return [row(x) for x in items]
         return _family_rows(items, lambda x: x.name, row,
-                            lambda n, family: f"    ... {n} more elements of {family} (`nimm show --all` lists them)")
+                            lambda n, family: f"    ... {n} more elements of {family} alike (`nimm show --all` lists them)",
+                            shape_of)
 
     def observe_row(o) -> str:
         noise = "" if o.noise == "lsq" else f"    data ~ {o.noise}" + (
@@ -532,11 +575,13 @@ def to_text(ir: I.ModelIR, every_element: bool = False) -> str:
             f"(dispersion = {show(o.dispersion)})" if o.dispersion is not None else "")
         return f"{o.symbol} = {show(o.expr)}{noise}"
 
-    rows = rows_of(ir.lets, lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]")
+    rows = rows_of(ir.lets, lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]", lambda let: shape(let.expr))
     rows += rows_of(ir.reported_states,
-                    lambda s: f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]")
-    rows += rows_of(ir.reported_states, lambda s: f"{s.symbol}({t}0) = {show(s.init)}    [{s.unit}]")
-    rows += rows_of(ir.observes, observe_row)
+                    lambda s: f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]",
+                    lambda s: shape(ir.derivatives[s.name]))
+    rows += rows_of(ir.reported_states, lambda s: f"{s.symbol}({t}0) = {show(s.init)}    [{s.unit}]",
+                    lambda s: shape(s.init))
+    rows += rows_of(ir.observes, observe_row, lambda o: shape(o.expr, o.sigma, o.dispersion))
     for s in ir.sets:
         window = " ".join(filter(None, [f"{s.start:g} <=" if s.start is not None else "",
                                         str(t) if t is not None else "",
