@@ -488,7 +488,7 @@ def cmd_fit(args) -> int:
 
         workers = args.profile_workers if args.profile_workers is not None else (os.cpu_count() or 1)
         profile(model.ir, args.data, result, args.profile or None, holdout=args.holdout,
-                simulator=_simulator(model, args), workers=workers)
+                simulator=_simulator(model, args), workers=workers, max_iter=args.max_iter)
     print(format_report(result), flush=True)  # before the notes on stderr
     for w in result.warnings:
         _warn(w)

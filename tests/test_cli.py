@@ -157,20 +157,30 @@ def test_negative_time_range_and_a_fit_of_another_model(tmp_path):
     assert p.returncode == 1 and str(other) in p.stderr and "`beta`" not in p.stderr and "beta" in p.stderr
 
 
-def test_fit_iteration_limits_reach_the_optimisers(tmp_path, capsys):
-    """--max-iter caps the Torch fit's Adam epochs and --lbfgs-iter its L-BFGS iterations (the
-    message of a fit that stops early names them); --lbfgs-iter is refused for CasADi."""
+def test_fit_iteration_limits_reach_the_optimisers(tmp_path, capsys, monkeypatch):
+    """--max-iter reaches the fit (and its profiles), --lbfgs-iter the Torch fit, each on its own;
+    the advice of a fit that stops early names the flag; --lbfgs-iter is refused for CasADi."""
+    import nimm_dsl.api
+    from nimm_dsl.runtime.fit import torch_path
+
     model = tmp_path / "decay.nimm"
     model.write_text("model decay\ntime t [h]\nparam k [1/h] = 0.5 in [0.01, 2]\nstate x [mg] = 8\n"
                      "der(x) = -k * x\nobserve y [mg] = x\n")
     data = tmp_path / "d.csv"
     data.write_text("t,y\n" + "".join(f"{t},{8 * np.exp(-0.2 * t):.6f}\n" for t in range(0, 10)))
+    seen = []
+    fit, solver = nimm_dsl.api.Model.fit, torch_path.TorchSolver.__init__
+    monkeypatch.setattr(nimm_dsl.api.Model, "fit", lambda self, *a, **k: seen.append(("fit", k)) or fit(self, *a, **k))
+    monkeypatch.setattr(torch_path.TorchSolver, "__init__",
+                        lambda self, *a, **k: seen.append(("torch", k)) or solver(self, *a, **k))
+    assert main(["fit", str(model), str(data), "--max-iter", "7"]) == 0
+    assert seen[-1][1]["max_iter"] == 7 and "lbfgs_iter" not in seen[-1][1]
     out = tmp_path / "fit.json"
-    assert main(["fit", str(model), str(data), "--backend", "torch", "--max-iter", "1", "--lbfgs-iter", "1",
+    assert main(["fit", str(model), str(data), "--backend", "torch", "--lbfgs-iter", "1", "--max-iter", "1",
                  "--output", str(out)]) == 0
+    assert seen[-1][0] == "torch" and seen[-1][1]["lbfgs_iter"] == 1
+    assert [k["max_iter"] for name, k in seen if name == "fit"][-1] == 1
     warning = " ".join(json.loads(out.read_text())["warnings"])
     assert "stopped before converging" in warning and "--max-iter" in warning
     assert main(["fit", str(model), str(data), "--lbfgs-iter", "3"]) == 2
     assert "Torch fit" in capsys.readouterr().err
-    assert main(["fit", str(model), str(data), "--output", str(out)]) == 0
-    assert json.loads(out.read_text())["params"]["k"] == pytest.approx(0.2, rel=1e-4)

@@ -224,3 +224,23 @@ def test_the_compiled_route_counts_the_jacobian_block_of_a_product():
 
     m = sim.symbolic()
     assert sim.rhs.n_instructions() < n * n <= rhs_size(m.t, m.x, ca.vertcat(m.P, m.W), m.ode)
+
+
+def test_torch_records_the_product_as_one_instruction_per_group():
+    import torch
+
+    from nimm_dsl.backends.torch_backend import _record
+    from nimm_dsl.compiler.linear_forms import LinearForms
+
+    n = 30
+
+    def tape_length(with_product: bool) -> int:
+        ir = nimm_dsl.load_source(model_text(KERNEL_SUM, n=n)).ir
+        if not with_product:
+            ir.__dict__["_linear_forms"] = LinearForms()
+        inputs = [s.symbol for s in ir.states] + [p.symbol for p in ir.params]
+        tape, _, _ = _record(ir, inputs, [ir.derivatives[s.name] for s in ir.states], torch.float64, "cpu")
+        return len(tape.instrs)
+
+    # term by term: a multiplication and an addition per (d, k); with it: a few per district
+    assert tape_length(False) > 2 * n * n and tape_length(True) < n * n / 2

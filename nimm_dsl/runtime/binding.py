@@ -396,14 +396,14 @@ def _renames(columns, names) -> Optional[str]:
     for n in names:
         if _family(n):
             families.setdefault(_family(n), []).append(n)
-    for c in columns:
-        if c in families:
-            first = ", ".join(f"`{n}`" for n in families[c][:2])
-            return (f"`{c}` is a family: its data go in one column per element, {first}, ... (the wide "
-                    "layout, docs/language.md, Index families); pivot a long table (a row per element, "
-                    "a column naming the member) into that, e.g. with pandas `pivot_table`")
-    pairs = [f"column `{c}` looks like `{n}`" for c in columns if (n := closest(c, names))]
-    return "; ".join(pairs) + ": rename one of them" if pairs else None
+    hints = [f"`{c}` is a family: its data go in one column per element, "
+             f"{', '.join(f'`{n}`' for n in families[c][:2])}, ... (the wide layout, docs/language.md, "
+             "Index families); pivot a long table (a row per element, a column naming the member) into "
+             "that, e.g. with pandas `pivot_table`" for c in columns if c in families]
+    pairs = [f"column `{c}` looks like `{n}`" for c in columns if c not in families and (n := closest(c, names))]
+    if pairs:
+        hints.append("; ".join(pairs) + ": rename one of them")
+    return "; ".join(hints) if hints else None
 
 
 def missing_observes(model, observes) -> list[Diagnostic]:
