@@ -344,9 +344,9 @@ def least_squares_plan(ir: ModelIR, train: Dataset, sim):
     least squares, normal or lognormal, each sigma either fixed (no estimated param) or one
     estimated param used nowhere else (then profiled out analytically), Poisson observes,
     negbinomial ones whose dispersion has no estimated param (the adjusted-dispersion alternation
-    holds it: runtime/fit/dispersion.py), and no networks (`set` windows, doses and integrals are
-    fine, and so are per-series params, each series in its own columns, and table doses). Returns (protocols, {observe: sigma param or float or
-    None}) or None."""
+    holds it: runtime/fit/dispersion.py), and no networks (`set` windows, doses, table doses,
+    integrals and per-series params, each series in its own columns, are fine). Returns
+    (protocols, {observe: sigma param or float or None}) or None."""
     if ir.neurals or train.static or not train.series:
         return None
     est = {p.symbol: p for p in ir.params if p.estimate}
