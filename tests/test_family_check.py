@@ -215,3 +215,45 @@ def test_random_chains_check_alike_reduced_and_whole():
     for _ in range(40):
         codes.update(d.code for d in assert_same_as_whole(_random_model(rng)))
     assert {"E301", "E302", "E352"} <= codes  # the sample reaches the faults that shifts can make
+
+
+AGES = """model ages
+time t [day]
+unit person
+index age = [child, adult, senior]
+param beta [1/day] = 0.5 in [0.01, 3]
+state S[a in age] [person] = 999
+state I[a in age] [person] = 1
+flow S[a] -> I[a] = beta * S[a] * I[a] / 1000 [person]
+state R[a in age] [person] = 0
+flow I[a] -> R[a] = 0.2 [1/day] * I[a]
+observe cases [person/day] = 0.2 [1/day] * I[{observed}] ~ poisson
+"""
+
+
+def test_a_member_the_text_names_does_not_stand_for_the_members_it_leaves_alone():
+    # only the children are observed: the adults' and seniors' states reach no observation, which
+    # the reduced check once missed because `child` (named) stood for every age
+    found = assert_same_as_whole(AGES.format(observed="child"))
+    assert {(d.code, d.span.line) for d in found} == {("W702", 6), ("W702", 7), ("W702", 9)}
+    assert "`S[adult]`" in found[0].message and "`S[senior]`" in found[0].message
+
+
+def test_a_fault_of_every_element_of_a_line_names_them_all_reduced_and_whole_alike():
+    text = AGES.format(observed="child").replace("0.2 [1/day] * I[child]", "sum(a in age, I[a]) / 5 [day]")
+    for named in ("age = [child, adult, senior]", "age = 1..100"):
+        source = text.replace("age = [child, adult, senior]", named)
+        reduced = [d.message for d in check_source(source).diagnostics]
+        assert reduced == [d.message for d in check_source(source, whole=True).diagnostics]
+        w702 = [m for m in reduced if "`R[" in m]
+        assert w702 == (["state `R[child]` can influence no observation (likewise `R[adult]` and `R[senior]`)"]
+                        if "child" in named else
+                        ["state `R[1]` can influence no observation (likewise `R[2]`, `R[3]`, ..., `R[100]`: "
+                         "99 more elements)"])
+
+
+def test_a_fault_of_one_named_element_names_only_it():
+    found = check_source(AGES.format(observed="child") + "der(I[adult]) = 0 [person/day]\n").diagnostics
+    e302 = [d for d in found if d.code == "E302"]
+    assert [d.message for d in e302] == [
+        "state `I[adult]` has both a `der` line and flows (lines 8, 10); expected one or the other"]

@@ -5,7 +5,10 @@ earlier ones found errors (so one run reports everything), but on the statements
 """
 from __future__ import annotations
 
+import itertools
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -77,6 +80,37 @@ _FOLLOW_ON_USE = {"W701", "W702", "W704", "E301"}
 # Whole-model reachability: any unparsed statement but these may have been an influence path.
 _REACHABILITY = {"W702", "W704"}
 _NO_INFLUENCE = ("model", "time", "unit", "param", "const", "input", "neural")
+
+
+MAX_LISTED = 1000  # elements of one family line a diagnostic lists before it lists only the ends
+_ELEMENT = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)\[([^\]`]*)\]`")
+
+
+def _stood_for(element: re.Match, stands_for: dict) -> tuple[list[str], int]:
+    """The element a diagnostic names (`R[child]`) and, in the reduced check, the elements it
+    stands for (`R[adult]`, `R[senior]`: members the text does not name behave alike), listed up
+    to MAX_LISTED (a large matrix family: its first and last), and how many there are."""
+    options = [stands_for.get(m.strip(), [m.strip()]) for m in element.group(2).split(",")]
+    count = math.prod(len(o) for o in options)
+    listed = itertools.product(*options)
+    if count > MAX_LISTED:
+        listed = itertools.chain(itertools.islice(listed, 3), [[o[-1] for o in options]])
+    return [f"{element.group(1)}[{','.join(p)}]" for p in listed], count
+
+
+def _likewise(d: Diagnostic, names: list[str], count: int) -> Diagnostic:
+    """A family line's diagnostic that holds for several of its elements names them, so that
+    `state R[child] can influence no observation` does not read as a fault of one age group.
+    `count`: how many elements `names` stands for when it lists only some."""
+    others = [n for n in dict.fromkeys(names) if f"`{n}`" not in d.message]
+    if not others:
+        return d
+    more = max(len(others), count - 1)
+    if more == len(others) <= 3:
+        listing = f"`{others[0]}`" if more == 1 else (", ".join(f"`{n}`" for n in others[:-1]) + f" and `{others[-1]}`")
+    else:
+        listing = f"`{others[0]}`, `{others[1]}`, ..., `{others[-1]}`: {more} more elements"
+    return replace(d, message=f"{d.message} (likewise {listing})")
 
 
 def _first_word(text: str) -> str:
@@ -163,11 +197,19 @@ def check_source(source: str, file: str = "<model>", tables: Optional[TableAcces
     # A family line's elements share its span: one diagnostic per line and code, not one per
     # element (the whole expansion would repeat a fault of the line for each of its N elements).
     unique: dict[tuple, Diagnostic] = {}
+    elements: dict[tuple, tuple] = {}  # per family-line key: the elements its diagnostics name
     for x in _without_follow_on(diags, source, program.unparsed):
         if families.follows_from_failure(x):
             continue
         key = (x.code, x.span) if x.span.line in families.lines else (x.code, x.span, x.message)
         unique.setdefault(key, x)
+        named = _ELEMENT.search(x.message) if x.span.line in families.lines else None
+        if named:
+            listed, count = _stood_for(named, families.stands_for)
+            names, most = elements.get(key, ([], 0))
+            elements[key] = (names + listed, max(most, count))
+    for key, (names, count) in elements.items():
+        unique[key] = _likewise(unique[key], names, count)
 
     def whole() -> tuple:
         program, table, names, units, diagnostics, _ = _phases(parsed, file, tables, False)

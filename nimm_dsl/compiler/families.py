@@ -77,6 +77,8 @@ class FamilyInfo:
     failed: set = field(default_factory=set)  # declarations dropped for an error already reported
     failed_dynamics: set = field(default_factory=set)  # states whose der/flow line was dropped
     dropped: bool = False  # some line was dropped for an index error
+    # reduced check: a member kept for others the text does not name -> those members, itself first
+    stands_for: dict = field(default_factory=dict)
 
     def follows_from_failure(self, d: Diagnostic) -> bool:
         """An `undefined name`, a state without dynamics, an unused declaration or an influence
@@ -123,7 +125,7 @@ class _Expander:
         # the members each line and sum is expanded over; info.indexes keeps the full sets
         self.glue: Optional[_Glue] = None
         if reduce:
-            self.expanded, self.glue = _reduced_members(self.info.indexes, program)
+            self.expanded, self.glue, self.info.stands_for = _reduced_members(self.info.indexes, program)
         else:
             self.expanded = self.info.indexes
         self._member_sets: dict[str, set] = {}
@@ -722,11 +724,12 @@ def _literal_subscripts(program: A.Program) -> set[str]:
             for sub in node.subscripts if isinstance(sub, A.Ident)}
 
 
-def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> tuple[dict[str, list[str]], Optional["_Glue"]]:
+def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> tuple[dict, Optional["_Glue"], dict]:
     """Per index, in its order: the members the text names, and one member for each set of
     indexes that share members (`north` inside `district`: one member in `north`, one outside).
     Every other element behaves like the one that stands for its set, which is the same member
     whichever index a line ranges over, so subsets and their parents keep matching elements.
+    Also: each standing member -> the members it stands for (itself first), where more than one.
 
     Shifted subscripts (`T[s+1]`) tie each element to its neighbours, so whole-number members
     are then kept differently (`_Glue`); named members as above."""
@@ -737,8 +740,10 @@ def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> tuple
             holders.setdefault(m, []).append(index)
     standing: set[str] = set()
     seen: set[tuple] = set()
-    for m, owners in holders.items():  # first member of each set of indexes, in declaration order
-        if tuple(owners) not in seen:
+    # the first unnamed member of each set of indexes, in declaration order: a named member
+    # behaves as the text says for it, so it cannot stand for the members the text leaves alone
+    for m, owners in holders.items():
+        if m not in named and tuple(owners) not in seen:
             seen.add(tuple(owners))
             standing.add(m)
     reach = max((abs(n.offset) for n in _nodes(program) if isinstance(n, A.Shift)), default=0)
@@ -749,7 +754,12 @@ def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> tuple
             return int(m) in glue.kept
         return m in named or m in standing
 
-    return {index: [m for m in members if kept(m)] for index, members in indexes.items()}, glue
+    classes: dict[str, list[str]] = {}
+    for m, owners in holders.items():
+        if m not in named and not (glue is not None and m.isdigit()):
+            classes.setdefault(tuple(owners), []).append(m)
+    stands_for = {members[0]: members for members in classes.values() if len(members) > 1}
+    return {index: [m for m in members if kept(m)] for index, members in indexes.items()}, glue, stands_for
 
 
 class _Glue:
