@@ -5,6 +5,7 @@ models of the test suite, the examples and the benchmark task, and for faults th
 text of one element or one subset."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,54 @@ def test_a_fault_of_one_named_element_names_only_it():
     e302 = [d for d in found if d.code == "E302"]
     assert [d.message for d in e302] == [
         "state `I[adult]` has both a `der` line and flows (lines 8, 10); expected one or the other"]
+
+
+def _random_named_model(rng) -> str:
+    """Named members, a subset, and lines about the whole index, the subset or one member: which
+    states reach an observation, which have dynamics and which have two kinds of them varies."""
+    members = ["north", "south", "east", "west", "centre"]
+    sub = rng.sample(members, 2)
+    lines = ["model m", "time t [day]", f"index zone = [{', '.join(members)}]", f"index coast = [{', '.join(sub)}]",
+             "param r [1/day] = 0.3 in [0, 1]", "param q[z in zone] [1/day] = 0.1 in [0, 1]",
+             "state A[z in zone] [1] = 1", "state B[z in zone] [1] = 1"]
+
+    def over():
+        return rng.choice(["z in zone", "z in coast", f"z in [{rng.choice(members)}]"])
+
+    for _ in range(rng.randint(2, 5)):
+        a, b, m = rng.choice("AB"), rng.choice("AB"), rng.choice(members)
+        lines.append(rng.choice([
+            f"flow {a}[{over()}] -> {b}[z] = q[z] * {a}[z]",
+            f"der({a}[{over()}]) = -r * {a}[z]",
+            f"der({a}[{m}]) = -r * {b}[{m}]",
+            f"flow {a}[{over()}] -> = r * {b}[{m}]",
+        ]))
+    for _ in range(rng.randint(1, 2)):
+        a, m = rng.choice("AB"), rng.choice(members)
+        lines.append(rng.choice([f"observe y_{len(lines)} [1] = {a}[{m}] ~ normal(sigma = 0.1)",
+                                 f"observe y_{len(lines)} [1] = sum(k in coast, {a}[k]) ~ normal(sigma = 0.1)",
+                                 f"observe y_{len(lines)}[{over()}] [1] = {a}[z] ~ normal(sigma = 0.1)"]))
+    if rng.random() < 0.5:
+        lines += ["scenario s", f"  set q[{rng.choice(members)}] = 0 [1/day] from 1", "end"]
+    return "\n".join(lines) + "\n"
+
+
+def _elements_named(message: str) -> tuple:
+    names = re.findall(r"`[A-Za-z_]\w*\[[^`]*\]`", message)
+    return re.sub(r"`[A-Za-z_]\w*\[[^`]*\]`", "E", message.split(" (likewise ")[0]), sorted(set(names))
+
+
+def test_random_named_member_models_check_alike_reduced_and_whole():
+    import random
+
+    rng = random.Random(15)
+    codes = set()
+    for _ in range(60):
+        text = _random_named_model(rng)
+        reduced = check_source(text).diagnostics
+        whole = check_source(text, whole=True).diagnostics
+        assert places(reduced) == places(whole), text
+        # the same words and the same elements named (which element leads may differ)
+        assert [_elements_named(d.message) for d in reduced] == [_elements_named(d.message) for d in whole], text
+        codes.update(d.code for d in reduced)
+    assert {"E301", "E302", "W702", "W704"} <= codes  # the sample reaches what named members vary

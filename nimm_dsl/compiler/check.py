@@ -98,6 +98,19 @@ def _stood_for(element: re.Match, stands_for: dict) -> tuple[list[str], int]:
     return [f"{element.group(1)}[{','.join(p)}]" for p in listed], count
 
 
+def _member_order(families: FamilyInfo) -> Callable[[str], tuple]:
+    """Sort key of element names in their indexes' member order (`R[child]` before `R[adult]`)."""
+    def key(element: str) -> tuple:
+        name, _, rest = element.partition("[")
+        indexes = families.families.get(name, [])
+        places = []
+        for i, member in enumerate(rest.rstrip("]").split(",")):
+            members = families.indexes.get(indexes[i], []) if i < len(indexes) else []
+            places.append(members.index(member) if member in members else len(members))
+        return tuple(places)
+    return key
+
+
 def _likewise(d: Diagnostic, names: list[str], count: int) -> Diagnostic:
     """A family line's diagnostic that holds for several of its elements names them, so that
     `state R[child] can influence no observation` does not read as a fault of one age group.
@@ -209,7 +222,7 @@ def check_source(source: str, file: str = "<model>", tables: Optional[TableAcces
             names, most = elements.get(key, ([], 0))
             elements[key] = (names + listed, max(most, count))
     for key, (names, count) in elements.items():
-        unique[key] = _likewise(unique[key], names, count)
+        unique[key] = _likewise(unique[key], sorted(dict.fromkeys(names), key=_member_order(families)), count)
 
     def whole() -> tuple:
         program, table, names, units, diagnostics, _ = _phases(parsed, file, tables, False)
