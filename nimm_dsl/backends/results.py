@@ -97,6 +97,14 @@ def domain_warnings(times, X: np.ndarray, states, rtol: float, atol: float, time
     # per state extremes first: on every clean run (nearly all of them) nothing else is computed
     rows = Xb[0] if len(Xb) == 1 else np.moveaxis(Xb, 1, 0).reshape(Xb.shape[1], -1)
     low, high = rows.min(axis=1), rows.max(axis=1)
+    if len(states) <= 16:  # a few states: plain floats cost less than numpy's per-call overhead
+        outside = []
+        for i, (s, a, b) in enumerate(zip(states, low.tolist(), high.tolist())):
+            slack = 10 * (atol + rtol * max(-a, b))
+            if a < s.lo - slack or b > s.hi + slack:
+                outside.append(i)
+        if not outside:
+            return []
     slack = 10 * (atol + rtol * np.maximum(-low, high))  # 10 (atol + rtol max |x|): low <= high
     lo = np.array([s.lo for s in states]) - slack
     hi = np.array([s.hi for s in states]) + slack
@@ -135,6 +143,11 @@ def trough_warnings(times, X: np.ndarray, states, atol: float, time_name: str,
     lowest = np.fmin.reduce(X, axis=1, initial=np.inf) - np.array([s.lo for s in states])
     for i in np.flatnonzero(lowest <= 10 * atol):
         s = states[i]
+        # first, cheaply: far above the bound at some time, and near it at a later time?
+        first_high = int(np.argmax(X[i] > s.lo + TROUGH_DEPTH * atol))
+        if X[i, first_high] <= s.lo + TROUGH_DEPTH * atol or first_high + 1 == X.shape[1] \
+                or X[i, first_high + 1:].min() > s.lo + 10 * atol:
+            continue
         above = X[i] - s.lo
         high = above > TROUGH_DEPTH * atol
         if not high.any() or not (np.abs(above[int(np.argmax(high)) + 1:]) <= 10 * atol).any():
