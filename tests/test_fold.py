@@ -147,3 +147,21 @@ def test_defaults_and_times_lower_to_the_numbers_the_checker_compared():
     bad = nimm_dsl.check(HEADER + "param k [1/day] = 49 [1/h] / 1000 in [0, 1]\n" + DECAY)
     assert [(d.code, d.message) for d in bad] == [
         ("E502", "the default of `k` is 1.176 [1/day], outside its bounds [0, 1]")]
+
+
+def test_a_memo_gives_each_fold_the_value_and_type_of_a_fold_without_it():
+    """One memo across many folds of a tree with other names (an index family's kernel, once per
+    element): equal operands of other types are not confused (2 and 2.0), and an error is
+    raised again on every fold that meets it."""
+    program, _ = parse("let z = min(d, 2) / 3 + 1 / (d - 5)")
+    tree = program.statements[0].value
+    memo: dict = {}
+    for d in [Fraction(2), 2.0, Fraction(7), Fraction(2), 2.0, Fraction(7)]:
+        names = lambda name, d=d: d  # noqa: E731
+        plain, remembered = fold(tree, names), fold(tree, names, memo=memo)
+        assert remembered == plain and type(remembered) is type(plain)
+    assert type(fold(tree, lambda name: 2.0, memo=memo)) is float
+    assert fold(tree, lambda name: Fraction(2), memo=memo) == Fraction(2, 3) - Fraction(1, 3)
+    for _ in range(2):
+        with pytest.raises(FoldError, match="division by zero"):
+            fold(tree, lambda name: Fraction(5), memo=memo)

@@ -528,12 +528,18 @@ class _Expander:
         if "pi" in env or "inf" in env or not all(m.isdigit() for m in env.values()):
             return None  # the slow path reports a named member's missing value at its token
         try:
-            value = fold(e, names=lambda name: Fraction(int(env[name])))
+            value = fold(e, names=lambda name: self._member_value(env[name]), memo=self._folds)
         except FoldError:
             return None
         if value is None or isinstance(value, bool):
             return None
         return _number_node(value, e.span)
+
+    def _member_value(self, member: str) -> Fraction:
+        value = self._member_values.get(member)
+        if value is None:
+            value = self._member_values[member] = Fraction(int(member))
+        return value
 
     def variable_value(self, e: A.Name, env) -> A.Number:
         member = env[e.name]
@@ -810,5 +816,7 @@ def expand_families(program: A.Program, file: str, tables: Optional[TableAccess]
     x._env_index = {}
     x._scale = 1
     x._tables = {}
+    x._folds = {}  # fold's memo: the index values' constant subtrees, over the whole expansion
+    x._member_values = {}
     x.dose_families = {}
     return x.run(program), x.diagnostics, x.info

@@ -54,12 +54,33 @@ class FoldError(Exception):
         self.span, self.message, self.hint = span, message, hint
 
 
-def fold(expr, names: Optional[Names] = None, unit_scale: Optional[UnitScale] = None) -> Optional[Value]:
+def fold(expr, names: Optional[Names] = None, unit_scale: Optional[UnitScale] = None,
+         memo: Optional[dict] = None) -> Optional[Value]:
     """The value of `expr`, or None when it is not constant; raises FoldError (see the module
-    docstring). Iterative: a 200-deep expression is no problem."""
+    docstring). Iterative: a 200-deep expression is no problem.
+
+    `memo`: a dict kept by a caller that folds the same tree many times with other `names`
+    (an index family's `exp(-abs(d - k) / 3)`, once per element): an operation's value is
+    remembered per node and operand values, so `abs`, `/` and `exp` run once per distinct
+    `d - k`. Keyed by node identity: the caller keeps the tree alive as long as the memo."""
     if isinstance(expr, A.Number):  # most values are one literal
         return _literal(expr, unit_scale)
+    if memo is not None:
+        return _fold_remembered(expr, names, unit_scale, memo)
     results: list = []
+    for node, arity in _post_order(expr):
+        if arity:
+            args = results[-arity:]
+            del results[-arity:]
+        else:
+            args = []
+        results.append(_value(node, args, names, unit_scale))
+    return results[0]
+
+
+def _post_order(expr) -> list[tuple]:
+    """(node, number of children) for every node of `expr`, children before their parent."""
+    order: list[tuple] = []
     stack = [(expr, False)]
     while stack:
         node, expanded = stack.pop()
@@ -67,13 +88,37 @@ def fold(expr, names: Optional[Names] = None, unit_scale: Optional[UnitScale] = 
         if children and not expanded:
             stack.append((node, True))
             stack.extend((child, False) for child in reversed(children))
-            continue
-        if children:
-            args = results[-len(children):]
-            del results[-len(children):]
         else:
-            args = []
-        results.append(_value(node, args, names, unit_scale))
+            order.append((node, len(children)))
+    return order
+
+
+def _fold_remembered(expr, names: Optional[Names], unit_scale: Optional[UnitScale], memo: dict) -> Optional[Value]:
+    """`fold` through the memo: the tree's order is walked once, and an operation runs once per
+    node and distinct operands. Keys hold operand identities, not values (hashing a Fraction
+    costs more than the operation it saves), so each distinct value is kept as one object, and
+    the memo keeps the operands alive so that their identities cannot be reused. An error is not
+    remembered: it is raised again, the same."""
+    entry = memo.get(id(expr))
+    if entry is None:
+        entry = memo[id(expr)] = (_post_order(expr), expr)
+    results: list = []
+    for node, arity in entry[0]:
+        if not arity:
+            results.append(_value(node, [], names, unit_scale))
+            continue
+        args = results[-arity:]
+        del results[-arity:]
+        key = (id(node), *map(id, args))
+        found = memo.get(key)
+        if found is None:
+            value = _value(node, args, names, unit_scale)
+            # 2 == 2.0 == True, but 2/3 and 2.0/3 differ: the type is part of a value's identity;
+            # a zero float keeps its own object (one zero's sign is never given to another)
+            if not (isinstance(value, float) and value == 0):
+                value = memo.setdefault((type(value), value), value)
+            found = memo[key] = (value, args)
+        results.append(found[0])
     return results[0]
 
 
