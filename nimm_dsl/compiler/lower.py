@@ -72,10 +72,15 @@ class _Lowerer:
         self._baseline_lets: dict[str, sp.Expr] = {}  # name -> baseline value (base units)
         self.table_dose: Optional[tuple[str, sp.Expr]] = None  # (name, base-unit value) inside its amount
         self._plain = False  # inside the terms of a long sum: arithmetic without normalisation
+        self._scales: dict[str, sp.Expr] = {}
+        self._literals: dict[tuple, sp.Expr] = {}  # (text, unit annotation) -> value in base units
 
     # -- units
     def scale(self, name: str) -> sp.Expr:
-        return _rational(self.units.declared[name].scale)
+        scale = self._scales.get(name)
+        if scale is None:  # one sympy number per name: a family model reads 10^4 names
+            scale = self._scales[name] = _rational(self.units.declared[name].scale)
+        return scale
 
     def label(self, name: str) -> str:
         u = self.units.declared.get(name)
@@ -107,14 +112,18 @@ class _Lowerer:
         if not baseline and name in self.overrides:
             raw = self.overrides[name]
         scale = self.scale(name)
-        if scale == 1:  # most names: skip sympy's Mul construction, 10^4 times in a family model
+        if scale is sp.S.One:  # most names: skip sympy's Mul construction, 10^4 times in a family model
             return raw
         return sp.Mul(raw, scale, evaluate=False) if self._plain else raw * scale
 
     def expr(self, e, baseline: bool = False) -> sp.Expr:
         go = lambda x: self.expr(x, baseline)  # noqa: E731
         if isinstance(e, A.Number):
-            return _rational(fold(e, unit_scale=self.unit_scale))
+            key = (e.text, e.unit)  # a family repeats the same few folded values 10^4 times
+            value = self._literals.get(key)
+            if value is None:
+                value = self._literals[key] = _rational(fold(e, unit_scale=self.unit_scale))
+            return value
         if isinstance(e, A.Name):
             return self.base_value_of_name(e.name, baseline)
         if isinstance(e, A.BinOp) and e.op in "+-":
@@ -124,7 +133,11 @@ class _Lowerer:
         if isinstance(e, A.BinOp):
             left, right = go(e.left), go(e.right)
             if self._plain and e.op in "*/":
-                return sp.Mul(left, right if e.op == "*" else sp.Pow(right, -1), evaluate=False)
+                # one Mul per product: `c * I[k] / pop[k]` is Mul(c, I[k], 1/pop[k]), not two
+                # nested Muls. The back ends fold a product from the left, so a product on the
+                # left is spread into it with the same result; one on the right is not
+                factors = left.args if isinstance(left, sp.Mul) else (left,)
+                return sp.Mul(*factors, right if e.op == "*" else sp.Pow(right, -1), evaluate=False)
             return _ARITHMETIC[e.op](left, right)
         if isinstance(e, A.UnaryOp):
             v = go(e.operand)
