@@ -130,15 +130,10 @@ class _Lowerer:
             # one n-ary Add per sum: a binary `+` per term re-flattens the whole sum each time,
             # quadratic in its length (docs/architecture.md, the IR decision)
             return self._sum(e, go)
+        if isinstance(e, A.BinOp) and e.op in "*/" and self._plain:
+            return self._product(e, go)
         if isinstance(e, A.BinOp):
-            left, right = go(e.left), go(e.right)
-            if self._plain and e.op in "*/":
-                # one Mul per product: `c * I[k] / pop[k]` is Mul(c, I[k], 1/pop[k]), not two
-                # nested Muls. The back ends fold a product from the left, so a product on the
-                # left is spread into it with the same result; one on the right is not
-                factors = left.args if isinstance(left, sp.Mul) else (left,)
-                return sp.Mul(*factors, right if e.op == "*" else sp.Pow(right, -1), evaluate=False)
-            return _ARITHMETIC[e.op](left, right)
+            return _ARITHMETIC[e.op](go(e.left), go(e.right))
         if isinstance(e, A.UnaryOp):
             v = go(e.operand)
             if e.op == "not":
@@ -185,6 +180,24 @@ class _Lowerer:
             return sp.Add(*(term if positive else -term for term, positive in terms))
         return sp.Add(*(term if positive else sp.Mul(-1, term, evaluate=False) for term, positive in terms),
                       evaluate=False)
+
+    @staticmethod
+    def _product(e, go) -> sp.Expr:
+        """A chain of `*` and `/` inside a long sum as one unnormalised Mul: `c * I[k] / pop[k]`
+        is Mul(c, I[k], 1/pop[k]), not two nested Muls (sympy's construction is most of the
+        cost of lowering a dense family). The back ends fold a product from the left, so
+        spreading the leftmost operand's factors into it gives the same value; a product on the
+        right stays one factor. Operands are lowered in the tree's order (left to right)."""
+        chain = []
+        while isinstance(e, A.BinOp) and e.op in "*/":
+            chain.append(e)
+            e = e.left
+        first = go(e)
+        factors = list(first.args) if isinstance(first, sp.Mul) else [first]
+        for node in reversed(chain):
+            right = go(node.right)
+            factors.append(right if node.op == "*" else sp.Pow(right, -1))
+        return sp.Mul(*factors, evaluate=False)
 
     @staticmethod
     def _terms(e, go) -> list:
