@@ -430,6 +430,8 @@ class _UnitChecker:
         if not self.numbers((e.left, left), (e.right, right)):
             return None
         if e.op in "+-":
+            if isinstance(left, Unit) and isinstance(right, Unit) and left.same_dims(right):
+                return left  # as same_dimension, without printing a message for the error it is not
             message = (f"cannot add {left} and {right}" if e.op == "+"
                        else f"cannot subtract {right} from {left}")
             return self.same_dimension(left, right, e.right, message)
