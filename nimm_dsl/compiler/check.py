@@ -15,6 +15,7 @@ from typing import Callable, Optional
 from ..grammar import ast as A
 from ..grammar.parser import parse
 from ..diagnostics import Diagnostic, has_errors, sort_key
+from .collector import collector_paused
 from .families import FamilyInfo, TableAccess, expand_families
 from .symbols import SymbolTable, build_symbol_table
 
@@ -41,7 +42,8 @@ class CheckedModel:
     def _expanded(self) -> tuple:
         if self._whole is not None:
             whole, self._whole = self._whole, None
-            *self._parts, diagnostics = whole()
+            with collector_paused():  # 10^5 new nodes for a dense family (compiler/collector.py)
+                *self._parts, diagnostics = whole()
             seen = {(d.code, d.span.line) for d in self.diagnostics}
             self._whole_errors = [d for d in diagnostics if d.is_error and (d.code, d.span.line) not in seen]
         return self._parts

@@ -38,6 +38,7 @@ import numpy as np
 import sympy as sp
 
 from ..diagnostics import Span
+from .collector import collector_paused
 from .linear_forms import LinearForms, find_linear_forms
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "gelu")
@@ -314,7 +315,8 @@ class ModelIR:
         found = self.__dict__.get("_linear_forms")
         if found is None:
             exprs = [x.expr for x in self.lets] + list(self.derivatives.values()) + [o.expr for o in self.observes]
-            found = self.__dict__["_linear_forms"] = find_linear_forms(exprs, [p.symbol for p in self.params])
+            with collector_paused():  # (compiler/collector.py)
+                found = self.__dict__["_linear_forms"] = find_linear_forms(exprs, [p.symbol for p in self.params])
         return found
 
     def state_index(self, name: str) -> int:

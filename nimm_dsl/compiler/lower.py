@@ -21,6 +21,7 @@ from . import ir as I
 from ..grammar.words import OBSERVE_FUNCTIONS
 from .builtins import BUILTINS
 from .check import CheckedModel
+from .collector import collector_paused
 from .fold import fold, is_bare
 from .units import ONE
 
@@ -233,6 +234,11 @@ class _Lowerer:
 
 def lower(checked: CheckedModel) -> I.ModelIR:
     """Build the ModelIR of a model that checked without errors."""
+    with collector_paused():  # a family model builds 10^4 sympy terms (compiler/collector.py)
+        return _lower(checked)
+
+
+def _lower(checked: CheckedModel) -> I.ModelIR:
     for d in checked.whole_model_errors():
         raise LoweringError(d.code, d.span, d.message)
     L = _Lowerer(checked)
