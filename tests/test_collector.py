@@ -74,3 +74,15 @@ def test_overlapping_pauses_in_two_threads_end_with_the_collector_on(collector):
         thread.join(5)
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+def test_compiling_pauses_the_collector_too(collector, monkeypatch):
+    import nimm_dsl.backends.casadi_backend as casadi_backend
+    from nimm_dsl.backends import compile_ir
+
+    gc.enable()
+    ir = lower(check_source(FAMILY.format(n=3, divisor="d")))
+    seen = []
+    monkeypatch.setattr(casadi_backend, "compile_casadi", lambda ir, **options: seen.append(gc.isenabled()))
+    compile_ir(ir, "casadi")
+    assert seen == [False] and gc.isenabled()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from ..compiler.collector import collector_paused
+
 # name -> (module, compile function); both modules implement the contract in results.py/protocol.py
 BACKENDS: dict[str, tuple[str, str]] = {
     "casadi": ("nimm_dsl.backends.casadi_backend", "compile_casadi"),
@@ -26,6 +28,9 @@ def check_backend(name: str) -> str:
 
 
 def compile_ir(ir, backend: str = "casadi", **options):
-    """A simulator for `ir` on the named back end."""
+    """A simulator for `ir` on the named back end, built with the cyclic garbage collector
+    paused (compiler/collector.py: a family model's IR holds 10^5 nodes that every collection
+    would walk; that was two thirds of compiling the dense 100-district model)."""
     module, function = BACKENDS[check_backend(backend)]
-    return getattr(import_module(module), function)(ir, **options)
+    with collector_paused():
+        return getattr(import_module(module), function)(ir, **options)
