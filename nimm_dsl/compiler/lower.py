@@ -43,6 +43,14 @@ def _rational(x) -> sp.Expr:
     return sp.Float(x) if isinstance(x, float) else sp.Integer(x)
 
 
+def _rescaled(value: sp.Expr, times: sp.Expr = sp.S.One, over: sp.Expr = sp.S.One) -> sp.Expr:
+    """`value * times / over` (a unit conversion), without sympy's arithmetic for a factor of 1:
+    most quantities are in base units, and a family model has thousands of such lines."""
+    if times is not sp.S.One:
+        value = value * times
+    return value if over is sp.S.One else value / over
+
+
 _LONG_SUM = 16  # terms from which a sum is built without sympy's normalisation (see _sum)
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "^": sp.Pow}
 _COMPARE = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}
@@ -219,8 +227,8 @@ class _Lowerer:
         returned in that unit."""
         if is_bare(e):  # a bare number is already in the declared unit (LANGUAGE.md §3)
             return _rational(fold(e))
-        scale = self.scale(unit_name) if unit_name is not None else 1
-        return self.expr(e, baseline) / scale
+        scale = self.scale(unit_name) if unit_name is not None else sp.S.One
+        return _rescaled(self.expr(e, baseline), over=scale)
 
     # -- constants (defaults, bounds, event times) must become floats
     def number(self, e, unit_name: Optional[str] = None) -> float:
@@ -259,7 +267,7 @@ def _lower(checked: CheckedModel) -> I.ModelIR:
         model_span=model.span if model else None,
         time_span=table.time.span if table.time else None,
     )
-    time_scale = L.scale(L.time_name) if L.time_name else 1
+    time_scale = L.scale(L.time_name) if L.time_name else sp.S.One
 
     def of(cls):
         return [s for s in stmts if isinstance(s, cls)]
@@ -323,25 +331,25 @@ def _lower(checked: CheckedModel) -> I.ModelIR:
     lets = {s.name.name: s for s in of(A.LetDecl)}
     for name in checked.names.let_order:
         if name in lets:
-            ir.lets.append(I.LetIR(name, L.sym[name], L.expr(lets[name].value) / L.scale(name),
+            ir.lets.append(I.LetIR(name, L.sym[name], _rescaled(L.expr(lets[name].value), over=L.scale(name)),
                                    L.label(name), lets[name].span))
 
     # states and their dynamics (der lines, or the sum of flows, each end in its own unit)
     derivatives: dict[str, list] = {}  # state -> terms, added once (n-ary)
     for d in of(A.DerEq):
         n = d.state.name
-        derivatives[n] = [L.expr(d.value) * time_scale / L.scale(n)]
+        derivatives[n] = [_rescaled(L.expr(d.value), time_scale, L.scale(n))]
         ir.der_spans[n] = d.span
     for f in of(A.FlowEq):
         rate_base = L.expr(f.rate)
         src = f.source.name if f.source else None
         dst = f.target.name if f.target else None
         unit_ref = src or dst
-        ir.flows.append(I.FlowIR(src, dst, rate_base * time_scale / L.scale(unit_ref), f.span))
+        ir.flows.append(I.FlowIR(src, dst, _rescaled(rate_base, time_scale, L.scale(unit_ref)), f.span))
         if src:
-            derivatives.setdefault(src, []).append(-rate_base * time_scale / L.scale(src))
+            derivatives.setdefault(src, []).append(_rescaled(-rate_base, time_scale, L.scale(src)))
         if dst:
-            derivatives.setdefault(dst, []).append(rate_base * time_scale / L.scale(dst))
+            derivatives.setdefault(dst, []).append(_rescaled(rate_base, time_scale, L.scale(dst)))
     for s in of(A.StateDecl):
         n = s.name.name
         lo, hi = bounds(s)
@@ -359,7 +367,7 @@ def _lower(checked: CheckedModel) -> I.ModelIR:
                 sigma = L.value(opts["sigma"], n if noise == "normal" else None, baseline=True)
             if "dispersion" in opts:
                 dispersion = L.value(opts["dispersion"], None, baseline=True)
-        ir.observes.append(I.ObserveIR(n, L.sym[n], L.expr(o.value) / L.scale(n), L.label(n), noise, sigma,
+        ir.observes.append(I.ObserveIR(n, L.sym[n], _rescaled(L.expr(o.value), over=L.scale(n)), L.label(n), noise, sigma,
                                        o.span, dispersion))
     # each integral's accumulator: a hidden state in base units of unit(RATE) x time, from 0
     for value, rate, window in L.integrals:
