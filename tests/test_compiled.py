@@ -176,10 +176,8 @@ def test_failure_is_located_like_the_interpreted_path(tmp_path):
 
 # ---------------------------------------------------------------- the cache
 def sir_symbols():
-    sim = compile_casadi(load("flu_sir.nimm"), compiled=False)
-    t, x, P, W, ode = sim._ode  # noqa: SLF001  (the same symbols the simulator compiles)
-    import casadi as ca
-    return t, x, ca.vertcat(P, W), ode, sim._outputs  # noqa: SLF001
+    sim = compile_casadi(load("flu_sir.nimm"))
+    return sim.compiled_route.rhs, sim._outputs  # noqa: SLF001  (what the simulator compiles)
 
 
 def built_files(cache):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, Mapping, Optional
 
@@ -226,11 +226,10 @@ class CasadiSimulator:
         if compiled is not False and method == "cvodes" and not integrator_options and not ir.is_static:
             from .compiled import Route
 
-            t, x, P, W, ode = self._ode
-            self.compiled_route = Route(compiled, t, x, ca.vertcat(P, W), ode, self._outputs)
+            self.compiled_route = Route(compiled, self._compiled_rhs, self._outputs)
 
     # ------------------------------------------------------------ building the functions
-    def _symbolic_env(self, extra: dict, runtime: list):
+    def _symbolic_env(self, extra: dict, runtime: list, ops: Ops = CASADI_OPS):
         """SX symbols P (for the `runtime` sympy symbols) and W, the walker environment with
         `extra` and every let, and an evaluator of IR expressions sharing one memo."""
         ir = self.ir
@@ -250,23 +249,38 @@ class CasadiSimulator:
         linear = ir.linear_forms()
 
         def ev(expr):
-            return walk(expr, env, CASADI_OPS, neural, memo, linear)
+            return walk(expr, env, ops, neural, memo, linear)
 
         for let in ir.lets:
             env[let.symbol] = ev(let.expr)
         return P, W, env, ev, neural
 
-    def _build_dynamic(self):
+    def _dynamic_env(self, ops: Ops = CASADI_OPS):
+        """t, x, the integrals' symbols I and `_symbolic_env`'s values for the right-hand side."""
         ir = self.ir
-        nx = len(ir.states)
         t = ca.SX.sym("t")
-        x = ca.SX.sym("x", nx)
+        x = ca.SX.sym("x", len(ir.states))
         extra = {s.symbol: x[i] for i, s in enumerate(ir.states)}
         extra[ir.time] = t
         # each integral's value at an output time (Protocol.integral_values): an input of the outputs
         I = ca.SX.sym("I", len(ir.integrals))
         extra.update({g.symbol: I[k] for k, g in enumerate(ir.integrals)})
-        P, W, env, ev, neural = self._symbolic_env(extra, ir.runtime_symbols())
+        return (t, x, I, *self._symbolic_env(extra, ir.runtime_symbols(), ops))
+
+    def _compiled_rhs(self):
+        """The right-hand side as the compiled route builds it (backends/compiled.py): the same
+        walk with each matrix product left to the driver's own C."""
+        from .compiled import ProductSplit
+
+        split, calls = ProductSplit(), self._neural_calls  # a second walk records its calls anew
+        t, x, _, P, W, _, ev, _ = self._dynamic_env(replace(CASADI_OPS, matvec=split.matvec))
+        self._neural_calls = calls
+        ode = _inside_domains(ca.vertcat(*[ev(self.ir.derivatives[s.name]) for s in self.ir.states]), x, self.ir)
+        return split.rhs(t, x, ca.vertcat(P, W), ode)
+
+    def _build_dynamic(self):
+        ir = self.ir
+        t, x, I, P, W, env, ev, neural = self._dynamic_env()
         ode = _inside_domains(ca.vertcat(*[ev(ir.derivatives[s.name]) for s in ir.states]), x, ir)
         lets = [env[let.symbol] for let in ir.lets]
         observes = [ev(o.expr) for o in ir.observes]

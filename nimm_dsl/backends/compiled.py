@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import stat
@@ -30,7 +31,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import casadi as ca
 import numpy as np
@@ -73,15 +74,147 @@ def forget_loaded() -> None:
     _warned = False
 
 
-MAX_RHS_SIZE = 2000  # right-hand-side operations (CasADi instructions): about 3 s of gcc
+# Right-hand-side operations (CasADi instructions, Jacobian nonzeros): gcc -O2 here took 1.9 s for
+# 1362 with a Jacobian, 1.1 s for 2203 and 5.7 s for 4403 without (the dense model of
+# benchmarks/index_families.py at N = 100 and 200, products in our C): about 3 s at the limit.
+MAX_RHS_SIZE = 3000
+DENSE_FILL = 0.25  # a product stored dense when this share of its matrix is nonzero (see _product_c)
 
 
-def rhs_size(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> int:
-    """The right-hand side's size in CasADi instructions plus its Jacobian's nonzeros: what the
-    compile time grows with. A matrix-vector call (compiler/linear_forms.py) is one instruction
-    of the right-hand side but an N x N block of the Jacobian, each entry its own expression."""
-    return (ca.Function("size", [t, x, pw], [ode]).n_instructions()
-            + ca.jacobian_sparsity(ode, x).nnz())
+@dataclass(frozen=True)
+class Product:
+    """One matrix-vector product (a compiler/linear_forms.py group) that the driver computes in C
+    of our own: u[offset : offset + n_rows] = M @ v, v the group's vector (`nimm_vec_<index>`).
+    M is stored dense column-major (a loop gcc vectorises) when at least DENSE_FILL of it is
+    nonzero, else by compressed rows. The stored values are `values` (numbers in the model) or,
+    for a matrix of params and consts, nimm_entries's outputs from `entry_offset` on, evaluated
+    once per segment (they cannot change within one)."""
+
+    index: int
+    offset: int
+    n_rows: int
+    n_cols: int
+    dense: bool
+    rows: tuple  # compressed rows: the row of each stored value (dense: empty)
+    cols: tuple  # compressed rows: the column of each stored value (dense: empty)
+    values: Optional[tuple]  # numbers, in storage order; None: from nimm_entries
+    entry_offset: int
+
+
+@dataclass
+class CompiledRHS:
+    """dx/dt = ode(t, x, pw, u), u the rows of the matrix products, which the driver computes
+    before each evaluation: for product k, v_k = vectors[k](t, x, pw, u) (a vector may hold an
+    earlier product's rows), then u_k = M_k v_k. `entries(pw)`: the stored values of the
+    matrices of params and consts. Without products u is empty and ode the whole right-hand
+    side."""
+
+    t: ca.SX
+    x: ca.SX
+    pw: ca.SX
+    ode: ca.SX
+    u: ca.SX
+    vectors: list
+    entries: ca.SX
+    products: list
+    # each entry as factor * pw[index] (index -1: zero), when all have that form (a matrix of
+    # consts): a table rather than generated code, as N^2 assignments would cost gcc time
+    gather: Optional[tuple[tuple, tuple]] = None
+
+    @classmethod
+    def plain(cls, t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> "CompiledRHS":
+        return cls(t, x, pw, ode, ca.SX.sym("u", 0), [], ca.SX(0, 1), [])
+
+    @property
+    def inputs(self) -> list:
+        return [self.t, self.x, self.pw, self.u]
+
+
+class ProductSplit:
+    """An `Ops.matvec` (compiler/ir.py) that leaves each matrix product to the compiled driver:
+    it records the group's vector and matrix and answers with fresh symbols for the group's
+    rows. Walking a model's derivatives with it gives `rhs()`: the right-hand side without
+    CasADi's generic sparse product (an indirect-indexed loop that dominated the generated code)
+    and without the N x N Jacobian block of one (gcc time)."""
+
+    def __init__(self):
+        self.products: list[Product] = []
+        self._vectors: list = []
+        self._rows: list = []
+        self._entries: list = []
+        self._n_entries = 0
+
+    def matvec(self, group, vector, entries):
+        n_rows, n_cols = group.shape
+        dense = len(group.entries) >= DENSE_FILL * n_rows * n_cols
+        if dense:
+            at = {(r, c): i for i, (r, c, _, _) in enumerate(group.entries)}
+            layout = [at.get((r, c)) for c in range(n_cols) for r in range(n_rows)]
+        else:
+            layout = sorted(range(len(group.entries)), key=lambda i: group.entries[i][:2])
+        values = None
+        if entries is None:
+            values = tuple(0.0 if i is None else float(group.entries[i][2]) for i in layout)
+        else:
+            self._entries.extend(ca.SX(0) if i is None else entries[i] for i in layout)
+        sparse = () if dense else tuple(group.entries[i][0] for i in layout)
+        self.products.append(Product(group.index, sum(r.numel() for r in self._rows), n_rows, n_cols, dense,
+                                     sparse, () if dense else tuple(group.entries[i][1] for i in layout),
+                                     values, self._n_entries))
+        if values is None:
+            self._n_entries += len(layout)
+        rows = ca.SX.sym(f"u{group.index}_", n_rows)
+        self._rows.append(rows)
+        self._vectors.append(ca.vertcat(*vector))
+        return [rows[i] for i in range(n_rows)]
+
+    def rhs(self, t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> CompiledRHS:
+        if not self.products:
+            return CompiledRHS.plain(t, x, pw, ode)
+        entries = ca.vertcat(*self._entries) if self._entries else ca.SX(0, 1)
+        return CompiledRHS(t, x, pw, ode, ca.vertcat(*self._rows), list(self._vectors), entries,
+                           list(self.products), _gather(entries, pw))
+
+
+def _gather(entries: ca.SX, pw: ca.SX) -> Optional[tuple[tuple, tuple]]:
+    """(index into pw or -1, factor) of each entry when every entry is a number times one element
+    of pw, or zero; else None."""
+    if entries.numel() == 0:
+        return None
+    jacobian = ca.jacobian(entries, pw)
+    if not jacobian.is_constant():
+        return None
+    at_zero = ca.Function("at_zero", [pw], [entries])(np.zeros(pw.numel()))
+    if np.any(np.asarray(at_zero) != 0):
+        return None
+    coefficients = ca.DM(jacobian)
+    sparsity = coefficients.sparsity()
+    rows, cols = sparsity.get_triplet()
+    if len(set(rows)) != len(rows):  # an entry of two params: a product of them, generated
+        return None
+    index, factor = [-1] * entries.numel(), [0.0] * entries.numel()
+    for r, c, v in zip(rows, cols, coefficients.nonzeros()):
+        index[r], factor[r] = c, v
+    return tuple(index), tuple(factor)
+
+
+def _functions(rhs: CompiledRHS) -> list:
+    """The CasADi functions of the right-hand side generated into C, Jacobian apart."""
+    fns = [ca.Function("nimm_rhs", rhs.inputs, [rhs.ode])]
+    fns += [ca.Function(f"nimm_vec_{k}", rhs.inputs, [v]) for k, v in enumerate(rhs.vectors)]
+    if rhs.gather is None:  # of params only: evaluated once a segment
+        fns.append(ca.Function("nimm_entries", [rhs.pw], [rhs.entries]))
+    return fns
+
+
+def rhs_size(rhs: CompiledRHS) -> int:
+    """What the compile time grows with: the generated functions' CasADi instructions, plus the
+    Jacobian's nonzeros where one is generated (without products). With products no Jacobian
+    is generated: CVODES takes difference quotients, N evaluations of the cheap right-hand side,
+    where gcc would compile the N x N block each product adds. The products' own C is a loop
+    and a table of numbers, and adds little (MAX_RHS_SIZE)."""
+    jacobian = 0 if rhs.products else ca.jacobian_sparsity(rhs.ode, rhs.x).nnz()
+    return sum(f.n_instructions() for f in _functions(rhs)) + jacobian
 
 
 def cache_dir() -> Path:
@@ -90,29 +223,83 @@ def cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------- the C source
-def c_source(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function) -> str:
-    """The generated right-hand side and dense Jacobian of `ode` (inputs t, x, pw) and the
-    simulator's `outputs(t, x, P, W[, I])` (lets then observes), then the driver."""
-    rhs = ca.Function("nimm_rhs", [t, x, pw], [ode])
-    jacobian = ca.jacobian(ode, x)
-    jac = ca.Function("nimm_jac", [t, x, pw], [jacobian])
-    pattern = jacobian.sparsity()  # compressed columns, as the generated code writes them
-    n = x.numel()
-    at = [c * n + r for c in range(n) for r in pattern.row()[pattern.colind()[c]:pattern.colind()[c + 1]]]
+def _c_double(v: float) -> str:
+    """A C literal of exactly `v` (hexadecimal floating point, C99)."""
+    if math.isfinite(v):
+        return v.hex()
+    return "NAN" if math.isnan(v) else "INFINITY" if v > 0 else "-INFINITY"
+
+
+def _c_array(ctype: str, name: str, values) -> str:
+    items = ", ".join(values) or "0"
+    return f"static const {ctype} {name}[] = {{{items}}};\n"
+
+
+def _product_c(products: list) -> str:
+    """`nimm_products(wk)`: every product's vector (generated by CasADi), then the product in
+    our own loops (compiled_driver.c): its stored values as static tables, or from wk->entries."""
+    tables, body = [], []
+    for k, prod in enumerate(products):
+        m = f"nimm_m{k}"
+        if prod.values is not None:
+            tables.append(_c_array("double", m, map(_c_double, prod.values)))
+        else:
+            m = f"(wk->entries + {prod.entry_offset})"
+        body.append(f"  wk->res[0] = wk->v;\n"
+                    f"  if (nimm_vec_{k}(wk->arg, wk->res, wk->iw, wk->w, 0)) return 1;\n")
+        if prod.dense:
+            body.append(f"  nimm_dense_product({prod.n_rows}, {prod.n_cols}, {m}, wk->v, wk->u + {prod.offset});\n")
+        else:
+            starts = np.searchsorted(np.asarray(prod.rows, dtype=int), np.arange(prod.n_rows + 1))
+            tables.append(_c_array("int", f"nimm_start{k}", map(str, starts)))
+            tables.append(_c_array("int", f"nimm_col{k}", map(str, prod.cols)))
+            body.append(f"  nimm_sparse_product({prod.n_rows}, nimm_start{k}, nimm_col{k}, {m}, wk->v, "
+                        f"wk->u + {prod.offset});\n")
+    return ("".join(tables) + "static int nimm_products(nimm_work *wk) {\n" + "".join(body)
+            + "  (void)wk;\n  return 0;\n}\n")
+
+
+def _gather_c(index: tuple, factor: tuple) -> str:
+    """nimm_entries (CasADi's calling convention) from the table of `_gather`."""
+    return (_c_array("int", "nimm_entry_at", map(str, index)) + _c_array("double", "nimm_entry_factor", map(_c_double, factor))
+            + "static int nimm_entries(const casadi_real **arg, casadi_real **res, casadi_int *iw, casadi_real *w,\n"
+            "                        int mem) {\n"
+            "  (void)iw; (void)w; (void)mem;\n"
+            f"  for (int i = 0; i < {len(index)}; i++)\n"
+            "    res[0][i] = nimm_entry_at[i] < 0 ? 0.0 : nimm_entry_factor[i] * arg[0][nimm_entry_at[i]];\n"
+            "  return 0;\n}\n")
+
+
+def c_source(rhs: CompiledRHS, outputs: ca.Function) -> str:
+    """The generated right-hand side of `rhs` (with its dense Jacobian when it has no products)
+    and the simulator's `outputs(t, x, P, W[, I])` (lets then observes), the driver, then the
+    products' C."""
+    fns = _functions(rhs)
+    at = []
+    if not rhs.products:
+        jacobian = ca.jacobian(rhs.ode, rhs.x)
+        fns.append(ca.Function("nimm_jac", rhs.inputs, [jacobian]))
+        pattern = jacobian.sparsity()  # compressed columns, as the generated code writes them
+        n = rhs.x.numel()
+        at = [c * n + r for c in range(n) for r in pattern.row()[pattern.colind()[c]:pattern.colind()[c + 1]]]
     symbols = outputs.sx_in()
-    out = ca.Function("nimm_out", symbols, outputs.call(symbols))
+    fns.append(ca.Function("nimm_out", symbols, outputs.call(symbols)))
     gen = ca.CodeGenerator("nimm_model.c", {"with_header": False})
-    fns = (rhs, jac, out)
     for f in fns:
         gen.add(f)
-    sizes = {"NX": x.numel(), "NP": outputs.nnz_in(2), "NW": outputs.nnz_in(3),
+    sizes = {"NX": rhs.x.numel(), "NP": outputs.nnz_in(2), "NW": outputs.nnz_in(3),
              "NI": outputs.nnz_in(4) if outputs.n_in() > 4 else 0, "NY": outputs.nnz_out(0),
              "SZ_ARG": max(f.sz_arg() for f in fns), "SZ_RES": max(f.sz_res() for f in fns),
-             "SZ_IW": max(f.sz_iw() for f in fns), "SZ_W": max(f.sz_w() for f in fns)}
-    sizes["JAC_NNZ"] = len(at)
+             "SZ_IW": max(f.sz_iw() for f in fns), "SZ_W": max(f.sz_w() for f in fns),
+             "NU": rhs.u.numel(), "NV": max([v.numel() for v in rhs.vectors], default=0),
+             "NE": rhs.entries.numel()}
+    if at:
+        sizes["JAC_NNZ"] = len(at)
     defines = "".join(f"#define NIMM_{k} {v}\n" for k, v in sizes.items())
-    places = f"static const long nimm_jac_at[{len(at) + 1}] = {{{', '.join(map(str, at + [0]))}}};\n"
-    return gen.dump() + "\n" + defines + places + DRIVER.read_text()
+    places = _c_array("long", "nimm_jac_at", map(str, at)) if at else ""
+    if rhs.gather is not None:
+        places += _gather_c(*rhs.gather)
+    return gen.dump() + "\n" + defines + places + DRIVER.read_text() + "\n" + _product_c(rhs.products)
 
 
 # ---------------------------------------------------------------- the compiler
@@ -279,15 +466,15 @@ class CompiledODE:
         return None if flag else Y
 
 
-def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compiler: Optional[str] = None,
+def build(rhs: CompiledRHS, outputs: ca.Function, compiler: Optional[str] = None,
           cached_only: bool = False) -> Optional[CompiledODE]:
-    """The compiled solver of dx/dt = ode(t, x, pw) and the `outputs` function, from the cache or
-    freshly compiled.
+    """The compiled solver of the right-hand side `rhs` and the `outputs` function, from the
+    cache or freshly compiled.
 
     cached_only: return None rather than compile when no valid cached object exists (the
     adaptive choice looks up the cache first and compiles only once a model has run long enough).
     None after one warning per process when it cannot be built."""
-    size = rhs_size(t, x, pw, ode)
+    size = rhs_size(rhs)
     if size > MAX_RHS_SIZE:
         if not cached_only:
             _fallback(f"the right-hand side has {size} operations, more than {MAX_RHS_SIZE}: gcc would take "
@@ -298,7 +485,7 @@ def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compi
         if not cached_only:
             _fallback(f"no C compiler `{compiler or os.environ.get(COMPILER_ENV) or 'cc'}` found")
         return None
-    source = c_source(t, x, pw, ode, outputs)
+    source = c_source(rhs, outputs)
     key = hashlib.sha256("\0".join([source, tools.compiler, tools.identity, *FLAGS, *LIBS]).encode()).hexdigest()
     if key in _loaded:
         return _loaded[key]
@@ -320,7 +507,7 @@ def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compi
         if lib is None:
             _fallback(f"the freshly built {so} failed its checks")
             return None
-    _loaded[key] = CompiledODE(lib, x.numel(), outputs.nnz_out(0), so)
+    _loaded[key] = CompiledODE(lib, rhs.x.numel(), outputs.nnz_out(0), so)
     return _loaded[key]
 
 
@@ -328,7 +515,10 @@ def build(t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX, outputs: ca.Function, compi
 # will take, so that a model run once never waits for gcc and one run many times pays for
 # compiling at most about twice. gcc -O2 on this machine (2026-11-30): 0.24-0.5 s for SIR and
 # Hodgkin-Huxley, 0.53 s for 432 right-hand-side operations, 1.9 s for 1362, 14 s for 4722 and
-# about 500 s for 26802 (a dense 100-patch model): superlinear, hence a size limit.
+# about 500 s for 26802 (a dense 100-patch model written out term by term): superlinear, hence
+# a size limit. Without a generated Jacobian an operation costs gcc less (the dense model with
+# its product in our C: 2203 operations, 1.1 s), so there the budget below waits about 3x longer
+# than gcc takes (3.1 s of interpreted simulation).
 BUILD_BUDGET = 0.25  # seconds of interpreted simulation, at least
 BUDGET_PER_OPERATION = 1.4e-3  # seconds of gcc per right-hand-side operation, about
 
@@ -338,25 +528,37 @@ class Route:
     or adaptively (None: at once if the cache holds it, else once the interpreted simulations
     took about as long as compiling will: BUILD_BUDGET, or more for a larger right-hand side)."""
 
-    def __init__(self, mode: Optional[bool], t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX,
-                 outputs: ca.Function):
+    def __init__(self, mode: Optional[bool], rhs: Callable[[], CompiledRHS], outputs: ca.Function):
+        """rhs: builds the right-hand side as compiled (on first use: a walk of the model)."""
         self.mode = mode
-        self._symbols = (t, x, pw, ode, outputs)
+        self._make_rhs, self._outputs = rhs, outputs
+        self._rhs: Optional[CompiledRHS] = None
+        self._size: Optional[int] = None
         self._solver: Optional[CompiledODE] = None
         self._looked_up = False  # the adaptive cache lookup happened
         self._settled = mode is False  # built, or failed to build: no further attempt
         self.interpreted_seconds = 0.0
-        self._size = rhs_size(t, x, pw, ode) if mode is None else 0
+
+    @property
+    def rhs(self) -> CompiledRHS:
+        if self._rhs is None:
+            self._rhs = self._make_rhs()
+        return self._rhs
+
+    def _budget(self) -> float:
+        if self._size is None:
+            self._size = rhs_size(self.rhs)
+        return max(BUILD_BUDGET, BUDGET_PER_OPERATION * self._size)
 
     def solver(self) -> Optional[CompiledODE]:
         if self._settled:
             return self._solver
         if self.mode is None and not self._looked_up:
             self._looked_up = True
-            self._solver = build(*self._symbols, cached_only=True)
+            self._solver = build(self.rhs, self._outputs, cached_only=True)
             self._settled = self._solver is not None
-        elif self.mode or self.interpreted_seconds >= max(BUILD_BUDGET, BUDGET_PER_OPERATION * self._size):
-            self._solver = build(*self._symbols)
+        elif self.mode or self.interpreted_seconds >= self._budget():
+            self._solver = build(self.rhs, self._outputs)
             self._settled = True
         return self._solver
 

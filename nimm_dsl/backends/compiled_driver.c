@@ -1,12 +1,17 @@
 /* The integrator driver of the compiled route (nimm_dsl/backends/compiled.py): an explicit
    embedded Runge-Kutta pair of the GNU Scientific Library (the default), and CVODES (Adams or
-   BDF, dense linear solver, our Jacobian) for stiff problems or on request.
+   BDF, dense linear solver, our Jacobian where there is one) for stiff problems or on request.
 
-   It is appended to C code that CasADi generates for the model: nimm_rhs(t, x, p) -> dx/dt,
-   nimm_jac(t, x, p) -> the structural nonzeros of d(dx/dt)/dx (their places in the dense
-   column-major matrix: nimm_jac_at) and nimm_out (the outputs), with NIMM_NX states and the
-   NIMM_SZ_* work sizes defined before this file. One call integrates one segment, stopping
-   exactly at its last output time. */
+   It is appended to C code that CasADi generates for the model: nimm_rhs(t, x, p, u) -> dx/dt,
+   where u holds the rows of the model's matrix products (compiler/linear_forms.py), which
+   nimm_products (generated after this file) computes first: each product's vector by
+   nimm_vec_<k>(t, x, p, u), then the product in the loops below, the matrix a static table or
+   the outputs of nimm_entries(p); without products, nimm_jac(t, x, p, u) -> the structural
+   nonzeros of d(dx/dt)/dx (their places in the dense column-major matrix: nimm_jac_at, count
+   NIMM_JAC_NNZ), with products none (CVODES takes difference quotients); and nimm_out (the
+   outputs). NIMM_NX states, NIMM_NU product rows, NIMM_NV the longest product vector, NIMM_NE
+   entries and the NIMM_SZ_* work sizes are defined before this file. One call integrates one
+   segment, stopping exactly at its last output time. */
 #include <stdlib.h>
 #include <string.h>
 #include <cvodes/cvodes.h>
@@ -22,8 +27,73 @@ typedef struct {
   casadi_real *res[NIMM_SZ_RES];
   casadi_int iw[NIMM_SZ_IW + 1];
   casadi_real w[NIMM_SZ_W + 1];
+  casadi_real u[NIMM_NU + 1];       /* the products' rows at the current evaluation */
+  casadi_real v[NIMM_NV + 1];       /* one product's vector */
+  casadi_real entries[NIMM_NE + 1]; /* the matrices of params and consts, for this segment */
+#ifdef NIMM_JAC_NNZ
   casadi_real jac[NIMM_JAC_NNZ + 1];
+#endif
 } nimm_work;
+
+/* u = M v, M n_rows x n_cols stored column by column: four columns at a time added into u, a
+   loop gcc -O2 vectorises (inlined with the sizes as constants) and which reads and writes u a
+   quarter as often as one column at a time. A dense 100 x 100 product takes 1.4-2 us here
+   (one column at a time: 3 us), where CasADi's generic sparse kernel reads an index per
+   entry. */
+static inline void nimm_dense_product(int n_rows, int n_cols, const double *restrict m,
+                                      const double *restrict v, double *restrict u) {
+  int j = 0;
+  for (int i = 0; i < n_rows; i++) u[i] = 0.0;
+  for (; j + 4 <= n_cols; j += 4) {
+    const double v0 = v[j], v1 = v[j + 1], v2 = v[j + 2], v3 = v[j + 3];
+    const double *restrict c0 = m + (long)j * n_rows, *restrict c1 = c0 + n_rows,
+                 *restrict c2 = c1 + n_rows, *restrict c3 = c2 + n_rows;
+    for (int i = 0; i < n_rows; i++) u[i] += c0[i] * v0 + c1[i] * v1 + c2[i] * v2 + c3[i] * v3;
+  }
+  for (; j < n_cols; j++) {
+    const double vj = v[j], *restrict col = m + (long)j * n_rows;
+    for (int i = 0; i < n_rows; i++) u[i] += col[i] * vj;
+  }
+}
+
+/* u = M v, M by compressed rows: row i's values m[start[i] .. start[i + 1]) in columns col[.] */
+static inline void nimm_sparse_product(int n_rows, const int *start, const int *col,
+                                       const double *restrict m, const double *restrict v,
+                                       double *restrict u) {
+  for (int i = 0; i < n_rows; i++) {
+    double s = 0.0;
+    for (int k = start[i]; k < start[i + 1]; k++) s += m[k] * v[col[k]];
+    u[i] = s;
+  }
+}
+
+static int nimm_products(nimm_work *wk); /* generated after this file */
+
+/* A work area for one segment with parameters p (NULL when out of memory or if the matrix
+   entries fail to evaluate). */
+static nimm_work *nimm_work_new(const double *p) {
+  nimm_work *wk = (nimm_work *)calloc(1, sizeof(nimm_work));
+  if (!wk) return NULL;
+  wk->p = p;
+  wk->arg[0] = p;
+  wk->res[0] = wk->entries;
+  if (nimm_entries(wk->arg, wk->res, wk->iw, wk->w, 0)) {
+    free(wk);
+    return NULL;
+  }
+  return wk;
+}
+
+/* dx/dt at (t, x): the products, then the rest of the right-hand side. Nonzero on an error. */
+static int nimm_eval(nimm_work *wk, double t, const double *x, double *dx) {
+  wk->arg[0] = &t;
+  wk->arg[1] = x;
+  wk->arg[2] = wk->p;
+  wk->arg[3] = wk->u;
+  if (nimm_products(wk)) return 1;
+  wk->res[0] = dx;
+  return nimm_rhs(wk->arg, wk->res, wk->iw, wk->w, 0);
+}
 
 static int all_finite(const double *v, long n) {
   for (long i = 0; i < n; i++)
@@ -32,18 +102,13 @@ static int all_finite(const double *v, long n) {
 }
 
 static int nimm_f(sunrealtype t, N_Vector x, N_Vector dx, void *user) {
-  nimm_work *wk = (nimm_work *)user;
-  double tt = t;
-  wk->arg[0] = &tt;
-  wk->arg[1] = N_VGetArrayPointer(x);
-  wk->arg[2] = wk->p;
-  wk->res[0] = N_VGetArrayPointer(dx);
-  if (nimm_rhs(wk->arg, wk->res, wk->iw, wk->w, 0)) return -1;
+  if (nimm_eval((nimm_work *)user, t, N_VGetArrayPointer(x), N_VGetArrayPointer(dx))) return -1;
   /* a NaN or inf derivative is recoverable: CVODES retries with a smaller step, and fails with
      a flag if that never helps */
   return all_finite(N_VGetArrayPointer(dx), NIMM_NX) ? 0 : 1;
 }
 
+#ifdef NIMM_JAC_NNZ
 static int nimm_j(sunrealtype t, N_Vector x, N_Vector fx, SUNMatrix J, void *user,
                   N_Vector t1, N_Vector t2, N_Vector t3) {
   nimm_work *wk = (nimm_work *)user;
@@ -52,6 +117,7 @@ static int nimm_j(sunrealtype t, N_Vector x, N_Vector fx, SUNMatrix J, void *use
   wk->arg[0] = &tt;
   wk->arg[1] = N_VGetArrayPointer(x);
   wk->arg[2] = wk->p;
+  wk->arg[3] = wk->u; /* empty: a model with products has no generated Jacobian */
   wk->res[0] = wk->jac;
   if (nimm_jac(wk->arg, wk->res, wk->iw, wk->w, 0)) return -1;
   /* the nonzeros into the dense matrix: a dense Jacobian in the generated code would be n^2
@@ -61,6 +127,7 @@ static int nimm_j(sunrealtype t, N_Vector x, N_Vector fx, SUNMatrix J, void *use
   for (long k = 0; k < NIMM_JAC_NNZ; k++) dense[nimm_jac_at[k]] = wk->jac[k];
   return all_finite(wk->jac, NIMM_JAC_NNZ) ? 0 : 1;
 }
+#endif
 
 static void nimm_silent(int code, const char *module, const char *function, char *msg, void *data) {
   (void)code; (void)module; (void)function; (void)msg; (void)data; /* the caller reports */
@@ -78,10 +145,9 @@ static int cvodes_solve(double t0, const double *grid, int n_grid, const double 
   void *mem = NULL;
   int flag = -100;
   double t = t0;
-  nimm_work *wk = (nimm_work *)calloc(1, sizeof(nimm_work));
+  nimm_work *wk = nimm_work_new(p);
   *t_reached = t0;
   if (!wk || SUNContext_Create(NULL, &ctx)) goto done;
-  wk->p = p;
   x = N_VNew_Serial(NIMM_NX, ctx);
   dky = N_VMake_Serial(NIMM_NX, out, ctx); /* a view: its data pointer moves along `out` */
   A = SUNDenseMatrix(NIMM_NX, NIMM_NX, ctx);
@@ -97,7 +163,9 @@ static int cvodes_solve(double t0, const double *grid, int n_grid, const double 
   if ((flag = CVodeSetMaxNumSteps(mem, max_steps)) < 0) goto done;
   if ((flag = CVodeSetStopTime(mem, grid[n_grid - 1])) < 0) goto done;
   if ((flag = CVodeSetLinearSolver(mem, LS, A)) < 0) goto done;
+#ifdef NIMM_JAC_NNZ
   if ((flag = CVodeSetJacFn(mem, nimm_j)) < 0) goto done;
+#endif
   /* one step at a time, interpolating every output time the step passed: cheaper than one
      CV_NORMAL call per output time (same interpolant); max_steps counts steps between outputs */
   for (int k = 0, steps = 0; k < n_grid;) {
@@ -144,12 +212,7 @@ done:
 #endif
 
 static int gsl_f(double t, const double *x, double *dx, void *user) {
-  nimm_work *wk = (nimm_work *)user;
-  wk->arg[0] = &t;
-  wk->arg[1] = x;
-  wk->arg[2] = wk->p;
-  wk->res[0] = dx;
-  if (nimm_rhs(wk->arg, wk->res, wk->iw, wk->w, 0)) return GSL_EBADFUNC;
+  if (nimm_eval((nimm_work *)user, t, x, dx)) return GSL_EBADFUNC;
   /* a NaN or inf derivative: GSL retries the step with a smaller size */
   return all_finite(dx, NIMM_NX) ? GSL_SUCCESS : GSL_FAILURE;
 }
@@ -225,12 +288,11 @@ static int solve(double t0, const double *grid, int n_grid, const double *x0, co
                                      : method == 5 ? gsl_odeiv2_step_rk8pd : NULL;
   if (!type)
     return cvodes_solve(t0, grid, n_grid, x0, p, rtol, atol, max_steps, method, out, t_reached);
-  nimm_work *wk = (nimm_work *)calloc(1, sizeof(nimm_work));
+  nimm_work *wk = nimm_work_new(p);
   double y[NIMM_NX], t = t0;
   int k = 0, flag;
   if (!wk) return -100;
   gsl_set_error_handler_off(); /* GSL's default handler aborts the process; we report flags */
-  wk->p = p;
   memcpy(y, x0, sizeof(y));
   flag = gsl_solve(type, wk, &t, y, grid, n_grid, rtol, atol, max_steps, out, &k);
   free(wk);

@@ -1,0 +1,150 @@
+"""The compiled route with matrix products (compiler/linear_forms.py): each product runs in the
+driver's own C (backends/compiled.py, `ProductSplit`), not as CasADi's generic sparse kernel,
+and the results are those of scipy on a hand-written numpy right-hand side and of the
+interpreted path. Without a C toolchain the parity tests assert the fallback (same results)."""
+from __future__ import annotations
+
+import casadi as ca
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import nimm_dsl
+from nimm_dsl.backends import compiled
+from nimm_dsl.backends.casadi_backend import compile_casadi
+from nimm_dsl.backends.protocol import segment_tail
+from test_compiled import TOOLCHAIN, private_cache  # noqa: F401  (the fixture: a fresh cache per test)
+
+N = 12
+TIMES = np.linspace(0, 60, 13)
+STIFF = 1e-4  # days: the relaxation time of Z, far below the output spacing
+
+
+def model_text(n: int = N, stiff: bool = False) -> str:
+    """Two products, one feeding the other: `force` (a numeric kernel, plus a term of its own
+    row outside the product) and `felt` (a matrix of consts times force). `stiff` adds Z, which
+    relaxes to felt in STIFF days."""
+    extra = (f"state Z[d in district] [1/day] = 0\n"
+             f"der(Z[d]) = (felt[d] - Z[d]) / ({STIFF} [day])\n") if stiff else ""
+    return f'''model products
+time t [day]
+unit person
+index district = 1..{n}
+const pop[d in district] [person] = 1000 * (1 + d / 10)
+const C[d in district, k in district] [1] = 1 / (1 + abs(d - k))
+param beta [1/day] = 0.6 in [0.01, 3]
+param gamma [1/day] = 0.2 in [0.01, 1]
+state S[d in district] [person] = pop[d] - ifelse(d == 1, 5 [person], 0 [person])
+state I[d in district] [person] = ifelse(d == 1, 5, 0)
+let force[d in district] [1/day] = beta * (sum(k in district, exp(-abs(d - k) / 3) * I[k] / pop[k]) + S[d] / pop[d] / 50)
+let felt[d in district] [1/day] = sum(k in district, C[d, k] * force[k]) / 4
+flow S[d] -> I[d] = felt[d] * S[d]
+flow I[d] -> = gamma * I[d]
+{extra}'''
+
+
+def numpy_rhs(n: int = N, stiff: bool = False, beta: float = 0.6, gamma: float = 0.2):
+    d = np.arange(1, n + 1)
+    pop = 1000 * (1 + d / 10)
+    kernel = np.exp(-np.abs(d[:, None] - d[None, :]) / 3)
+    C = 1 / (1 + np.abs(d[:, None] - d[None, :]))
+
+    def rhs(t, y):
+        S, I = y[:n], y[n:2 * n]
+        felt = C @ (beta * (kernel @ (I / pop) + S / pop / 50)) / 4
+        out = [-felt * S, felt * S - gamma * I]
+        if stiff:
+            out.append((felt - y[2 * n:]) / STIFF)
+        return np.concatenate(out)
+
+    y0 = np.concatenate([pop - np.where(d == 1, 5, 0), np.where(d == 1, 5.0, 0.0)] + [np.zeros(n)] * stiff)
+    return rhs, y0
+
+
+def reference(n: int = N, stiff: bool = False) -> np.ndarray:
+    rhs, y0 = numpy_rhs(n, stiff)
+    return solve_ivp(rhs, (0, TIMES[-1]), y0, t_eval=TIMES, method="Radau" if stiff else "DOP853",
+                     rtol=1e-12, atol=1e-10).y
+
+
+def states(res, n: int = N, families: str = "SI") -> np.ndarray:
+    return np.array([res[f"{f}[{d}]"] for f in families for d in range(1, n + 1)])
+
+
+def close(a, b, rel=1e-6) -> bool:
+    scale = np.max(np.abs(b), axis=1, keepdims=True)
+    return float(np.max(np.abs(a - b) / scale)) <= rel
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.1])  # every matrix stored dense; every one by compressed rows
+def test_products_in_our_c_match_scipy_and_the_interpreted_path(monkeypatch, fill):
+    monkeypatch.setattr(compiled, "DENSE_FILL", fill)
+    ir = nimm_dsl.load_source(model_text()).ir
+    groups = ir.linear_forms().groups
+    assert len(groups) == 2 and sorted(g.numeric for g in groups) == [False, True]
+    assert any(any(rest) for rest in (g.remainder for g in groups))  # S / pop / 50 stays outside
+    fast = compile_casadi(ir, compiled=True)
+    a = fast.simulate(TIMES, rtol=1e-11, atol=1e-10)
+    assert (fast.compiled_route.solver() is not None) == TOOLCHAIN
+    assert [p.dense for p in fast.compiled_route.rhs.products] == [fill == 0.0] * 2
+    b = compile_casadi(ir, compiled=False).simulate(TIMES, rtol=1e-11, atol=1e-10)
+    ref = reference()
+    assert close(states(a), ref) and close(states(b), ref)
+    assert close(states(a), states(b))
+    for name in (f"force[{d}]" for d in range(1, N + 1)):  # the outputs (CasADi's product) agree too
+        assert np.max(np.abs(a[name] - b[name])) <= 1e-6 * np.max(np.abs(b[name]))
+
+
+def test_the_generated_right_hand_side_holds_no_casadi_product():
+    """The products leave the CasADi functions: no call node in them, our loops in the source,
+    and a size (what gcc's time grows with) linear in the districts, not quadratic."""
+    n = 30
+    sim = compile_casadi(nimm_dsl.load_source(model_text(n)).ir, compiled=False)
+    rhs = compile_casadi(nimm_dsl.load_source(model_text(n)).ir, compiled=True).compiled_route.rhs
+    # force's numeric kernel first (felt's vector is force), then felt's consts
+    assert [(p.n_rows, p.n_cols, p.dense, p.values is None) for p in rhs.products] == [(n, n, True, False),
+                                                                                       (n, n, True, True)]
+    for f in compiled._functions(rhs):  # noqa: SLF001
+        assert ca.OP_CALL not in [f.instruction_id(k) for k in range(f.n_instructions())], f.name()
+    assert ca.OP_CALL in [sim.rhs.instruction_id(k) for k in range(sim.rhs.n_instructions())]
+    source = compiled.c_source(rhs, sim._outputs)  # noqa: SLF001
+    assert source.count("nimm_dense_product(") == 3  # its definition and one call per product
+    assert "static const double nimm_m" in source and "wk->entries + " in source
+    assert "nimm_jac" not in source.split("#define NIMM_NX")[0]  # no generated Jacobian
+    # the consts' matrix C / 4 is gathered from a table, not n^2 generated assignments
+    assert rhs.gather is not None and set(rhs.gather[1]) == {0.25} and "nimm_entry_at" in source
+    assert compiled.rhs_size(rhs) < 25 * n < n * n
+
+
+def test_the_stiff_hand_over_works_without_a_generated_jacobian():
+    """Z relaxes in 1e-4 days: an explicit pair would need ~10^5 steps per output, so rkck hands
+    each segment to CVODES BDF, whose Jacobian is now CVODES's difference quotients."""
+    ir = nimm_dsl.load_source(model_text(stiff=True)).ir
+    fast = compile_casadi(ir, compiled=True)
+    ref = reference(stiff=True)
+    res = fast.simulate(TIMES, rtol=1e-10, atol=1e-10)
+    assert close(states(res, families="SIZ"), ref)
+    solver = fast.compiled_route.solver()
+    if not TOOLCHAIN:
+        assert solver is None
+        return
+    (segment,) = fast.protocol(TIMES).segments
+    pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+    for method in ("rkck", "bdf"):  # 2000 steps per output at most: rkck alone could not
+        x = solver.integrate(0.0, TIMES[1:], ref[:, 0], pw, 1e-10, 1e-10, 2000, method)
+        assert x is not None and close(x.T, ref[:, 1:]), method
+
+
+def test_the_dense_100_district_model_compiles_within_the_size_limit():
+    """What the adaptive route decides on: the dense model of benchmarks/index_families.py at
+    N = 100 (26,402 scalar operations once expanded) is now small enough to compile."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from index_families import model_text as benchmark_model
+
+    sim = compile_casadi(nimm_dsl.load_source(benchmark_model(100)).ir)
+    rhs = sim.compiled_route.rhs
+    assert [(p.n_rows, p.n_cols, p.dense, p.values is not None) for p in rhs.products] == [(100, 100, True, True)]
+    assert compiled.rhs_size(rhs) <= compiled.MAX_RHS_SIZE
