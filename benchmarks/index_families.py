@@ -11,23 +11,32 @@ IR), CasADi compile (the matrix products found in the IR included) and their sum
 simulator (issue #14's "compiles in <= 0.5 s"), of the median of three runs, each from cold;
 then one simulation (101 outputs, rtol = atol = 1e-8, the compiled simulator reused after a
 first call that builds its integrator, timed apart) with the default BDF method and with
-method="adams", next to scipy's LSODA on a hand-vectorised numpy right-hand side (a
-matrix-vector product) at the same tolerances, medians of --repeats runs.
+method="adams", and on the compiled route (backends/compiled.py, its default method: GSL's
+rkck handing over to CVODES BDF when stiff; the products in our own C), next to scipy's LSODA
+on a hand-vectorised numpy right-hand side (a matrix-vector product) at the same tolerances,
+medians of --repeats runs. "gcc (s)": building the compiled route from an empty cache (code
+generation and gcc), reported apart: issue #15 leaves it out of #14's compile target.
 
     .venv/bin/python benchmarks/index_families.py [--repeats 5] [--big] [--mixing dense|mean]
     .venv/bin/python benchmarks/index_families.py --fit 100     (a fit of one param, each method)
+    .venv/bin/python benchmarks/index_families.py --accuracy 100
+        (the compiled route's methods and LSODA over a sweep of tolerances, each run's error
+        against DOP853 at 1e-13: time at equal accuracy)
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
 from scipy.integrate import solve_ivp
 
 TIMES = np.linspace(0, 100, 101)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp()  # the compiled route's build from an empty cache
 
 
 FORCE = {
@@ -58,7 +67,9 @@ observe cases[d in district] [person/day] = sigma * E[d] ~ poisson
 '''
 
 
-def scipy_run(n: int, mixing: str = "dense") -> float:
+def scipy_run(n: int, mixing: str = "dense", rtol: float = 1e-8, atol: float = 1e-8, method: str = "LSODA",
+              result: bool = False):
+    """Seconds of one LSODA run (with `result`: also its states at TIMES)."""
     d = np.arange(1, n + 1)
     pop = 1000 * (1 + d / 10)
     kernel = np.exp(-np.abs(d[:, None] - d[None, :]) / 3)
@@ -75,8 +86,9 @@ def scipy_run(n: int, mixing: str = "dense") -> float:
 
     y0 = np.concatenate([pop - np.where(d == 1, 5, 0), np.zeros(n), np.where(d == 1, 5.0, 0.0), np.zeros(n)])
     start = time.perf_counter()
-    solve_ivp(rhs, (0, 100), y0, method="LSODA", t_eval=TIMES, rtol=1e-8, atol=1e-8)
-    return time.perf_counter() - start
+    sol = solve_ivp(rhs, (0, 100), y0, method=method, t_eval=TIMES, rtol=rtol, atol=atol)
+    seconds = time.perf_counter() - start
+    return (seconds, sol.y) if result else seconds
 
 
 def main() -> None:
@@ -86,23 +98,29 @@ def main() -> None:
     parser.add_argument("--mixing", choices=sorted(FORCE), default="dense")
     parser.add_argument("--fit", type=int, metavar="N", default=None,
                         help="instead: time a fit of beta to N districts' counts, Adams and BDF")
+    parser.add_argument("--accuracy", type=int, metavar="N", default=None,
+                        help="instead: time at equal accuracy, compiled methods and LSODA")
     args = parser.parse_args()
     if args.fit:
         fit_timing(args.fit, args.mixing)
         return
+    if args.accuracy:
+        accuracy(args.accuracy, args.mixing, args.repeats)
+        return
 
-    from nimm_dsl.backends import compile_ir
+    from nimm_dsl.backends import compile_ir, compiled
     from nimm_dsl.compiler.check import check_source
 
     check_source(model_text(2))  # build the parser's tables outside the timings
     print(f"{args.mixing} mixing")
     print("| N | states | lines | check (s) | expand (s) | lower (s) | compile (s) | text to simulator (s) "
           "| first simulate, Adams (s) | simulate, BDF (ms) "
-          "| simulate, Adams (ms) | scipy LSODA, numpy RHS (ms) | ratio BDF | ratio Adams |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| simulate, Adams (ms) | simulate, compiled (ms) | scipy LSODA, numpy RHS (ms) | ratio BDF | ratio Adams "
+          "| ratio compiled | gcc (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [1, 10, 100] + ([1000] if args.big else []):
         text = model_text(n, args.mixing)
-        runs = ir = sim = sim_adams = None  # the previous N's models: no timing walks them
+        runs = ir = sim = sim_adams = fast = None  # the previous N's models: no timing walks them
         gc.collect()
         if n >= 1000 and args.mixing == "dense":  # 10^6 expanded terms: the check only
             t0 = time.perf_counter()
@@ -110,7 +128,7 @@ def main() -> None:
             t1 = time.perf_counter()
             assert checked.ok, checked.diagnostics
             print(f"| {n} | {4 * n} | {len(text.strip().splitlines())} | {t1 - t0:.3f} | not run (10^6 terms) "
-                  "| | | | | | | | | |", flush=True)
+                  "| | | | | | | | | | | | |", flush=True)
             continue
         runs = [text_to_simulator(text) for _ in range(3)]  # each from cold: the median run by its total
         (t0, t1, t_expand, t2, t3), ir, sim = sorted(runs, key=lambda run: run[0][-1] - run[0][0])[1]
@@ -119,17 +137,23 @@ def main() -> None:
         sim_adams.simulate(TIMES, rtol=1e-8, atol=1e-8)
         first = time.perf_counter() - start
         sim.simulate(TIMES, rtol=1e-8, atol=1e-8)
-        bdf, adm, theirs = [], [], []
+        fast = compile_ir(ir, "casadi", compiled=True)
+        start = time.perf_counter()
+        built = fast.compiled_route.solver() is not None
+        gcc = time.perf_counter() - start
+        bdf, adm, com, theirs = [], [], [], []
         for _ in range(args.repeats):  # interleaved, so drift in the machine's load hits all
-            for simulator, times in ((sim, bdf), (sim_adams, adm)):
+            for simulator, times in ((sim, bdf), (sim_adams, adm), (fast, com)):
                 start = time.perf_counter()
                 simulator.simulate(TIMES, rtol=1e-8, atol=1e-8)
                 times.append(time.perf_counter() - start)
             theirs.append(scipy_run(n, args.mixing))
-        a, c, b = (statistics.median(x) * 1e3 for x in (bdf, adm, theirs))
+        a, c, f, b = (statistics.median(x) * 1e3 for x in (bdf, adm, com, theirs))
+        gcc_text = f"{gcc:.2f}" if built else f"not built (size {compiled.rhs_size(fast.compiled_route.rhs)})"
         print(f"| {n} | {4 * n} | {len(text.strip().splitlines())} | {t1 - t0:.3f} | {t_expand - t1:.3f} | {t2 - t_expand:.3f} "
               f"| {t3 - t2:.3f} | {t3 - t0:.3f} "
-              f"| {first:.2f} | {a:.1f} | {c:.1f} | {b:.1f} | {a / b:.2f}x | {c / b:.2f}x |", flush=True)
+              f"| {first:.2f} | {a:.1f} | {c:.1f} | {f:.1f} | {b:.1f} | {a / b:.2f}x | {c / b:.2f}x | {f / b:.2f}x "
+              f"| {gcc_text} |", flush=True)
 
 
 def text_to_simulator(text: str) -> tuple:
@@ -180,6 +204,62 @@ def fit_timing(n: int, mixing: str) -> None:
         seconds = time.perf_counter() - start
         label = "Adams" if method == "adams" else "BDF"
         print(f"| {label} | {seconds:.1f} | {fit.params['beta']:.5f} | {fit.stderr['beta']:.2g} |", flush=True)
+
+
+TOLERANCES = [1e-6, 1e-7, 1e-8, 1e-9, 1e-10]
+ERROR_LEVELS = [1e-4, 1e-5, 1e-6, 1e-7]
+
+
+def accuracy(n: int, mixing: str, repeats: int) -> None:
+    """Each compiled method and LSODA at each tolerance (median of `repeats` interleaved runs)
+    and its error (the largest over states, relative to each state's range) against DOP853 at
+    1e-13; then, per error level, each solver's fastest run that reaches it."""
+    import nimm_dsl
+    from nimm_dsl.backends import compile_ir, compiled
+
+    _, ref = scipy_run(n, mixing, 1e-13, 1e-13, "DOP853", result=True)
+    scale = np.max(np.abs(ref), axis=1, keepdims=True)
+    ir = nimm_dsl.load_source(model_text(n, mixing)).ir
+    fast = compile_ir(ir, "casadi", compiled=True)
+    assert fast.compiled_route.solver() is not None, "no compiled route"
+    names = [f"{f}[{d}]" for f in "SEIR" for d in range(1, n + 1)]
+    runs = {}  # solver -> [(seconds, error)]
+
+    def ours(method, tol):
+        compiled.DEFAULT_METHOD = method
+        start = time.perf_counter()
+        res = fast.simulate(TIMES, rtol=tol, atol=tol)
+        return time.perf_counter() - start, np.array([res[k] for k in names])
+
+    default = compiled.DEFAULT_METHOD
+    print(f"{mixing} mixing, N = {n}: time (ms) and error at each tolerance")
+    print("| rtol = atol | " + " | ".join(["compiled rkck", "compiled adams", "compiled bdf", "scipy LSODA"]) + " |")
+    print("|---|---|---|---|---|")
+    try:
+        for tol in TOLERANCES:
+            cells = []
+            for label, run in (("compiled rkck", lambda: ours("rkck", tol)), ("compiled adams", lambda: ours("adams", tol)),
+                               ("compiled bdf", lambda: ours("bdf", tol)),
+                               ("scipy LSODA", lambda: scipy_run(n, mixing, tol, tol, result=True))):
+                times = []
+                for _ in range(repeats):
+                    seconds, y = run()
+                    times.append(seconds)
+                error = float(np.max(np.abs(y - ref) / scale))
+                runs.setdefault(label, []).append((statistics.median(times), error))
+                cells.append(f"{statistics.median(times) * 1e3:.1f} ({error:.1e})")
+            print(f"| {tol:.0e} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        compiled.DEFAULT_METHOD = default
+    print("\nat equal accuracy: the fastest run reaching each error level (ms)")
+    print("| error <= | " + " | ".join(runs) + " | ratio compiled rkck / LSODA |")
+    print("|---|" + "---|" * (len(runs) + 1))
+    for level in ERROR_LEVELS:
+        best = {k: min((s for s, e in v if e <= level), default=None) for k, v in runs.items()}
+        ratio = (f"{best['compiled rkck'] / best['scipy LSODA']:.2f}x"
+                 if best["compiled rkck"] and best["scipy LSODA"] else "")
+        print(f"| {level:.0e} | " + " | ".join("-" if s is None else f"{s * 1e3:.1f}" for s in best.values())
+              + f" | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -148,3 +148,19 @@ def test_the_dense_100_district_model_compiles_within_the_size_limit():
     rhs = sim.compiled_route.rhs
     assert [(p.n_rows, p.n_cols, p.dense, p.values is not None) for p in rhs.products] == [(100, 100, True, True)]
     assert compiled.rhs_size(rhs) <= compiled.MAX_RHS_SIZE
+
+
+def test_a_product_only_the_outputs_read_stays_out_of_the_right_hand_side():
+    text = model_text() + ("let crowding[d in district] [1] = sum(k in district, exp(-abs(d - k) / 2) * I[k]) / (1000 [person])\n"
+                           "observe crowd[d in district] [1] = crowding[d]\n")
+    ir = nimm_dsl.load_source(text).ir
+    assert len(ir.linear_forms().groups) == 3
+    fast = compile_casadi(ir, compiled=True)
+    assert len(fast.compiled_route.rhs.products) == 2  # force's and felt's
+    a = fast.simulate(TIMES, rtol=1e-11, atol=1e-10)
+    b = compile_casadi(ir, compiled=False).simulate(TIMES, rtol=1e-11, atol=1e-10)
+    assert close(states(a), reference())
+    d = np.arange(1, N + 1)
+    expected = np.exp(-np.abs(d[:, None] - d[None, :]) / 2) @ reference()[N:] / 1000
+    assert close(np.array([a[f"crowd[{k}]"] for k in d]), expected)
+    assert close(np.array([b[f"crowd[{k}]"] for k in d]), expected)

@@ -270,8 +270,11 @@ class CasadiSimulator:
     def _compiled_rhs(self):
         """The right-hand side as the compiled route builds it (backends/compiled.py): the same
         walk with each matrix product left to the driver's own C."""
-        from .compiled import ProductSplit
+        from .compiled import CompiledRHS, ProductSplit
 
+        if not self.ir.linear_forms().groups:  # nothing to split: the right-hand side as built
+            t, x, P, W, ode = self._ode
+            return CompiledRHS.plain(t, x, ca.vertcat(P, W), ode)
         split, calls = ProductSplit(), self._neural_calls  # a second walk records its calls anew
         t, x, _, P, W, _, ev, _ = self._dynamic_env(replace(CASADI_OPS, matvec=split.matvec))
         self._neural_calls = calls

@@ -29,7 +29,7 @@ import stat
 import subprocess
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -169,11 +169,26 @@ class ProductSplit:
         return [rows[i] for i in range(n_rows)]
 
     def rhs(self, t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> CompiledRHS:
-        if not self.products:
+        """The right-hand side `ode` with the products it needs (a let that only the outputs
+        use may hold others, whose vectors may even read integrals: those are left out)."""
+        needed, reads = [], ode
+        for k in reversed(range(len(self.products))):
+            if ca.depends_on(reads, self._rows[k]):
+                needed.insert(0, k)
+                reads = ca.vertcat(reads, self._vectors[k])
+        if not needed:
             return CompiledRHS.plain(t, x, pw, ode)
-        entries = ca.vertcat(*self._entries) if self._entries else ca.SX(0, 1)
-        return CompiledRHS(t, x, pw, ode, ca.vertcat(*self._rows), list(self._vectors), entries,
-                           list(self.products), _gather(entries, pw))
+        products, entries, n_rows, n_entries = [], [], 0, 0
+        for k in needed:
+            prod = self.products[k]
+            own = [] if prod.values is not None else self._entries[prod.entry_offset:prod.entry_offset + (
+                prod.n_rows * prod.n_cols if prod.dense else len(prod.rows))]
+            products.append(replace(prod, offset=n_rows, entry_offset=n_entries))
+            entries += own
+            n_rows, n_entries = n_rows + prod.n_rows, n_entries + len(own)
+        entries = ca.vertcat(*entries) if entries else ca.SX(0, 1)
+        return CompiledRHS(t, x, pw, ode, ca.vertcat(*[self._rows[k] for k in needed]),
+                           [self._vectors[k] for k in needed], entries, products, _gather(entries, pw))
 
 
 def _gather(entries: ca.SX, pw: ca.SX) -> Optional[tuple[tuple, tuple]]:
