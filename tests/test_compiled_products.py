@@ -135,16 +135,47 @@ def test_the_stiff_hand_over_works_without_a_generated_jacobian():
         assert x is not None and close(x.T, ref[:, 1:]), method
 
 
-def test_the_dense_100_district_model_compiles_within_the_size_limit():
-    """What the adaptive route decides on: the dense model of benchmarks/index_families.py at
-    N = 100 (26,402 scalar operations once expanded) is now small enough to compile."""
+def benchmark():
+    """benchmarks/index_families.py: the metapopulation SEIR and its numpy reference."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from index_families import model_text as benchmark_model
+    import index_families
 
-    sim = compile_casadi(nimm_dsl.load_source(benchmark_model(100)).ir)
+    return index_families
+
+
+def test_a_full_jacobian_without_products_is_left_to_difference_quotients(monkeypatch):
+    """Mean-field mixing: every S[d] reads the prevalence of all districts, one scalar sum (no
+    product), so the Jacobian is N x N all the same; above MAX_JACOBIAN_NNZ it is not generated
+    and the results still match scipy (BDF included, on difference quotients)."""
+    n = 20
+    monkeypatch.setattr(compiled, "MAX_JACOBIAN_NNZ", 4 * n)  # the 20 x 20 block is above it
+    bench = benchmark()
+    ir = nimm_dsl.load_source(bench.model_text(n, "mean")).ir
+    fast = compile_casadi(ir, compiled=True)
+    rhs = fast.compiled_route.rhs
+    assert not rhs.products and not compiled.generates_jacobian(rhs)
+    assert "nimm_jac" not in compiled.c_source(rhs, fast._outputs).split("#define NIMM_NX")[0]  # noqa: SLF001
+    _, ref = bench.scipy_run(n, "mean", 1e-12, 1e-12, "DOP853", result=True)
+    res = fast.simulate(bench.TIMES, rtol=1e-10, atol=1e-10)
+    assert close(states(res, n, "SEIR"), ref)
+    solver = fast.compiled_route.solver()
+    assert (solver is not None) == TOOLCHAIN
+    if solver is not None:
+        (segment,) = fast.protocol(bench.TIMES).segments
+        pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+        x = solver.integrate(0.0, bench.TIMES[1:], ref[:, 0], pw, 1e-10, 1e-10, 20000, "bdf")
+        assert x is not None and close(x.T, ref[:, 1:], rel=1e-5)
+    monkeypatch.setattr(compiled, "MAX_JACOBIAN_NNZ", 10 ** 6)
+    assert compiled.generates_jacobian(rhs)  # the same model below the limit: generated
+
+
+def test_the_dense_100_district_model_compiles_within_the_size_limit():
+    """What the adaptive route decides on: the dense model of benchmarks/index_families.py at
+    N = 100 (26,402 scalar operations once expanded) is now small enough to compile."""
+    sim = compile_casadi(nimm_dsl.load_source(benchmark().model_text(100)).ir)
     rhs = sim.compiled_route.rhs
     assert [(p.n_rows, p.n_cols, p.dense, p.values is not None) for p in rhs.products] == [(100, 100, True, True)]
     assert compiled.rhs_size(rhs) <= compiled.MAX_RHS_SIZE

@@ -78,6 +78,7 @@ def forget_loaded() -> None:
 # 1362 with a Jacobian, 1.1 s for 2203 and 5.7 s for 4403 without (the dense model of
 # benchmarks/index_families.py at N = 100 and 200, products in our C): about 3 s at the limit.
 MAX_RHS_SIZE = 3000
+MAX_JACOBIAN_NNZ = 1000  # about 1 s of gcc: above it, difference quotients (generates_jacobian)
 DENSE_FILL = 0.25  # a product stored dense when this share of its matrix is nonzero (see _product_c)
 
 
@@ -222,13 +223,20 @@ def _functions(rhs: CompiledRHS) -> list:
     return fns
 
 
+def generates_jacobian(rhs: CompiledRHS) -> bool:
+    """Whether the Jacobian is generated into C: not with products (their rows u would need the
+    chain rule through the product; each product's N x N block was most of gcc's time) nor with
+    more than MAX_JACOBIAN_NNZ nonzeros (a scalar that every state reads, such as a mean-field
+    prevalence, fills the matrix just as well). Without it CVODES takes difference quotients,
+    N evaluations of the right-hand side, where it needs a Jacobian (BDF, the stiff hand-over)."""
+    return not rhs.products and ca.jacobian_sparsity(rhs.ode, rhs.x).nnz() <= MAX_JACOBIAN_NNZ
+
+
 def rhs_size(rhs: CompiledRHS) -> int:
     """What the compile time grows with: the generated functions' CasADi instructions, plus the
-    Jacobian's nonzeros where one is generated (without products). With products no Jacobian
-    is generated: CVODES takes difference quotients, N evaluations of the cheap right-hand side,
-    where gcc would compile the N x N block each product adds. The products' own C is a loop
-    and a table of numbers, and adds little (MAX_RHS_SIZE)."""
-    jacobian = 0 if rhs.products else ca.jacobian_sparsity(rhs.ode, rhs.x).nnz()
+    Jacobian's nonzeros where one is generated. The products' own C is a loop and a table of
+    numbers, and adds little (MAX_RHS_SIZE)."""
+    jacobian = ca.jacobian_sparsity(rhs.ode, rhs.x).nnz() if generates_jacobian(rhs) else 0
     return sum(f.n_instructions() for f in _functions(rhs)) + jacobian
 
 
@@ -286,12 +294,12 @@ def _gather_c(index: tuple, factor: tuple) -> str:
 
 
 def c_source(rhs: CompiledRHS, outputs: ca.Function) -> str:
-    """The generated right-hand side of `rhs` (with its dense Jacobian when it has no products)
+    """The generated right-hand side of `rhs` (with its dense Jacobian if `generates_jacobian`)
     and the simulator's `outputs(t, x, P, W[, I])` (lets then observes), the driver, then the
     products' C."""
     fns = _functions(rhs)
     at = []
-    if not rhs.products:
+    if generates_jacobian(rhs):
         jacobian = ca.jacobian(rhs.ode, rhs.x)
         fns.append(ca.Function("nimm_jac", rhs.inputs, [jacobian]))
         pattern = jacobian.sparsity()  # compressed columns, as the generated code writes them

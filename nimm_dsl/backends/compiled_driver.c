@@ -6,9 +6,10 @@
    where u holds the rows of the model's matrix products (compiler/linear_forms.py), which
    nimm_products (generated after this file) computes first: each product's vector by
    nimm_vec_<k>(t, x, p, u), then the product in the loops below, the matrix a static table or
-   the outputs of nimm_entries(p); without products, nimm_jac(t, x, p, u) -> the structural
-   nonzeros of d(dx/dt)/dx (their places in the dense column-major matrix: nimm_jac_at, count
-   NIMM_JAC_NNZ), with products none (CVODES takes difference quotients); and nimm_out (the
+   the outputs of nimm_entries(p); where NIMM_JAC_NNZ is defined (no products, a sparse
+   Jacobian: compiled.generates_jacobian), nimm_jac(t, x, p, u) -> the structural nonzeros of
+   d(dx/dt)/dx (their places in the dense column-major matrix: nimm_jac_at), else CVODES takes
+   difference quotients; and nimm_out (the
    outputs). NIMM_NX states, NIMM_NU product rows, NIMM_NV the longest product vector, NIMM_NE
    entries and the NIMM_SZ_* work sizes are defined before this file. One call integrates one
    segment, stopping exactly at its last output time. */
