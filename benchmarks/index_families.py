@@ -237,17 +237,19 @@ def accuracy(n: int, mixing: str, repeats: int) -> None:
     print("|---|---|---|---|---|")
     try:
         for tol in TOLERANCES:
-            cells = []
-            for label, run in (("compiled rkck", lambda: ours("rkck", tol)), ("compiled adams", lambda: ours("adams", tol)),
-                               ("compiled bdf", lambda: ours("bdf", tol)),
-                               ("scipy LSODA", lambda: scipy_run(n, mixing, tol, tol, result=True))):
-                times = []
-                for _ in range(repeats):
+            solvers = {"compiled rkck": lambda: ours("rkck", tol), "compiled adams": lambda: ours("adams", tol),
+                       "compiled bdf": lambda: ours("bdf", tol),
+                       "scipy LSODA": lambda: scipy_run(n, mixing, tol, tol, result=True)}
+            times, errors = {k: [] for k in solvers}, {}
+            for _ in range(repeats):  # interleaved, so drift in the machine's load hits all
+                for label, run in solvers.items():
                     seconds, y = run()
-                    times.append(seconds)
-                error = float(np.max(np.abs(y - ref) / scale))
-                runs.setdefault(label, []).append((statistics.median(times), error))
-                cells.append(f"{statistics.median(times) * 1e3:.1f} ({error:.1e})")
+                    times[label].append(seconds)
+                    errors[label] = float(np.max(np.abs(y - ref) / scale))
+            cells = []
+            for label in solvers:
+                runs.setdefault(label, []).append((statistics.median(times[label]), errors[label]))
+                cells.append(f"{statistics.median(times[label]) * 1e3:.1f} ({errors[label]:.1e})")
             print(f"| {tol:.0e} | " + " | ".join(cells) + " |", flush=True)
     finally:
         compiled.DEFAULT_METHOD = default

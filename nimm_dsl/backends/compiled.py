@@ -10,6 +10,11 @@ handing over to CVODES BDF with our Jacobian where the problem turns out stiff) 
 the system C compiler into a shared object loaded with ctypes. The CasADi back
 end calls it once per segment of the event protocol, exactly where it would call its integrator.
 
+A model whose long sums are matrix products (compiler/linear_forms.py) is split at them
+(`ProductSplit`): CasADi generates each product's vector and the rest of the right-hand side,
+and the products are loops of ours over tables of their matrices (`_product_c`). Such a model,
+or one whose Jacobian has many nonzeros, gets no generated Jacobian (`generates_jacobian`).
+
 Shared objects are cached per user under `$XDG_CACHE_HOME/nimm_dsl/compiled` (else
 `~/.cache/nimm_dsl/compiled`), named by a hash of the generated code, the compiler and the flags.
 Nothing is loaded unless the directory is ours and private (0700), the file is ours and writable
@@ -85,13 +90,12 @@ DENSE_FILL = 0.25  # a product stored dense when this share of its matrix is non
 @dataclass(frozen=True)
 class Product:
     """One matrix-vector product (a compiler/linear_forms.py group) that the driver computes in C
-    of our own: u[offset : offset + n_rows] = M @ v, v the group's vector (`nimm_vec_<index>`).
-    M is stored dense column-major (a loop gcc vectorises) when at least DENSE_FILL of it is
-    nonzero, else by compressed rows. The stored values are `values` (numbers in the model) or,
-    for a matrix of params and consts, nimm_entries's outputs from `entry_offset` on, evaluated
-    once per segment (they cannot change within one)."""
+    of our own: u[offset : offset + n_rows] = M @ v, v the group's vector (`nimm_vec_<k>`, k its
+    place in CompiledRHS.products). M is stored dense column-major (a loop gcc vectorises) when
+    at least DENSE_FILL of it is nonzero, else by compressed rows. The stored values are
+    `values` (numbers in the model) or, for a matrix of params and consts, nimm_entries's
+    outputs from `entry_offset` on, evaluated once per segment (they cannot change within one)."""
 
-    index: int
     offset: int
     n_rows: int
     n_cols: int
@@ -99,7 +103,7 @@ class Product:
     rows: tuple  # compressed rows: the row of each stored value (dense: empty)
     cols: tuple  # compressed rows: the column of each stored value (dense: empty)
     values: Optional[tuple]  # numbers, in storage order; None: from nimm_entries
-    entry_offset: int
+    entry_offset: int = 0
 
 
 @dataclass
@@ -139,11 +143,9 @@ class ProductSplit:
     and without the N x N Jacobian block of one (gcc time)."""
 
     def __init__(self):
-        self.products: list[Product] = []
-        self._vectors: list = []
-        self._rows: list = []
-        self._entries: list = []
-        self._n_entries = 0
+        # per product, in the order the walk met them (a product before those whose vectors
+        # read its rows): (Product without offsets, its rows u, its vector, its entries or None)
+        self._found: list[tuple[Product, ca.SX, ca.SX, Optional[list]]] = []
 
     def matvec(self, group, vector, entries):
         n_rows, n_cols = group.shape
@@ -151,45 +153,38 @@ class ProductSplit:
         if dense:
             at = {(r, c): i for i, (r, c, _, _) in enumerate(group.entries)}
             layout = [at.get((r, c)) for c in range(n_cols) for r in range(n_rows)]
+            rows = cols = ()
         else:
             layout = sorted(range(len(group.entries)), key=lambda i: group.entries[i][:2])
-        values = None
+            rows = tuple(group.entries[i][0] for i in layout)
+            cols = tuple(group.entries[i][1] for i in layout)
+        values = own = None
         if entries is None:
             values = tuple(0.0 if i is None else float(group.entries[i][2]) for i in layout)
         else:
-            self._entries.extend(ca.SX(0) if i is None else entries[i] for i in layout)
-        sparse = () if dense else tuple(group.entries[i][0] for i in layout)
-        self.products.append(Product(group.index, sum(r.numel() for r in self._rows), n_rows, n_cols, dense,
-                                     sparse, () if dense else tuple(group.entries[i][1] for i in layout),
-                                     values, self._n_entries))
-        if values is None:
-            self._n_entries += len(layout)
-        rows = ca.SX.sym(f"u{group.index}_", n_rows)
-        self._rows.append(rows)
-        self._vectors.append(ca.vertcat(*vector))
-        return [rows[i] for i in range(n_rows)]
+            own = [ca.SX(0) if i is None else entries[i] for i in layout]
+        u = ca.SX.sym(f"u{group.index}_", n_rows)
+        self._found.append((Product(0, n_rows, n_cols, dense, rows, cols, values), u, ca.vertcat(*vector), own))
+        return [u[i] for i in range(n_rows)]
 
     def rhs(self, t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> CompiledRHS:
-        """The right-hand side `ode` with the products it needs (a let that only the outputs
-        use may hold others, whose vectors may even read integrals: those are left out)."""
+        """The right-hand side `ode` with the products it reads (a let that only the outputs
+        read may hold others: they stay with the outputs)."""
         needed, reads = [], ode
-        for k in reversed(range(len(self.products))):
-            if ca.depends_on(reads, self._rows[k]):
-                needed.insert(0, k)
-                reads = ca.vertcat(reads, self._vectors[k])
+        for found in reversed(self._found):
+            if ca.depends_on(reads, found[1]):
+                needed.insert(0, found)
+                reads = ca.vertcat(reads, found[2])
         if not needed:
             return CompiledRHS.plain(t, x, pw, ode)
-        products, entries, n_rows, n_entries = [], [], 0, 0
-        for k in needed:
-            prod = self.products[k]
-            own = [] if prod.values is not None else self._entries[prod.entry_offset:prod.entry_offset + (
-                prod.n_rows * prod.n_cols if prod.dense else len(prod.rows))]
-            products.append(replace(prod, offset=n_rows, entry_offset=n_entries))
-            entries += own
-            n_rows, n_entries = n_rows + prod.n_rows, n_entries + len(own)
+        products, entries, n_rows = [], [], 0
+        for prod, u, _, own in needed:
+            products.append(replace(prod, offset=n_rows, entry_offset=len(entries)))
+            entries += own or []
+            n_rows += prod.n_rows
         entries = ca.vertcat(*entries) if entries else ca.SX(0, 1)
-        return CompiledRHS(t, x, pw, ode, ca.vertcat(*[self._rows[k] for k in needed]),
-                           [self._vectors[k] for k in needed], entries, products, _gather(entries, pw))
+        return CompiledRHS(t, x, pw, ode, ca.vertcat(*[f[1] for f in needed]), [f[2] for f in needed],
+                           entries, products, _gather(entries, pw))
 
 
 def _gather(entries: ca.SX, pw: ca.SX) -> Optional[tuple[tuple, tuple]]:
