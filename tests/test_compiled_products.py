@@ -20,10 +20,10 @@ TIMES = np.linspace(0, 60, 13)
 STIFF = 1e-4  # days: the relaxation time of Z, far below the output spacing
 
 
-def model_text(n: int = N, stiff: bool = False) -> str:
+def model_text(n: int = N, stiff: bool = False, mixing: str = "C[d, k]") -> str:
     """Two products, one feeding the other: `force` (a numeric kernel, plus a term of its own
-    row outside the product) and `felt` (a matrix of consts times force). `stiff` adds Z, which
-    relaxes to felt in STIFF days."""
+    row outside the product) and `felt` (a matrix of consts, or of `mixing`, times force).
+    `stiff` adds Z, which relaxes to felt in STIFF days."""
     extra = (f"state Z[d in district] [1/day] = 0\n"
              f"der(Z[d]) = (felt[d] - Z[d]) / ({STIFF} [day])\n") if stiff else ""
     return f'''model products
@@ -32,12 +32,14 @@ unit person
 index district = 1..{n}
 const pop[d in district] [person] = 1000 * (1 + d / 10)
 const C[d in district, k in district] [1] = 1 / (1 + abs(d - k))
+const D[d in district, k in district] [1] = 2
 param beta [1/day] = 0.6 in [0.01, 3]
 param gamma [1/day] = 0.2 in [0.01, 1]
+param mix [1] = 1 in [0.1, 10]
 state S[d in district] [person] = pop[d] - ifelse(d == 1, 5 [person], 0 [person])
 state I[d in district] [person] = ifelse(d == 1, 5, 0)
 let force[d in district] [1/day] = beta * (sum(k in district, exp(-abs(d - k) / 3) * I[k] / pop[k]) + S[d] / pop[d] / 50)
-let felt[d in district] [1/day] = sum(k in district, C[d, k] * force[k]) / 4
+let felt[d in district] [1/day] = sum(k in district, {mixing} * force[k]) / 4
 flow S[d] -> I[d] = felt[d] * S[d]
 flow I[d] -> = gamma * I[d]
 {extra}'''
@@ -195,3 +197,41 @@ def test_a_product_only_the_outputs_read_stays_out_of_the_right_hand_side():
     expected = np.exp(-np.abs(d[:, None] - d[None, :]) / 2) @ reference()[N:] / 1000
     assert close(np.array([a[f"crowd[{k}]"] for k in d]), expected)
     assert close(np.array([b[f"crowd[{k}]"] for k in d]), expected)
+
+
+def halved_from(cut: float) -> np.ndarray:
+    """The reference with felt halved from `cut` on (felt is linear in beta)."""
+    before, y0 = numpy_rhs()
+    after, _ = numpy_rhs(beta=0.6 * 0.5)
+    first = solve_ivp(before, (0, cut), y0, method="DOP853", rtol=1e-12, atol=1e-10, dense_output=True)
+    second = solve_ivp(after, (cut, TIMES[-1]), first.y[:, -1], t_eval=TIMES[TIMES > cut], method="DOP853",
+                       rtol=1e-12, atol=1e-10)
+    return np.concatenate([first.sol(TIMES[TIMES <= cut]), second.y], axis=1)
+
+
+def test_a_scenario_changing_a_param_of_a_products_row_reaches_the_compiled_route():
+    text = model_text(mixing="mix * C[d, k]") + "scenario apart\n  set mix = 0.5 * mix from 2\nend\n"
+    ir = nimm_dsl.load_source(text).ir
+    fast = compile_casadi(ir, compiled=True)
+    a = fast.simulate(TIMES, scenario="apart", rtol=1e-11, atol=1e-10)
+    assert (fast.compiled_route.solver() is not None) == TOOLCHAIN and len(fast.compiled_route.rhs.products) == 2
+    b = compile_casadi(ir, compiled=False).simulate(TIMES, scenario="apart", rtol=1e-11, atol=1e-10)
+    ref = halved_from(2.0)  # early: the epidemic is over by day 10
+    assert close(states(a), ref) and close(states(b), ref)
+    assert not close(states(a), reference(), rel=1e-3)  # the scenario changed the course
+
+
+def test_matrix_entries_of_several_symbols_are_generated_and_read_the_run_s_params():
+    """`mix * C[d, k] * D[d, k] / 2`: no gather table (a product of symbols), so CasADi
+    generates nimm_entries, evaluated at the start of each segment with that run's params."""
+    ir = nimm_dsl.load_source(model_text(mixing="mix * C[d, k] * D[d, k] / 2")).ir
+    fast = compile_casadi(ir, compiled=True)
+    rhs = fast.compiled_route.rhs
+    assert rhs.gather is None and rhs.entries.numel() == N * N
+    assert "nimm_entry_at" not in compiled.c_source(rhs, fast._outputs)  # noqa: SLF001
+    a = fast.simulate(TIMES, params={"mix": 0.5}, rtol=1e-11, atol=1e-10)
+    assert (fast.compiled_route.solver() is not None) == TOOLCHAIN
+    rhs_half, y0 = numpy_rhs(beta=0.6 * 0.5)
+    ref = solve_ivp(rhs_half, (0, TIMES[-1]), y0, t_eval=TIMES, method="DOP853", rtol=1e-12, atol=1e-10).y
+    assert close(states(a), ref)
+    assert close(states(fast.simulate(TIMES, rtol=1e-11, atol=1e-10)), reference())  # mix back at 1
