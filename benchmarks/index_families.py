@@ -22,6 +22,8 @@ generation and gcc), reported apart: issue #15 leaves it out of #14's compile ta
     .venv/bin/python benchmarks/index_families.py --accuracy 100
         (the compiled route's methods and LSODA over a sweep of tolerances, each run's error
         against DOP853 at 1e-13: time at equal accuracy)
+    .venv/bin/python benchmarks/index_families.py --year 100
+        (outputs at days 0 and 365 only: the compiled driver's stiffness test on a long segment)
 """
 from __future__ import annotations
 
@@ -68,8 +70,8 @@ observe cases[d in district] [person/day] = sigma * E[d] ~ poisson
 
 
 def scipy_run(n: int, mixing: str = "dense", rtol: float = 1e-8, atol: float = 1e-8, method: str = "LSODA",
-              result: bool = False):
-    """Seconds of one LSODA run (with `result`: also its states at TIMES)."""
+              result: bool = False, times=TIMES):
+    """Seconds of one LSODA run (with `result`: also its states at `times`)."""
     d = np.arange(1, n + 1)
     pop = 1000 * (1 + d / 10)
     kernel = np.exp(-np.abs(d[:, None] - d[None, :]) / 3)
@@ -86,7 +88,7 @@ def scipy_run(n: int, mixing: str = "dense", rtol: float = 1e-8, atol: float = 1
 
     y0 = np.concatenate([pop - np.where(d == 1, 5, 0), np.zeros(n), np.where(d == 1, 5.0, 0.0), np.zeros(n)])
     start = time.perf_counter()
-    sol = solve_ivp(rhs, (0, 100), y0, method=method, t_eval=TIMES, rtol=rtol, atol=atol)
+    sol = solve_ivp(rhs, (times[0], times[-1]), y0, method=method, t_eval=times, rtol=rtol, atol=atol)
     seconds = time.perf_counter() - start
     return (seconds, sol.y) if result else seconds
 
@@ -100,7 +102,12 @@ def main() -> None:
                         help="instead: time a fit of beta to N districts' counts, Adams and BDF")
     parser.add_argument("--accuracy", type=int, metavar="N", default=None,
                         help="instead: time at equal accuracy, compiled methods and LSODA")
+    parser.add_argument("--year", type=int, metavar="N", default=None,
+                        help="instead: one year with outputs at its ends only, compiled and LSODA")
     args = parser.parse_args()
+    if args.year:
+        one_year(args.year, args.mixing, args.repeats)
+        return
     if args.fit:
         fit_timing(args.fit, args.mixing)
         return
@@ -262,6 +269,33 @@ def accuracy(n: int, mixing: str, repeats: int) -> None:
                  if best["compiled rkck"] and best["scipy LSODA"] else "")
         print(f"| {level:.0e} | " + " | ".join("-" if s is None else f"{s * 1e3:.1f}" for s in best.values())
               + f" | {ratio} |")
+
+
+def one_year(n: int, mixing: str, repeats: int) -> None:
+    """Days 0 and 365 only: thousands of explicit steps between two outputs, the case where the
+    compiled driver's step budget used to hand a non-stiff segment over to BDF (its "bdf" method
+    beside it stands for that) and now tests for stiffness first (compiled_driver.c)."""
+    import nimm_dsl
+    from nimm_dsl.backends import compile_ir, compiled
+
+    fast = compile_ir(nimm_dsl.load_source(model_text(n, mixing)).ir, "casadi", compiled=True)
+    assert fast.compiled_route.solver() is not None, "no compiled route"
+    times = np.array([0.0, 365.0])
+    default, found = compiled.DEFAULT_METHOD, {"compiled rkck": [], "compiled bdf": [], "scipy LSODA": []}
+    try:
+        for _ in range(repeats):  # interleaved
+            for label, method in (("compiled rkck", "rkck"), ("compiled bdf", "bdf")):
+                compiled.DEFAULT_METHOD = method
+                start = time.perf_counter()
+                fast.simulate(times, rtol=1e-8, atol=1e-8)
+                found[label].append(time.perf_counter() - start)
+            found["scipy LSODA"].append(scipy_run(n, mixing, times=times))
+    finally:
+        compiled.DEFAULT_METHOD = default
+    print(f"{mixing} mixing, N = {n}, outputs at days 0 and 365 (ms)")
+    print("| " + " | ".join(found) + " |")
+    print("|---|---|---|")
+    print("| " + " | ".join(f"{statistics.median(v) * 1e3:.1f}" for v in found.values()) + " |")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,27 @@ def test_stiff_model_matches_interpreted(tmp_path):
         for method in ("rkf45", "rkck", "rk8pd"):  # each hands the segment over to BDF
             explicit = solver.integrate(0.0, times[1:], [2.0, 0.0], pw, 1e-8, 1e-8, 2000, method)
             assert explicit is not None and np.max(np.abs(explicit[:, 0] - bdf[:, 0])) < 1e-3
+            assert solver.handed_over is not None and 0 < solver.handed_over < times[-1]
+
+
+def test_a_long_non_stiff_segment_stays_with_the_explicit_pair(tmp_path):
+    """An oscillator over 200 s with no output between: thousands of steps, each limited by
+    accuracy (h times the spectral radius 1 stays far below the pair's stability bound), so the
+    step budget's stiffness test lets the explicit pair go on instead of handing over to BDF."""
+    path = tmp_path / "osc.nimm"
+    path.write_text("model osc\ntime t [s]\nstate x [1] = 1\nstate y [1] = 0\n"
+                    "der(x) = y / (1 [s])\nder(y) = -x / (1 [s])\n")
+    fast = compile_casadi(nimm_dsl.load(path).ir, compiled=True)
+    solver = fast.compiled_route.solver()
+    if not TOOLCHAIN:
+        assert solver is None
+        return
+    (segment,) = fast.protocol(np.array([0.0, 200.0])).segments
+    pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+    for method in ("rkf45", "rkck", "rk8pd"):
+        x = solver.integrate(0.0, np.array([200.0]), np.array([1.0, 0.0]), pw, 1e-11, 1e-11, 10 ** 6, method)
+        assert x is not None and solver.handed_over is None, method
+        assert np.max(np.abs(x[0] - [np.cos(200.0), -np.sin(200.0)])) < 1e-7
 
 
 @pytest.mark.parametrize("method", sorted(compiled.METHODS))

@@ -135,6 +135,7 @@ def test_the_stiff_hand_over_works_without_a_generated_jacobian():
     for method in ("rkck", "bdf"):  # 2000 steps per output at most: rkck alone could not
         x = solver.integrate(0.0, TIMES[1:], ref[:, 0], pw, 1e-10, 1e-10, 2000, method)
         assert x is not None and close(x.T, ref[:, 1:]), method
+        assert (solver.handed_over is not None) == (method == "rkck")  # rkck did hand over
 
 
 def benchmark():

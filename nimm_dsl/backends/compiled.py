@@ -457,8 +457,9 @@ class CompiledODE:
         self._outputs.argtypes = [ctypes.c_int, dp, dp, dp, dp, dp, dp]
         self._outputs.restype = ctypes.c_int
         self._lib = lib  # keeps the library loaded
-        self._reached = np.zeros(1)  # where a failed solve stopped
+        self._reached = np.zeros(2)  # where a failed solve stopped; where a GSL pair handed over to BDF
         self._reached_at = self._reached.ctypes.data
+        self.handed_over: Optional[float] = None  # the last segment's hand-over time, if any
 
     def integrate(self, t0: float, grid: np.ndarray, x0: np.ndarray, pw: np.ndarray, rtol: float,
                   atol: float, max_steps: int, method: Optional[str] = None) -> Optional[np.ndarray]:
@@ -470,6 +471,7 @@ class CompiledODE:
         flag = self._solve(float(t0), grid.ctypes.data, len(grid), x0.ctypes.data, pw.ctypes.data,
                            rtol, atol, max_steps, METHODS[method or DEFAULT_METHOD], out.ctypes.data,
                            self._reached_at)
+        self.handed_over = None if np.isnan(self._reached[1]) else float(self._reached[1])
         return None if flag else out  # the driver checks that every state is finite
 
     def outputs(self, times, X, Pcols, w, integrals=None) -> Optional[np.ndarray]:
