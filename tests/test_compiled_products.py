@@ -236,3 +236,32 @@ def test_matrix_entries_of_several_symbols_are_generated_and_read_the_run_s_para
     ref = solve_ivp(rhs_half, (0, TIMES[-1]), y0, t_eval=TIMES, method="DOP853", rtol=1e-12, atol=1e-10).y
     assert close(states(a), ref)
     assert close(states(fast.simulate(TIMES, rtol=1e-11, atol=1e-10)), reference())  # mix back at 1
+
+
+HYBRID = '''model hybrid
+time t [day]
+index patch = 1..10
+param r [1/day] = 0.3 in [0, 1]
+state N[p in patch] [1] = 0.05 * p
+neural g(x) [1/day] = mlp(hidden = [4], init = random)
+let crowd[p in patch] [1] = sum(k in patch, exp(-abs(p - k) / 2) * N[k]) / 3
+der(N[p]) = r * N[p] * (1 - crowd[p]) + g(crowd[p]) * N[p]
+observe y[p in patch] [1] = N[p]
+observe grown[p in patch] [1] = integral(r * N[p] * (1 - crowd[p]), 2 [day])
+'''
+
+
+def test_a_neural_term_and_an_integral_beside_a_product_on_the_compiled_route():
+    """The second walk meets the neural calls again (shared weights, elementwise) without
+    changing what the simulator records of them; an integral's outputs read the product."""
+    ir = nimm_dsl.load_source(HYBRID).ir
+    assert len(ir.linear_forms().groups) == 1
+    times = np.linspace(0, 10, 11)
+    fast = compile_casadi(ir, compiled=True)
+    names = list(fast.neural_call_names)
+    a = fast.simulate(times, rtol=1e-11, atol=1e-11)
+    assert (fast.compiled_route.solver() is not None) == TOOLCHAIN and len(fast.compiled_route.rhs.products) == 1
+    assert fast.neural_call_names == names and len(names) == 10
+    b = compile_casadi(ir, compiled=False).simulate(times, rtol=1e-11, atol=1e-11)
+    for name in [f"{f}[{p}]" for f in ("N", "y", "grown") for p in range(1, 11)]:
+        assert np.max(np.abs(a[name] - b[name])) <= 1e-6 * np.max(np.abs(b[name])), name
