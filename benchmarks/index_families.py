@@ -240,11 +240,13 @@ def accuracy(n: int, mixing: str, repeats: int) -> None:
 
     default = compiled.DEFAULT_METHOD
     print(f"{mixing} mixing, N = {n}: time (ms) and error at each tolerance")
-    print("| rtol = atol | " + " | ".join(["compiled rkck", "compiled adams", "compiled bdf", "scipy LSODA"]) + " |")
-    print("|---|---|---|---|---|")
+    print("| rtol = atol | " + " | ".join(["compiled rkck", "compiled rk8pd", "compiled adams", "compiled bdf",
+                                           "scipy LSODA"]) + " |")
+    print("|---|---|---|---|---|---|")
     try:
         for tol in TOLERANCES:
-            solvers = {"compiled rkck": lambda: ours("rkck", tol), "compiled adams": lambda: ours("adams", tol),
+            solvers = {"compiled rkck": lambda: ours("rkck", tol), "compiled rk8pd": lambda: ours("rk8pd", tol),
+                       "compiled adams": lambda: ours("adams", tol),
                        "compiled bdf": lambda: ours("bdf", tol),
                        "scipy LSODA": lambda: scipy_run(n, mixing, tol, tol, result=True)}
             times, errors = {k: [] for k in solvers}, {}
