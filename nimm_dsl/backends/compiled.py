@@ -81,7 +81,8 @@ def forget_loaded() -> None:
 
 # Right-hand-side operations (CasADi instructions, Jacobian nonzeros): gcc -O2 here took 1.9 s for
 # 1362 with a Jacobian, 1.1 s for 2203 and 5.7 s for 4403 without (the dense model of
-# benchmarks/index_families.py at N = 100 and 200, products in our C): about 3 s at the limit.
+# benchmarks/index_families.py at N = 100 and 200, products in our C): 3-5 s at the limit (the
+# more of it Jacobian, the longer; the old limit, 2000, counted the products' N x N blocks).
 MAX_RHS_SIZE = 3000
 MAX_JACOBIAN_NNZ = 1000  # about 1 s of gcc: above it, difference quotients (generates_jacobian)
 DENSE_FILL = 0.25  # a product stored dense when this share of its matrix is nonzero (see _product_c)
