@@ -267,6 +267,10 @@ class CasadiSimulator:
         extra.update({g.symbol: I[k] for k, g in enumerate(ir.integrals)})
         return (t, x, I, *self._symbolic_env(extra, ir.runtime_symbols(), ops))
 
+    def _derivatives(self, ev, x):
+        """dx/dt as one SX column, evaluated inside the states' domains."""
+        return _inside_domains(ca.vertcat(*[ev(self.ir.derivatives[s.name]) for s in self.ir.states]), x, self.ir)
+
     def _compiled_rhs(self):
         """The right-hand side as the compiled route builds it (backends/compiled.py): the same
         walk with each matrix product left to the driver's own C."""
@@ -278,13 +282,12 @@ class CasadiSimulator:
         split, calls = ProductSplit(), self._neural_calls  # a second walk records its calls anew
         t, x, _, P, W, _, ev, _ = self._dynamic_env(replace(CASADI_OPS, matvec=split.matvec))
         self._neural_calls = calls
-        ode = _inside_domains(ca.vertcat(*[ev(self.ir.derivatives[s.name]) for s in self.ir.states]), x, self.ir)
-        return split.rhs(t, x, ca.vertcat(P, W), ode)
+        return split.rhs(t, x, ca.vertcat(P, W), self._derivatives(ev, x))
 
     def _build_dynamic(self):
         ir = self.ir
         t, x, I, P, W, env, ev, neural = self._dynamic_env()
-        ode = _inside_domains(ca.vertcat(*[ev(ir.derivatives[s.name]) for s in ir.states]), x, ir)
+        ode = self._derivatives(ev, x)
         lets = [env[let.symbol] for let in ir.lets]
         observes = [ev(o.expr) for o in ir.observes]
         self._ode = (t, x, P, W, ode)
