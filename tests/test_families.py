@@ -422,6 +422,32 @@ def test_a_misspelt_member_in_a_target_is_an_error_not_a_variable_over_every_mem
     assert _located(AGES + bound + "\n") == []
 
 
+@pytest.mark.parametrize("line, column, hint", [
+    ("scenario close\n  set cmult[young] = 0.4 * cmult[young] from 35\nend", 13, "[d in young]"),
+    ("scenario close\n  set cmult[beta] = 0.4 from 35\nend", 13, "[d in age]"),
+    ("dose intro: I[age] += 5 at 10", 15, "[d in age]"),
+])
+def test_an_index_or_declared_name_as_a_target_subscript_is_an_error_not_every_member(line, column, hint):
+    # as an unbound variable each of these would silently act on all three age groups
+    text = AGES + "index young = [child, adult]\n" + line + "\n"
+    row = len(AGES.splitlines()) + 2 + ("scenario" in line)
+    assert _located(text) == [("E352", row, column)]
+    (d,) = nimm_dsl.check(text)
+    assert hint in d.hint
+
+
+def test_a_set_bound_to_a_subset_changes_only_its_members():
+    text = AGES + "index young = [child, adult]\nscenario close\n  set cmult[d in young] = 0 from 0\nend\n"
+    model = nimm_dsl.load_source(text)
+    times = np.array([0.0, 5.0])
+    base, closed = model.simulate(times), model.simulate(times, scenario="close")
+    assert closed["S[child]"][-1] == pytest.approx(1000 - 1)  # no infection at all with cmult 0
+    assert closed["S[adult]"][-1] == pytest.approx(1000 - 1)
+    # at t = 0 the states agree, so the seniors' force of infection shows their cmult unchanged
+    assert closed["lambda[senior]"][0] == pytest.approx(0.3 * 3 / 1000, rel=1e-9)
+    assert base["S[senior]"][-1] < 1000 - 1 - 1
+
+
 def test_a_flow_whose_rate_ignores_one_ends_variable_is_w705():
     text = AGES.replace("flow S[a] -> I[a] = lambda[a] * S[a]", "flow S[a] -> I[b] = lambda[a] * S[a]")
     assert _located(text) == [("W705", 11, 16)]

@@ -130,6 +130,7 @@ class _Expander:
             self.expanded = self.info.indexes
         self._member_sets: dict[str, set] = {}
         declared = [s for s in program.statements if type(s) in A.DECLARATION_KINDS]
+        self.declared_names = {s.name.name for s in declared}
         self.broken: set[str] = set()  # families over an undeclared index (E350 on their line)
         for s in declared:
             family = getattr(s, "family", None)
@@ -257,6 +258,7 @@ class _Expander:
                     if sub.name[0].isdigit():
                         raise _Fail("E352", sub.span, f"`{sub.name}` is not a member of index `{index}`",
                                     _members_hint(self.info.indexes[index]))
+                    self._not_a_name(sub, index)
                     near = closest(sub.name, self.info.indexes[index]) if len(sub.name) >= 3 else None
                     if near is not None:  # a misspelt member would silently act on every member
                         raise _Fail("E352", sub.span, f"`{sub.name}` is not a member of index `{index}`; as a "
@@ -274,6 +276,24 @@ class _Expander:
                                 f"bind it in another subscript of the line: `[{sub.var.name} in {index}]`, "
                                 "or an inline set of its members")
         return found
+
+    def _not_a_name(self, sub: A.Ident, index: str) -> None:
+        """E352 for an unbound subscript spelt like an index or a declared name: as a variable it
+        would act on every member (`set c[treated] = ...` meaning the subset `treated`), and a
+        variable named `beta` would hide the param `beta` on its line."""
+        if sub.name == index:
+            raise _Fail("E352", sub.span, f"`{index}` is the index itself, not a variable over it",
+                        f"bind a variable to it: `[d in {index}]`, then write `d` in the other subscripts")
+        if sub.name in self.index_spans:
+            hint = (f"to act on the members of `{sub.name}`, bind a variable to it: `[d in {sub.name}]`"
+                    if self.is_subset(sub.name, index) else
+                    f"bind a variable over `{index}` or one of its subsets: `[d in {index}]`")
+            raise _Fail("E352", sub.span, f"`{sub.name}` is an index, not a member of `{index}`; as a "
+                                          f"variable it would range over all of `{index}`", hint)
+        if sub.name in self.declared_names:
+            raise _Fail("E352", sub.span, f"`{sub.name}` is a declared name, not a member of index `{index}`; "
+                                          f"as a variable it would range over all of `{index}` and hide it",
+                        f"name the variable otherwise: `[d in {index}]`")
 
     def family_indexes(self, e: A.Element) -> list[str]:
         name = e.name.name
