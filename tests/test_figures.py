@@ -160,3 +160,42 @@ def test_evaluation_figures_shade_the_prediction_interval_and_mark_doses(tmp_pat
         assert [line.get_xdata()[0] for line in ax.lines if line.get_gid() == "dose"] == [2.0]
         assert [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches if p.get_gid() == "set window"] == window
         assert "95% prediction interval" in ax.get_legend_handles_labels()[1]
+
+
+TABLE_DOSES = """
+model iv "a bolus per subject, from the table"
+time t [h]
+param k [1/h] = 0.3 in [0.01, 5]
+state A [mg] = 0 in [0, inf]
+der(A) = -k * A
+observe amount [mg] = A ~ lognormal(sigma = 0.1)
+dose iv [mg]: A += iv at data
+scenario none "no dose"
+  remove iv
+end
+"""
+
+
+def test_figures_mark_each_series_own_doses_from_the_table():
+    model = nimm_dsl.load_source(TABLE_DOSES, "iv.nimm")
+    sim = model.compile()
+    table = pd.DataFrame({"series": [1, 1, 1, 1, 2, 2, 2, 2],
+                          "t": [0, 1, 2, 4, 0, 3, 4, 6],
+                          "iv": [10, np.nan, 5, np.nan, np.nan, 8, np.nan, np.nan],
+                          "amount": [np.nan, 7.4, 10.5, 6.3, np.nan, 8.0, 5.9, 3.3]})
+    res = model.fit(table, progress=False)
+    import matplotlib.pyplot as plt
+
+    fig = fit_figure(model.ir, res.dataset, res, sim)
+    marked = {ax.get_title(): sorted(line.get_xdata()[0] for line in _gid(ax, "dose")) for ax in _shown(fig)}
+    assert marked == {"amount, series 1": [0.0, 2.0], "amount, series 2": [3.0]}
+    plt.close(fig)
+    t = np.linspace(0, 6, 13)
+    runs = [ScenarioRun(sim.simulate(t, params=res.params, **s.run_options()),
+                        sim.simulate(t, params=res.params, scenario="none", **s.run_options()), data=s, label=s.label)
+            for s in res.dataset.series]
+    for scenario, expected in ((None, [3.0]), ("none", [])):  # a removed table dose is not marked
+        fig = scenario_figure(runs if scenario else [ScenarioRun(runs[1].baseline, data=runs[1].data)],
+                              model.ir, scenario=scenario)
+        assert [sorted(line.get_xdata()[0] for line in _gid(ax, "dose")) for ax in _shown(fig)][-1] == expected
+        plt.close(fig)

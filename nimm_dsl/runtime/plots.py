@@ -106,7 +106,7 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
             cut = getattr(fit_result, "holdout_after", {}).get(r)
             if cut is not None:  # the held-out end of the series, not used for fitting
                 ax.axvspan(cut, s.times[-1], color="0.9", zorder=0, label="held out")
-            mark_protocol(ax, ir, None, s.times[0], s.times[-1])
+            mark_protocol(ax, ir, None, s.times[0], s.times[-1], s.doses)
             if log:
                 _log_axis(ax)
             title = name if s.label is None else f"{name}, series {s.label}"
@@ -190,10 +190,16 @@ def _minor_log_labels(axis):
     return MinorLogLabels()
 
 
-def mark_protocol(ax, ir, scenario: Optional[str], t0: float, t1: float) -> None:
+def mark_protocol(ax, ir, scenario: Optional[str], t0: float, t1: float, table_doses: Optional[dict] = None) -> None:
     """Dose times as dotted vertical lines (gid "dose") and the set windows in force under
-    `scenario` (None: the baseline's) as light spans (gid "set window"), within [t0, t1]."""
-    dose_times = sorted({t for d in ir.doses_for(scenario) for t in d.times if t0 <= t <= t1})
+    `scenario` (None: the baseline's) as light spans (gid "set window"), within [t0, t1].
+    table_doses: a data series' own doses ({name: (times, amounts)}, `Series.doses`), marked
+    where a dose of that name from the data is in force."""
+    in_force = ir.doses_for(scenario)
+    from_table = {d.name for d in in_force if d.from_data}
+    times = [t for d in in_force if not d.from_data for t in d.times]
+    times += [t for name, (ts, _) in (table_doses or {}).items() if name in from_table for t in ts]
+    dose_times = sorted({float(t) for t in times if t0 <= t <= t1})
     for k, t in enumerate(dose_times):
         ax.axvline(t, color="0.35", ls=":", lw=0.9, gid="dose", label="dose" if k == 0 else None)
     windows = sorted({(s.start if s.start is not None else t0, s.end if s.end is not None else t1)
@@ -312,7 +318,8 @@ def scenario_figure(runs: Sequence[ScenarioRun], ir=None, names: Optional[Sequen
                 else:
                     ax.plot(run.data.times[ok], y[ok], "o", color="k", ms=3.5, label="data")
             if ir is not None and t is not None and len(t):
-                mark_protocol(ax, ir, scenario if run.scenario is not None else None, t[0], t[-1])
+                mark_protocol(ax, ir, scenario if run.scenario is not None else None, t[0], t[-1],
+                              getattr(run.data, "doses", None))
             ax.set_ylabel(_label(name, units.get(name)))
             ax.set_xlabel(_label(time_name, time_unit))
             ax.set_title(name if run.label is None else f"{name}, series {run.label}", fontsize=9)

@@ -81,7 +81,7 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
                 at = np.searchsorted(fine, series.times)
                 _interval_steps(ax, series.times, window, np.asarray(run[observe])[at],
                                 band and [np.asarray(b)[at] for b in band[observe]], "C0", "fitted model")
-            mark_protocol(ax, ir, None, fine[0], fine[-1])
+            mark_protocol(ax, ir, None, fine[0], fine[-1], series.doses)
             _data(ax, series.times[in_train], series.observed[observe][in_train], window,
                   dict(marker="o", ms=3.5, color="k", label="train data"))
             if (~in_train).any():
@@ -137,7 +137,7 @@ def plot_evaluation(task, model, fitted, report, backend: str, directory: Path) 
                                     f"model: {cf.scenario}")
                     _interval_steps(ax, series.times, window, np.asarray(baseline[observe])[at], None, "C0",
                                     "model: factual", ls="--")
-                mark_protocol(ax, ir, cf.scenario, fine[0], fine[-1])
+                mark_protocol(ax, ir, cf.scenario, fine[0], fine[-1], factual.get("doses"))
                 ax.set_xlabel(f"{ir.time_name} [{ir.time_unit}]")
                 ax.set_ylabel(f"{observe} [{units.get(observe)}]")
                 ax.set_title(observe + (f", series {series.label}" if series.label is not None else ""),
