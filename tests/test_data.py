@@ -89,6 +89,18 @@ def test_duplicate_and_unsorted_times_within_a_series(tmp_path):
     assert len(load_data(p, decay_ir()).series) == 2
 
 
+def test_times_restarting_without_a_series_column_suggest_naming_one(tmp_path):
+    # two subjects told apart by a column the model does not know: the times restart at 0
+    p = write(tmp_path, "subject,t,y\n1,0,1\n1,2,0.5\n2,0,2\n2,2,1\n")
+    with pytest.raises(DataError, match=r"time 0 is earlier than .*name the column that tells them apart "
+                                        r"`series` .*ignored: `subject`"):
+        load_data(p, decay_ir())
+    p = write(tmp_path, "t,y\n0,1\n2,0.5\n0,2\n")  # nothing to rename: no suggestion
+    with pytest.raises(DataError) as e:
+        load_data(p, decay_ir())
+    assert "`series`" not in str(e.value)
+
+
 def test_missing_time_value_is_an_error(tmp_path):
     p = write(tmp_path, "t,y\n0,1\n,2\n")
     with pytest.raises(DataError, match=r"column `t`, row 2 \(line 3\): the time is missing"):

@@ -177,7 +177,8 @@ def load_data(path_or_frame, ir: ModelIR, file: Optional[str] = None,
     series = []
     for label in dict.fromkeys(labels):  # first-appearance order
         idx = np.flatnonzero(labels == label) if label is not None else np.arange(len(row_numbers))
-        _check_increasing(times[idx], idx, ir.time_name, label, where)
+        _check_increasing(times[idx], idx, ir.time_name, label, where,
+                          ignored if SERIES_COLUMN not in columns else ())
         t = times[idx]
         observed = {o: values[o][idx] for o in present_obs}
         inputs, doses = _given(present_inputs, values, idx, t), _given(present_doses, values, idx, t)
@@ -357,7 +358,9 @@ def _check_noise_domains(ir, values, present_obs, where, warnings):
                                 f"under {o.noise} noise, first at {where(frac[0])}")
 
 
-def _check_increasing(t, idx, time_name, label, where):
+def _check_increasing(t, idx, time_name, label, where, ignored=()):
+    """ignored: the table's unmatched columns when it has no `series` column, one of which may
+    be meant to tell subjects apart (`subject`, `id`)."""
     steps = np.diff(t)
     bad = np.flatnonzero(steps <= 0)
     if not bad.size:
@@ -365,8 +368,12 @@ def _check_increasing(t, idx, time_name, label, where):
     k = bad[0]
     what = "repeats" if steps[k] == 0 else "is earlier than"
     in_series = f" in series `{label}`" if label is not None else ""
+    restart = (f"; if the table holds several subjects or experiments, name the column that tells them "
+               f"apart `{SERIES_COLUMN}` (the table has no `{SERIES_COLUMN}` column; ignored: {_names(ignored)})"
+               if ignored else "")
     raise DataError(f"{where.file}: column `{time_name}`, {where(idx[k + 1])}: time {t[k + 1]:g} {what} "
-                    f"the time {t[k]:g} at {where(idx[k])}{in_series}; times must increase within a series")
+                    f"the time {t[k]:g} at {where(idx[k])}{in_series}; times must increase within a series"
+                    + restart)
 
 
 def _static_series(ir, values, present_obs, present_inputs, row_numbers, where) -> Series:
