@@ -471,6 +471,16 @@ def test_element_columns_follow_member_order_and_a_misspelt_data_column_is_one_e
     assert d.code == "E608" and "did you mean `cases[senior]`?" in d.hint
 
 
+def test_a_column_for_an_unobserved_member_is_e608_without_a_wrong_suggestion(tmp_path):
+    # the observe covers two of three groups; a column for the third is not a misspelling of either
+    text = AGES.replace("observe cases[a in age]", "observe cases[a in [child, adult]]")
+    data = tmp_path / "d.csv"
+    data.write_text("t,cases[child],cases[senior]\n0,1,3\n1,2,4\n")
+    found = {d.code: d for d in bind(nimm_dsl.load_source(text), str(data))}
+    assert set(found) == {"E608", "E609"}  # cases[senior] is no element; cases[adult] has no column
+    assert "did you mean" not in found["E608"].hint and "extend the observe" in found["E608"].hint
+
+
 def test_a_long_table_is_told_to_become_wide(tmp_path):
     data = tmp_path / "long.csv"
     data.write_text("t,age,cases\n0,child,3\n0,adult,4\n1,child,5\n1,adult,6\n")

@@ -166,14 +166,17 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) ->
         if family in families:
             elements = [o.name for o in families[family]]
             # a near spelling of a named member (`cases[seniors]`); numbers are not misspelt names
-            named = not c[len(family) + 1:-1].replace(",", "").isdigit()
-            near = closest(c, [e for e in elements if e not in columns]) if named else None
+            member = c[len(family) + 1:-1]
+            named = not member.replace(",", "").isdigit()
+            # compared by member only: the shared `family[...]` would make every member look close
+            by_member = {e[len(family) + 1:-1]: e for e in elements if e not in columns}
+            near = by_member.get(closest(member, by_member)) if named else None
             if near is not None:  # its E608 says it: no E609 for the same column
                 misspelt.add(near)
             report("E608", families[family][0].span, f"column `{c}` of {file} is not an element of the observed "
                    f"family `{family}`, which has {_names(elements[:5])}{' ...' if len(elements) > 5 else ''}",
                    f"did you mean `{near}`? rename the column" if near else
-                   "remove or rename the column, or add the member to the index")
+                   "remove or rename the column, or extend the observe (or its index) to that element")
         else:
             rest.append(c)
     for family, observes in families.items():
