@@ -110,6 +110,17 @@ def test_domain_and_noise_warnings():
     assert "observe `y` is 0 at t = 2" in found[1].message
 
 
+def test_noise_is_judged_only_where_the_data_measure_the_observe():
+    """An oral dose row at t = 0 has no concentration: the prediction 0 there, impossible under
+    lognormal noise, costs the fit nothing; a measured 0-time value would."""
+    body = ("state G [1] = 0 in [0, inf]\nstate x [1] = 0 in [0, inf]\nder(G) = -k * G\nder(x) = k * G - k * x\n"
+            "observe y [1] = x ~ lognormal(sigma = 1)\ndose oral [1]: G += oral at data\n")
+    dose_row = pd.DataFrame({"t": [0.0, 1.0, 2.0], "oral": [5.0, None, None], "y": [None, 1.2, 1.4]})
+    assert run(body, data=dose_row) == []
+    measured = dose_row.assign(y=[0.1, 1.2, 1.4])
+    assert codes_at(run(body, data=measured)) == [("W804", 8)]
+
+
 def test_scenarios_are_probed_and_named():
     found = run("state x [1] = 1 in [0, inf]\nder(x) = -0.01 * k * x\nobserve y [1] = log(x) ~ normal(sigma = 1)\n"
                 "scenario wipe\n  dose D: x *= 0 at 5\nend\n")

@@ -60,6 +60,11 @@ def probe(model, data=None, timeout: float = DEFAULT_TIMEOUT, max_steps: int = D
         request["inputs"] = {k: [np.asarray(t).tolist(), np.asarray(v).tolist()] for k, (t, v) in first.items()}
         request["doses"] = {k: [np.asarray(t).tolist(), np.asarray(a).tolist()]
                             for k, (t, a) in dataset.series[0].doses.items()}  # the first series' too
+        # W804 only where a value is measured: a dose row's empty cell at t = 0 (a prediction of
+        # 0 under lognormal noise before an oral dose is absorbed) costs the fit nothing
+        request["observed"] = {o: sorted({float(t) for s in dataset.series if o in s.observed
+                                          for t in s.times[np.isfinite(s.observed[o])]})
+                               for o in dataset.observed_names}
     else:
         request["times"] = default_times(ir).tolist()
     try:
@@ -116,6 +121,7 @@ def _runs(request: dict) -> list[Diagnostic]:
             return []
         return _static_findings(ir, res)
     times = np.asarray(request["times"], dtype=float)
+    observed = request.get("observed")
     inputs = {k: (np.asarray(t), np.asarray(v)) for k, (t, v) in (request["inputs"] or {}).items()}
     doses = {k: (np.asarray(t), np.asarray(a)) for k, (t, a) in (request.get("doses") or {}).items()}
     for scenario in [None, *ir.scenarios]:
@@ -125,7 +131,8 @@ def _runs(request: dict) -> list[Diagnostic]:
         except SimulationError as e:
             found.append(_failure(ir, e, times, scenario, inputs, under))
             continue
-        found += _findings(ir, res, scenario, inputs, under, judge_noise=bool(doses) or not ir.table_dose_names())
+        found += _findings(ir, res, scenario, inputs, under, judge_noise=bool(doses) or not ir.table_dose_names(),
+                           observed=observed)
     unique: dict = {}
     for d in found:  # a fault the baseline shows is not repeated for every scenario
         unique.setdefault((d.code, d.span.line), d)
@@ -211,9 +218,11 @@ def _nan_hint(culprit) -> Optional[str]:
     return None
 
 
-def _findings(ir: ModelIR, res, scenario, inputs, under, judge_noise: bool = True) -> list[Diagnostic]:
+def _findings(ir: ModelIR, res, scenario, inputs, under, judge_noise: bool = True,
+              observed: Optional[dict] = None) -> list[Diagnostic]:
     """E801 for lets/observes that are NaN or inf at an output time; W803 and W804 (not when
-    judge_noise is False: a run without the table's doses, whose predictions say nothing)."""
+    judge_noise is False: a run without the table's doses, whose predictions say nothing).
+    observed: {observe: the data's times with a value}, where W804 judges (None: every time)."""
     from .pointwise import first_nonfinite
 
     out = []
@@ -242,14 +251,17 @@ def _findings(ir: ModelIR, res, scenario, inputs, under, judge_noise: bool = Tru
                                   "check the signs and units of its flows or der line, or widen the domain if "
                                   "the value is possible", ir.file))
     if judge_noise:
-        out += _noise_findings(ir, res, times, under)
+        out += _noise_findings(ir, res, times, under, observed)
     return out
 
 
-def _noise_findings(ir: ModelIR, res, times, under) -> list[Diagnostic]:
+def _noise_findings(ir: ModelIR, res, times, under, observed: Optional[dict] = None) -> list[Diagnostic]:
     out = []
     for o in ir.observes:
         v = np.asarray(res[o.name], dtype=float)
+        judged = np.isfinite(v)
+        if observed is not None:
+            judged &= np.isin(times, observed.get(o.name, []))
         if o.noise == "lognormal":
             bad, what = v <= 0, "not positive, but lognormal noise needs a positive prediction"
         elif o.noise in ("poisson", "negbinomial"):
@@ -262,12 +274,12 @@ def _noise_findings(ir: ModelIR, res, times, under) -> list[Diagnostic]:
                                         v.shape)
             bad = sigma <= 0
             if bad.any():
-                k = int(np.argmax(bad & np.isfinite(v)))
+                k = int(np.argmax(bad & judged))
                 what = (f"its sigma is {sigma[k]:.6g} there, but a normal sigma must be positive at every "
                         "predicted value")
         else:
             continue
-        bad &= np.isfinite(v)
+        bad &= judged
         if bad.any():
             k = int(np.argmax(bad))
             where = f" at {_at(ir, times[k])}" if times is not None else f" in row {k + 1}"
