@@ -391,6 +391,10 @@ def cmd_simulate(args) -> int:
     else:
         times = grid if grid is not None else (None if ir.is_static else default_times(ir))
         runs.append((None, times, {}))
+        from_table = [] if ir.is_static else [d.name for d in ir.doses_for(args.scenario) if d.from_data]
+        if from_table:  # else a PK model simulates flat zeros without a word
+            _warn(f"dose(s) {', '.join(f'`{n}`' for n in dict.fromkeys(from_table))} come from a data table "
+                  "(`at data`): without --data none is given; pass --data TABLE.csv with the dose rows")
 
     if not runs:
         raise NimmError(f"{args.data}: the table has no data rows")

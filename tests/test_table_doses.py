@@ -4,6 +4,7 @@ forms in both back ends, scenarios that replace or remove table doses, and fits 
 independent scipy fits of the same likelihood on the shipped Indometacin and Phenobarb data."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -187,6 +188,18 @@ def test_simulate_gives_each_series_its_fitted_value_and_doses(tmp_path, capsys)
     for label, k, doses in (("a", 0.1, [(0, 2.0)]), ("b", 0.5, [(0, 1.0), (2, 0.5)])):
         rows = got[got.series == label]
         assert np.allclose(rows.A, 2 * closed_form(rows.t, doses, k), rtol=1e-6)
+
+
+def test_simulate_without_the_table_says_that_no_table_dose_is_given(tmp_path, capsys):
+    model = tmp_path / "pk.nimm"
+    model.write_text(PK)
+    assert main(["simulate", str(model), "--times", "0:2:3"]) == 0
+    out, err = capsys.readouterr()
+    assert "dose(s) `iv` come from a data table" in err and "--data" in err
+    assert set(pd.read_csv(io.StringIO(out)).A) == {0.0}  # what the warning explains
+    # a scenario that replaces the table dose by one timed in the text gives it: nothing to say
+    assert main(["simulate", str(model), "--times", "0:2:3", "--scenario", "text"]) == 0
+    assert "come from a data table" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
