@@ -130,6 +130,8 @@ CASES = [
          also={"W702"}),  # z, which j drives, is unobserved too
     case("W705", HEADER + DECAY + "index n = 1..3\nstate s[i in n] [1] = 1\nstate u[i in n] [1] = 0\n"
          "flow s[i] -> u[j] = k * s[i]\nobserve v[i in n] [1] = u[i]\n", 10, 16, 17),
+    case("W706", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = 1\n"
+         "observe v[i in n] [1] = sum(j in n, c[i]) * x\n", 9, 29, 30),
 ]
 
 

@@ -456,6 +456,13 @@ def test_a_flow_whose_rate_ignores_one_ends_variable_is_w705():
     assert "W705" not in [c for c, _, _ in _located(migration)]
 
 
+def test_a_sum_that_ignores_its_variable_is_w706_once_and_a_count_is_not():
+    text = AGES.replace("sum(b in age, I[b] / pop[b])", "sum(b in age, I[a] / pop[a])")
+    assert _located(text) == [("W706", 10, 54)]  # at `b`; one line of three elements: one warning
+    counted = AGES.replace("sum(b in age, I[b] / pop[b])", "sum(b in age, I[b] / pop[b]) / sum(b in age, 1)")
+    assert _located(counted) == []
+
+
 def test_a_line_dropped_for_an_index_error_leaves_no_unused_warnings():
     text = AGES.replace("beta * cmult[a]", "beta * cmult[chlid]")
     assert _located(text) == [("E352", 10, 45)]

@@ -129,6 +129,7 @@ class _Expander:
         else:
             self.expanded = self.info.indexes
         self._member_sets: dict[str, set] = {}
+        self._warned_sums: set[int] = set()
         declared = [s for s in program.statements if type(s) in A.DECLARATION_KINDS]
         self.declared_names = {s.name.name for s in declared}
         self.broken: set[str] = set()  # families over an undeclared index (E350 on their line)
@@ -204,6 +205,22 @@ class _Expander:
             for t in _targets(s) if isinstance(s, (A.DerEq, A.FlowEq)) else ():
                 self.info.failed_dynamics.add(t.name.name if isinstance(t, A.Element) else t.name)
             return []
+
+    def _constant_sum(self, e: A.IndexSum) -> None:
+        """W706, once per sum: terms that name quantities but not the sum's variable add the same
+        term once per member (`sum(k in district, I[d])` for `I[k]`); a plain count such as
+        `sum(k in district, 1)` is meant."""
+        var = e.binder.var.name
+        used = _names_in(e.body)
+        if var in used or not used - {"pi"} or id(e) in self._warned_sums:
+            return
+        self._warned_sums.add(id(e))
+        index = e.binder.index.name
+        self._report("W706", e.binder.var.span, f"the terms of this sum do not use `{var}`: it adds the same term "
+                                                f"once for each of the {len(self.info.indexes[index])} members of "
+                                                f"`{index}`",
+                     f"write `{var}` where the member should vary (`I[{var}]`, not `I[d]`), or multiply by the "
+                     "count if that is meant")
 
     def _repeated_flow(self, s: A.FlowEq, variables: dict) -> None:
         """W705: a variable of only one end that the rate does not use repeats the same flow once
@@ -478,6 +495,7 @@ class _Expander:
                 raise _Fail("E356", e.binder.var.span, f"index variable `{var}` is already bound here",
                             "use another name for the sum's variable")
             members = self.check_index(index)
+            self._constant_sum(e)
             outer = self._scale
             if outer * len(members) > MAX_TERMS:  # refused before any work, however deep the nesting
                 raise _Fail("E353", e.span, f"this line expands to {outer * len(members)} terms "
