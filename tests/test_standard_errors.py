@@ -132,3 +132,22 @@ observe y [1] = X ~ normal(sigma = sig)
     assert stderr["gauss-newton"] == pytest.approx(stderr_of(closed_form_fisher("normal", fitted)), rel=1e-5)
     assert stderr["exact"][0] != pytest.approx(stderr["gauss-newton"][0], rel=1e-4)
     assert main(["fit", str(model), str(table), "--hessian", "bfgs"]) == 2
+
+
+def test_negative_curvature_is_a_fit_short_of_its_minimum_not_a_flat_direction():
+    """A torch fit stopped early on a two-param decay had eigenvalues (-3.9, 38, 412) and was
+    reported as `A0`, `k` "not determined by the data"; the data determine both."""
+    from nimm_dsl.runtime.fit.result import NOT_AT_MINIMUM, UNDETERMINED
+    from nimm_dsl.runtime.fit.starts import param_labels, standard_errors
+
+    est = decay("lsq").params
+    names, x = ["k", "X0"], np.array([0.5, 20.0])
+    saddle = np.diag([-4.0, 9.0])  # falls along k
+    stderr, flat, _, falling = standard_errors(saddle, names, x, 1.0, 15, False)
+    assert (flat, falling) == ([], [["k"]]) and stderr["k"] is None and stderr["X0"] == pytest.approx(1 / 3)
+    labels, warnings = param_labels(est, dict(zip(names, x)), stderr, flat, falling)
+    assert labels == {"k": [NOT_AT_MINIMUM], "X0": []}
+    assert len(warnings) == 1 and "still falls" in warnings[0] and UNDETERMINED not in warnings[0]
+    flat_h = np.array([[1.0, 1.0], [1.0, 1.0]]) / np.outer(x, x)  # only k + X0 (scaled) is seen
+    _, flat, _, falling = standard_errors(flat_h, names, x, 1.0, 15, False)
+    assert sorted(flat[0]) == ["X0", "k"] and falling == []

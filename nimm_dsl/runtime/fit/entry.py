@@ -167,7 +167,7 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
     if not names and not ir.neurals:
         warnings.append("nothing to estimate: the model has no `param` (only consts) and no neural "
                         "term; the loss is that of the declared values")
-    stderr, flat, cov = {n: None for n in names}, [], np.full((len(names), len(names)), np.nan)
+    stderr, flat, cov, falling = {n: None for n in names}, [], np.full((len(names), len(names)), np.nan), []
     if names:
         try:
             # the solver's params (the mean params, when the dispersion was held); the held
@@ -180,12 +180,12 @@ def _finish(ir, dataset: Dataset, train: Dataset, valid: Optional[Dataset], solv
                 rest = [j for j in range(len(names)) if j not in fitted]
                 H[np.ix_(rest, rest)] = held_curvature
             lsq_only = all(o.noise == "lsq" for o in ir.observes if o.name in train.observed_names)
-            stderr, flat, cov = standard_errors(H, names, x, best.loss, train.n_observations, lsq_only)
+            stderr, flat, cov, falling = standard_errors(H, names, x, best.loss, train.n_observations, lsq_only)
             if not np.all(np.isfinite(H)):
                 warnings.append("no standard errors: the curvature of the loss is not finite at the estimate")
         except (SimulationError, RuntimeError, ImportError) as e:
             warnings.append(f"no standard errors: the curvature of the loss could not be computed ({e})")
-    labels, label_warnings = param_labels(est, best.values, stderr, flat)
+    labels, label_warnings = param_labels(est, best.values, stderr, flat, falling)
     warnings += label_warnings
     for p in dispersion_only(ir, train):
         if AT_UPPER in labels.get(p.name, []):  # k -> inf is the Poisson limit

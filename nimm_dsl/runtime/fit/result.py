@@ -18,6 +18,7 @@ FORMAT_VERSION = 1
 # Labels of an estimated param (FitResult.labels), worded once for the report and the warnings.
 AT_LOWER, AT_UPPER = "at its lower bound", "at its upper bound"
 UNDETERMINED, POORLY_DETERMINED = "not determined by the data", "poorly determined"
+NOT_AT_MINIMUM = "not at a minimum"  # the loss still falls along it: the fit stopped early
 NOT_IDENTIFIABLE = "not identifiable from these data"  # a profile flat on a side
 STRONG_CORRELATION = 0.95  # |r| above this is flagged in the report: the pair trade off
 
@@ -48,7 +49,7 @@ class FitResult:
     """What a fit found. `params`: every param and const (declared units), estimated ones fitted.
     `stderr`: approximate standard errors of the estimated params (None where the data cannot
     determine them). `labels`: {estimated param: [AT_LOWER | AT_UPPER | UNDETERMINED |
-    POORLY_DETERMINED, ...]} (empty when the estimate is unremarkable). `weights`: {neural name:
+    NOT_AT_MINIMUM | POORLY_DETERMINED, ...]} (empty when the estimate is unremarkable). `weights`: {neural name:
     flat float64 vector}. `starts`: every start of the fit, in the order tried."""
 
     model: str

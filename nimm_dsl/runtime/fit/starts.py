@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ...compiler.ir import ParamIR
-from .result import AT_LOWER, AT_UPPER, POORLY_DETERMINED, UNDETERMINED
+from .result import AT_LOWER, AT_UPPER, NOT_AT_MINIMUM, POORLY_DETERMINED, UNDETERMINED
 
 RESCUE_SEED_OFFSET = 7919  # rescue points come from their own hypercube, not a copy of the starts'
 
@@ -84,27 +84,28 @@ def finite_difference_hessian(grad: Callable[[np.ndarray], np.ndarray], x: np.nd
 
 
 def standard_errors(H: np.ndarray, names: Sequence[str], values: np.ndarray, loss: float,
-                    n_obs: int, least_squares_only: bool) -> tuple[dict, list[list[str]], np.ndarray]:
+                    n_obs: int, least_squares_only: bool) -> tuple[dict, list[list[str]], np.ndarray, list[list[str]]]:
     """Standard errors and their covariance matrix from the Hessian of the NLL (inverse observed
-    information), and the groups of params along which the loss is flat (the data cannot
-    determine them; their standard error is None and their rows and columns of the covariance
-    are NaN). With least squares only, the residual variance scales the covariance (the loss is
+    information), the groups of params along which the loss is flat (the data cannot determine
+    them) and the groups along which it still falls (negative curvature: a fit that stopped
+    before a minimum, whatever the data); both have standard error None and NaN rows and
+    columns in the covariance. With least squares only, the residual variance scales the covariance (the loss is
     then 0.5 * SSR, not a likelihood). A Hessian that is not finite gives no standard errors, no
     groups and an all-NaN covariance. The one place where curvature becomes uncertainty: the
     report, FIT.json's `covariance` and `correlation`, and the prediction bands all start here."""
     stderr = {name: None for name in names}
     cov_out = np.full((len(names), len(names)), np.nan)
     if len(names) == 0 or not np.all(np.isfinite(H)):
-        return stderr, [], cov_out
+        return stderr, [], cov_out, []
     # relative to the params' own size, so that the test below does not depend on units
     D = np.diag(np.maximum(np.abs(values), 1e-12))
     eig, vec = np.linalg.eigh(D @ H @ D)
     top = max(float(np.max(np.abs(eig))), 1e-300)
     weak = eig <= 1e-9 * top
-    groups, weak_params = [], set()
+    groups, falling, weak_params = [], [], set()
     for k in np.flatnonzero(weak):
         involved = [j for j in np.argsort(-np.abs(vec[:, k]))[:3] if abs(vec[j, k]) > 0.3]
-        groups.append([names[j] for j in involved])
+        (groups if eig[k] >= -1e-9 * top else falling).append([names[j] for j in involved])
         weak_params |= {j for j in range(len(names)) if abs(vec[j, k]) > 0.3}
     ok = ~weak
     cov = D @ ((vec[:, ok] / eig[ok]) @ vec[:, ok].T) @ D
@@ -116,7 +117,7 @@ def standard_errors(H: np.ndarray, names: Sequence[str], values: np.ndarray, los
             stderr[name] = math.sqrt(var)
     determined = [j for j, name in enumerate(names) if stderr[name] is not None]
     cov_out[np.ix_(determined, determined)] = cov[np.ix_(determined, determined)]
-    return stderr, groups, cov_out
+    return stderr, groups, cov_out, falling
 
 
 def correlation(cov: np.ndarray) -> np.ndarray:
@@ -128,10 +129,12 @@ def correlation(cov: np.ndarray) -> np.ndarray:
 
 
 def param_labels(est: Sequence[ParamIR], values: Mapping, stderr: Mapping,
-                 flat_groups: Sequence[Sequence[str]]) -> tuple[dict, list[str]]:
+                 flat_groups: Sequence[Sequence[str]],
+                 falling_groups: Sequence[Sequence[str]] = ()) -> tuple[dict, list[str]]:
     """({param: [label, ...]}, warnings) with the same words in both, for every estimated param:
     on a bound (the data may want a value outside the declared range), on a flat direction of
-    the loss (not determined), or with a standard error ten times its value (poorly determined)."""
+    the loss (not determined), on a direction where it still falls (not at a minimum), or with
+    a standard error ten times its value (poorly determined)."""
     labels = {p.name: [] for p in est}
     warnings = []
     for p in est:
@@ -152,6 +155,15 @@ def param_labels(est: Sequence[ParamIR], values: Mapping, stderr: Mapping,
             named = ", ".join(f"`{n}`" for n in group)
             warnings.append(f"params {named} are {UNDETERMINED}: the loss is flat along a combination "
                             "of them, so only that combination is estimated; fix all but one as `const`")
+    for group in falling_groups:
+        for name in group:
+            if NOT_AT_MINIMUM not in labels[name]:
+                labels[name].append(NOT_AT_MINIMUM)
+        named = ", ".join(f"`{n}`" for n in group)
+        warnings.append(f"{'param' if len(group) == 1 else 'params'} {named}: {NOT_AT_MINIMUM}, the loss still "
+                        "falls along " + ("it" if len(group) == 1 else "a combination of them")
+                        + ", so there is no standard error; let the fit run longer (`--max-iter`, "
+                        "`--lbfgs-iter`) or start elsewhere (`--starts`)")
     for p in est:
         se, v = stderr.get(p.name), values[p.name]
         if se is not None and se > 10 * max(abs(v), 1e-12) and UNDETERMINED not in labels[p.name]:
