@@ -405,6 +405,11 @@ def cmd_simulate(args) -> int:
     for label, times, options in runs:
         # a per-series param takes its series' fitted value (FIT.json series_params), else the mean
         own = {k: v[label] for k, v in per_series.items() if label in v}
+        if args.data and len(own) < len(per_series):  # a new subject, or a relabelled table
+            missing = ", ".join(f"`{k}`" for k in per_series if k not in own)
+            which = f"series `{label}` of {args.data}" if label is not None else f"{args.data} (no `series` column)"
+            _warn(f"{which} has no fitted value of {missing} in {args.fit}: it takes the mean over the "
+                  "fitted series")
         inputs = options.get("inputs")
         result = sim.simulate(times, params={**(params or {}), **own} or None, scenario=args.scenario, **options,
                               weights=weights, rtol=args.rtol, atol=args.atol)

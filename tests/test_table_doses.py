@@ -190,6 +190,21 @@ def test_simulate_gives_each_series_its_fitted_value_and_doses(tmp_path, capsys)
         assert np.allclose(rows.A, 2 * closed_form(rows.t, doses, k), rtol=1e-6)
 
 
+def test_simulate_says_which_series_take_the_mean_of_a_per_series_param(tmp_path, capsys):
+    model = tmp_path / "pk.nimm"
+    model.write_text(PK)
+    data = tmp_path / "pk.csv"
+    table(series=["a", "a", "a", "c", "c", "c"]).to_csv(data, index=False)  # `c` was never fitted
+    fit = tmp_path / "fit.json"
+    fit.write_text(json.dumps({"params": {"k": 0.3}, "series_params": {"k": {"a": 0.1, "b": 0.5}}}))
+    out = tmp_path / "out.csv"
+    assert main(["simulate", str(model), "--fit", str(fit), "--data", str(data), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "series `c` of" in err and "no fitted value of `k`" in err and "series `a`" not in err
+    rows = pd.read_csv(out).query("series == 'c'")
+    assert np.allclose(rows.A, closed_form(rows.t, [(0, 1.0), (2, 0.5)], 0.3), rtol=1e-6)  # the mean
+
+
 def test_simulate_without_the_table_says_that_no_table_dose_is_given(tmp_path, capsys):
     model = tmp_path / "pk.nimm"
     model.write_text(PK)
