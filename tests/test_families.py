@@ -463,6 +463,13 @@ def test_a_sum_that_ignores_its_variable_is_w706_once_and_a_count_is_not():
     assert _located(counted) == []
 
 
+@pytest.mark.parametrize("members", ["[a, b, a]", "[a, b, 3]"])
+def test_a_broken_index_line_is_its_only_error_not_time_without_states(members):
+    text = ("model x\ntime t [year]\nindex sp = " + members + "\nparam r[i in sp] [1/year] = 0.1 in [0, 1]\n"
+            "state N[i in sp] [1] = 1\nder(N[i]) = r[i] * N[i]\nobserve y[i in sp] [1] = N[i]\n")
+    assert [(c, row) for c, row, _ in _located(text)] == [("E100", 3)]
+
+
 def test_a_line_dropped_for_an_index_error_leaves_no_unused_warnings():
     text = AGES.replace("beta * cmult[a]", "beta * cmult[chlid]")
     assert _located(text) == [("E352", 10, 45)]

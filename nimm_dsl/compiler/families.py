@@ -77,6 +77,7 @@ class FamilyInfo:
     failed: set = field(default_factory=set)  # declarations dropped for an error already reported
     failed_dynamics: set = field(default_factory=set)  # states whose der/flow line was dropped
     dropped: bool = False  # some line was dropped for an index error
+    dropped_dynamics: bool = False  # among them a state, der or flow line
     # reduced check: a member kept for others the text does not name -> those members, itself first
     stands_for: dict = field(default_factory=dict)
 
@@ -90,6 +91,8 @@ class FamilyInfo:
             return any(f"`{name}[" in d.message for name in self.failed)
         if d.code == "E301":
             return any(f"`{name}`" in d.message or f"`{name}[" in d.message for name in self.failed_dynamics)
+        if d.code == "E303":  # `time` in a model "without states": its states were on dropped lines
+            return self.dropped_dynamics and "without states" in d.message
         return False
 
 
@@ -198,6 +201,7 @@ class _Expander:
             return out
         except _Fail as fail:
             self.info.dropped = True
+            self.info.dropped_dynamics |= isinstance(s, (A.StateDecl, A.DerEq, A.FlowEq))
             if fail.diagnostic[0] is not None:
                 self._report(*fail.diagnostic)
             if isinstance(s, _DECLS):
