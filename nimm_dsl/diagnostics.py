@@ -118,6 +118,7 @@ CODES: dict[str, str] = {
     "E612": "a negative dose amount in the data table",
     "E613": "a dose time outside its series (after the series' last observation)",
     "W614": "a dose from the data without a column in the table",
+    "W615": "a count over an interval whose window starts before the run (no clock origin)",
     "W701": "a declaration that nothing uses",
     "W702": "a state that can influence no observation",
     "W703": "an estimated param without bounds",

@@ -221,3 +221,25 @@ def test_check_stays_light_without_probe(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert "warning[W606]" in done.stdout
+
+
+WEEKLY = ("model w\ntime day [day]\nunit person\nparam r [person/day] = 10 in [1, 100]\nstate C [person] = 0\n"
+          "der(C) = r\n"
+          # line 7
+          "observe weekly [person] = integral(r, 7 [day]) ~ poisson\n")
+
+
+def test_a_count_whose_window_starts_before_the_run_is_w615_once_per_line():
+    table = pd.DataFrame({"day": [7.0, 14.0, 21.0], "weekly": [70, 71, 69]})
+    found = {x.code: x for x in bind(nimm_dsl.load_source(WEEKLY, "w.nimm"), table)}
+    assert set(found) == {"W606", "W615"}  # W606: the count starts at 0 against 70
+    d = found["W615"]
+    assert d.span.line == 7
+    assert "day = 7" in d.message and "`time day [day] from 0`" in d.hint
+    # what it warns about: the run starts at day 7, so the first week's count is 0, not 70
+    assert nimm_dsl.load_source(WEEKLY, "w.nimm").simulate([7.0, 14.0])["weekly"][0] == 0
+    # with a clock origin a window before, nothing is cut
+    assert bind(nimm_dsl.load_source(WEEKLY.replace("[day]\n", "[day] from 0\n", 1), "w.nimm"), table) == []
+    family = WEEKLY.replace("observe weekly [person] =", "index n = 1..3\nobserve weekly[i in n] [person] =")
+    wide = pd.DataFrame({"day": [7.0, 14.0], **{f"weekly[{i}]": [70, 71] for i in (1, 2, 3)}})
+    assert [x.code for x in bind(nimm_dsl.load_source(family, "w.nimm"), wide)].count("W615") == 1

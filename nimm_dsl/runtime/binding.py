@@ -25,7 +25,7 @@ from .data import SERIES_COLUMN, Dataset, load_data, read_table
 from .pointwise import point, start_values
 
 ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606", "E607", "E608", "E609",
-                        "E611", "E612", "E613", "W614"})
+                        "E611", "E612", "E613", "W614", "W615"})
 CHECKS = {  # command -> the codes it applies (docs/language.md §9)
     "check": ALL_CHECKS,
     "fit": ALL_CHECKS,
@@ -121,6 +121,7 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
 
     if not ir.is_static and ir.time_name in columns:
         _dose_checks(ir, t, table_doses, report)
+        _cut_windows(ir, t, report)
 
     if "W606" in checks and present and not ir.is_static and not any(d.is_error for d in found):
         found += _start_warnings(ir, load_data(table, ir, file=t.file))
@@ -213,6 +214,34 @@ def _dose_columns(ir: ModelIR, unmatched) -> dict:
             found[c] = (_top(ir), f"no dose of the model reads it (the doses from the data are "
                         f"{_names(ir.table_dose_names())})")
     return found
+
+
+def _cut_windows(ir: ModelIR, t, report) -> None:
+    """W615: without a clock origin a series' run starts at its first row, so a count over the
+    WINDOW before an observation that lies closer than WINDOW to that start covers only part of
+    its interval (at the first row, none of it) -- and is compared with a whole interval's count."""
+    if ir.t0 is not None:
+        return
+    times = t.numbers(ir.time_name)
+    labels = (np.array([str(v).strip() for v in t.frame[SERIES_COLUMN]], dtype=object)
+              if SERIES_COLUMN in t.columns else np.array([None] * len(times)))
+    start = {label: np.nanmin(times[labels == label]) for label in dict.fromkeys(labels)}
+    starts = np.array([start[label] for label in labels])
+    told = set()  # the elements of an observed family share its line: one warning for the line
+    for o in ir.observes:
+        windows = [g.window for g in ir.integrals if g.symbol in o.expr.free_symbols]
+        if not windows or o.name not in t.columns or (o.span is not None and o.span in told):
+            continue
+        window = max(windows)
+        cut = np.flatnonzero(np.isfinite(t.numbers(o.name)) & (times - window < starts - 1e-9 * window))
+        if cut.size:
+            i = int(cut[0])
+            told.add(o.span)
+            report("W615", o.span, f"observe `{o.name}` counts over {window:g} {ir.time_unit} before each time, but "
+                   f"at {ir.time_name} = {times[i]:g} ({t.file}, {t.where(i)}) the run has only just started at "
+                   f"{starts[i]:g}: its window is cut ({cut.size} value(s) in all)",
+                   f"give the model a clock origin one window before the first count: "
+                   f"`time {ir.time_name} [{ir.time_unit}] from {starts.min() - window:g}`")
 
 
 def _dose_checks(ir: ModelIR, t, table_doses, report) -> None:
