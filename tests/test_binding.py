@@ -243,3 +243,11 @@ def test_a_count_whose_window_starts_before_the_run_is_w615_once_per_line():
     family = WEEKLY.replace("observe weekly [person] =", "index n = 1..3\nobserve weekly[i in n] [person] =")
     wide = pd.DataFrame({"day": [7.0, 14.0], **{f"weekly[{i}]": [70, 71] for i in (1, 2, 3)}})
     assert [x.code for x in bind(nimm_dsl.load_source(family, "w.nimm"), wide)].count("W615") == 1
+
+
+def test_a_fit_that_fails_on_a_cut_window_repeats_the_w615_warning():
+    from nimm_dsl.errors import FitError
+
+    table = pd.DataFrame({"day": [7.0, 14.0, 21.0], "weekly": [70, 71, 69]})
+    with pytest.raises(FitError, match=r"(?s)failed from every starting point.*binding warned.*W615"):
+        nimm_dsl.load_source(WEEKLY, "w.nimm").fit(table, progress=False)

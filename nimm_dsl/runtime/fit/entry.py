@@ -108,7 +108,13 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
         solver = PATHS[backend](fit_ir, train, valid, rtol, atol, max_iter, seed, simulator, **options)
         solver.progress = terminal if progress else None
         points, origins, notes = solver.warm_start(start_points(solver.est, starts, seed), start_origins(starts))
-        run = run_starts(solver, points, origins, seed, terminal if progress else None)
+        try:
+            run = run_starts(solver, points, origins, seed, terminal if progress else None)
+        except FitError as e:  # the binding's warnings may name the cause (W615: a cut window)
+            told = [w for w in dataset.warnings if "warning[W6" in w]
+            if not told:
+                raise
+            raise FitError(f"{e}\nThe data binding warned:\n" + "\n".join(told)) from None
         run.warnings[:0] = notes
         held_curvature = None
         if held:
