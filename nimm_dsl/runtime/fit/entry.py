@@ -110,11 +110,11 @@ def fit(ir: ModelIR, data, backend: str = "casadi", starts: int = 1, holdout: fl
         points, origins, notes = solver.warm_start(start_points(solver.est, starts, seed), start_origins(starts))
         try:
             run = run_starts(solver, points, origins, seed, terminal if progress else None)
-        except FitError as e:  # the binding's warnings may name the cause (W615: a cut window)
-            told = [w for w in dataset.warnings if "warning[W6" in w]
+        except FitError as e:  # a cut counting window (W615) predicts 0 where counts are: the cause
+            told = [w for w in dataset.warnings if "warning[W615]" in w]
             if not told:
                 raise
-            raise FitError(f"{e}\nThe data binding warned:\n" + "\n".join(told)) from None
+            raise FitError(f"{e}. The data binding warned: {told[0]}") from None
         run.warnings[:0] = notes
         held_curvature = None
         if held:
