@@ -42,12 +42,12 @@ REMAINDER_SUM = "beta * (sum(k in district, C[d, k] * I[k] / pop[k]) + S[d] / po
 TIMES = np.linspace(0, 60, 13)
 
 
-def reference(beta=0.6, gamma=0.2, n=N, own=0.0, times=TIMES, cut=None):
+def reference(beta=0.6, gamma=0.2, n=N, own=0.0, times=TIMES, cut=None, length=3.0):
     """scipy on the model written by hand; `own` weighs the row-only term S/pop; `cut` = (time,
-    factor): beta is multiplied by factor from that time on."""
+    factor): beta is multiplied by factor from that time on; `length`: the kernel's scale."""
     d = np.arange(1, n + 1)
     pop = 1000 * (1 + d / 10)
-    C = np.exp(-np.abs(d[:, None] - d[None, :]) / 3)
+    C = np.exp(-np.abs(d[:, None] - d[None, :]) / length)
 
     def rhs(t, y):
         S, I = y.reshape(2, n)
@@ -242,3 +242,49 @@ def test_torch_records_the_product_as_one_instruction_per_group():
 
     # term by term: a multiplication and an addition per (d, k); with it: a few per district
     assert tape_length(False) > 2 * n * n and tape_length(True) < n * n / 2
+
+
+# an estimated length scale: the matrix entries are expressions of a param
+PARAM_KERNEL_SUM = "beta * sum(k in district, exp(-abs(d - k) / L) * I[k] / pop[k])"
+LENGTH = "param L [1] = 3 in [0.5, 10]\n"
+
+
+def test_a_kernel_of_a_param_is_a_matrix_of_expressions_and_its_shared_factors_stay_in_the_vector():
+    forms = nimm_dsl.load_source(model_text(PARAM_KERNEL_SUM, LENGTH)).ir.linear_forms()
+    assert len(forms.groups) == 1
+    group = forms.groups[0]
+    assert group.shape == (N, N) and not group.numeric and len(group.entries) == N * N
+    # 1 / pop[k] is the same in every row of column k: it belongs to the vector, not the matrix
+    assert all(len(key) == 2 for key in group.keys)
+    assert {str(f) for key in group.keys for f in key if "pop" in str(f)} == {f"1/pop[{k}]" for k in range(1, N + 1)}
+    # the entries: exp(-|d - k| / L), one distinct expression per distance
+    assert len({syms for _, _, _, syms in group.entries}) == N
+    assert all(len(syms) == 1 and "L" in str(syms[0]) for _, _, _, syms in group.entries
+               if not (syms == () or str(syms[0]) == "1"))
+
+
+@pytest.mark.parametrize("backend", ["casadi", "torch", "compiled"])
+def test_a_kernel_of_a_param_matches_the_reference_in_every_back_end(backend):
+    from nimm_dsl.backends import compile_ir
+
+    model = nimm_dsl.load_source(model_text(PARAM_KERNEL_SUM, LENGTH))
+    tol = dict(rtol=1e-10, atol=1e-10)
+    if backend == "compiled":
+        sim = compile_ir(model.ir, "casadi", compiled=True)
+        res = sim.simulate(TIMES, params={"L": 2.0}, **tol)
+        assert sim.compiled_route.solver() is not None or _no_toolchain()
+    else:
+        res = model.simulate(TIMES, params={"L": 2.0}, backend=backend, **tol)
+    np.testing.assert_allclose(states(res), reference(length=2.0), rtol=1e-6, atol=1e-6)
+
+
+def test_a_fit_recovers_the_kernel_length_through_the_product(tmp_path):
+    model = nimm_dsl.load_source(model_text(PARAM_KERNEL_SUM, LENGTH))
+    times = np.arange(0.0, 61.0, 3.0)
+    truth = {"beta": 0.45, "gamma": 0.25, "L": 1.7}
+    res = model.simulate(times, params=truth, rtol=1e-11, atol=1e-10)
+    data = tmp_path / "counts.csv"
+    pd.DataFrame({"t": times, **{f"cases[{d}]": res[f"cases[{d}]"] for d in range(1, N + 1)}}).to_csv(data, index=False)
+    fit = model.fit(str(data))
+    for name, value in truth.items():
+        assert fit.params[name] == pytest.approx(value, rel=1e-4)

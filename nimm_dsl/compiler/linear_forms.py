@@ -8,15 +8,16 @@ N x N matrix M with the vector v it is one call, which is what a vectorised nump
 does (docs/architecture.md, "The IR after sympy"; issue #14: a dense 100-district model simulated
 5x slower than scipy that way).
 
-The analysis is structural and exact: a term is a product of factors; its numbers and the bare
-param/const symbols among them are its coefficient, the other factors are its *key* (the vector
-entry). A term whose key appears in at least one other long sum is shared; long sums whose shared
+The analysis is structural and exact: a term is a product of factors; its numbers and the
+factors made of params and consts only (`L`, `exp(-abs(d - k) / L)`) are its coefficient, the
+other factors are its *key* (the vector entry). A term whose key appears in at least one other long sum is shared; long sums whose shared
 keys are the same set form a group, one matrix row each, and the terms that are not shared stay
 outside the product as a remainder of their row. Nothing is approximated: a row's value is the
 same sum, added in another order.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -31,8 +32,9 @@ class LinearGroup:
     """Rows `rows` (the sums) = matrix @ vector + each row's remainder.
 
     `keys[j]`: the factors whose product is vector entry j. `entries`: the nonzero matrix
-    entries as (row, column, number, symbols): the entry is number * product of the symbols
-    (params or consts, evaluated by the back end; none for a constant matrix)."""
+    entries as (row, column, number, factors): the entry is number * product of the factors
+    (params, consts or expressions of them only, evaluated by the back end; none for a constant
+    matrix)."""
 
     index: int  # within the model: names the back ends' function (stable, for compiled caches)
     rows: list[sp.Expr]
@@ -71,14 +73,26 @@ def _factors(term: sp.Expr) -> list[sp.Expr]:
     return out
 
 
-def _split(term: sp.Expr, coefficient_symbols: frozenset) -> Optional[tuple[float, tuple, tuple]]:
-    """(number, coefficient symbols, key) of a term, or None when the term has no key to share
+def _is_coefficient(f: sp.Expr, coefficient_symbols: frozenset, expressions: bool) -> bool:
+    """A factor that is the same at every evaluation of a run: a param or const, or (with
+    `expressions`) an expression of them only, such as `exp(-abs(d - k) / L)` with L a param."""
+    if f in coefficient_symbols:
+        return True
+    if not expressions or isinstance(f, sp.Symbol):
+        return False
+    free = f.free_symbols
+    return bool(free) and free <= coefficient_symbols
+
+
+def _split(term: sp.Expr, coefficient_symbols: frozenset, expressions: bool = False
+           ) -> Optional[tuple[float, tuple, tuple]]:
+    """(number, coefficient factors, key) of a term, or None when the term has no key to share
     (a number alone, or only params and consts)."""
     number, symbols, key = 1.0, [], []
     for f in _factors(term):
         if f.is_Number:  # p / q: a correctly rounded float without sympy's mpmath conversion
             number *= f.p / f.q if f.is_Rational else float(f)
-        elif f in coefficient_symbols:
+        elif _is_coefficient(f, coefficient_symbols, expressions):
             symbols.append(f)
         else:
             key.append(f)
@@ -104,13 +118,26 @@ def _long_sums(exprs: list[sp.Expr]) -> list[sp.Add]:
 def find_linear_forms(exprs: list[sp.Expr], coefficient_symbols) -> LinearForms:
     """The groups of long sums in `exprs` (a model's lets, derivatives and observes) that share
     their terms. `coefficient_symbols`: the symbols that may sit in a matrix entry (params and
-    consts: the same at every evaluation of a run, never states or time)."""
+    consts: the same at every evaluation of a run, never states or time).
+
+    Two passes: first with numbers and bare params/consts as coefficients (a kernel written with
+    numbers folds to numbers: a constant matrix); then, for the sums left over, with any factor
+    made of params and consts only as a coefficient (a kernel with an estimated length scale,
+    `exp(-abs(d - k) / L)`: a matrix of expressions), where a factor that every row shares for a
+    column (`1 / pop[k]`) goes to the vector instead, so that the matrix holds only what varies."""
     coefficient_symbols = frozenset(coefficient_symbols)
+    forms = LinearForms()
     sums = _long_sums(exprs)
-    split = {}
-    for s in sums:
-        parts = [_split(t, coefficient_symbols) for t in s.args]
-        split[s] = parts
+    _group(forms, sums, {s: [_split(t, coefficient_symbols) for t in s.args] for s in sums}, False)
+    left = [s for s in sums if s not in forms.row_of]
+    _group(forms, left, {s: [_split(t, coefficient_symbols, True) for t in s.args] for s in left}, True)
+    return forms
+
+
+def _group(forms: LinearForms, sums: list, split: dict, column_factors: bool) -> None:
+    """Add to `forms` the groups of `sums` whose shared keys are the same set (`split`: each
+    sum's terms as _split gives them). column_factors: move the coefficient factors that all
+    entries of a column share into that column's vector entry."""
     uses: dict[tuple, int] = {}
     for s in sums:
         for key in {p[2] for p in split[s] if p is not None}:
@@ -120,7 +147,6 @@ def find_linear_forms(exprs: list[sp.Expr], coefficient_symbols) -> LinearForms:
         shared = frozenset(p[2] for p in split[s] if p is not None and uses[p[2]] >= 2)
         if len(shared) >= MIN_TERMS:
             by_keys.setdefault(shared, []).append(s)
-    forms = LinearForms()
     for shared, rows in by_keys.items():
         if len(rows) < MIN_ROWS:
             continue
@@ -138,8 +164,31 @@ def find_linear_forms(exprs: list[sp.Expr], coefficient_symbols) -> LinearForms:
                 taken.add(key)
                 entries.append((r, column.setdefault(key, len(column)), number, symbols))
             remainder.append(rest)
+        keys = list(column)
+        if column_factors:
+            keys, entries = _factors_to_columns(keys, entries)
         g = len(forms.groups)
-        forms.groups.append(LinearGroup(g, rows, list(column), entries, remainder))
+        forms.groups.append(LinearGroup(g, rows, keys, entries, remainder))
         for r, s in enumerate(rows):
             forms.row_of[s] = (g, r)
-    return forms
+
+
+def _factors_to_columns(keys: list[tuple], entries: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Move each column's shared coefficient factors (with their multiplicity) from its
+    entries to its key: entry number * a * f, column key v -> entry number * a, key v * f."""
+    common: dict[int, Counter] = {}
+    for _, c, _, symbols in entries:
+        counts = Counter(symbols)
+        common[c] = common[c] & counts if c in common else counts
+    keys = [key + tuple(common.get(c, Counter()).elements()) for c, key in enumerate(keys)]
+    moved = []
+    for r, c, number, symbols in entries:
+        drop = Counter(common[c])
+        kept = []
+        for f in symbols:
+            if drop[f] > 0:
+                drop[f] -= 1
+            else:
+                kept.append(f)
+        moved.append((r, c, number, tuple(kept)))
+    return keys, moved
