@@ -482,3 +482,12 @@ def test_a_large_family_models_fingerprint_is_a_digest_stable_across_processes_a
     assert len(runs) == 1 and runs.pop().strip() == ir.fingerprint()
     edited = nimm_dsl.load_source(text.replace("/ 3)", "/ 4)")).ir
     assert edited.fingerprint() != ir.fingerprint()
+
+
+def test_a_folder_or_a_missing_file_given_as_data_is_named_without_a_python_error(decay_files, tmp_path, capsys):
+    model, _ = decay_files
+    assert main(["fit", str(model), str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read the data file: it is a folder" in err and "Errno" not in err
+    assert main(["fit", str(model), str(tmp_path / "missing.csv")]) == 1
+    assert "cannot read the data file: no such file" in capsys.readouterr().err

@@ -264,6 +264,10 @@ def _read(path_or_frame, file) -> tuple[list, list[np.ndarray], str, bool]:
             lines = list(csv.reader(f, skipinitialspace=True))
     except FileNotFoundError:
         raise DataError(f"{file}: cannot read the data file: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{file}: cannot read the data file: it is a folder; give the CSV table inside it") from None
+    except PermissionError:
+        raise DataError(f"{file}: cannot read the data file: permission denied") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{file}: cannot read the data file: {e}") from None
     except csv.Error as e:
