@@ -199,3 +199,56 @@ def test_figures_mark_each_series_own_doses_from_the_table():
                               model.ir, scenario=scenario)
         assert [sorted(line.get_xdata()[0] for line in _gid(ax, "dose")) for ax in _shown(fig)][-1] == expected
         plt.close(fig)
+
+
+WIDE = """
+model wide "two compartments and two hidden ones per subject"
+time t [h]
+param k [1/h] = 0.3 in [0.01, 3]
+state A [mg] = 10
+state B [mg] = 0
+state C [mg] = 0
+state D [mg] = 0
+flow A -> B = k * A
+flow B -> C = k * B
+flow C -> D = k * C
+observe a [mg] = A ~ normal(sigma = 0.1 [mg])
+observe b [mg] = B ~ normal(sigma = 0.1 [mg])
+"""
+
+
+def test_several_series_wrap_their_panels_at_three_columns():
+    import matplotlib.pyplot as plt
+
+    model = nimm_dsl.load_source(WIDE, "wide.nimm")
+    t = np.linspace(0, 10, 6)
+    clean = model.simulate(t)
+    table = pd.DataFrame({"series": [1] * 6 + [2] * 6, "t": np.r_[t, t],
+                          "a": np.r_[clean["a"], clean["a"]], "b": np.r_[clean["b"], clean["b"]]})
+    res = model.fit(table, progress=False)
+    fig = fit_figure(model.ir, res.dataset, res, model.compile())
+    grid = fig.axes[0].get_gridspec()
+    assert (grid.nrows, grid.ncols) == (4, 3)  # 4 panels per series (a, b, hidden C, D): 2 rows each
+    titles = [ax.get_title() for ax in _shown(fig)]
+    assert titles == [f"{q}, series {s}" for s in (1, 2) for q in ("a", "b", "C", "D")]
+    plt.close(fig)
+
+
+def test_a_large_family_fit_plot_leaves_its_hidden_states_out_and_says_so():
+    import matplotlib.pyplot as plt
+
+    text = """model many "thirty hidden compartments"
+time t [h]
+index n = 1..30
+param k [1/h] = 0.3 in [0.01, 3]
+state X[i in n] [mg] = i
+der(X[i]) = -k * X[i]
+observe total [mg] = sum(i in n, X[i]) ~ normal(sigma = 0.1 [mg])
+"""
+    model = nimm_dsl.load_source(text, "many.nimm")
+    t = np.linspace(0, 5, 6)
+    res = model.fit(pd.DataFrame({"t": t, "total": model.simulate(t)["total"]}), progress=False)
+    fig = fit_figure(model.ir, res.dataset, res, model.compile())
+    assert [ax.get_title() for ax in _shown(fig)] == ["total"]
+    assert "30 hidden states not drawn" in fig.get_suptitle()
+    plt.close(fig)

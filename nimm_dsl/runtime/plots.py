@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+MAX_PANELS = 24  # per series: past it, hidden states are left out of a fit plot
 MAX_SERIES_PLOTTED = 6  # more series would make an unreadable grid; the first ones are shown
 FINE_GRID = 400
 
@@ -64,14 +65,15 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
     uncertainty = fit_uncertainty(ir, fit_result) if bands else None
 
     hidden = hidden_states(ir, dataset.observed_names)
-    columns = list(dataset.observed_names) + hidden
+    # a large family has hundreds of hidden states: past MAX_PANELS panels a series shows only
+    # what the data observe (the figure says how many it left out)
+    left_out = hidden if len(dataset.observed_names) + len(hidden) > MAX_PANELS else []
+    columns = list(dataset.observed_names) + [h for h in hidden if h not in left_out]
     units = quantity_units(ir)
-    if len(series) == 1:
-        nrow, ncol = grid_shape(len(columns))
-        place = lambda r, c: divmod(c, ncol)  # noqa: E731 - one series: wrap the panels
-    else:
-        nrow, ncol = len(series), len(columns)
-        place = lambda r, c: (r, c)  # noqa: E731 - one row per series
+    # each series' panels wrap at three columns; several series: one block of rows each
+    per_series, ncol = grid_shape(len(columns))
+    nrow = per_series * len(series)
+    place = lambda r, c: (r * per_series + c // ncol, c % ncol)  # noqa: E731
     fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(4.2 * ncol, 3.1 * nrow), layout="constrained")
     time_label = _label(ir.time_name, ir.time_unit)
     for r, s in enumerate(series):
@@ -113,10 +115,13 @@ def fit_figure(ir, dataset, fit_result, simulator=None, bands: Optional[float] =
             ax.set_title(title, fontsize=9)
             if r == 0 and c == 0:
                 ax.legend(fontsize=7)
-    for k in range(len(columns), nrow * ncol) if len(series) == 1 else ():
-        axes[k // ncol][k % ncol].axis("off")
+    for r in range(len(series)):  # the empty places after each series' last panel
+        for k in range(len(columns), per_series * ncol):
+            axes[r * per_series + k // ncol][k % ncol].axis("off")
     more = len(dataset.series) - len(series)
     suptitle = f"{ir.name}: fit" + (f" (first {len(series)} of {len(dataset.series)} series)" if more > 0 else "")
+    if left_out:
+        suptitle += f" ({len(left_out)} hidden states not drawn)"
     fig.suptitle(suptitle)
     return fig
 
