@@ -221,6 +221,16 @@ def test_a_table_key_that_is_not_a_member_or_a_missing_row_is_e355(tmp_path):
     assert d.code == "E355" and "rate[east]" in d.message
 
 
+def test_a_matrix_over_one_index_twice_needs_its_key_columns_named_by_the_variables(tmp_path):
+    # `district,k,weight`: `district` could be d or k, so the matrix could be read transposed
+    write(tmp_path, "rates.csv", RATES)
+    path = write(tmp_path, "m.nimm", TABLE_MODEL)
+    write(tmp_path, "mixing.csv", MIXING.replace("d,k,weight", "district,k,weight"))
+    (d,) = [x for x in check_source(TABLE_MODEL, str(path)).diagnostics if x.is_error]
+    assert d.code == "E355" and "no key column for `d in district`" in d.message
+    assert "name the key columns by the variables (`d`, `k`)" in d.hint
+
+
 def test_tables_read_only_plain_files_beside_the_model_and_only_those_allowed(tmp_path):
     write(tmp_path, "rates.csv", RATES)
     write(tmp_path, "mixing.csv", MIXING)

@@ -634,15 +634,22 @@ class _Expander:
             raise _Fail("E355", ref.span, f"table file `{name}` has no column `{column}`",
                         "its columns: " + ", ".join(header))
         positions = []
+        indexes = [b.index.name for b in s.family]
         for b in s.family:
-            for candidate in (b.var.name, b.index.name):
+            # an index at two positions (`C[d in district, k in district]`): its name cannot say
+            # which, so each key column is named by its variable (else a matrix could be read
+            # transposed without a word)
+            twice = indexes.count(b.index.name) > 1
+            for candidate in (b.var.name,) if twice else (b.var.name, b.index.name):
                 if candidate in header and header.index(candidate) not in positions:
                     positions.append(header.index(candidate))
                     break
             else:
+                hint = (f"the index `{b.index.name}` keys two positions: name the key columns by the variables "
+                        f"({', '.join(f'`{x.var.name}`' for x in s.family)})" if twice
+                        else f"name a column `{b.index.name}` (or `{b.var.name}`)")
                 raise _Fail("E355", ref.span, f"table file `{name}` has no key column for `{b.var.name} in "
-                                              f"{b.index.name}`", f"name a column `{b.index.name}` (or `{b.var.name}` "
-                                                                  "when the index appears twice)")
+                                              f"{b.index.name}`", hint)
         members = [set(self.info.indexes[b.index.name]) for b in s.family]
         value_col = header.index(column)
         values: dict[tuple, float] = {}
