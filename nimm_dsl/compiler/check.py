@@ -102,13 +102,17 @@ def _stood_for(element: re.Match, stands_for: dict) -> tuple[list[str], int]:
 
 def _member_order(families: FamilyInfo) -> Callable[[str], tuple]:
     """Sort key of element names in their indexes' member order (`R[child]` before `R[adult]`)."""
+    positions: dict[str, dict[str, int]] = {}  # index -> member -> place, built once per index
+
     def key(element: str) -> tuple:
         name, _, rest = element.partition("[")
         indexes = families.families.get(name, [])
         places = []
         for i, member in enumerate(rest.rstrip("]").split(",")):
-            members = families.indexes.get(indexes[i], []) if i < len(indexes) else []
-            places.append(members.index(member) if member in members else len(members))
+            index = indexes[i] if i < len(indexes) else None
+            if index not in positions:
+                positions[index] = {m: k for k, m in enumerate(families.indexes.get(index, []))}
+            places.append(positions[index].get(member, len(positions[index])))
         return tuple(places)
     return key
 
