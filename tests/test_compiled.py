@@ -163,6 +163,30 @@ def test_a_long_non_stiff_segment_stays_with_the_explicit_pair(tmp_path):
         assert np.max(np.abs(x[0] - [np.cos(200.0), -np.sin(200.0)])) < 1e-7
 
 
+def test_a_stiff_segment_the_spectral_estimate_misses_is_still_handed_over(tmp_path):
+    """z relaxes at rate Vmax / (4 Km) = 2500 / s to Km = 1e-6 beside y ~ 1e6: the power
+    iteration's increment (scaled by |y|) pushes z far past Km, into the saturated rate, and
+    sees no stiffness. The explicit pair is still stability-limited (~10^6 steps over 1000 s),
+    so when the step limit runs out it must hand over to BDF, not fail where BDF succeeds."""
+    path = tmp_path / "mm.nimm"
+    path.write_text("model mm\ntime t [s]\nstate y [1] = 1e6\nstate z [1] = 0\n"
+                    "der(y) = -0.001 * y / (1 [s])\n"
+                    "der(z) = (0.005 - 0.01 * z / (1e-6 + z)) / (1 [s])\n")
+    fast = compile_casadi(nimm_dsl.load(path).ir, compiled=True)
+    solver = fast.compiled_route.solver()
+    if not TOOLCHAIN:
+        assert solver is None
+        return
+    (segment,) = fast.protocol(np.array([0.0, 1000.0])).segments
+    pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+    expected = [1e6 * np.exp(-1.0), 1e-6]  # z at its steady state 0.005 Km / (0.01 - 0.005)
+    for method in ("rkf45", "rkck", "rk8pd"):
+        x = solver.integrate(0.0, np.array([1000.0]), np.array([1e6, 0.0]), pw, 1e-8, 1e-10, 20000, method)
+        assert x is not None, method
+        assert np.allclose(x[0], expected, rtol=1e-5, atol=0), method
+        assert solver.handed_over is not None and 0 < solver.handed_over < 1000.0, method
+
+
 @pytest.mark.parametrize("method", sorted(compiled.METHODS))
 def test_every_method_matches_scipy(method):
     """Each stepper the driver offers, called bare on SIR, against DOP853 at 1e-12."""
