@@ -214,7 +214,11 @@ def test_random_chains_check_alike_reduced_and_whole():
     rng = random.Random(14)
     codes = set()
     for _ in range(40):
-        codes.update(d.code for d in assert_same_as_whole(_random_model(rng)))
+        text = _random_model(rng)
+        found = assert_same_as_whole(text)
+        # and worded alike, to the count of elements the members of cut stretches add
+        assert [d.message for d in found] == [d.message for d in check_source(text, whole=True).diagnostics], text
+        codes.update(d.code for d in found)
     assert {"E301", "E302", "E352"} <= codes  # the sample reaches the faults that shifts can make
 
 
@@ -309,3 +313,16 @@ def test_random_named_member_models_check_alike_reduced_and_whole():
         assert [_elements_named(d.message) for d in reduced] == [_elements_named(d.message) for d in whole], text
         codes.update(d.code for d in reduced)
     assert {"E301", "E302", "W702", "W704"} <= codes  # the sample reaches what named members vary
+
+
+def test_a_shifted_model_s_diagnostics_count_every_element_reduced_and_whole_alike():
+    # a shift anywhere (`A[a+1]`) keeps whole-number members by their distance to the ends
+    # (_Glue): the cut members still hold the fault, and the reduced check must count them
+    text = AGES.format(observed="child").replace("[child, adult, senior]", "1..30").replace(
+        "I[child]", "sum(a in age, I[a])") + ("state A[a in age] [person] = 1\n"
+                                             "der(A[a in 1..29]) = 0.1 [1/day] * (A[a+1] - A[a])\n"
+                                             "der(A[30]) = 0 [person/day]\n")
+    reduced = [d.message for d in check_source(text).diagnostics]
+    assert reduced == [d.message for d in check_source(text, whole=True).diagnostics]
+    assert "state `R[1]` can influence no observation (likewise `R[2]`, `R[3]`, ..., `R[30]`: 29 more elements)" \
+        in reduced

@@ -814,6 +814,8 @@ def _reduced_members(indexes: dict[str, list[str]], program: A.Program) -> tuple
         if m not in named and not (glue is not None and m.isdigit()):
             classes.setdefault(tuple(owners), []).append(m)
     stands_for = {members[0]: members for members in classes.values() if len(members) > 1}
+    if glue is not None:
+        stands_for.update(glue.stands_for())
     return {index: [m for m in members if kept(m)] for index, members in indexes.items()}, glue, stands_for
 
 
@@ -843,6 +845,17 @@ class _Glue:
         self.kept: set[int] = {v for mark in landmarks for v in range(mark - width, mark + width + 1)
                                if v in numbers}
         self._sorted = sorted(self.kept)
+        self._numbers = numbers
+
+    def stands_for(self) -> dict[str, list[str]]:
+        """Each kept member before a cut stretch -> itself and the stretch's members: 2 * reach
+        from every landmark, it sees what they see (a diagnostic of one holds for them all)."""
+        found: dict[str, list[str]] = {}
+        for v in sorted(self._numbers - self.kept):
+            i = bisect.bisect_left(self._sorted, v)
+            if i:  # always: an index's ends are landmarks
+                found.setdefault(str(self._sorted[i - 1]), [str(self._sorted[i - 1])]).append(str(v))
+        return found
 
     def stand_in(self, value: int, offset: int) -> int:
         """`value` if kept; else, for a shift that ran into a cut stretch, the member as far
