@@ -163,6 +163,27 @@ def test_a_long_non_stiff_segment_stays_with_the_explicit_pair(tmp_path):
         assert np.max(np.abs(x[0] - [np.cos(200.0), -np.sin(200.0)])) < 1e-7
 
 
+def test_a_zero_jacobian_from_a_zero_state_stays_with_the_explicit_pair(tmp_path):
+    """x' = cos(t) from x = 0 beside z, which rests at -1 where its rate is flat: the power
+    iteration's difference quotients are exactly zero (a spectral radius of 0, not a division
+    by it, which would feed NaN states to the right-hand side), so thousands of steps stay with
+    the pair."""
+    path = tmp_path / "forced.nimm"
+    path.write_text("model forced\ntime t [s]\nstate x [1] = 0\nstate z [1] = -1 in [-inf, inf]\n"
+                    "der(x) = cos(t / (1 [s])) / (1 [s])\nder(z) = ifelse(z < 0, 0, z) / (1 [s])\n")
+    fast = compile_casadi(nimm_dsl.load(path).ir, compiled=True)
+    solver = fast.compiled_route.solver()
+    if not TOOLCHAIN:
+        assert solver is None
+        return
+    (segment,) = fast.protocol(np.array([0.0, 2000.0])).segments
+    pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+    for method in ("rkf45", "rkck"):
+        x = solver.integrate(0.0, np.array([2000.0]), np.array([0.0, -1.0]), pw, 1e-12, 1e-12, 10 ** 6, method)
+        assert x is not None and solver.handed_over is None, method
+        assert abs(x[0, 0] - np.sin(2000.0)) < 1e-8 and x[0, 1] == -1.0, method
+
+
 def test_a_stiff_segment_the_spectral_estimate_misses_is_still_handed_over(tmp_path):
     """z relaxes at rate Vmax / (4 Km) = 2500 / s to Km = 1e-6 beside y ~ 1e6: the power
     iteration's increment (scaled by |y|) pushes z far past Km, into the saturated rate, and
