@@ -3,6 +3,7 @@ and left as the caller had it: enabled or disabled, after an error too, across t
 from __future__ import annotations
 
 import gc
+import os
 import threading
 
 import pytest
@@ -86,3 +87,32 @@ def test_compiling_pauses_the_collector_too(collector, monkeypatch):
     monkeypatch.setattr(casadi_backend, "compile_casadi", lambda ir, **options: seen.append(gc.isenabled()))
     compile_ir(ir, "casadi")
     assert seen == [False] and gc.isenabled()
+
+
+def test_a_child_forked_while_another_thread_pauses_gets_the_collector_back(collector):
+    """runtime/fit/profile.py forks worker processes; a pause held by another thread at that
+    moment can never end in the child (the thread is not copied), so its collector is the
+    forking thread's: on, as that thread had it."""
+    gc.enable()
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with collector_paused():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    inside.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave at once
+            with collector_paused():  # and a pause of its own still works (no lock left held)
+                paused = not gc.isenabled()
+            os._exit(0 if paused and gc.isenabled() else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join(5)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert gc.isenabled()
