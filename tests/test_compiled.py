@@ -143,20 +143,28 @@ def test_stiff_model_matches_interpreted(tmp_path):
             assert solver.handed_over is not None and 0 < solver.handed_over < times[-1]
 
 
-def test_a_long_non_stiff_segment_stays_with_the_explicit_pair(tmp_path):
-    """An oscillator over 200 s with no output between: thousands of steps, each limited by
-    accuracy (h times the spectral radius 1 stays far below the pair's stability bound), so the
-    step budget's stiffness test lets the explicit pair go on instead of handing over to BDF."""
-    path = tmp_path / "osc.nimm"
-    path.write_text("model osc\ntime t [s]\nstate x [1] = 1\nstate y [1] = 0\n"
-                    "der(x) = y / (1 [s])\nder(y) = -x / (1 [s])\n")
+def _one_segment(tmp_path, text: str, t_end: float):
+    """(the compiled solver, the runtime vector of the model's one segment from 0 to t_end); the
+    solver is None (and checked to be) where no toolchain exists."""
+    path = tmp_path / "model.nimm"
+    path.write_text(text)
     fast = compile_casadi(nimm_dsl.load(path).ir, compiled=True)
     solver = fast.compiled_route.solver()
     if not TOOLCHAIN:
         assert solver is None
+        return None, None
+    (segment,) = fast.protocol(np.array([0.0, t_end])).segments
+    return solver, np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
+
+
+def test_a_long_non_stiff_segment_stays_with_the_explicit_pair(tmp_path):
+    """An oscillator over 200 s with no output between: thousands of steps, each limited by
+    accuracy (h times the spectral radius 1 stays far below the pair's stability bound), so the
+    step budget's stiffness test lets the explicit pair go on instead of handing over to BDF."""
+    solver, pw = _one_segment(tmp_path, "model osc\ntime t [s]\nstate x [1] = 1\nstate y [1] = 0\n"
+                                        "der(x) = y / (1 [s])\nder(y) = -x / (1 [s])\n", 200.0)
+    if solver is None:
         return
-    (segment,) = fast.protocol(np.array([0.0, 200.0])).segments
-    pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
     for method in ("rkf45", "rkck", "rk8pd"):
         x = solver.integrate(0.0, np.array([200.0]), np.array([1.0, 0.0]), pw, 1e-11, 1e-11, 10 ** 6, method)
         assert x is not None and solver.handed_over is None, method
@@ -168,16 +176,11 @@ def test_a_zero_jacobian_from_a_zero_state_stays_with_the_explicit_pair(tmp_path
     iteration's difference quotients are exactly zero (a spectral radius of 0, not a division
     by it, which would feed NaN states to the right-hand side), so thousands of steps stay with
     the pair."""
-    path = tmp_path / "forced.nimm"
-    path.write_text("model forced\ntime t [s]\nstate x [1] = 0\nstate z [1] = -1 in [-inf, inf]\n"
-                    "der(x) = cos(t / (1 [s])) / (1 [s])\nder(z) = ifelse(z < 0, 0, z) / (1 [s])\n")
-    fast = compile_casadi(nimm_dsl.load(path).ir, compiled=True)
-    solver = fast.compiled_route.solver()
-    if not TOOLCHAIN:
-        assert solver is None
+    solver, pw = _one_segment(tmp_path, "model forced\ntime t [s]\nstate x [1] = 0\nstate z [1] = -1 in [-inf, inf]\n"
+                                        "der(x) = cos(t / (1 [s])) / (1 [s])\nder(z) = ifelse(z < 0, 0, z) / (1 [s])\n",
+                              2000.0)
+    if solver is None:
         return
-    (segment,) = fast.protocol(np.array([0.0, 2000.0])).segments
-    pw = np.concatenate((fast.param_vector(), segment_tail(segment), fast.weight_vector()))
     for method in ("rkf45", "rkck"):
         x = solver.integrate(0.0, np.array([2000.0]), np.array([0.0, -1.0]), pw, 1e-12, 1e-12, 10 ** 6, method)
         assert x is not None and solver.handed_over is None, method
