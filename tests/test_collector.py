@@ -22,6 +22,21 @@ observe y[d in district] [1] = I[d] ~ normal(sigma = 1)
 """
 
 
+def _pause_in_another_thread() -> tuple[threading.Event, threading.Thread]:
+    """A thread that holds a pause until the returned event is set (join the thread after)."""
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with collector_paused():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    inside.wait(5)
+    return release, thread
+
+
 @pytest.fixture
 def collector():
     was = gc.isenabled()
@@ -60,16 +75,7 @@ def test_the_state_is_restored_after_a_lowering_error(collector):
 
 def test_overlapping_pauses_in_two_threads_end_with_the_collector_on(collector):
     gc.enable()
-    inside, release = threading.Event(), threading.Event()
-
-    def other():
-        with collector_paused():
-            inside.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    inside.wait(5)
+    release, thread = _pause_in_another_thread()
     with collector_paused():  # begins while the other thread's pause holds: it saw gc off
         release.set()
         thread.join(5)
@@ -94,16 +100,7 @@ def test_a_child_forked_while_another_thread_pauses_gets_the_collector_back(coll
     moment can never end in the child (the thread is not copied), so its collector is the
     forking thread's: on, as that thread had it."""
     gc.enable()
-    inside, release = threading.Event(), threading.Event()
-
-    def other():
-        with collector_paused():
-            inside.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    inside.wait(5)
+    release, thread = _pause_in_another_thread()
     try:
         pid = os.fork()
         if pid == 0:  # the child: report and leave at once
