@@ -40,6 +40,10 @@ from .fold import FoldError, fold
 MAX_TABLE_BYTES = 20_000_000
 MAX_ELEMENTS = 1_000_000  # elements of one statement (a 1000 x 1000 matrix)
 MAX_TERMS = 2_000_000  # sum terms expanded for one statement: a nested sum must not hang the checker
+# A sum over at least this many members whose terms split into a part that depends on the element
+# and a part that does not becomes an A.KernelRow in the whole expansion; lowering builds sums from
+# this length without sympy's normalisation (lower._sum), so a row lowers as its terms would
+KERNEL_ROW_MIN = 16
 
 
 @dataclass
@@ -127,6 +131,10 @@ class _Expander:
                 self.info.indexes.setdefault(node.index.name, node.members)
         # the members each line and sum is expanded over; info.indexes keeps the full sets
         self.glue: Optional[_Glue] = None
+        self.reduce = reduce
+        self._rows_allowed = False  # inside an equation's right-hand side (see `dynamic`)
+        self._kernels: dict[int, object] = {}  # IndexSum id -> (weight, entry) chains, or False
+        self._kernel_entries: dict[int, tuple] = {}  # IndexSum id -> its entries, one per member
         if reduce:
             self.expanded, self.glue, self.info.stands_for = _reduced_members(self.info.indexes, program)
         else:
@@ -144,6 +152,7 @@ class _Expander:
                 self.broken.add(s.name.name)
             else:
                 self.scalars.add(s.name.name)
+        self.const_families = {s.name.name for s in declared if isinstance(s, A.ConstDecl) and s.family}
         for s in declared:
             if s.name.name in self.info.indexes:
                 self._report("E202", s.name.span, f"`{s.name.name}` is already declared as an index",
@@ -354,6 +363,8 @@ class _Expander:
                 changes["init"] = x(s.init)
             elif isinstance(s, A.InputDecl):
                 changes["default"] = x(s.default)
+            elif isinstance(s, (A.LetDecl, A.ObserveDecl)):
+                changes["value"] = self.dynamic(s.value, env)
             else:
                 changes["value"] = x(s.value)
             if getattr(s, "bounds", None) is not None:
@@ -362,9 +373,10 @@ class _Expander:
                 changes["noise"] = replace(s.noise, options=[self.option(o, env) for o in s.noise.options])
             return replace(s, **changes)
         if isinstance(s, A.DerEq):
-            return replace(s, state=self.target(s.state, env), value=x(s.value))
+            return replace(s, state=self.target(s.state, env), value=self.dynamic(s.value, env))
         if isinstance(s, A.FlowEq):
-            return replace(s, source=self.target(s.source, env), target=self.target(s.target, env), rate=x(s.rate))
+            return replace(s, source=self.target(s.source, env), target=self.target(s.target, env),
+                           rate=self.dynamic(s.rate, env))
         if isinstance(s, A.SetStmt):
             return replace(s, target=self.target(s.target, env), value=x(s.value), start=x(s.start), end=x(s.end))
         if isinstance(s, A.DoseStmt):
@@ -455,6 +467,16 @@ class _Expander:
         return f"limit the line to the members where it exists ({', '.join(fine[:6])}, ...): an index of them"
 
     # -- expressions
+    def dynamic(self, e, env):
+        """An equation's right-hand side (a let, observe, der or flow): the only place where a
+        long sum becomes an A.KernelRow, and only in the whole expansion (the reduced one is
+        checked as written; consts, bounds and event times fold as before)."""
+        saved, self._rows_allowed = self._rows_allowed, not self.reduce
+        try:
+            return self.expr(e, env)
+        finally:
+            self._rows_allowed = saved
+
     def expr(self, e, env):
         node, constant, varying = self._expr(e, env)
         return _folded(node) if constant and varying else node
@@ -508,6 +530,9 @@ class _Expander:
             saved = self._env_index.get(var)
             self._env_index[var] = index.name
             try:
+                row = self._kernel_row(e, env) if self._rows_allowed else None
+                if row is not None:
+                    return row, False, False
                 terms = [self.expr(e.body, {**env, var: m}) for m in self.expanded[index.name]]
             finally:
                 self._scale = outer
@@ -537,6 +562,46 @@ class _Expander:
             operand, constant, varying = self._expr(e.operand, env)
             return A.UnaryOp(e.op, operand, e.span), constant, varying
         return e, False, False
+
+    def _kernel_row(self, e: A.IndexSum, env) -> Optional[A.KernelRow]:
+        """This element's row of `e` as an A.KernelRow, or None to expand it term by term. The
+        entries are expanded once per line and shared by its elements; each element folds only
+        its weights (docs/architecture.md, "Checking families")."""
+        var, members = e.binder.var.name, self.expanded[e.binder.index.name]
+        if len(members) < KERNEL_ROW_MIN:
+            return None
+        split = self._kernels.get(id(e))
+        if split is None:
+            split = self._kernels[id(e)] = self._kernel_split(e, env, members[0]) or False
+        if not split:
+            return None
+        weight, entry = split
+        entries = self._kernel_entries.get(id(e))
+        if entries is None:
+            entries = self._kernel_entries[id(e)] = tuple(self.expr(entry, {**env, var: m}) for m in members)
+        return A.KernelRow(tuple(self.expr(weight, {**env, var: m}) for m in members), entries, e.span)
+
+    def _kernel_split(self, e: A.IndexSum, env, member: str) -> Optional[tuple]:
+        """(weight, entry) of the sum's product of factors: the weight the factors that use a
+        variable bound outside the sum, each a constant over index values (it folds to a number
+        per element) or an element of a const family (`C[d, k]`); the entry the other factors,
+        in their order, not all constant. None when the body is not such a product."""
+        outer = set(env)
+        if not outer:
+            return None  # the same sum for every element: nothing to share
+        body_env = {**env, e.binder.var.name: member}
+        weight, entry = [], []
+        for op, factor in _factors(e.body):
+            (weight if _names_in(factor) & outer else entry).append((op, factor))
+        if not weight or not entry or all(self._shape(f, body_env)[0] for _, f in entry):
+            return None
+        if not all(self._shape(f, body_env) == (True, True) or self._const_element(f) for _, f in weight):
+            return None
+        return _product_of(weight, e.body.span), _product_of(entry, e.body.span)
+
+    def _const_element(self, e) -> bool:
+        return (isinstance(e, A.Element) and e.name.name in self.const_families
+                and all(isinstance(sub, (A.Ident, A.Shift)) for sub in e.subscripts))
 
     _env_index: dict
     _shapes: dict
@@ -722,6 +787,27 @@ def _number(value, span: Span) -> A.Number:
         value = value.numerator
     text = str(value) if isinstance(value, int) else repr(float(value))
     return A.Number(float(value), text, None, span)
+
+
+def _factors(e) -> list[tuple[str, object]]:
+    """A chain of `*` and `/` as its factors in order, each with the operator before it (`*` for
+    the first): `a * b / c` is [(*, a), (*, b), (/, c)]; a parenthesised product is one factor."""
+    out = []
+    while isinstance(e, A.BinOp) and e.op in "*/":
+        out.append((e.op, e.right))
+        e = e.left
+    out.append(("*", e))
+    out.reverse()
+    return out
+
+
+def _product_of(factors: list[tuple[str, object]], span: Span):
+    """The chain of `_factors` again (a leading `/ c` as `1 / c`)."""
+    op, first = factors[0]
+    node = first if op == "*" else A.BinOp("/", A.Number(1.0, "1", None, span), first, span)
+    for op, factor in factors[1:]:
+        node = A.BinOp(op, node, factor, span)
+    return node
 
 
 def _balanced_sum(terms: list, span: Span):

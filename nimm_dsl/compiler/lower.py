@@ -22,6 +22,7 @@ from ..grammar.words import OBSERVE_FUNCTIONS
 from .builtins import BUILTINS
 from .check import CheckedModel
 from .collector import collector_paused
+from .families import KERNEL_ROW_MIN
 from .fold import fold, is_bare
 from .units import ONE
 
@@ -43,6 +44,15 @@ def _rational(x) -> sp.Expr:
     return sp.Float(x) if isinstance(x, float) else sp.Integer(x)
 
 
+def _number_tree(e) -> bool:
+    """A tree of unannotated number literals only (a folded value: `-3`, `1 / 4`)."""
+    if isinstance(e, A.Number):
+        return e.unit is None
+    if isinstance(e, A.UnaryOp):
+        return e.op == "-" and _number_tree(e.operand)
+    return isinstance(e, A.BinOp) and e.op == "/" and _number_tree(e.left) and _number_tree(e.right)
+
+
 def _rescaled(value: sp.Expr, times: sp.Expr = sp.S.One, over: sp.Expr = sp.S.One) -> sp.Expr:
     """`value * times / over` (a unit conversion), without sympy's arithmetic for a factor of 1:
     most quantities are in base units, and a family model has thousands of such lines."""
@@ -51,7 +61,7 @@ def _rescaled(value: sp.Expr, times: sp.Expr = sp.S.One, over: sp.Expr = sp.S.On
     return value if over is sp.S.One else value / over
 
 
-_LONG_SUM = 16  # terms from which a sum is built without sympy's normalisation (see _sum)
+_LONG_SUM = KERNEL_ROW_MIN  # terms from which a sum is built without sympy's normalisation (see _sum)
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "^": sp.Pow}
 _COMPARE = {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}
 
@@ -77,12 +87,13 @@ class _Lowerer:
         }
         self.overrides: dict[str, sp.Expr] = {}  # name -> effective value (declared unit)
         self.integrals: list[tuple] = []  # (value symbol, rate in base units, window in time unit)
+        self._entries: dict[tuple, tuple] = {}  # (id of A.KernelRow entries, baseline) -> (entries, factors)
         self.let_decls = {s.name: s.decl for s in self.table.symbols.values() if s.kind == "let"}
         self._baseline_lets: dict[str, sp.Expr] = {}  # name -> baseline value (base units)
         self.table_dose: Optional[tuple[str, sp.Expr]] = None  # (name, base-unit value) inside its amount
         self._plain = False  # inside the terms of a long sum: arithmetic without normalisation
         self._scales: dict[str, sp.Expr] = {}
-        self._literals: dict[tuple, sp.Expr] = {}  # (text, unit annotation) -> value in base units
+        self._literals: dict[tuple, sp.Expr] = {}  # (text, unit annotation) or (type, value) -> value in base units
 
     # -- units
     def scale(self, name: str) -> sp.Expr:
@@ -141,6 +152,8 @@ class _Lowerer:
             return self._sum(e, go)
         if isinstance(e, A.BinOp) and e.op in "*/" and self._plain:
             return self._product(e, go)
+        if isinstance(e, A.KernelRow):
+            return self._kernel_row(e, go, baseline)
         if isinstance(e, A.BinOp):
             return _ARITHMETIC[e.op](go(e.left), go(e.right))
         if isinstance(e, A.UnaryOp):
@@ -189,6 +202,36 @@ class _Lowerer:
             return sp.Add(*(term if positive else -term for term, positive in terms))
         return sp.Add(*(term if positive else sp.Mul(-1, term, evaluate=False) for term, positive in terms),
                       evaluate=False)
+
+    def _kernel_row(self, row: A.KernelRow, go, baseline: bool) -> sp.Expr:
+        """An expanded sum's row as the Add of unnormalised products that its terms written out
+        give (`_sum`, `_product`): each term the weight's factors, then the entry's. The entries,
+        shared by the rows of a line, are lowered once."""
+        plain, self._plain = self._plain, True
+        try:
+            known = self._entries.get((id(row.entries), baseline))
+            if known is None:
+                lowered = [go(entry) for entry in row.entries]
+                known = self._entries[(id(row.entries), baseline)] = (
+                    row.entries, [v.args if isinstance(v, sp.Mul) else (v,) for v in lowered])
+            terms = []
+            for weight, factors in zip(row.weights, known[1]):
+                first = go(weight) if isinstance(weight, A.Number) or not _number_tree(weight) else self._quotient(weight)
+                terms.append(sp.Mul(*(first.args if isinstance(first, sp.Mul) else (first,)), *factors,
+                                    evaluate=False))
+        finally:
+            self._plain = plain
+        return sp.Add(*terms, evaluate=False)
+
+    def _quotient(self, e) -> sp.Expr:
+        """A folded kernel value that `_number_node` spells as a quotient (`1 / 4`, `-1 / 4`) as
+        one number, as the term written out has it (`... / 4`), built once per value."""
+        value = fold(e)
+        key = (type(value), value)  # 1/4 and 0.25 are equal keys, but not the same number
+        number = self._literals.get(key)
+        if number is None:
+            number = self._literals[key] = _rational(value)
+        return number
 
     @staticmethod
     def _product(e, go) -> sp.Expr:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional, Union
 
 from ..grammar import ast as A
@@ -132,6 +132,8 @@ class _Checker:
         self.set_lines: list[A.SetStmt] = []
         self.hints_left = MAX_HINTS
         self._value_names: Optional[list[str]] = None
+        # A.KernelRow entries resolved without a diagnostic: (id, position) -> (entries, names)
+        self._clean_entries: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ helpers
     def did_you_mean(self, name: str, candidates) -> Optional[str]:
@@ -208,6 +210,9 @@ class _Checker:
                 if len(node.args) == 2:
                     skip |= {id(n) for n in iter_expr(node.args[1])}
                 continue
+            if isinstance(node, A.KernelRow):
+                used |= self.resolve_kernel_row(node, pos)
+                continue
             if isinstance(node, A.Name):
                 if self.resolve_name(node, pos):
                     used.add(node.name)
@@ -222,6 +227,26 @@ class _Checker:
             self.check_constant(expr, pos)
         self.info.used |= used
         return used
+
+    def resolve_kernel_row(self, row: A.KernelRow, pos: Position) -> set[str]:
+        """An expanded sum's row: its weights (folded numbers have nothing to check), and its
+        entries once for all the rows that share them, unless they gave a diagnostic (then each
+        row reports its own, naming its element, as the terms written out would)."""
+        used: set[str] = set()
+        for weight in row.weights:
+            if not isinstance(weight, A.Number):
+                used |= self.resolve(weight, pos)
+        key = (id(row.entries), replace(pos, what=""))
+        known = self._clean_entries.get(key)
+        if known is not None:
+            return used | known[1]
+        before = len(self.diags)
+        names: set[str] = set()
+        for entry in row.entries:
+            names |= self.resolve(entry, pos)
+        if len(self.diags) == before:
+            self._clean_entries[key] = (row.entries, names)  # holds the tuple: its id stays its own
+        return used | names
 
     def resolve_integral(self, node: A.Call, pos: Position) -> set[str]:
         """`integral(RATE, WINDOW)`: only in an observe's expression, not nested, with a constant

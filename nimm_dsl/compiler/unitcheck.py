@@ -77,6 +77,7 @@ class _UnitChecker:
         self.current_state: Optional[str] = None  # for the `gamma * I` hint
         self.table_dose: Optional[A.DoseStmt] = None  # whose own name is the row's amount
         self.statement = None  # the statement being checked, to locate a RecursionError
+        self._entry_units: dict[int, tuple] = {}  # A.KernelRow entries inferred cleanly -> (entries, unit)
 
     # ------------------------------------------------------------ reporting
     def report(self, code: str, span: A.Span, message: str, hint: Optional[str] = None) -> None:
@@ -404,6 +405,8 @@ class _UnitChecker:
             return BOOL
         if isinstance(e, A.BinOp):
             return self.infer_binop(e)
+        if isinstance(e, A.KernelRow):
+            return self.infer_kernel_row(e)
         if isinstance(e, A.Call):
             return self.infer_call(e)
         if isinstance(e, A.ListValue):
@@ -442,6 +445,39 @@ class _UnitChecker:
         if e.op == "/":
             return left / right
         return self.infer_power(e, left, right)
+
+    def infer_kernel_row(self, row: A.KernelRow) -> Ty:
+        """The unit of an expanded sum's row: weight times entry, every term alike (the rule
+        of `+`: E401 at the first term that differs). The shared entries are inferred once for
+        all rows, unless that reported an error (then each row reports it, as written out)."""
+        known = self._entry_units.get(id(row.entries))
+        if known is not None:
+            entry = known[1]
+        else:
+            before = len(self.diags)
+            entry = self.common_unit(row.entries)
+            if len(self.diags) == before:
+                self._entry_units[id(row.entries)] = (row.entries, entry)  # holds the tuple: its id stays its own
+        if all(isinstance(w, A.Number) and w.unit is None for w in row.weights):
+            weight: Ty = ONE  # folded kernel values
+        else:
+            weight = self.common_unit(row.weights)
+        if not isinstance(weight, Unit) or not isinstance(entry, Unit):
+            return None
+        return weight * entry
+
+    def common_unit(self, terms) -> Ty:
+        """The unit that every one of `terms` has (E401 at the first that differs), or None."""
+        first: Ty = None
+        for k, term in enumerate(terms):
+            ty = self.infer(term)
+            if not self.expect_number(term, ty):
+                return None
+            if k == 0:
+                first = ty
+            elif isinstance(first, Unit) and isinstance(ty, Unit) and not first.same_dims(ty):
+                return self.same_dimension(first, ty, term, f"cannot add {first} and {ty}")
+        return first
 
     def infer_power(self, e: A.BinOp, base: Unit, exponent: Unit) -> Ty:
         if not exponent.is_dimensionless:

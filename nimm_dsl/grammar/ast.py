@@ -162,6 +162,20 @@ class IndexSum:
 
 
 @node
+class KernelRow:
+    """One element's `sum(k in I, K * V)` once expanded (compiler/families.py, the whole model
+    only): the sum over the members of `weights[i] * entries[i]`. A weight is the part of a term
+    that depends on the element (`exp(-abs(d - k) / 3)` folded to a number, or a const element
+    `C[d, k]`); an entry is the part that does not (`I[k] / pop[k]`). `entries` is one tuple
+    shared by every element of the line, so later phases check and lower it once, not once per
+    element: a dense family line is N weights per element instead of N expanded terms."""
+
+    weights: tuple
+    entries: tuple
+    span: Span
+
+
+@node
 class TableRef:
     """`table("districts.csv", pop)`: a const family's values from a CSV beside the model."""
 
@@ -170,7 +184,7 @@ class TableRef:
     span: Span
 
 
-Expr = Union[Number, Name, Call, BinOp, UnaryOp, Compare, BoolOp, Element, IndexSum, TableRef]
+Expr = Union[Number, Name, Call, BinOp, UnaryOp, Compare, BoolOp, Element, IndexSum, TableRef, KernelRow]
 
 
 # ---------------------------------------------------------------- option lists

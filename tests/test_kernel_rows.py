@@ -1,0 +1,121 @@
+"""Sums that become A.KernelRow in the whole expansion (compiler/families.py `_kernel_row`).
+
+A family line's `sum(k in I, K(d, k) * V(k))` keeps, per element, only its weights K(d, k); the
+entries V(k) are expanded, checked and lowered once for every element. What later phases see must
+be what the terms written out give: the same IR, the same diagnostics, the same refusals.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import sympy as sp
+
+import nimm_dsl
+from nimm_dsl.compiler import families
+from nimm_dsl.compiler.check import check_source
+from nimm_dsl.compiler.lower import lower
+from nimm_dsl.errors import ModelError
+from nimm_dsl.grammar import ast as A
+
+TEMPLATE = """model kernels
+time t [day]
+unit person
+index district = 1..{n}
+const pop[d in district] [person] = 1000 * (1 + d / 10)
+const C[d in district, k in district] [1] = exp(-abs(d - k) / 4)
+const W[d in district, k in district] [1/person] = 0.001 / (1 + abs(d - k))
+param beta [1/day] = 0.6 in [0.01, 3]
+param gamma [1/day] = 0.2 in [0.01, 1]
+state S[d in district] [person] = pop[d] - ifelse(d == 1, 5 [person], 0 [person])
+state I[d in district] [person] = ifelse(d == 1, 5, 0)
+neural g(x) [1] = mlp(hidden = [3], init = random)
+let force[d in district] [1/day] = beta * sum(k in district, {kernel})
+flow S[d] -> I[d] = force[d] * S[d]
+flow I[d] -> = gamma * I[d]
+observe cases[d in district] [person/day] = force[d] * S[d] ~ poisson
+"""
+
+KERNELS = [
+    "exp(-abs(d - k) / 3) * I[k] / pop[k]",  # a folded kernel first
+    "I[k] / pop[k] * exp(-abs(d - k) / 3)",  # the kernel last
+    "C[d, k] * I[k] / pop[k]",  # an element of a const family
+    "W[d, k] * I[k]",  # with a unit of its own
+    "I[k] / pop[k] / (1 + abs(d - k))",  # divided by the kernel
+    "exp(-abs(d - k) / 3) * C[d, k] * I[k] / pop[k] * 2",  # two weight factors around the entry
+    "exp(-abs(d - k)) * (1 + g(I[k] / pop[k])) * I[k] / pop[k]",  # a neural term in the entry
+    "exp(-abs(d - k)) * sum(j in district, exp(-abs(k - j)) * I[j] / pop[j])",  # a row inside an entry
+]
+
+
+def _without_rows(monkeypatch):
+    monkeypatch.setattr(families, "KERNEL_ROW_MIN", 10**9)
+
+
+def _rows(checked) -> list:
+    found, stack = [], list(checked.program.statements)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, A.KernelRow):
+            found.append(node)
+            stack.extend(node.entries)
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif dataclasses.is_dataclass(node) and not isinstance(node, (A.Span, A.Ident)):
+            stack.extend(getattr(node, f.name) for f in dataclasses.fields(node))
+    return found
+
+
+def _ir_text(text: str) -> dict:
+    ir = lower(check_source(text))
+    out = {s.name: sp.srepr(ir.derivatives[s.name]) for s in ir.states}
+    out |= {x.name: sp.srepr(x.expr) for x in ir.lets + ir.observes}
+    return out
+
+
+@pytest.mark.parametrize("n", [16, 21])  # from lowering's long-sum threshold
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_kernel_row_lowers_to_the_ir_of_its_terms_written_out(kernel, n, monkeypatch):
+    text = TEMPLATE.format(n=n, kernel=kernel)
+    rows = _rows(check_source(text))
+    assert len(rows) >= n  # one per element of the line (and of an inner sum)
+    assert len({id(r.entries) for r in rows if len(r.entries) == n}) <= 2  # shared, not one per element
+    with_rows = _ir_text(text)
+    _without_rows(monkeypatch)
+    assert not _rows(check_source(text))
+    assert with_rows == _ir_text(text)
+
+
+def test_a_short_sum_and_a_sum_without_a_weight_are_written_out():
+    short = TEMPLATE.format(n=15, kernel=KERNELS[0])  # normalised by sympy, as written
+    assert not _rows(check_source(short))
+    same_for_all = TEMPLATE.format(n=20, kernel="I[k] / pop[k]")  # nothing depends on d
+    assert not _rows(check_source(same_for_all))
+    param_kernel = TEMPLATE.format(n=20, kernel="exp(-abs(d - k) / (gamma * 1 [day])) * I[k]")
+    assert not _rows(check_source(param_kernel))  # a weight with a param: linear_forms' second pass
+
+
+def _whole(text: str) -> list:
+    return [(d.code, d.span.line, d.span.column, d.message) for d in check_source(text, whole=True).diagnostics]
+
+
+@pytest.mark.parametrize("kernel", [
+    "exp(-abs(d - k) / 3) * I[k] / scale",  # an undefined name in the entries
+    "exp(-abs(d - k) / 3) * I[k] / pop[k] / (d - k - 5)",  # a weight without a value at d - k = 5
+    "W[d, k] * I[k] / pop[k]",  # the entries' unit does not fit the line (E405/E401 per element)
+    "exp(-abs(d - k)) * (1 [day])^(k - 1) * I[k] / pop[k] / 1 [day]",  # entries of several units: E401
+])
+def test_a_fault_inside_a_kernel_row_is_reported_as_its_terms_written_out(kernel, monkeypatch):
+    text = TEMPLATE.format(n=20, kernel=kernel)
+    with_rows = _whole(text)
+    assert any(d[0].startswith("E") for d in with_rows)
+    _without_rows(monkeypatch)
+    assert with_rows == _whole(text)
+
+
+def test_a_weight_without_a_value_at_an_unnamed_member_is_refused_at_lowering():
+    text = TEMPLATE.format(n=20, kernel="I[k] / pop[k] / (d - k - 5)")
+    assert check_source(text).ok  # the reduced check does not hold d - k = 5
+    with pytest.raises(ModelError) as error:
+        nimm_dsl.load_source(text).ir
+    assert [(d.code, d.span.line) for d in error.value.diagnostics] == [("E504", 13)]
