@@ -113,8 +113,10 @@ def test_the_generated_right_hand_side_holds_no_casadi_product():
     assert source.count("nimm_dense_product(") == 3  # its definition and one call per product
     assert "static const double nimm_m" in source and "wk->entries + " in source
     assert "nimm_jac" not in source.split("#define NIMM_NX")[0]  # no generated Jacobian
-    # the consts' matrix C / 4 is gathered from a table, not n^2 generated assignments
-    assert rhs.gather is not None and set(rhs.gather[1]) == {0.25} and "nimm_entry_at" in source
+    # the consts' matrix C is gathered from a table, not n^2 generated assignments (the / 4
+    # stays outside the product: the family's sum is one kernel row, which sympy does not
+    # multiply out)
+    assert rhs.gather is not None and set(rhs.gather[1]) == {1.0} and "nimm_entry_at" in source
     assert compiled.rhs_size(rhs) < 25 * n < n * n
 
 

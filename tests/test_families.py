@@ -87,10 +87,16 @@ def test_elements_are_named_with_brackets(model):
 
 
 def test_a_sum_lowers_to_one_n_ary_sum(model):
-    force = next(x for x in model.ir.lets if x.name == "force[50]")
-    # beta * contact * (sum of N terms): the sum is one Add with every term, not a nested chain
-    adds = [node for node in _preorder(force.expr) if node.is_Add]
-    assert max(len(a.args) for a in adds) == N
+    from nimm_dsl.compiler.linear_forms import KernelRow
+
+    force = {x.name: x.expr for x in model.ir.lets}
+    # beta * contact * (sum of N terms): the sum is one node with every term, not a nested chain,
+    # and its entries (I[k] / pop[k]) are one tuple that every district's row shares
+    rows = [[node for node in _preorder(force[f"force[{d}]"]) if isinstance(node, KernelRow)] for d in (1, 50)]
+    assert [len(r) for r in rows] == [1, 1]
+    (first,), (middle,) = rows
+    assert len(middle.weights) == len(middle.entries) == N and middle.entries is first.entries
+    assert str(middle.entries[2]) == "I[3]/pop[3]" and float(middle.weights[48]) == pytest.approx(np.exp(-1 / 3))
 
 
 def _preorder(expr):

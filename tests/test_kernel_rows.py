@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import sympy as sp
 
 import nimm_dsl
 from nimm_dsl.compiler import families
 from nimm_dsl.compiler.check import check_source
+from nimm_dsl.compiler.ir import walk
 from nimm_dsl.compiler.lower import lower
 from nimm_dsl.errors import ModelError
 from nimm_dsl.grammar import ast as A
+from nimm_dsl.runtime.pointwise import NUMPY_OPS
 
 TEMPLATE = """model kernels
 time t [day]
@@ -66,24 +69,64 @@ def _rows(checked) -> list:
     return found
 
 
-def _ir_text(text: str) -> dict:
+def _values(text: str) -> tuple[dict, list]:
+    """Every derivative, let and observe evaluated at one point (states and params drawn once,
+    a fixed stand-in for the neural term), with and without the back ends' matrix products;
+    and the matrices of the linear forms found."""
     ir = lower(check_source(text))
-    out = {s.name: sp.srepr(ir.derivatives[s.name]) for s in ir.states}
-    out |= {x.name: sp.srepr(x.expr) for x in ir.lets + ir.observes}
-    return out
+    rng = np.random.default_rng(7)
+    env = {p.symbol: p.default for p in ir.params} | {s.symbol: rng.uniform(1, 100) for s in ir.states}
+    neural = lambda name, args: float(np.tanh(sum(args)))  # noqa: E731
+    values: dict = {}
+    for ops, linear in ((NUMPY_OPS, None), (dataclasses.replace(NUMPY_OPS, matvec=_dense_matvec), ir.linear_forms())):
+        at, memo = dict(env), {}
+        for x in ir.lets:  # in dependency order
+            at[x.symbol] = float(walk(x.expr, at, ops, neural, memo, linear))
+        for name, expr in [(s.name, ir.derivatives[s.name]) for s in ir.states] + [(o.name, o.expr) for o in ir.observes]:
+            at[name] = float(walk(expr, at, ops, neural, memo, linear))
+        for x in ir.lets:
+            at[x.name] = at[x.symbol]
+        for name in at:
+            if isinstance(name, str):
+                values.setdefault(name, []).append(at[name])
+    matrices = [(g.shape, sorted((r, c, n) for r, c, n, syms in g.entries if not syms)) for g in ir.linear_forms().groups]
+    return values, matrices
+
+
+def _dense_matvec(group, vector, entries):
+    m = np.zeros(group.shape)
+    for k, (r, c, number, _) in enumerate(group.entries):
+        m[r, c] = number if entries is None else entries[k]
+    return list(m @ np.array(vector, dtype=float))
 
 
 @pytest.mark.parametrize("n", [16, 21])  # from lowering's long-sum threshold
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_a_kernel_row_lowers_to_the_ir_of_its_terms_written_out(kernel, n, monkeypatch):
+def test_a_kernel_row_has_the_values_of_its_terms_written_out(kernel, n, monkeypatch):
     text = TEMPLATE.format(n=n, kernel=kernel)
     rows = _rows(check_source(text))
     assert len(rows) >= n  # one per element of the line (and of an inner sum)
     assert len({id(r.entries) for r in rows if len(r.entries) == n}) <= 2  # shared, not one per element
-    with_rows = _ir_text(text)
+    with_rows, with_matrices = _values(text)
     _without_rows(monkeypatch)
     assert not _rows(check_source(text))
-    assert with_rows == _ir_text(text)
+    written_out, matrices = _values(text)
+    for name, (term_by_term, product) in written_out.items():
+        assert with_rows[name] == pytest.approx((term_by_term, term_by_term), rel=1e-12, abs=1e-300), name
+        assert product == pytest.approx(term_by_term, rel=1e-12, abs=1e-300), name
+    if not any(isinstance(x, A.Call) for r in rows for e in r.entries for x in _calls(e)):
+        # the products the back ends compute: the same matrices as the terms written out give
+        assert with_matrices == matrices
+
+
+def _calls(e):
+    stack = [e]
+    while stack:
+        node = stack.pop()
+        yield node
+        if dataclasses.is_dataclass(node) and not isinstance(node, (A.Span, A.Ident)):
+            stack.extend(x for f in dataclasses.fields(node) for x in
+                         (getattr(node, f.name) if isinstance(getattr(node, f.name), (list, tuple)) else [getattr(node, f.name)]))
 
 
 def test_a_short_sum_and_a_sum_without_a_weight_are_written_out():
@@ -119,3 +162,13 @@ def test_a_weight_without_a_value_at_an_unnamed_member_is_refused_at_lowering():
     with pytest.raises(ModelError) as error:
         nimm_dsl.load_source(text).ir
     assert [(d.code, d.span.line) for d in error.value.diagnostics] == [("E504", 13)]
+
+
+def test_a_kernel_row_prints_as_its_terms_written_out(monkeypatch):
+    text = TEMPLATE.format(n=20, kernel="exp(-abs(d - k) / 3) * I[k] / pop[k]")
+    force = {x.name: x.expr for x in lower(check_source(text)).lets}
+    printed = {name: (str(e), sp.latex(e)) for name, e in force.items()}
+    assert printed["force[3]"][0].startswith("beta*(") and r"\beta \left(" in printed["force[3]"][1]
+    _without_rows(monkeypatch)
+    written_out = {x.name: (str(x.expr), sp.latex(x.expr)) for x in lower(check_source(text)).lets}
+    assert printed == written_out

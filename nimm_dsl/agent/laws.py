@@ -212,6 +212,8 @@ def _names_in(node) -> list[str]:
             found.append(current.name)
         elif kind == "Call":
             stack.extend(reversed(current.args))
+        elif kind == "KernelRow":  # an expanded family sum: weight, entry, weight, entry, ...
+            stack.extend(reversed([x for term in zip(current.weights, current.entries) for x in term]))
         else:  # pushed right first, so the left operand is read first
             for attribute in ("right", "left", "operand"):
                 child = getattr(current, attribute, None)
@@ -227,6 +229,8 @@ def _calls_in(node) -> list:
         if type(current).__name__ == "Call":
             calls.append(current)
             stack.extend(current.args)
+        if type(current).__name__ == "KernelRow":
+            stack.extend(current.weights + current.entries)
         for attribute in ("left", "right", "operand"):
             child = getattr(current, attribute, None)
             if child is not None:

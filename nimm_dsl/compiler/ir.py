@@ -39,7 +39,7 @@ import sympy as sp
 
 from ..diagnostics import Span
 from .collector import collector_paused
-from .linear_forms import LinearForms, find_linear_forms
+from .linear_forms import KernelRow, LinearForms, find_linear_forms
 
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "gelu")
 
@@ -350,6 +350,8 @@ def _expression_key(e, digest: Optional[dict] = None) -> str:
     while stack and count <= _PRINTED_NODES:
         node = stack.pop()
         count += 1
+        if isinstance(node, KernelRow):  # an expanded family sum: printed, its terms written out
+            count = _PRINTED_NODES + 1
         stack.extend(node.args)
     if count <= _PRINTED_NODES:
         return str(e)
@@ -468,6 +470,15 @@ def walk(expr: sp.Expr, env: dict, ops: Ops, neural: Optional[Callable] = None, 
             return fold(ops.add, e.args)
         if isinstance(e, sp.Mul):
             return fold(ops.mul, e.args)
+        if isinstance(e, KernelRow):
+            hit = linear.row_of.get(e) if linear is not None else None
+            if hit is not None:
+                return linear_row(*hit)
+            acc = None
+            for w, v in zip(e.weights, e.entries):  # the terms written out, added in order
+                term = ops.mul(go(w), go(v))
+                acc = term if acc is None else ops.add(acc, term)
+            return acc
         if isinstance(e, sp.Pow):
             base, ex = e.args
             if ex == sp.Rational(1, 2):

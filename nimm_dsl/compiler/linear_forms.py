@@ -22,9 +22,46 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
 
 MIN_TERMS = 8  # a sum shorter than this is cheaper as scalar operations than as a call
 MIN_ROWS = 2  # a matrix of one row is a dot product: no sharing to gain
+
+
+class KernelRow(sp.Expr):
+    """The IR of a grammar `A.KernelRow` (compiler/families.py): sum_i weights[i] * entries[i],
+    with `entries` one sympy Tuple shared by the rows of a family line. It is what the terms
+    written out would be (an Add of `weight * entry`), kept as one node so that lowering does not
+    build N products per row: the rows sharing their entries are a matrix product by
+    construction (`find_linear_forms`), `ir.walk` evaluates a row outside a product term by term,
+    and printing spells it as that sum. Everything sympy does over `args` (free symbols,
+    `xreplace`, atoms) sees the weights and the entries."""
+
+    is_commutative = True
+    precedence = PRECEDENCE["Add"]  # printed as its sum: parenthesised inside a product
+
+    def __new__(cls, weights, entries):
+        return sp.Expr.__new__(cls, sp.Tuple(*weights), entries if isinstance(entries, sp.Tuple) else sp.Tuple(*entries))
+
+    @property
+    def weights(self) -> sp.Tuple:
+        return self.args[0]
+
+    @property
+    def entries(self) -> sp.Tuple:
+        return self.args[1]
+
+    def as_sum(self) -> sp.Expr:
+        """The terms written out, unnormalised (for printing): each the weight, then the
+        entry's factors."""
+        return sp.Add(*(sp.Mul(w, *(v.args if isinstance(v, sp.Mul) else (v,)), evaluate=False)
+                        for w, v in zip(*self.args)), evaluate=False)
+
+    def _sympystr(self, printer) -> str:  # sympy's printer protocol (sstr, str)
+        return printer._print(self.as_sum())
+
+    def _latex(self, printer) -> str:
+        return printer._print(self.as_sum())
 
 
 @dataclass
@@ -101,9 +138,10 @@ def _split(term: sp.Expr, coefficient_symbols: frozenset, expressions: bool = Fa
     return number, tuple(symbols), tuple(key)
 
 
-def _long_sums(exprs: list[sp.Expr]) -> list[sp.Add]:
-    """Every distinct sum of at least MIN_TERMS terms inside `exprs`, in first-seen order."""
-    seen, found, stack = set(), [], list(reversed(exprs))
+def _long_sums(exprs: list[sp.Expr]) -> tuple[list[sp.Add], list[KernelRow]]:
+    """Every distinct sum of at least MIN_TERMS terms inside `exprs`, and every kernel row, in
+    first-seen order."""
+    seen, found, rows, stack = set(), [], [], list(reversed(exprs))
     while stack:
         node = stack.pop()
         if node in seen or not isinstance(node, sp.Basic) or node.is_Atom:
@@ -111,8 +149,10 @@ def _long_sums(exprs: list[sp.Expr]) -> list[sp.Add]:
         seen.add(node)
         if isinstance(node, sp.Add) and len(node.args) >= MIN_TERMS:
             found.append(node)
+        elif isinstance(node, KernelRow):
+            rows.append(node)
         stack.extend(reversed(node.args))
-    return found
+    return found, rows
 
 
 def find_linear_forms(exprs: list[sp.Expr], coefficient_symbols) -> LinearForms:
@@ -127,11 +167,47 @@ def find_linear_forms(exprs: list[sp.Expr], coefficient_symbols) -> LinearForms:
     column (`1 / pop[k]`) goes to the vector instead, so that the matrix holds only what varies."""
     coefficient_symbols = frozenset(coefficient_symbols)
     forms = LinearForms()
-    sums = _long_sums(exprs)
+    sums, kernel_rows = _long_sums(exprs)
     _group(forms, sums, {s: [_split(t, coefficient_symbols) for t in s.args] for s in sums}, False)
     left = [s for s in sums if s not in forms.row_of]
     _group(forms, left, {s: [_split(t, coefficient_symbols, True) for t in s.args] for s in left}, True)
+    _group_kernel_rows(forms, kernel_rows, coefficient_symbols)
     return forms
+
+
+def _group_kernel_rows(forms: LinearForms, rows: list[KernelRow], coefficient_symbols: frozenset) -> None:
+    """The kernel rows that share their entries, one group each: the entries are the vector,
+    the weights the matrix. A row whose weight is not made of numbers, params and consts (a
+    scenario's `set` of a const in it adds a switch) stays out, evaluated term by term."""
+    by_entries: dict[sp.Tuple, list] = {}
+    for row in rows:
+        weights = [_weight(w, coefficient_symbols) for w in row.weights]
+        if all(w is not None for w in weights):
+            by_entries.setdefault(row.entries, []).append((row, weights))
+    for entries, members in by_entries.items():
+        if len(members) < MIN_ROWS:
+            continue
+        g = len(forms.groups)
+        forms.groups.append(LinearGroup(
+            g, [row for row, _ in members], [(v,) for v in entries],
+            [(r, c, number, symbols) for r, (_, weights) in enumerate(members)
+             for c, (number, symbols) in enumerate(weights)],
+            [[] for _ in members]))
+        for r, (row, _) in enumerate(members):
+            forms.row_of[row] = (g, r)
+
+
+def _weight(w: sp.Expr, coefficient_symbols: frozenset) -> Optional[tuple[float, tuple]]:
+    """(number, coefficient factors) of a kernel row's weight, or None when a factor is neither."""
+    number, symbols = 1.0, []
+    for f in _factors(w):
+        if f.is_Number:
+            number *= f.p / f.q if f.is_Rational else float(f)
+        elif _is_coefficient(f, coefficient_symbols, True):
+            symbols.append(f)
+        else:
+            return None
+    return number, tuple(symbols)
 
 
 def _group(forms: LinearForms, sums: list, split: dict, column_factors: bool) -> None:

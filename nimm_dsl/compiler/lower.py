@@ -23,6 +23,7 @@ from .builtins import BUILTINS
 from .check import CheckedModel
 from .collector import collector_paused
 from .families import KERNEL_ROW_MIN
+from .linear_forms import KernelRow
 from .fold import fold, is_bare
 from .units import ONE
 
@@ -87,7 +88,7 @@ class _Lowerer:
         }
         self.overrides: dict[str, sp.Expr] = {}  # name -> effective value (declared unit)
         self.integrals: list[tuple] = []  # (value symbol, rate in base units, window in time unit)
-        self._entries: dict[tuple, tuple] = {}  # (id of A.KernelRow entries, baseline) -> (entries, factors)
+        self._entries: dict[tuple, tuple] = {}  # (id of A.KernelRow entries, baseline) -> (entries, lowered)
         self.let_decls = {s.name: s.decl for s in self.table.symbols.values() if s.kind == "let"}
         self._baseline_lets: dict[str, sp.Expr] = {}  # name -> baseline value (base units)
         self.table_dose: Optional[tuple[str, sp.Expr]] = None  # (name, base-unit value) inside its amount
@@ -204,24 +205,20 @@ class _Lowerer:
                       evaluate=False)
 
     def _kernel_row(self, row: A.KernelRow, go, baseline: bool) -> sp.Expr:
-        """An expanded sum's row as the Add of unnormalised products that its terms written out
-        give (`_sum`, `_product`): each term the weight's factors, then the entry's. The entries,
-        shared by the rows of a line, are lowered once."""
-        plain, self._plain = self._plain, True
-        try:
-            known = self._entries.get((id(row.entries), baseline))
-            if known is None:
-                lowered = [go(entry) for entry in row.entries]
-                known = self._entries[(id(row.entries), baseline)] = (
-                    row.entries, [v.args if isinstance(v, sp.Mul) else (v,) for v in lowered])
-            terms = []
-            for weight, factors in zip(row.weights, known[1]):
-                first = go(weight) if isinstance(weight, A.Number) or not _number_tree(weight) else self._quotient(weight)
-                terms.append(sp.Mul(*(first.args if isinstance(first, sp.Mul) else (first,)), *factors,
-                                    evaluate=False))
-        finally:
-            self._plain = plain
-        return sp.Add(*terms, evaluate=False)
+        """An expanded sum's row as a linear_forms.KernelRow: its weights, and its entries, one
+        sympy Tuple lowered once for all the rows of its line (each entry as a term of a long
+        sum is: without sympy's normalisation)."""
+        known = self._entries.get((id(row.entries), baseline))
+        if known is None:
+            plain, self._plain = self._plain, True
+            try:
+                entries = sp.Tuple(*(go(entry) for entry in row.entries))
+            finally:
+                self._plain = plain
+            known = self._entries[(id(row.entries), baseline)] = (row.entries, entries)
+        # a folded kernel value is one number (`_number_node` spells 1/4 as a quotient)
+        return KernelRow([go(w) if isinstance(w, A.Number) or not _number_tree(w) else self._quotient(w)
+                          for w in row.weights], known[1])
 
     def _quotient(self, e) -> sp.Expr:
         """A folded kernel value that `_number_node` spells as a quotient (`1 / 4`, `-1 / 4`) as

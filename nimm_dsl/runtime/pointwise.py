@@ -18,6 +18,7 @@ import sympy as sp
 
 from ..backends.protocol import Segment, build_protocol, param_vector, segment_tail
 from ..compiler.ir import ModelIR, Ops, walk
+from ..compiler.linear_forms import KernelRow
 from ..diagnostics import Span
 
 
@@ -212,4 +213,6 @@ def _operands(e, p: Point) -> tuple:
         return ()
     if isinstance(e, sp.Symbol) or e.is_Number or e is sp.pi or e.is_NumberSymbol:
         return ()
+    if isinstance(e, KernelRow):  # a family's sum: its entries, then its weights
+        return tuple(e.entries) + tuple(e.weights)
     return tuple(e.args)
