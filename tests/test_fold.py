@@ -165,3 +165,14 @@ def test_a_memo_gives_each_fold_the_value_and_type_of_a_fold_without_it():
     for _ in range(2):
         with pytest.raises(FoldError, match="division by zero"):
             fold(tree, lambda name: Fraction(5), memo=memo)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("d - k", -1), ("d / k", Fraction(2, 3)), ("k ^ -1", Fraction(1, 3)), ("d ^ 2 / k", Fraction(4, 3)),
+    ("abs(d - k) / 3", Fraction(1, 3)), ("d * 0.5", Fraction(1)),
+])
+def test_whole_number_index_values_stay_exact(text, expected):
+    # an index family folds its members' values as ints (compiler/families.py); ints divide and
+    # take powers exactly, as Fractions do
+    found = value(text, names={"d": 2, "k": 3}.get)
+    assert found == expected and type(found) is type(expected)

@@ -642,10 +642,12 @@ class _Expander:
             return None
         return _number_node(value, e.span)
 
-    def _member_value(self, member: str) -> Fraction:
+    def _member_value(self, member: str) -> int:
+        """A whole-number member's value for `fold`: an int, exact like a Fraction, and its
+        differences (`d - k`, 10^6 of them in a 1000-member kernel) cost a tenth as much."""
         value = self._member_values.get(member)
         if value is None:
-            value = self._member_values[member] = Fraction(int(member))
+            value = self._member_values[member] = int(member)
         return value
 
     def variable_value(self, e: A.Name, env) -> A.Number:

@@ -35,7 +35,7 @@ from typing import Callable, Optional, Union
 from ..grammar import ast as A
 from .builtins import BRANCHES, BUILTINS
 
-Value = Union[Fraction, float, bool]
+Value = Union[Fraction, int, float, bool]  # an int: an index member's value (compiler/families.py)
 Names = Callable[[str], Optional[Value]]
 UnitScale = Callable[[A.UnitExpr], Optional[Fraction]]
 
@@ -264,7 +264,7 @@ def _arithmetic(node: A.BinOp, a, b) -> Value:
     if op == "/":
         if b == 0:
             raise FoldError(node.span, "division by zero", None)
-        return _finite(node, a / b, a, b)
+        return _finite(node, (Fraction(a) if type(a) is int else a) / b, a, b)  # an int / int is exact
     result = a + b if op == "+" else a - b if op == "-" else a * b
     return _finite(node, result, a, b)
 
@@ -272,10 +272,10 @@ def _arithmetic(node: A.BinOp, a, b) -> Value:
 def _power(node: A.BinOp, a, b) -> Value:
     if a == 0 and b < 0:
         raise FoldError(node.span, "division by zero: 0 to a negative power")
-    if isinstance(a, Fraction) and isinstance(b, Fraction) and b.denominator == 1:
+    if isinstance(a, (int, Fraction)) and isinstance(b, (int, Fraction)) and b.denominator == 1:
         bits = max(a.numerator.bit_length(), a.denominator.bit_length())
         if abs(b.numerator) * bits <= MAX_EXACT_BITS:
-            return _finite(node, a ** b.numerator, a, b)
+            return _finite(node, Fraction(a) ** b.numerator, a, b)
     x, y = float(a), float(b)
     if x < 0 and math.isfinite(y) and not y.is_integer():
         raise FoldError(node.span, f"{_describe(node, (a, b))} has no real value: a negative number to a fractional power",
