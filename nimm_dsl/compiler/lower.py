@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 from fractions import Fraction
-from typing import Optional
+from typing import Callable, Optional
 
 import sympy as sp
 
@@ -468,6 +468,52 @@ def _shape(*exprs) -> str:
     return ";".join(shape(e) for e in exprs)
 
 
+def _display(member_key: Optional[Callable[[str], tuple]] = None) -> Callable:
+    """How `show` rebuilds an expression before printing it (display only: the IR the back ends
+    evaluate keeps its form).
+
+    - Names become symbols that sort, among the terms of a sum and the factors of a product, in
+      member order (`X[9] + X[10]`, named members as their index declares them): sympy orders
+      names as text (`X[10] + X[1] + X[2]`). `member_key`: an element name's places in its
+      indexes (check.member_order); without it, names sort as text.
+    - Every sum, product and power is built again with sympy's arithmetic: lowering builds the
+      terms of a long sum without it (`_Lowerer._sum`), so unit factors that cancel stay apart
+      there (`X[3]*(1/1000000)*(1000/w[3])`, shown `X[3]/(1000*w[3])`)."""
+    keys: dict[str, str] = {}
+
+    def key(name: str) -> str:
+        out = keys.get(name)
+        if out is None:
+            family, bracket, _ = name.partition("[")
+            # the name last: elements whose places tie (none should) still sort one way
+            out = keys[name] = (f"{family}[{','.join(f'{p:09d}' for p in member_key(name))}]{name}"
+                                if bracket and member_key is not None else name)
+        return out
+
+    class Shown(sp.Symbol):  # a class per call: sympy caches symbols by class, name and assumptions
+        @classmethod
+        def class_key(cls):  # sorts among other kinds of terms as a plain symbol does
+            return sp.Symbol.class_key()
+
+        def sort_key(self, order=None):
+            return self.class_key(), (1, (key(self.name),)), sp.S.One.sort_key(), sp.S.One
+
+    memo: dict = {}
+
+    def rebuild(e):
+        if not isinstance(e, sp.Basic):
+            return e
+        out = memo.get(e)
+        if out is None:
+            if isinstance(e, sp.Symbol):
+                out = Shown(e.name, **e.assumptions0)
+            else:
+                out = e.func(*(rebuild(a) for a in e.args)) if e.args else e
+            memo[e] = out
+        return out
+    return rebuild
+
+
 def _family_rows(items, name_of, row, more, shape_of):
     """The rows of `items` (each through `row`), but of a run of a family's elements (`S[1]`,
     `S[2]`, ...) only the first two, each element whose equation has a shape neither of those
@@ -496,12 +542,14 @@ def _family_rows(items, name_of, row, more, shape_of):
     return out
 
 
-def to_latex(ir: I.ModelIR, every_element: bool = False) -> str:
+def to_latex(ir: I.ModelIR, every_element: bool = False,
+             member_key: Optional[Callable[[str], tuple]] = None) -> str:
     """The baseline model as LaTeX equations (aligned), for `nimm show --latex`.
 
     Set lines are shown as windows beside the equations rather than as the Piecewise switches
-    the back ends use, and doses as jumps."""
+    the back ends use, and doses as jumps. `member_key`: see `_display`."""
     baseline = _display_substitutions(ir)
+    shown = _display(member_key)
     inputs = {u.name for u in ir.inputs}
     time_tex = latex_name(ir.time_name) if ir.time_name else ""
 
@@ -511,7 +559,7 @@ def to_latex(ir: I.ModelIR, every_element: bool = False) -> str:
         return sp.latex(e, symbol_names=names)
 
     def tex(e) -> str:
-        return ltx(_display_form(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
+        return ltx(_display_form(shown(e.xreplace(baseline))) if isinstance(e, sp.Basic) else e)
 
     def text(name: str) -> str:  # a name inside \text{}: underscores must be escaped
         return name.replace("_", r"\_")
@@ -630,13 +678,15 @@ def _display_substitutions(ir: I.ModelIR) -> dict:
     return out
 
 
-def to_text(ir: I.ModelIR, every_element: bool = False) -> str:
+def to_text(ir: I.ModelIR, every_element: bool = False,
+            member_key: Optional[Callable[[str], tuple]] = None) -> str:
     """The baseline model as plain-text equations in declared units, for `nimm show --format text`
     (the same content as `to_latex`)."""
     baseline = _display_substitutions(ir)
+    shown = _display(member_key)
 
     def show(e) -> str:
-        return sp.sstr(_readable_numbers(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
+        return sp.sstr(shown(_readable_numbers(e.xreplace(baseline))) if isinstance(e, sp.Basic) else e)
 
     t = ir.time
 
@@ -666,7 +716,7 @@ def to_text(ir: I.ModelIR, every_element: bool = False) -> str:
         window = " ".join(filter(None, [f"{s.start:g} <=" if s.start is not None else "",
                                         str(t) if t is not None else "",
                                         f"< {s.end:g}" if s.end is not None else ""]))
-        rows.append(f"{s.target} <- {sp.sstr(s.expr)}    {'scenario ' + s.scenario if s.scenario else 'baseline'}"
+        rows.append(f"{s.target} <- {sp.sstr(shown(s.expr))}    {'scenario ' + s.scenario if s.scenario else 'baseline'}"
                     + (f", {window}" if window else ""))
     for d in ir.doses:
         when = ("at the table's dose times" if d.from_data
