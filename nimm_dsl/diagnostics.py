@@ -112,7 +112,7 @@ CODES: dict[str, str] = {
     "W605": "data columns that match nothing in the model",
     "W606": "an observed quantity starts far from the first observation",
     "E607": "data times before the model's clock origin",
-    "E608": "a data column for an element that an observed family lacks",
+    "E608": "a data column that names an observed or input family but none of its elements",
     "E609": "an observed family with data columns for some of its elements but not all",
     "E611": "a dose column the model does not declare as a dose from the data",
     "E612": "a negative dose amount in the data table",

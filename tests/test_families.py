@@ -535,3 +535,56 @@ def test_the_start_check_evaluates_a_series_start_once_not_once_per_observe(tmp_
     data.write_text("t,cases[child],cases[adult],cases[senior]\n0,1,2,3\n1,2,3,4\n")
     assert {d.code for d in bind(nimm_dsl.load_source(AGES), str(data))} <= {"W606"}
     assert len(calls) == 1  # three observes, one series: the start values of a 100-district model took 15 s
+
+
+TWELVE = """model twelve
+time t [day]
+index district = 1..12
+param k [1/day] = 0.2 in [0.01, 1]
+input closed[d in district] [1] = 0
+state X[d in district] [1] = 10 * d
+der(X[d]) = -k * (1 + closed[d]) * X[d]
+observe cases[d in district] [1/day] = k * X[d] ~ poisson
+"""
+
+
+def _twelve_table(path, spelling: dict):
+    """A wide table for TWELVE, `spelling` renaming some of its columns."""
+    columns = ["t"] + [spelling.get(f"cases[{d}]", f"cases[{d}]") for d in range(1, 13)]
+    extra = [c for c in spelling if c.startswith("closed")]
+    columns += [spelling[c] for c in extra]
+    rows = [[str(t)] + [str(2 * d) for d in range(1, 13)] + ["0"] * len(extra) for t in range(3)]
+    path.write_text("\n".join(",".join(r) for r in [columns] + rows) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("column", ["cases[01]", "cases[ 1]", "cases[1 ]", "cases [1]"])
+def test_a_column_spelling_a_member_differently_is_e608_naming_the_member(tmp_path, capsys, column):
+    """Column names are matched exactly: `cases[01]` is not `cases[1]`. Such a column is E608 at
+    the observe line, naming the file and the column, with the exact spelling as the hint, and
+    not also an E609 for the member it meant."""
+    from nimm_dsl.cli import main
+
+    model = tmp_path / "twelve.nimm"
+    model.write_text(TWELVE)
+    data = _twelve_table(tmp_path / "d.csv", {"cases[1]": column})
+    assert main(["fit", str(model), data]) == 1
+    err = capsys.readouterr().err
+    assert "error[E608]" in err and f"column `{column}` of {data}" in err and "E609" not in err
+    assert "did you mean `cases[1]`?" in err
+    with pytest.raises(nimm_dsl.ModelError) as raised:
+        nimm_dsl.load(str(model)).fit(data)
+    (d,) = raised.value.diagnostics
+    assert (d.code, d.span.line) == ("E608", 8) and d.hint.startswith("did you mean `cases[1]`?")
+
+
+def test_an_input_family_column_spelling_a_member_differently_is_e608(tmp_path):
+    """An input family's element without its column keeps the default: a column `closed[03]` meant
+    for `closed[3]` would silently change nothing, so it is E608 too (at the input line)."""
+    model = nimm_dsl.load_source(TWELVE)
+    data = _twelve_table(tmp_path / "d.csv", {"closed[3]": "closed[03]"})
+    (d,) = bind(model, data, command="fit")
+    assert (d.code, d.span.line) == ("E608", 5) and "column `closed[03]`" in d.message
+    assert d.hint.startswith("did you mean `closed[3]`?")
+    exact = _twelve_table(tmp_path / "e.csv", {"closed[3]": "closed[3]"})
+    assert bind(model, exact, command="fit") == []
