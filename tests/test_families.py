@@ -318,7 +318,7 @@ def test_a_language_models_text_reads_no_table_unless_the_task_provides_it(tmp_p
 
 def test_a_dose_over_a_family_gives_each_element_its_dose_and_a_scenario_removes_them_all():
     text = NEURAL.replace("neural g(x) [1/day] = mlp(hidden = [4], init = random)\n", "").replace(
-        " + g(N[p]) * N[p]", "") + "dose seed: N[p] += 0.5 at 1\nscenario none\n  remove seed\nend\n"
+        " + g(N[p]) * N[p]", "") + "dose seed: N[p in patch] += 0.5 at 1\nscenario none\n  remove seed\nend\n"
     model = nimm_dsl.load_source(text)
     assert [d.name for d in model.ir.doses] == ["seed[1]", "seed[2]", "seed[3]", "seed[4]"]
     times = np.array([0.0, 1.0])
@@ -343,7 +343,7 @@ state x[p in patch] [mg] = 10
 der(x[p]) = -k * (1 + u[p]) * x[p]
 observe y[p in patch] [mg] = x[p] ~ normal(sigma = 0.01 [mg])
 scenario untreated "no patch is treated"
-  set u[p] = 0
+  set u[p in patch] = 0
 end
 """
 
@@ -588,3 +588,49 @@ def test_an_input_family_column_spelling_a_member_differently_is_e608(tmp_path):
     assert d.hint.startswith("did you mean `closed[3]`?")
     exact = _twelve_table(tmp_path / "e.csv", {"closed[3]": "closed[3]"})
     assert bind(model, exact, command="fit") == []
+
+
+SPECIES = """model pond
+time t [year]
+index species = [fox, hare, lynx]
+param r[s in species] [1/year] = 0.3 in [0, 1]
+const w[s in species] [1] = 1
+const C[s in species, z in species] [1/year] = 0.1
+state N[s in species] [1] = 1
+der(N[s]) = r[s] * N[s] - sum(z in species, C[s, z] * N[z])
+observe y[s in species] [1] = w[s] * N[s]
+"""
+
+
+@pytest.mark.parametrize("line, column", [
+    ("set r[wolf] = 0.1 from 10", 7),
+    ("dose seed: N[wolf] += 5 at 0", 14),
+    ("scenario cull\n  set r[wolf] = 0.1 from 10 to 20\nend", 9),
+    ("set C[wolf, hare] = 0.2 from 10", 7),
+])
+def test_a_target_subscript_used_nowhere_else_on_its_line_warns_that_it_acts_on_every_member(line, column):
+    """`wolf` is no member of `species` and close to none, so it is a variable over `species`: the
+    line acts on fox, hare and lynx alike, which a reader of `r[wolf]` would not guess."""
+    from test_family_check import assert_same_as_whole
+
+    text = SPECIES + line + "\n"
+    found = assert_same_as_whole(text)
+    at = 11 if line.startswith("scenario") else 10
+    assert [(d.code, d.span.line, d.span.column) for d in found] == [("W707", at, column)]
+    (d,) = found
+    assert "`wolf`" in d.message and "every member of `species`" in d.message
+    assert "`[wolf in species]`" in d.hint and "fox" in d.hint
+
+
+@pytest.mark.parametrize("line", [
+    "set r[s] = 0.5 * r[s] from 30",              # the variable is used in the value
+    "set r[s in species] = 0.1 from 10",          # an explicit binder says every member is meant
+    "set r[fox] = 0.1 from 10",                   # a member
+    "set C[s, s] = 0 from 10",                    # the diagonal: the variable used twice
+    "dose seed: N[s] += 5 * w[s] at 0",          # the amount uses it
+    "dose seed: N[s in species] += 5 at 0",
+])
+def test_a_target_variable_used_on_its_line_or_bound_explicitly_is_silent(line):
+    from test_family_check import assert_same_as_whole
+
+    assert assert_same_as_whole(SPECIES + line + "\n") == []
