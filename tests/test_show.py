@@ -146,6 +146,15 @@ def test_elements_show_in_member_order_not_as_text(tmp_path, capsys):
     assert "dY[child]/dt = -Y[child]*k + k*(Y[senior] + Y[child] + Y[adult])    [1/day]" in out
     rows = [line.split("/dt")[0] for line in out.splitlines() if line.startswith("dX")]
     assert rows == [f"dX[{p}]" for p in range(1, 13)]
+    # lets are computed in dependency order (g[1], f[1], g[2], ...); shown, each family is together
+    path.write_text(TWELVE.replace("der(X[p]) = -k * X[p]", "der(X[p]) = -f[p]")
+                    + "let f[p in patch] [1/day] = k * g[p]\nlet g[p in patch] [1] = X[p]\n")
+    assert main(["show", str(path), "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    rows = ["..." if line.lstrip().startswith("...") else line.split(" = ")[0]
+            for line in out[:out.index("dX[1]")].splitlines()]
+    assert rows == ["g[1]", "g[2]", "...", "g[12]", "f[1]", "f[2]", "...", "f[12]"], rows
+    path.write_text(TWELVE)
     assert main(["show", str(path), "--format", "latex"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(r"\frac{\mathrm{d}\mathrm{X[2]}}"))
     rhs = row.split("&=")[1]

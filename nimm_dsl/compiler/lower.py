@@ -514,6 +514,17 @@ def _display(member_key: Optional[Callable[[str], tuple]] = None) -> Callable:
     return rebuild
 
 
+def _families_together(items: list, member_key: Optional[Callable[[str], tuple]]) -> list:
+    """`items` (lets, in the order they are computed: `g[1]`, `f[1]`, `g[2]`, ... when f reads g)
+    with each family's elements together, in member order, where its first element was: `show`
+    folds a family's rows into a few only when they are adjacent."""
+    first: dict[str, int] = {}
+    for i, x in enumerate(items):
+        first.setdefault(x.name.partition("[")[0], i)
+    return sorted(items, key=lambda x: (first[x.name.partition("[")[0]],
+                                        member_key(x.name) if member_key is not None and "[" in x.name else ()))
+
+
 def _family_rows(items, name_of, row, more, shape_of):
     """The rows of `items` (each through `row`), but of a run of a family's elements (`S[1]`,
     `S[2]`, ...) only the first two, each element whose equation has a shape neither of those
@@ -585,7 +596,7 @@ def to_latex(ir: I.ModelIR, every_element: bool = False,
 
     by_name = lambda x: x.name  # noqa: E731
     shape = lambda *es: _shape(*(x.xreplace(baseline) if isinstance(x, sp.Basic) else x for x in es))  # noqa: E731
-    rows = rows_of(ir.lets, by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]",
+    rows = rows_of(_families_together(ir.lets, member_key), by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]",
                    lambda let: shape(let.expr))
     rows += rows_of(ir.reported_states, by_name,
                     lambda s: rf"\frac{{\mathrm{{d}}{ltx(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
@@ -705,7 +716,7 @@ def to_text(ir: I.ModelIR, every_element: bool = False,
             f"(dispersion = {show(o.dispersion)})" if o.dispersion is not None else "")
         return f"{o.symbol} = {show(o.expr)}{noise}"
 
-    rows = rows_of(ir.lets, lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]", lambda let: shape(let.expr))
+    rows = rows_of(_families_together(ir.lets, member_key), lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]", lambda let: shape(let.expr))
     rows += rows_of(ir.reported_states,
                     lambda s: f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]",
                     lambda s: shape(ir.derivatives[s.name]))
