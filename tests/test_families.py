@@ -558,7 +558,7 @@ def _twelve_table(path, spelling: dict):
     return str(path)
 
 
-@pytest.mark.parametrize("column", ["cases[01]", "cases[ 1]", "cases[1 ]", "cases [1]"])
+@pytest.mark.parametrize("column", ["cases[01]", "cases[ 1]", "cases[1 ]", "cases [1]", "cases[1.0]"])
 def test_a_column_spelling_a_member_differently_is_e608_naming_the_member(tmp_path, capsys, column):
     """Column names are matched exactly: `cases[01]` is not `cases[1]`. Such a column is E608 at
     the observe line, naming the file and the column, with the exact spelling as the hint, and

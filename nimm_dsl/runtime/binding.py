@@ -172,8 +172,8 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) ->
             kind = "input" if families[family][0] in ir.inputs else "observed"
             member = c[c.index("[") + 1:-1]
             free = {e[len(family) + 1:-1]: e for e in elements if e not in columns}
-            near = free.get(_member_spelling(member))  # `01` for `1`, ` 1` for `1`
-            if near is None and not member.replace(",", "").strip().isdigit():
+            near = free.get(_member_spelling(member))  # `01`, ` 1`, `1.0` for `1`
+            if near is None and not any(_is_number(p) for p in member.split(",")):
                 # a near spelling of a named member (`cases[seniors]`); numbers are not misspelt names;
                 # compared by member only: the shared `family[...]` would make every member look close
                 near = free.get(closest(member, free))
@@ -201,9 +201,17 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) ->
 
 def _member_spelling(member: str) -> str:
     """The members of a column's subscript as an element's name spells them: no spaces, whole
-    numbers without leading zeros (`01, 2` -> `1,2`)."""
+    numbers as whole numbers without leading zeros (`01, 2.0` -> `1,2`)."""
     parts = [p.strip() for p in member.split(",")]
-    return ",".join(str(int(p)) if p.isdigit() else p for p in parts)
+    return ",".join(str(int(float(p))) if _is_number(p) and float(p).is_integer() else p for p in parts)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def one_line(d: Diagnostic) -> str:
