@@ -588,6 +588,12 @@ def test_an_input_family_column_spelling_a_member_differently_is_e608(tmp_path):
     assert d.hint.startswith("did you mean `closed[3]`?")
     exact = _twelve_table(tmp_path / "e.csv", {"closed[3]": "closed[3]"})
     assert bind(model, exact, command="fit") == []
+    # `simulate --data` reads the inputs too: the same error; a misspelt observed column changes
+    # nothing there (nothing is fitted), so it is only listed as ignored
+    both = _twelve_table(tmp_path / "s.csv", {"closed[3]": "closed[03]", "cases[2]": "cases[02]"})
+    found = bind(model, both, command="simulate")
+    assert [(d.code, d.span.line) for d in found] == [("W605", 1), ("E608", 5)]
+    assert "`cases[02]`" in found[0].message and "`closed[03]`" in found[1].message
 
 
 SPECIES = """model pond

@@ -29,7 +29,7 @@ ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606", "E607", 
 CHECKS = {  # command -> the codes it applies (docs/language.md §9)
     "check": ALL_CHECKS,
     "fit": ALL_CHECKS,
-    "simulate": frozenset({"E601", "E603", "W605", "E607", "E611", "E612", "W614"}),
+    "simulate": frozenset({"E601", "E603", "W605", "E607", "E608", "E611", "E612", "W614"}),
 }
 # Column names that hold dose amounts in common dataset layouts (NONMEM's AMT, R's `dose`): in a
 # model that reads doses from the table, a column so named that no dose reads is E611.
@@ -84,7 +84,8 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
             report("E607", ir.time_span, f"{t.file}, {t.where(i)}: {ir.time_name} = {times[i]:g} is before the "
                    f"model's clock origin {ir.time_name} = {ir.t0:g} ({early.size} row(s) in all)",
                    "drop the rows before the origin, or move the origin (`from`) back to the first data time")
-    unmatched = _family_columns(ir, columns, unmatched, report, t.file)
+    # a simulation reads only the inputs of a table: its observed columns are not bound
+    unmatched = _family_columns(ir, columns, unmatched, report, t.file, observed=command != "simulate")
     undeclared = _dose_columns(ir, unmatched)
     for column, (span, why) in undeclared.items():
         report("E611", span, f"column `{column}` of {t.file} holds doses, but {why}",
@@ -152,14 +153,15 @@ def _family(name: str) -> Optional[str]:
     return head.strip() if bracket and rest.endswith("]") else None
 
 
-def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) -> list:
+def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str, observed: bool = True) -> list:
     """An observed or input family is bound column by column (`cases[3]`), each column name
     matched exactly: a column that names such a family but none of its elements is E608 (with
     the exact spelling as the hint when it writes a member another way: `cases[01]`, `cases[ 1]`),
-    and an observed element without a column while its siblings have one is E609. Returns the
-    unmatched columns that are not E608's."""
+    and an observed element without a column while its siblings have one is E609. `observed`:
+    bind the observed families too (not for a simulation). Returns the unmatched columns that
+    are not E608's."""
     families: dict[str, list] = {}  # family -> its observes (or inputs), member order
-    for o in [*ir.observes, *ir.inputs]:
+    for o in [*(ir.observes if observed else []), *ir.inputs]:
         if _family(o.name):
             families.setdefault(_family(o.name), []).append(o)
     if not families:
