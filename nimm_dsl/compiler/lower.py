@@ -476,9 +476,12 @@ def _display(member_key: Optional[Callable[[str], tuple]] = None) -> Callable:
       member order (`X[9] + X[10]`, named members as their index declares them): sympy orders
       names as text (`X[10] + X[1] + X[2]`). `member_key`: an element name's places in its
       indexes (check.member_order); without it, names sort as text.
+    - Exact fractions that only stand for a decimal (a folded `exp(-1/3)` is
+      7165313105737893/10000000000000000) become that decimal, to 6 digits; 1/3 stays 1/3.
     - Every sum, product and power is built again with sympy's arithmetic: lowering builds the
       terms of a long sum without it (`_Lowerer._sum`), so unit factors that cancel stay apart
-      there (`X[3]*(1/1000000)*(1000/w[3])`, shown `X[3]/(1000*w[3])`)."""
+      there (`X[3]*(1/1000000)*(1000/w[3])`, shown `X[3]/(1000*w[3])`).
+    One walk does all three: a family model's equations are large."""
     keys: dict[str, str] = {}
 
     def key(name: str) -> str:
@@ -507,6 +510,8 @@ def _display(member_key: Optional[Callable[[str], tuple]] = None) -> Callable:
         if out is None:
             if isinstance(e, sp.Symbol):
                 out = Shown(e.name, **e.assumptions0)
+            elif isinstance(e, sp.Rational) and _stands_for_a_decimal(e):
+                out = sp.Float(e, 6)
             else:
                 out = e.func(*(rebuild(a) for a in e.args)) if e.args else e
             memo[e] = out
@@ -632,8 +637,8 @@ DISPLAY_FACTORING_LIMIT = 400  # operations; larger expressions are shown as low
 def _display_form(e):
     """Unit factors pulled out for reading: `1000 g (V/1000 - E/1000)` (a unit conversion spread
     over a sum) shows as `g (V - E)`. The same expression, only regrouped; huge ones (families
-    expanded to thousands of terms) are left as they are."""
-    e = _readable_numbers(e)  # first: factoring 10^16 denominators out of a sum reads worse
+    expanded to thousands of terms) are left as they are. `e` has been through `_display`
+    (decimals first: factoring 10^16 denominators out of a sum reads worse)."""
     if isinstance(e, sp.Expr) and sp.count_ops(e) <= DISPLAY_FACTORING_LIMIT:
         return sp.factor_terms(e)
     return e
@@ -647,15 +652,6 @@ def _stands_for_a_decimal(r: sp.Rational) -> bool:
         q //= 10
     tens = q in (1, 2, 4, 5, 8, 16, 25, 32, 64, 125) and r.q >= 10 ** 7
     return tens or (len(str(p)) > 12 and len(str(int(r.q))) > 12)
-
-
-def _readable_numbers(e):
-    """Exact fractions that only stand for a decimal (a folded `exp(-1/3)` is
-    7165313105737893/10000000000000000) shown as that decimal, to 6 digits; 1/3 stays 1/3."""
-    if not isinstance(e, sp.Basic):
-        return e
-    long = {r: sp.Float(r, 6) for r in e.atoms(sp.Rational) if _stands_for_a_decimal(r)}
-    return e.xreplace(long) if long else e
 
 
 def latex_name(name: str) -> str:
@@ -697,7 +693,7 @@ def to_text(ir: I.ModelIR, every_element: bool = False,
     shown = _display(member_key)
 
     def show(e) -> str:
-        return sp.sstr(shown(_readable_numbers(e.xreplace(baseline))) if isinstance(e, sp.Basic) else e)
+        return sp.sstr(shown(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
 
     t = ir.time
 
