@@ -601,7 +601,8 @@ def to_latex(ir: I.ModelIR, every_element: bool = False,
 
     by_name = lambda x: x.name  # noqa: E731
     shape = lambda *es: _shape(*(x.xreplace(baseline) if isinstance(x, sp.Basic) else x for x in es))  # noqa: E731
-    rows = rows_of(_families_together(ir.lets, member_key), by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]",
+    lets = _families_together(ir.lets, member_key)
+    rows = rows_of(lets, by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]",
                    lambda let: shape(let.expr))
     rows += rows_of(ir.reported_states, by_name,
                     lambda s: rf"\frac{{\mathrm{{d}}{ltx(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
@@ -712,7 +713,8 @@ def to_text(ir: I.ModelIR, every_element: bool = False,
             f"(dispersion = {show(o.dispersion)})" if o.dispersion is not None else "")
         return f"{o.symbol} = {show(o.expr)}{noise}"
 
-    rows = rows_of(_families_together(ir.lets, member_key), lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]", lambda let: shape(let.expr))
+    lets = _families_together(ir.lets, member_key)
+    rows = rows_of(lets, lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]", lambda let: shape(let.expr))
     rows += rows_of(ir.reported_states,
                     lambda s: f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]",
                     lambda s: shape(ir.derivatives[s.name]))

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ..backends.protocol import build_protocol
-from ..compiler.ir import ModelIR
+from ..compiler.ir import InputIR, ModelIR
 from ..diagnostics import Diagnostic, Span, closest, sort_key
 from ..errors import DataError, ModelError, SimulationError
 from .data import SERIES_COLUMN, Dataset, load_data, read_table
@@ -171,7 +171,7 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str, ob
         family = _family(c)
         if family in families:
             elements = [o.name for o in families[family]]
-            kind = "input" if families[family][0] in ir.inputs else "observed"
+            kind = "input" if isinstance(families[family][0], InputIR) else "observed"
             member = c[c.index("[") + 1:-1]
             free = {e[len(family) + 1:-1]: e for e in elements if e not in columns}
             near = free.get(_member_spelling(member))  # `01`, ` 1`, `1.0` for `1`
@@ -189,7 +189,7 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str, ob
         else:
             rest.append(c)
     for family, observes in families.items():
-        if observes[0] in ir.inputs:  # an input's element without a column keeps its default
+        if isinstance(observes[0], InputIR):  # an input's element without a column keeps its default
             continue
         with_data = [o for o in observes if o.name in columns]
         without = [o for o in observes if o.name not in columns and o.name not in misspelt]
@@ -204,8 +204,14 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str, ob
 def _member_spelling(member: str) -> str:
     """The members of a column's subscript as an element's name spells them: no spaces, whole
     numbers as whole numbers without leading zeros (`01, 2.0` -> `1,2`)."""
-    parts = [p.strip() for p in member.split(",")]
-    return ",".join(str(int(float(p))) if _is_number(p) and float(p).is_integer() else p for p in parts)
+    out = []
+    for p in (p.strip() for p in member.split(",")):
+        if p.isdigit():
+            p = str(int(p))
+        elif _is_number(p) and float(p).is_integer():
+            p = str(int(float(p)))
+        out.append(p)
+    return ",".join(out)
 
 
 def _is_number(text: str) -> bool:
