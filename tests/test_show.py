@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import sympy as sp
+
 from nimm_dsl.cli import main
 
 SEIR = str(Path(__file__).resolve().parents[1] / "examples" / "seir.nimm")
@@ -205,3 +207,24 @@ def test_unit_factors_that_cancel_show_multiplied_out(tmp_path, capsys):
     values = {s.name: rng.uniform(0.5, 2) for s in lowered.free_symbols}
     at = lambda e: float(e.xreplace({s: values[s.name] for s in e.free_symbols}))  # noqa: E731
     assert abs(at(shown) - at(lowered)) <= 1e-12 * abs(at(lowered))
+
+
+def test_a_kernel_row_shows_as_its_terms_with_their_factors_multiplied_out(tmp_path, capsys):
+    """A long mixing sum is one IR node (linear_forms.KernelRow) whose weights and entries carry
+    their unit factors apart; shown, it reads as the terms a reader would write: no `1*` weight,
+    one factor per term."""
+    import nimm_dsl
+    from nimm_dsl.compiler.linear_forms import KernelRow
+
+    path = tmp_path / "kernel.nimm"
+    path.write_text("model kernel\ntime t [h]\nindex patch = 1..20\nconst w[p in patch] [g] = 2 + p\n"
+                    "param k [1/h] = 0.3 in [0.01, 1]\nstate X[p in patch] [mg] = 1\n"
+                    "der(X[p]) = -k * X[p] + k * w[p] * sum(q in patch, exp(-abs(p - q) / 3) * X[q] / w[q])\n"
+                    "observe y[p in patch] [mg] = X[p]\n")
+    ir = nimm_dsl.load(str(path)).ir
+    assert any(isinstance(node, KernelRow) for node in sp.preorder_traversal(ir.derivatives["X[1]"]))
+    assert main(["show", str(path), "--format", "text"]) == 0
+    row = capsys.readouterr().out.splitlines()[0]
+    assert row.startswith("dX[1]/dt = -X[1]*k + 1000*k*w[1]*(X[1]/(1000*w[1]) + ") and "(1/1000)" not in row, row
+    terms = row.split("(", 1)[1].split(" + ")
+    assert [re.search(r"X\[(\d+)\]", t).group(1) for t in terms] == [str(q) for q in range(1, 21)], row

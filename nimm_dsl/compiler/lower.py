@@ -479,8 +479,9 @@ def _display(member_key: Optional[Callable[[str], tuple]] = None) -> Callable:
     - Exact fractions that only stand for a decimal (a folded `exp(-1/3)` is
       7165313105737893/10000000000000000) become that decimal, to 6 digits; 1/3 stays 1/3.
     - Every sum, product and power is built again with sympy's arithmetic: lowering builds the
-      terms of a long sum without it (`_Lowerer._sum`), so unit factors that cancel stay apart
-      there (`X[3]*(1/1000000)*(1000/w[3])`, shown `X[3]/(1000*w[3])`).
+      terms of a long sum without it (`_Lowerer._sum`, and a family's mixing row is one
+      KernelRow node of weights and entries), so unit factors that cancel stay apart there
+      (`X[3]*(1/1000000)*(1000/w[3])`, shown `X[3]/(1000*w[3])`).
     One walk does all three: a family model's equations are large."""
     keys: dict[str, str] = {}
 
@@ -512,6 +513,8 @@ def _display(member_key: Optional[Callable[[str], tuple]] = None) -> Callable:
                 out = Shown(e.name, **e.assumptions0)
             elif isinstance(e, sp.Rational) and _stands_for_a_decimal(e):
                 out = sp.Float(e, 6)
+            elif isinstance(e, KernelRow):  # one node in the IR; shown as the sum it stands for
+                out = rebuild(e.as_sum())
             else:
                 out = e.func(*(rebuild(a) for a in e.args)) if e.args else e
             memo[e] = out
@@ -638,9 +641,12 @@ DISPLAY_FACTORING_LIMIT = 400  # operations; larger expressions are shown as low
 def _display_form(e):
     """Unit factors pulled out for reading: `1000 g (V/1000 - E/1000)` (a unit conversion spread
     over a sum) shows as `g (V - E)`. The same expression, only regrouped; huge ones (families
-    expanded to thousands of terms) are left as they are. `e` has been through `_display`
+    expanded to thousands of terms) are left as they are, and so are those holding a family's
+    long sum (`_LONG_SUM` terms or more: its terms have no common factor worth pulling out, and
+    sympy takes a tenth of a second per row to find that). `e` has been through `_display`
     (decimals first: factoring 10^16 denominators out of a sum reads worse)."""
-    if isinstance(e, sp.Expr) and sp.count_ops(e) <= DISPLAY_FACTORING_LIMIT:
+    if (isinstance(e, sp.Expr) and sp.count_ops(e) <= DISPLAY_FACTORING_LIMIT
+            and all(len(a.args) < _LONG_SUM for a in e.atoms(sp.Add))):
         return sp.factor_terms(e)
     return e
 
