@@ -122,15 +122,17 @@ class Model:
     def latex(self, every_element: bool = False) -> str:
         """The compiled equations as LaTeX (`nimm show`); of a family, the first two elements,
         how many more, and the last, unless `every_element`."""
+        from .compiler.check import member_order
         from .compiler.lower import to_latex
 
-        return to_latex(self.ir, every_element)
+        return to_latex(self.ir, every_element, member_order(self.checked.families))
 
     def equations(self, every_element: bool = False) -> str:
         """The compiled equations as plain text (`nimm show --format text`); families as in `latex`."""
+        from .compiler.check import member_order
         from .compiler.lower import to_text
 
-        return to_text(self.ir, every_element)
+        return to_text(self.ir, every_element, member_order(self.checked.families))
 
     def __repr__(self) -> str:
         return f"<nimm Model {self.name!r} from {self.file}>"

@@ -144,7 +144,7 @@ def test_data_errors_stay_data_errors(tmp_path):
 
 
 def test_simulate_applies_only_the_checks_for_a_table_of_inputs():
-    assert CHECKS["simulate"] == {"E601", "E603", "W605", "E607", "E611", "E612", "W614"}
+    assert CHECKS["simulate"] == {"E601", "E603", "W605", "E607", "E608", "E611", "E612", "W614"}
     inputs_only = pd.DataFrame({"t": [0, 1], "other": [1, 2]})
     assert codes_at(bind(decay(), inputs_only, command="simulate")) == [("W605", 1)]
     assert ("E602", 6) in codes_at(bind(decay(), inputs_only, command="fit"))

@@ -132,6 +132,8 @@ CASES = [
          "flow s[i] -> u[j] = k * s[i]\nobserve v[i in n] [1] = u[i]\n", 10, 16, 17),
     case("W706", HEADER + DECAY + "index n = 1..3\nconst c[i in n] [1] = 1\n"
          "observe v[i in n] [1] = sum(j in n, c[i]) * x\n", 9, 29, 30),
+    case("W707", HEADER + DECAY + "index n = 1..3\nparam c[i in n] [1] = 1 in [0, 2]\n"
+         "observe v[i in n] [1] = c[i] * x\nset c[j] = 2 from 1\n", 10, 7, 8),
 ]
 
 

@@ -318,7 +318,7 @@ def test_a_language_models_text_reads_no_table_unless_the_task_provides_it(tmp_p
 
 def test_a_dose_over_a_family_gives_each_element_its_dose_and_a_scenario_removes_them_all():
     text = NEURAL.replace("neural g(x) [1/day] = mlp(hidden = [4], init = random)\n", "").replace(
-        " + g(N[p]) * N[p]", "") + "dose seed: N[p] += 0.5 at 1\nscenario none\n  remove seed\nend\n"
+        " + g(N[p]) * N[p]", "") + "dose seed: N[p in patch] += 0.5 at 1\nscenario none\n  remove seed\nend\n"
     model = nimm_dsl.load_source(text)
     assert [d.name for d in model.ir.doses] == ["seed[1]", "seed[2]", "seed[3]", "seed[4]"]
     times = np.array([0.0, 1.0])
@@ -343,7 +343,7 @@ state x[p in patch] [mg] = 10
 der(x[p]) = -k * (1 + u[p]) * x[p]
 observe y[p in patch] [mg] = x[p] ~ normal(sigma = 0.01 [mg])
 scenario untreated "no patch is treated"
-  set u[p] = 0
+  set u[p in patch] = 0
 end
 """
 
@@ -535,3 +535,108 @@ def test_the_start_check_evaluates_a_series_start_once_not_once_per_observe(tmp_
     data.write_text("t,cases[child],cases[adult],cases[senior]\n0,1,2,3\n1,2,3,4\n")
     assert {d.code for d in bind(nimm_dsl.load_source(AGES), str(data))} <= {"W606"}
     assert len(calls) == 1  # three observes, one series: the start values of a 100-district model took 15 s
+
+
+TWELVE = """model twelve
+time t [day]
+index district = 1..12
+param k [1/day] = 0.2 in [0.01, 1]
+input closed[d in district] [1] = 0
+state X[d in district] [1] = 10 * d
+der(X[d]) = -k * (1 + closed[d]) * X[d]
+observe cases[d in district] [1/day] = k * X[d] ~ poisson
+"""
+
+
+def _twelve_table(path, spelling: dict):
+    """A wide table for TWELVE, `spelling` renaming some of its columns."""
+    columns = ["t"] + [spelling.get(f"cases[{d}]", f"cases[{d}]") for d in range(1, 13)]
+    extra = [c for c in spelling if c.startswith("closed")]
+    columns += [spelling[c] for c in extra]
+    rows = [[str(t)] + [str(2 * d) for d in range(1, 13)] + ["0"] * len(extra) for t in range(3)]
+    path.write_text("\n".join(",".join(r) for r in [columns] + rows) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("column", ["cases[01]", "cases[ 1]", "cases[1 ]", "cases [1]", "cases[1.0]"])
+def test_a_column_spelling_a_member_differently_is_e608_naming_the_member(tmp_path, capsys, column):
+    """Column names are matched exactly: `cases[01]` is not `cases[1]`. Such a column is E608 at
+    the observe line, naming the file and the column, with the exact spelling as the hint, and
+    not also an E609 for the member it meant."""
+    from nimm_dsl.cli import main
+
+    model = tmp_path / "twelve.nimm"
+    model.write_text(TWELVE)
+    data = _twelve_table(tmp_path / "d.csv", {"cases[1]": column})
+    assert main(["fit", str(model), data]) == 1
+    err = capsys.readouterr().err
+    assert "error[E608]" in err and f"column `{column}` of {data}" in err and "E609" not in err
+    assert "did you mean `cases[1]`?" in err
+    with pytest.raises(nimm_dsl.ModelError) as raised:
+        nimm_dsl.load(str(model)).fit(data)
+    (d,) = raised.value.diagnostics
+    assert (d.code, d.span.line) == ("E608", 8) and d.hint.startswith("did you mean `cases[1]`?")
+
+
+def test_an_input_family_column_spelling_a_member_differently_is_e608(tmp_path):
+    """An input family's element without its column keeps the default: a column `closed[03]` meant
+    for `closed[3]` would silently change nothing, so it is E608 too (at the input line)."""
+    model = nimm_dsl.load_source(TWELVE)
+    data = _twelve_table(tmp_path / "d.csv", {"closed[3]": "closed[03]"})
+    (d,) = bind(model, data, command="fit")
+    assert (d.code, d.span.line) == ("E608", 5) and "column `closed[03]`" in d.message
+    assert d.hint.startswith("did you mean `closed[3]`?")
+    exact = _twelve_table(tmp_path / "e.csv", {"closed[3]": "closed[3]"})
+    assert bind(model, exact, command="fit") == []
+    # `simulate --data` reads the inputs too: the same error; a misspelt observed column changes
+    # nothing there (nothing is fitted), so it is only listed as ignored
+    both = _twelve_table(tmp_path / "s.csv", {"closed[3]": "closed[03]", "cases[2]": "cases[02]"})
+    found = bind(model, both, command="simulate")
+    assert [(d.code, d.span.line) for d in found] == [("W605", 1), ("E608", 5)]
+    assert "`cases[02]`" in found[0].message and "`closed[03]`" in found[1].message
+
+
+SPECIES = """model pond
+time t [year]
+index species = [fox, hare, lynx]
+param r[s in species] [1/year] = 0.3 in [0, 1]
+const w[s in species] [1] = 1
+const C[s in species, z in species] [1/year] = 0.1
+state N[s in species] [1] = 1
+der(N[s]) = r[s] * N[s] - sum(z in species, C[s, z] * N[z])
+observe y[s in species] [1] = w[s] * N[s]
+"""
+
+
+@pytest.mark.parametrize("line, column", [
+    ("set r[wolf] = 0.1 from 10", 7),
+    ("dose seed: N[wolf] += 5 at 0", 14),
+    ("scenario cull\n  set r[wolf] = 0.1 from 10 to 20\nend", 9),
+    ("set C[wolf, hare] = 0.2 from 10", 7),
+])
+def test_a_target_subscript_used_nowhere_else_on_its_line_warns_that_it_acts_on_every_member(line, column):
+    """`wolf` is no member of `species` and close to none, so it is a variable over `species`: the
+    line acts on fox, hare and lynx alike, which a reader of `r[wolf]` would not guess."""
+    from test_family_check import assert_same_as_whole
+
+    text = SPECIES + line + "\n"
+    found = assert_same_as_whole(text)
+    at = 11 if line.startswith("scenario") else 10
+    assert [(d.code, d.span.line, d.span.column) for d in found] == [("W707", at, column)]
+    (d,) = found
+    assert "`wolf`" in d.message and "every member of `species`" in d.message
+    assert "`[wolf in species]`" in d.hint and "fox" in d.hint
+
+
+@pytest.mark.parametrize("line", [
+    "set r[s] = 0.5 * r[s] from 30",              # the variable is used in the value
+    "set r[s in species] = 0.1 from 10",          # an explicit binder says every member is meant
+    "set r[fox] = 0.1 from 10",                   # a member
+    "set C[s, s] = 0 from 10",                    # the diagonal: the variable used twice
+    "dose seed: N[s] += 5 * w[s] at 0",          # the amount uses it
+    "dose seed: N[s in species] += 5 at 0",
+])
+def test_a_target_variable_used_on_its_line_or_bound_explicitly_is_silent(line):
+    from test_family_check import assert_same_as_whole
+
+    assert assert_same_as_whole(SPECIES + line + "\n") == []

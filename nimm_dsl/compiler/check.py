@@ -100,7 +100,7 @@ def _stood_for(element: re.Match, stands_for: dict) -> tuple[list[str], int]:
     return [f"{element.group(1)}[{','.join(p)}]" for p in listed], count
 
 
-def _member_order(families: FamilyInfo) -> Callable[[str], tuple]:
+def member_order(families: FamilyInfo) -> Callable[[str], tuple]:
     """Sort key of element names in their indexes' member order (`R[child]` before `R[adult]`)."""
     positions: dict[str, dict[str, int]] = {}  # index -> member -> place, built once per index
 
@@ -228,7 +228,7 @@ def check_source(source: str, file: str = "<model>", tables: Optional[TableAcces
             names, most = elements.get(key, ([], 0))
             elements[key] = (names + listed, max(most, count))
     for key, (names, count) in elements.items():
-        unique[key] = _likewise(unique[key], sorted(dict.fromkeys(names), key=_member_order(families)), count)
+        unique[key] = _likewise(unique[key], sorted(dict.fromkeys(names), key=member_order(families)), count)
 
     def whole() -> tuple:
         program, table, names, units, diagnostics, _ = _phases(parsed, file, tables, False)

@@ -204,6 +204,8 @@ class _Expander:
             self.info.lines.add(s.span.line)
             if isinstance(s, A.FlowEq):
                 self._repeated_flow(s, variables)
+            if isinstance(s, (A.SetStmt, A.DoseStmt)):
+                self._every_member(s, variables)
             out = [self.instance(s, dict(zip(names, combo))) for combo in itertools.product(*members)]
             if isinstance(s, A.DoseStmt):
                 self.dose_families.setdefault(s.name.name, []).extend(x.name.name for x in out)
@@ -246,6 +248,27 @@ class _Expander:
                                            f"member of `{index}`, with the same rate each time",
                              f"use the same variable at both ends (`S[{var}] -> E[{var}]`), or make the rate "
                              f"depend on `{var}` (a matrix `C[.., {var}]`)")
+
+    def _every_member(self, s, variables: dict) -> None:
+        """W707: a target subscript that is no member (and close to none, else E352) is a variable
+        over its index; when nothing else on the line uses it, the line acts alike on every member
+        although it reads like one element (`set r[wolf] = ...` with no species `wolf`)."""
+        target = _targets(s)[0]
+        if not isinstance(target, A.Element):
+            return
+        rest = [s.value, s.start, s.end] if isinstance(s, A.SetStmt) else [s.amount, s.at, s.every, s.times]
+        for sub in target.subscripts:
+            if not isinstance(sub, A.Ident) or sub.name not in variables or variables[sub.name][1] != sub.span:
+                continue  # a member, a binder (`[s in species]`: every member is meant) or a second use
+            if sub.name in _names_in(rest + [x for x in target.subscripts if x is not sub]):
+                continue  # `set beta[d] = 0.5 * beta[d]`, `set C[s, s] = 0`: the variable is meant
+            index = variables[sub.name][0]
+            members = self.info.indexes[index]
+            acts = "sets" if isinstance(s, A.SetStmt) else "doses"
+            self._report("W707", sub.span, f"`{sub.name}` is not a member of `{index}`, so it is a variable over "
+                                           f"`{index}` and this line {acts} every member of `{index}` alike",
+                         f"write `[{sub.name} in {index}]` if every member is meant, or name a member: "
+                         + ", ".join(members[:5]) + (", ..." if len(members) > 5 else ""))
 
     def check_index(self, ident: A.Ident) -> list[str]:
         if ident.name not in self.info.indexes:

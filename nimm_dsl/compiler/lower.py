@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 from fractions import Fraction
-from typing import Optional
+from typing import Callable, Optional
 
 import sympy as sp
 
@@ -468,6 +468,71 @@ def _shape(*exprs) -> str:
     return ";".join(shape(e) for e in exprs)
 
 
+def _display(member_key: Optional[Callable[[str], tuple]] = None) -> Callable:
+    """How `show` rebuilds an expression before printing it (display only: the IR the back ends
+    evaluate keeps its form).
+
+    - Names become symbols that sort, among the terms of a sum and the factors of a product, in
+      member order (`X[9] + X[10]`, named members as their index declares them): sympy orders
+      names as text (`X[10] + X[1] + X[2]`). `member_key`: an element name's places in its
+      indexes (check.member_order); without it, names sort as text.
+    - Exact fractions that only stand for a decimal (a folded `exp(-1/3)` is
+      7165313105737893/10000000000000000) become that decimal, to 6 digits; 1/3 stays 1/3.
+    - Every sum, product and power is built again with sympy's arithmetic: lowering builds the
+      terms of a long sum without it (`_Lowerer._sum`, and a family's mixing row is one
+      KernelRow node of weights and entries), so unit factors that cancel stay apart there
+      (`X[3]*(1/1000000)*(1000/w[3])`, shown `X[3]/(1000*w[3])`).
+    One walk does all three: a family model's equations are large."""
+    keys: dict[str, str] = {}
+
+    def key(name: str) -> str:
+        out = keys.get(name)
+        if out is None:
+            family, bracket, _ = name.partition("[")
+            # the name last: elements whose places tie (none should) still sort one way
+            out = keys[name] = (f"{family}[{','.join(f'{p:09d}' for p in member_key(name))}]{name}"
+                                if bracket and member_key is not None else name)
+        return out
+
+    class Shown(sp.Symbol):  # a class per call: sympy caches symbols by class, name and assumptions
+        @classmethod
+        def class_key(cls):  # sorts among other kinds of terms as a plain symbol does
+            return sp.Symbol.class_key()
+
+        def sort_key(self, order=None):
+            return self.class_key(), (1, (key(self.name),)), sp.S.One.sort_key(), sp.S.One
+
+    memo: dict = {}
+
+    def rebuild(e):
+        if not isinstance(e, sp.Basic):
+            return e
+        out = memo.get(e)
+        if out is None:
+            if isinstance(e, sp.Symbol):
+                out = Shown(e.name, **e.assumptions0)
+            elif isinstance(e, sp.Rational) and _stands_for_a_decimal(e):
+                out = sp.Float(e, 6)
+            elif isinstance(e, KernelRow):  # one node in the IR; shown as the sum it stands for
+                out = rebuild(e.as_sum())
+            else:
+                out = e.func(*(rebuild(a) for a in e.args)) if e.args else e
+            memo[e] = out
+        return out
+    return rebuild
+
+
+def _families_together(items: list, member_key: Optional[Callable[[str], tuple]]) -> list:
+    """`items` (lets, in the order they are computed: `g[1]`, `f[1]`, `g[2]`, ... when f reads g)
+    with each family's elements together, in member order, where its first element was: `show`
+    folds a family's rows into a few only when they are adjacent."""
+    first: dict[str, int] = {}
+    for i, x in enumerate(items):
+        first.setdefault(x.name.partition("[")[0], i)
+    return sorted(items, key=lambda x: (first[x.name.partition("[")[0]],
+                                        member_key(x.name) if member_key is not None and "[" in x.name else ()))
+
+
 def _family_rows(items, name_of, row, more, shape_of):
     """The rows of `items` (each through `row`), but of a run of a family's elements (`S[1]`,
     `S[2]`, ...) only the first two, each element whose equation has a shape neither of those
@@ -496,12 +561,14 @@ def _family_rows(items, name_of, row, more, shape_of):
     return out
 
 
-def to_latex(ir: I.ModelIR, every_element: bool = False) -> str:
+def to_latex(ir: I.ModelIR, every_element: bool = False,
+             member_key: Optional[Callable[[str], tuple]] = None) -> str:
     """The baseline model as LaTeX equations (aligned), for `nimm show --latex`.
 
     Set lines are shown as windows beside the equations rather than as the Piecewise switches
-    the back ends use, and doses as jumps."""
+    the back ends use, and doses as jumps. `member_key`: see `_display`."""
     baseline = _display_substitutions(ir)
+    shown = _display(member_key)
     inputs = {u.name for u in ir.inputs}
     time_tex = latex_name(ir.time_name) if ir.time_name else ""
 
@@ -511,7 +578,7 @@ def to_latex(ir: I.ModelIR, every_element: bool = False) -> str:
         return sp.latex(e, symbol_names=names)
 
     def tex(e) -> str:
-        return ltx(_display_form(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
+        return ltx(_display_form(shown(e.xreplace(baseline))) if isinstance(e, sp.Basic) else e)
 
     def text(name: str) -> str:  # a name inside \text{}: underscores must be escaped
         return name.replace("_", r"\_")
@@ -537,7 +604,8 @@ def to_latex(ir: I.ModelIR, every_element: bool = False) -> str:
 
     by_name = lambda x: x.name  # noqa: E731
     shape = lambda *es: _shape(*(x.xreplace(baseline) if isinstance(x, sp.Basic) else x for x in es))  # noqa: E731
-    rows = rows_of(ir.lets, by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]",
+    lets = _families_together(ir.lets, member_key)
+    rows = rows_of(lets, by_name, lambda let: rf"{ltx(let.symbol)} &= {tex(let.expr)} && [\mathrm{{{let.unit}}}]",
                    lambda let: shape(let.expr))
     rows += rows_of(ir.reported_states, by_name,
                     lambda s: rf"\frac{{\mathrm{{d}}{ltx(s.symbol)}}}{{{dt}}} &= {tex(ir.derivatives[s.name])}"
@@ -573,9 +641,12 @@ DISPLAY_FACTORING_LIMIT = 400  # operations; larger expressions are shown as low
 def _display_form(e):
     """Unit factors pulled out for reading: `1000 g (V/1000 - E/1000)` (a unit conversion spread
     over a sum) shows as `g (V - E)`. The same expression, only regrouped; huge ones (families
-    expanded to thousands of terms) are left as they are."""
-    e = _readable_numbers(e)  # first: factoring 10^16 denominators out of a sum reads worse
-    if isinstance(e, sp.Expr) and sp.count_ops(e) <= DISPLAY_FACTORING_LIMIT:
+    expanded to thousands of terms) are left as they are, and so are those holding a family's
+    long sum (`_LONG_SUM` terms or more: its terms have no common factor worth pulling out, and
+    sympy takes a tenth of a second per row to find that). `e` has been through `_display`
+    (decimals first: factoring 10^16 denominators out of a sum reads worse)."""
+    if (isinstance(e, sp.Expr) and sp.count_ops(e) <= DISPLAY_FACTORING_LIMIT
+            and all(len(a.args) < _LONG_SUM for a in e.atoms(sp.Add))):
         return sp.factor_terms(e)
     return e
 
@@ -588,15 +659,6 @@ def _stands_for_a_decimal(r: sp.Rational) -> bool:
         q //= 10
     tens = q in (1, 2, 4, 5, 8, 16, 25, 32, 64, 125) and r.q >= 10 ** 7
     return tens or (len(str(p)) > 12 and len(str(int(r.q))) > 12)
-
-
-def _readable_numbers(e):
-    """Exact fractions that only stand for a decimal (a folded `exp(-1/3)` is
-    7165313105737893/10000000000000000) shown as that decimal, to 6 digits; 1/3 stays 1/3."""
-    if not isinstance(e, sp.Basic):
-        return e
-    long = {r: sp.Float(r, 6) for r in e.atoms(sp.Rational) if _stands_for_a_decimal(r)}
-    return e.xreplace(long) if long else e
 
 
 def latex_name(name: str) -> str:
@@ -630,13 +692,15 @@ def _display_substitutions(ir: I.ModelIR) -> dict:
     return out
 
 
-def to_text(ir: I.ModelIR, every_element: bool = False) -> str:
+def to_text(ir: I.ModelIR, every_element: bool = False,
+            member_key: Optional[Callable[[str], tuple]] = None) -> str:
     """The baseline model as plain-text equations in declared units, for `nimm show --format text`
     (the same content as `to_latex`)."""
     baseline = _display_substitutions(ir)
+    shown = _display(member_key)
 
     def show(e) -> str:
-        return sp.sstr(_readable_numbers(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
+        return sp.sstr(shown(e.xreplace(baseline)) if isinstance(e, sp.Basic) else e)
 
     t = ir.time
 
@@ -655,7 +719,8 @@ def to_text(ir: I.ModelIR, every_element: bool = False) -> str:
             f"(dispersion = {show(o.dispersion)})" if o.dispersion is not None else "")
         return f"{o.symbol} = {show(o.expr)}{noise}"
 
-    rows = rows_of(ir.lets, lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]", lambda let: shape(let.expr))
+    lets = _families_together(ir.lets, member_key)
+    rows = rows_of(lets, lambda let: f"{let.symbol} = {show(let.expr)}    [{let.unit}]", lambda let: shape(let.expr))
     rows += rows_of(ir.reported_states,
                     lambda s: f"d{s.symbol}/d{t} = {show(ir.derivatives[s.name])}    [{s.unit}/{ir.time_unit}]",
                     lambda s: shape(ir.derivatives[s.name]))
@@ -666,7 +731,7 @@ def to_text(ir: I.ModelIR, every_element: bool = False) -> str:
         window = " ".join(filter(None, [f"{s.start:g} <=" if s.start is not None else "",
                                         str(t) if t is not None else "",
                                         f"< {s.end:g}" if s.end is not None else ""]))
-        rows.append(f"{s.target} <- {sp.sstr(s.expr)}    {'scenario ' + s.scenario if s.scenario else 'baseline'}"
+        rows.append(f"{s.target} <- {sp.sstr(shown(s.expr))}    {'scenario ' + s.scenario if s.scenario else 'baseline'}"
                     + (f", {window}" if window else ""))
     for d in ir.doses:
         when = ("at the table's dose times" if d.from_data

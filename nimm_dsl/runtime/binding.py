@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ..backends.protocol import build_protocol
-from ..compiler.ir import ModelIR
+from ..compiler.ir import InputIR, ModelIR
 from ..diagnostics import Diagnostic, Span, closest, sort_key
 from ..errors import DataError, ModelError, SimulationError
 from .data import SERIES_COLUMN, Dataset, load_data, read_table
@@ -29,7 +29,7 @@ ALL_CHECKS = frozenset({"E601", "E602", "E603", "W604", "W605", "W606", "E607", 
 CHECKS = {  # command -> the codes it applies (docs/language.md §9)
     "check": ALL_CHECKS,
     "fit": ALL_CHECKS,
-    "simulate": frozenset({"E601", "E603", "W605", "E607", "E611", "E612", "W614"}),
+    "simulate": frozenset({"E601", "E603", "W605", "E607", "E608", "E611", "E612", "W614"}),
 }
 # Column names that hold dose amounts in common dataset layouts (NONMEM's AMT, R's `dose`): in a
 # model that reads doses from the table, a column so named that no dose reads is E611.
@@ -84,7 +84,8 @@ def bind(model, table, file: Optional[str] = None, command: str = "check") -> li
             report("E607", ir.time_span, f"{t.file}, {t.where(i)}: {ir.time_name} = {times[i]:g} is before the "
                    f"model's clock origin {ir.time_name} = {ir.t0:g} ({early.size} row(s) in all)",
                    "drop the rows before the origin, or move the origin (`from`) back to the first data time")
-    unmatched = _family_columns(ir, columns, unmatched, report, t.file)
+    # a simulation reads only the inputs of a table: its observed columns are not bound
+    unmatched = _family_columns(ir, columns, unmatched, report, t.file, observed=command != "simulate")
     undeclared = _dose_columns(ir, unmatched)
     for column, (span, why) in undeclared.items():
         report("E611", span, f"column `{column}` of {t.file} holds doses, but {why}",
@@ -146,17 +147,21 @@ def load_bound(ir: ModelIR, data, file: Optional[str] = None, command: str = "fi
 
 
 def _family(name: str) -> Optional[str]:
-    """`cases` for a column or observe `cases[3]` (an element of a family, docs/language.md §4.1)."""
+    """`cases` for a column or observe `cases[3]` (an element of a family, docs/language.md §4.1);
+    also for a column `cases [3]`, which names the family but is no element's spelling."""
     head, bracket, rest = name.partition("[")
-    return head if bracket and rest.endswith("]") else None
+    return head.strip() if bracket and rest.endswith("]") else None
 
 
-def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) -> list:
-    """An observed family is bound column by column (`cases[3]`): a column for an element the
-    family lacks is E608, an element without a column while its siblings have one is E609.
-    Returns the unmatched columns that are not E608's."""
-    families: dict[str, list] = {}
-    for o in ir.observes:
+def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str, observed: bool = True) -> list:
+    """An observed or input family is bound column by column (`cases[3]`), each column name
+    matched exactly: a column that names such a family but none of its elements is E608 (with
+    the exact spelling as the hint when it writes a member another way: `cases[01]`, `cases[ 1]`),
+    and an observed element without a column while its siblings have one is E609. `observed`:
+    bind the observed families too (not for a simulation). Returns the unmatched columns that
+    are not E608's."""
+    families: dict[str, list] = {}  # family -> its observes (or inputs), member order
+    for o in [*(ir.observes if observed else []), *ir.inputs]:
         if _family(o.name):
             families.setdefault(_family(o.name), []).append(o)
     if not families:
@@ -166,21 +171,26 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) ->
         family = _family(c)
         if family in families:
             elements = [o.name for o in families[family]]
-            # a near spelling of a named member (`cases[seniors]`); numbers are not misspelt names
-            member = c[len(family) + 1:-1]
-            named = not member.replace(",", "").isdigit()
-            # compared by member only: the shared `family[...]` would make every member look close
-            by_member = {e[len(family) + 1:-1]: e for e in elements if e not in columns}
-            near = by_member.get(closest(member, by_member)) if named else None
+            kind = "input" if isinstance(families[family][0], InputIR) else "observed"
+            member = c[c.index("[") + 1:-1]
+            free = {e[len(family) + 1:-1]: e for e in elements if e not in columns}
+            near = free.get(_member_spelling(member))  # `01`, ` 1`, `1.0` for `1`
+            if near is None and not any(_is_number(p) for p in member.split(",")):
+                # a near spelling of a named member (`cases[seniors]`); numbers are not misspelt names;
+                # compared by member only: the shared `family[...]` would make every member look close
+                near = free.get(closest(member, free))
             if near is not None:  # its E608 says it: no E609 for the same column
                 misspelt.add(near)
-            report("E608", families[family][0].span, f"column `{c}` of {file} is not an element of the observed "
+            report("E608", families[family][0].span, f"column `{c}` of {file} is not an element of the {kind} "
                    f"family `{family}`, which has {_names(elements[:5])}{' ...' if len(elements) > 5 else ''}",
-                   f"did you mean `{near}`? rename the column" if near else
-                   "remove or rename the column, or extend the observe (or its index) to that element")
+                   f"did you mean `{near}`? rename the column (column names are matched exactly)" if near else
+                   f"remove or rename the column, or extend the {'observe' if kind == 'observed' else 'input'} "
+                   "(or its index) to that element")
         else:
             rest.append(c)
     for family, observes in families.items():
+        if isinstance(observes[0], InputIR):  # an input's element without a column keeps its default
+            continue
         with_data = [o for o in observes if o.name in columns]
         without = [o for o in observes if o.name not in columns and o.name not in misspelt]
         if with_data and without:
@@ -189,6 +199,27 @@ def _family_columns(ir: ModelIR, columns, unmatched: list, report, file: str) ->
                    f"{' ...' if len(without) > 5 else ''}",
                    "add the missing columns (empty cells where nothing was measured)")
     return rest
+
+
+def _member_spelling(member: str) -> str:
+    """The members of a column's subscript as an element's name spells them: no spaces, whole
+    numbers as whole numbers without leading zeros (`01, 2.0` -> `1,2`)."""
+    out = []
+    for p in (p.strip() for p in member.split(",")):
+        if p.isdigit():
+            p = str(int(p))
+        elif _is_number(p) and float(p).is_integer():
+            p = str(int(float(p)))
+        out.append(p)
+    return ",".join(out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def one_line(d: Diagnostic) -> str:
