@@ -326,3 +326,13 @@ def test_a_shifted_model_s_diagnostics_count_every_element_reduced_and_whole_ali
     assert reduced == [d.message for d in check_source(text, whole=True).diagnostics]
     assert "state `R[1]` can influence no observation (likewise `R[2]`, `R[3]`, ..., `R[30]`: 29 more elements)" \
         in reduced
+
+
+def test_a_sum_the_reduced_check_keeps_one_member_of_is_located_as_the_whole_sum():
+    # the reduced index of three unnamed species keeps one member: its sum is one term, and a
+    # unit fault at the sum is reported at `sum(`, as the whole model's three-term sum is
+    text = ("model web\ntime t [day]\nindex species = [fox, hare, lynx]\n"
+            "param r[s in species] [1/day] = 0.1 in [0, 1]\nconst C[s in species, z in species] [1] = 0.01\n"
+            "state N[s in species] [1] = 1\nder(N[s]) = r[s] * N[s] - sum(z in species, C[s, z] * N[z])\n"
+            "observe y[s in species] [1] = N[s] ~ normal(sigma = 0.1)\n")
+    assert places(assert_same_as_whole(text)) == [("E401", 7, 31)]

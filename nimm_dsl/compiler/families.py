@@ -836,6 +836,8 @@ def _product_of(factors: list[tuple[str, object]], span: Span):
 
 
 def _balanced_sum(terms: list, span: Span):
+    if len(terms) == 1:  # a sum of one member (a reduced index) is still the sum, at the sum's place
+        return replace(terms[0], span=span) if is_dataclass(terms[0]) and hasattr(terms[0], "span") else terms[0]
     while len(terms) > 1:
         paired = [A.BinOp("+", terms[i], terms[i + 1], span) for i in range(0, len(terms) - 1, 2)]
         if len(terms) % 2:
