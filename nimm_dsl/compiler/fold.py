@@ -101,9 +101,15 @@ def _fold_remembered(expr, names: Optional[Names], unit_scale: Optional[UnitScal
     remembered: it is raised again, the same."""
     entry = memo.get(id(expr))
     if entry is None:
-        entry = memo[id(expr)] = (_post_order(expr), expr)
+        entry = memo[id(expr)] = ([_step(node, arity) for node, arity in _post_order(expr)], expr)
     results: list = []
-    for node, arity in entry[0]:
+    for node, arity, leaf in entry[0]:
+        if arity == _LITERAL:
+            results.append(leaf)
+            continue
+        if arity == _NAME:
+            results.append(names(leaf) if names is not None else None)
+            continue
         if not arity:
             results.append(_value(node, [], names, unit_scale))
             continue
@@ -120,6 +126,19 @@ def _fold_remembered(expr, names: Optional[Names], unit_scale: Optional[UnitScal
             found = memo[key] = (value, args)
         results.append(found[0])
     return results[0]
+
+
+_LITERAL, _NAME = -1, -2  # leaves `_fold_remembered` evaluates without `_value`
+
+
+def _step(node, arity: int) -> tuple:
+    """One step of a remembered walk: a literal without a unit keeps its value (the same for any
+    `names` and `unit_scale`), a model name its text; anything else its arity."""
+    if not arity and isinstance(node, A.Number) and node.unit is None:
+        return node, _LITERAL, _literal(node, None)
+    if not arity and isinstance(node, A.Name) and node.name not in ("pi", "inf"):
+        return node, _NAME, node.name
+    return node, arity, None
 
 
 def fold_number(expr, names: Optional[Names] = None, unit_scale: Optional[UnitScale] = None) -> Optional[float]:

@@ -151,6 +151,8 @@ def _long_sums(exprs: list[sp.Expr]) -> tuple[list[sp.Add], list[KernelRow]]:
             found.append(node)
         elif isinstance(node, KernelRow):
             rows.append(node)
+            stack.append(node.entries)  # its weights hold no sum (numbers, params and consts)
+            continue
         stack.extend(reversed(node.args))
     return found, rows
 
@@ -180,8 +182,10 @@ def _group_kernel_rows(forms: LinearForms, rows: list[KernelRow], coefficient_sy
     the weights the matrix. A row whose weight is not made of numbers, params and consts (a
     scenario's `set` of a const in it adds a switch) stays out, evaluated term by term."""
     by_entries: dict[sp.Tuple, list] = {}
+    split: dict = {}  # weight -> _weight: a kernel repeats few values (199 distinct `d - k` of 10^4)
     for row in rows:
-        weights = [_weight(w, coefficient_symbols) for w in row.weights]
+        weights = [split[w] if w in split else split.setdefault(w, _weight(w, coefficient_symbols))
+                   for w in row.weights]
         if all(w is not None for w in weights):
             by_entries.setdefault(row.entries, []).append((row, weights))
     for entries, members in by_entries.items():
