@@ -10,7 +10,9 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import nimm_dsl
+from nimm_dsl.errors import SimulationError
 from nimm_dsl.backends import compiled
+from nimm_dsl.backends.compiled import ProductSplit
 from nimm_dsl.backends.casadi_backend import compile_casadi
 from nimm_dsl.backends.protocol import segment_tail
 from test_compiled import TOOLCHAIN, private_cache  # noqa: F401  (the fixture: a fresh cache per test)
@@ -267,3 +269,68 @@ def test_a_neural_term_and_an_integral_beside_a_product_on_the_compiled_route():
     b = compile_casadi(ir, compiled=False).simulate(times, rtol=1e-11, atol=1e-11)
     for name in [f"{f}[{p}]" for f in ("N", "y", "grown") for p in range(1, 11)]:
         assert np.max(np.abs(a[name] - b[name])) <= 1e-6 * np.max(np.abs(b[name])), name
+
+
+def test_a_nan_in_a_vector_reaches_only_the_rows_that_read_its_column_in_either_storage(monkeypatch):
+    """A matrix whose first rows hold no entry in the last column (stored dense, those places
+    are zeros): the last vector entry is NaN (sqrt of a negative state) and only the rows with
+    an entry there, which no derivative reads, are NaN, as in CasADi's sparse product and in
+    compressed rows; a stored zero times NaN must not turn the others NaN and fail the run."""
+    from nimm_dsl.backends.casadi_backend import _casadi_matvec
+    from nimm_dsl.compiler.linear_forms import LinearGroup
+
+    n, read = 8, 4  # rows < read hold entries in columns < read only
+    M = np.array([[1 / (1 + abs(r - c)) if r >= read or c < read else 0.0 for c in range(n)] for r in range(n)])
+    group = LinearGroup(0, [None] * n, [(c,) for c in range(n)],
+                        [(r, c, M[r, c], ()) for r in range(n) for c in range(n) if M[r, c]], [[] for _ in range(n)])
+    t, x, pw = ca.SX.sym("t"), ca.SX.sym("x", n), ca.SX.sym("pw", 1)
+    vector = [ca.sqrt(x[j]) for j in range(n)]
+
+    def ode(rows):  # the rows that read the NaN column are read by no derivative
+        return ca.vertcat(*[rows[i] / 10 if i < read else ca.SX(0) for i in range(n)])
+
+    x0 = np.r_[np.linspace(1, 2, n - 1), -1.0]
+    times = np.linspace(0, 1, 6)
+    interpreted = ca.integrator("F", "cvodes", {"x": x, "p": pw, "ode": ode(_casadi_matvec(group, vector, None))},
+                                0.0, times[1:], {"abstol": 1e-12, "reltol": 1e-12})
+    expected = np.asarray(interpreted(x0=x0, p=0.0)["xf"]).T
+    assert np.all(np.isfinite(expected))
+    outputs = ca.Function("out", [t, x, ca.SX.sym("P", 1), ca.SX.sym("W", 0)], [x])
+    for fill in (0.0, 1.1):  # dense, then compressed rows
+        monkeypatch.setattr(compiled, "DENSE_FILL", fill)
+        split = ProductSplit()
+        rhs = split.rhs(t, x, pw, ode(split.matvec(group, vector, None)))
+        (product,) = rhs.products
+        assert product.dense == (fill == 0.0) and (product.present is not None) == product.dense
+        solver = compiled.build(rhs, outputs)
+        if solver is None:
+            assert not TOOLCHAIN
+            continue
+        for method in ("rkck", "bdf"):
+            got = solver.integrate(0.0, times[1:], x0, np.zeros(1), 1e-11, 1e-11, 10000, method)
+            assert got is not None, (fill, method)
+            assert np.max(np.abs(got - expected)) <= 1e-8, (fill, method)
+
+
+def test_a_nan_inside_a_product_is_reported_as_on_the_interpreted_route(monkeypatch):
+    """Q[3] reaches 0 at t = 2 and every row reads log(Q[3]) through the product: both storages
+    give the diagnostic of the interpreted route, naming the model's states and the time."""
+    text = model_text().replace("I[k] / pop[k])", "I[k] / pop[k] * log(Q[k]))") + (
+        "state Q[d in district] [1] = ifelse(d == 3, 2, 10)\n"
+        "der(Q[d]) = -1 [1/day]\n")
+    ir = nimm_dsl.load_source(text).ir
+    assert len(ir.linear_forms().groups) == 2
+    times = np.linspace(0, 4, 9)
+    with pytest.raises(SimulationError) as interpreted:
+        compile_casadi(ir, compiled=False).simulate(times, rtol=1e-8, atol=1e-8)
+    assert interpreted.value.kind == "nonfinite" and interpreted.value.time == pytest.approx(2.0, abs=0.01)
+    assert interpreted.value.quantities == ["Q[3]"]  # the state that reaches the log's pole
+    for fill in (0.0, 1.1):
+        monkeypatch.setattr(compiled, "DENSE_FILL", fill)
+        fast = compile_casadi(ir, compiled=True)
+        with pytest.raises(SimulationError) as got:
+            fast.simulate(times, rtol=1e-8, atol=1e-8)
+        assert (fast.compiled_route.solver() is not None) == TOOLCHAIN
+        assert str(got.value) == str(interpreted.value)
+        assert (got.value.kind, got.value.time, got.value.quantities) == (
+            interpreted.value.kind, interpreted.value.time, interpreted.value.quantities)

@@ -95,7 +95,10 @@ class Product:
     place in CompiledRHS.products). M is stored dense column-major (a loop gcc vectorises) when
     at least DENSE_FILL of it is nonzero, else by compressed rows. The stored values are
     `values` (numbers in the model) or, for a matrix of params and consts, nimm_entries's
-    outputs from `entry_offset` on, evaluated once per segment (they cannot change within one)."""
+    outputs from `entry_offset` on, evaluated once per segment (they cannot change within one).
+    A dense matrix with places that hold no entry (stored as 0) marks its entries in `present`,
+    a bit per place, column-major: a NaN or inf in the vector reaches only the rows with an
+    entry in its column, as in compressed rows and CasADi's sparse product (0 * NaN is NaN)."""
 
     offset: int
     n_rows: int
@@ -105,6 +108,7 @@ class Product:
     cols: tuple  # compressed rows: the column of each stored value (dense: empty)
     values: Optional[tuple]  # numbers, in storage order; None: from nimm_entries
     entry_offset: int = 0
+    present: Optional[bytes] = None  # dense with places that hold no entry: the bit map
 
 
 @dataclass
@@ -151,21 +155,24 @@ class ProductSplit:
     def matvec(self, group, vector, entries):
         n_rows, n_cols = group.shape
         dense = len(group.entries) >= DENSE_FILL * n_rows * n_cols
+        values = own = present = None
         if dense:
             at = {(r, c): i for i, (r, c, _, _) in enumerate(group.entries)}
             layout = [at.get((r, c)) for c in range(n_cols) for r in range(n_rows)]
             rows = cols = ()
+            if len(at) < n_rows * n_cols:
+                present = np.packbits([i is not None for i in layout], bitorder="little").tobytes()
         else:
             layout = sorted(range(len(group.entries)), key=lambda i: group.entries[i][:2])
             rows = tuple(group.entries[i][0] for i in layout)
             cols = tuple(group.entries[i][1] for i in layout)
-        values = own = None
         if entries is None:
             values = tuple(0.0 if i is None else float(group.entries[i][2]) for i in layout)
         else:
             own = [ca.SX(0) if i is None else entries[i] for i in layout]
         u = ca.SX.sym(f"u{group.index}_", n_rows)
-        self._found.append((Product(0, n_rows, n_cols, dense, rows, cols, values), u, ca.vertcat(*vector), own))
+        self._found.append((Product(0, n_rows, n_cols, dense, rows, cols, values, present=present), u,
+                            ca.vertcat(*vector), own))
         return [u[i] for i in range(n_rows)]
 
     def rhs(self, t: ca.SX, x: ca.SX, pw: ca.SX, ode: ca.SX) -> CompiledRHS:
@@ -267,7 +274,12 @@ def _product_c(products: list) -> str:
         body.append(f"  wk->res[0] = wk->v;\n"
                     f"  if (nimm_vec_{k}(wk->arg, wk->res, wk->iw, wk->w, 0)) return 1;\n")
         if prod.dense:
-            body.append(f"  nimm_dense_product({prod.n_rows}, {prod.n_cols}, {m}, wk->v, wk->u + {prod.offset});\n")
+            present = "NULL"
+            if prod.present is not None:
+                present = f"nimm_present{k}"
+                tables.append(_c_array("unsigned char", present, map(str, prod.present)))
+            body.append(f"  nimm_dense_product({prod.n_rows}, {prod.n_cols}, {m}, {present}, wk->v, "
+                        f"wk->u + {prod.offset});\n")
         else:
             starts = np.searchsorted(np.asarray(prod.rows, dtype=int), np.arange(prod.n_rows + 1))
             tables.append(_c_array("int", f"nimm_start{k}", map(str, starts)))

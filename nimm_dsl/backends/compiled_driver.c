@@ -36,14 +36,37 @@ typedef struct {
 #endif
 } nimm_work;
 
+/* u = M v where some v[j] is NaN or inf: only the rows holding an entry in such a column
+   (`present`: a bit per entry, column-major; NULL: every entry) read it, as in the compressed
+   rows and CasADi's sparse product; a stored 0 that is no entry must not make 0 * NaN = NaN. */
+static void nimm_dense_product_nonfinite(int n_rows, int n_cols, const double *m,
+                                         const unsigned char *present, const double *v, double *u) {
+  for (int i = 0; i < n_rows; i++) u[i] = 0.0;
+  for (int j = 0; j < n_cols; j++) {
+    const double vj = v[j], *col = m + (long)j * n_rows;
+    const int finite = vj - vj == 0.0;
+    for (int i = 0; i < n_rows; i++) {
+      const long at = (long)j * n_rows + i;
+      if (finite || !present || (present[at >> 3] >> (at & 7) & 1)) u[i] += col[i] * vj;
+    }
+  }
+}
+
 /* u = M v, M n_rows x n_cols stored column by column: four columns at a time added into u, a
    loop gcc -O2 vectorises (inlined with the sizes as constants) and which reads and writes u a
    quarter as often as one column at a time. A dense 100 x 100 product takes 1.4-2 us here
    (one column at a time: 3 us), where CasADi's generic sparse kernel reads an index per
-   entry. */
+   entry. A vector with a NaN or inf (one pass over v to find out) takes the loop above. */
 static inline void nimm_dense_product(int n_rows, int n_cols, const double *restrict m,
-                                      const double *restrict v, double *restrict u) {
+                                      const unsigned char *present, const double *restrict v,
+                                      double *restrict u) {
   int j = 0;
+  for (; j < n_cols && v[j] - v[j] == 0.0; j++) {}
+  if (j < n_cols) {
+    nimm_dense_product_nonfinite(n_rows, n_cols, m, present, v, u);
+    return;
+  }
+  j = 0;
   for (int i = 0; i < n_rows; i++) u[i] = 0.0;
   for (; j + 4 <= n_cols; j += 4) {
     const double v0 = v[j], v1 = v[j + 1], v2 = v[j + 2], v3 = v[j + 3];
