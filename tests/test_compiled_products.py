@@ -334,3 +334,24 @@ def test_a_nan_inside_a_product_is_reported_as_on_the_interpreted_route(monkeypa
         assert str(got.value) == str(interpreted.value)
         assert (got.value.kind, got.value.time, got.value.quantities) == (
             interpreted.value.kind, interpreted.value.time, interpreted.value.quantities)
+
+
+def test_a_model_whose_tables_are_too_large_for_gcc_stays_interpreted(monkeypatch):
+    """The static tables count towards the size limit (a dense 1000 x 1000 table alone is
+    2.5 s of gcc): with a table made as costly as an operation per entry, the model below, whose
+    operations alone fit under the limit, goes over it with its tables, stays on the interpreted
+    route (the fallback says why) and simulates as scipy does."""
+    monkeypatch.setattr(compiled, "TABLE_ENTRIES_PER_OPERATION", 1)
+    ir = nimm_dsl.load_source(model_text()).ir
+    fast = compile_casadi(ir, compiled=True)  # compiles on its first simulation
+    rhs = fast.compiled_route.rhs
+    tables = compiled.table_entries(rhs)
+    # force's kernel (N^2 numbers) and the consts' matrix C (an index and a factor per entry)
+    assert tables == N * N + 2 * N * N
+    operations = compiled.rhs_size(rhs) - tables
+    assert operations > 0
+    monkeypatch.setattr(compiled, "MAX_RHS_SIZE", operations + tables // 2)
+    with pytest.warns(compiled.CompiledFallback, match=f"{operations + tables} operations"):
+        res = fast.simulate(TIMES, rtol=1e-11, atol=1e-10)
+    assert fast.compiled_route.solver() is None
+    assert close(states(res), reference())

@@ -83,7 +83,11 @@ def forget_loaded() -> None:
 # 1362 with a Jacobian, 1.1 s for 2203 and 5.7 s for 4403 without (the dense model of
 # benchmarks/index_families.py at N = 100 and 200, products in our C): 3-5 s at the limit (the
 # more of it Jacobian, the longer; the old limit, 2000, counted the products' N x N blocks).
+# The static tables count too, TABLE_ENTRIES_PER_OPERATION numbers as one operation: a table of
+# 10^6 hexadecimal doubles is 2.5 s and 350 MB of gcc (0.2 s for 10^5), about 2.5 us a number
+# against 1.4 ms an operation (benchmarks/README.md, "gcc time against size").
 MAX_RHS_SIZE = 3000
+TABLE_ENTRIES_PER_OPERATION = 500
 MAX_JACOBIAN_NNZ = 1000  # about 1 s of gcc: above it, difference quotients (generates_jacobian)
 DENSE_FILL = 0.25  # a product stored dense when this share of its matrix is nonzero (see _product_c)
 
@@ -235,12 +239,25 @@ def generates_jacobian(rhs: CompiledRHS) -> bool:
     return not rhs.products and ca.jacobian_sparsity(rhs.ode, rhs.x).nnz() <= MAX_JACOBIAN_NNZ
 
 
+def table_entries(rhs: CompiledRHS) -> int:
+    """How many numbers the generated C holds in the products' static tables (`_product_c`,
+    `_gather_c`): the matrices of numbers, the compressed rows' places, the entries' bit maps,
+    the gather table's index and factor per entry."""
+    count = 2 * len(rhs.gather[0]) if rhs.gather is not None else 0
+    for prod in rhs.products:
+        count += len(prod.values or ()) + len(prod.present or ())
+        if not prod.dense:
+            count += prod.n_rows + 1 + len(prod.cols)
+    return count
+
+
 def rhs_size(rhs: CompiledRHS) -> int:
-    """What the compile time grows with: the generated functions' CasADi instructions, plus the
-    Jacobian's nonzeros where one is generated. The products' own C is a loop and a table of
-    numbers, and adds little (MAX_RHS_SIZE)."""
+    """What the compile time grows with, in operations: the generated functions' CasADi
+    instructions, the Jacobian's nonzeros where one is generated, and the static tables
+    (TABLE_ENTRIES_PER_OPERATION numbers as one operation: MAX_RHS_SIZE)."""
     jacobian = ca.jacobian_sparsity(rhs.ode, rhs.x).nnz() if generates_jacobian(rhs) else 0
-    return sum(f.n_instructions() for f in _functions(rhs)) + jacobian
+    tables = -(-table_entries(rhs) // TABLE_ENTRIES_PER_OPERATION)  # rounded up
+    return sum(f.n_instructions() for f in _functions(rhs)) + jacobian + tables
 
 
 def cache_dir() -> Path:
@@ -510,8 +527,8 @@ def build(rhs: CompiledRHS, outputs: ca.Function, compiler: Optional[str] = None
     size = rhs_size(rhs)
     if size > MAX_RHS_SIZE:
         if not cached_only:
-            _fallback(f"the right-hand side has {size} operations, more than {MAX_RHS_SIZE}: gcc would take "
-                      f"minutes")
+            _fallback(f"the right-hand side has {size} operations (its tables included), more than "
+                      f"{MAX_RHS_SIZE}: gcc would take too long")
         return None
     tools = toolchain(compiler)
     if tools is None:
