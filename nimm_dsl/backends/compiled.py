@@ -29,6 +29,7 @@ import ctypes
 import hashlib
 import math
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -347,7 +348,25 @@ def c_source(rhs: CompiledRHS, outputs: ca.Function) -> str:
     places = _c_array("long", "nimm_jac_at", map(str, at)) if at else ""
     if rhs.gather is not None:
         places += _gather_c(*rhs.gather)
-    return gen.dump() + "\n" + defines + places + DRIVER.read_text() + "\n" + _product_c(rhs.products)
+    return (_without_null_checks(gen.dump()) + "\n" + defines + places + DRIVER.read_text() + "\n"
+            + _product_c(rhs.products))
+
+
+# CasADi's generated SX code reads each input element as `a=arg[i]? arg[i][j] : 0;` and writes
+# each output element as `if (res[i]!=0) res[i][j]=a;` (a missing argument reads as zeros, a
+# missing result is skipped): a branch per element, thousands in a large model, which made most
+# of gcc's time and memory (mean-field N = 200: 8.3 s and 250 MB with them, 2.7 s and 90 MB
+# without; benchmarks/README.md, "gcc time against size"). Every pointer our driver passes is set
+# (compiled_driver.c), and a generated function that calls another (an SX call of a matrix
+# product's function) passes pointers into its work vector, so the checks never fire and are
+# dropped. Code in another form (another CasADi version) is left as it is: slower to compile, as
+# correct.
+_INPUT_CHECK = re.compile(r"arg\[(\d+)\]\? arg\[\1\]\[(\d+)\] : 0;")
+_OUTPUT_CHECK = re.compile(r"if \(res\[(\d+)\]!=0\) res\[\1\]\[(\d+)\]=")
+
+
+def _without_null_checks(code: str) -> str:
+    return _OUTPUT_CHECK.sub(r"res[\1][\2]=", _INPUT_CHECK.sub(r"arg[\1][\2];", code))
 
 
 # ---------------------------------------------------------------- the compiler

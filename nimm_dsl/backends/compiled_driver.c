@@ -389,13 +389,15 @@ int nimm_solve(double t0, const double *grid, int n_grid, const double *x0, cons
 int nimm_outputs(int n, const double *t, const double *X, const double *P, const double *w,
                  const double *I, double *Y) {
   nimm_work *wk = (nimm_work *)calloc(1, sizeof(nimm_work));
-  double x[NIMM_NX + 1], p[NIMM_NP + 1], in[NIMM_NI + 1], y[NIMM_NY + 1];
+  double x[NIMM_NX + 1], p[NIMM_NP + 1], in[NIMM_NI + 1] = {0}, y[NIMM_NY + 1];
   int flag = 0;
   if (!wk) return -1;
   wk->arg[1] = x;
   wk->arg[2] = p;
   wk->arg[3] = w;
-  if (NIMM_NI > 0) wk->arg[4] = I ? in : 0;
+  /* every argument set, NULL never (the generated code reads it unchecked: compiled.py); without
+     integrals their accumulators read as zeros */
+  if (NIMM_NI > 0) wk->arg[4] = in;
   wk->res[0] = y;
   for (long j = 0; j < n && !flag; j++) {
     wk->arg[0] = t + j;
