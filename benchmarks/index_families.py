@@ -24,6 +24,11 @@ generation and gcc), reported apart: issue #15 leaves it out of #14's compile ta
         against DOP853 at 1e-13: time at equal accuracy)
     .venv/bin/python benchmarks/index_families.py --year 100
         (outputs at days 0 and 365 only: the compiled driver's stiffness test on a long segment)
+    .venv/bin/python benchmarks/index_families.py --gcc mean:100,mean:1000,dense:100 [--jacobian]
+        (what gcc takes against the compiled route's size: operations, the outputs' operations,
+        static table numbers, code generation and gcc seconds, gcc's peak memory; each model in
+        a child process, built past the size limit; --jacobian generates the Jacobian whatever
+        its nonzeros)
 """
 from __future__ import annotations
 
@@ -32,8 +37,11 @@ import gc
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -106,7 +114,25 @@ def main() -> None:
                         help="instead: time at equal accuracy, compiled methods and LSODA")
     parser.add_argument("--year", type=int, metavar="N", default=None,
                         help="instead: one year with outputs at its ends only, compiled and LSODA")
+    parser.add_argument("--gcc", metavar="MIXING:N,...", default=None,
+                        help="instead: gcc time and memory against the compiled route's size")
+    parser.add_argument("--jacobian", action="store_true", help="with --gcc: generate the Jacobian always")
+    parser.add_argument("--optimise", choices=["-O0", "-O2"], default=None,
+                        help="with --gcc: this gcc optimisation whatever the size")
+    parser.add_argument("--gcc-one", metavar="MIXING:N", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.gcc_one:
+        mixing, n = args.gcc_one.split(":")
+        gcc_row(int(n), mixing, args.jacobian, args.optimise)
+        return
+    if args.gcc:
+        print("| model | N | Jacobian | operations | of which tables | of which outputs | gcc flag "
+              "| code generation (s) | gcc (s) | gcc peak memory (MB) |")
+        print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        for item in args.gcc.split(","):  # a child each: its gcc's peak memory is its own
+            subprocess.run([sys.executable, __file__, "--gcc-one", item] + ["--jacobian"] * args.jacobian
+                           + ([f"--optimise={args.optimise}"] if args.optimise else []), check=True)
+        return
     if args.year:
         one_year(args.year, args.mixing, args.repeats)
         return
@@ -157,7 +183,8 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
             theirs.append(scipy_run(n, args.mixing))
         a, c, f, b = (statistics.median(x) * 1e3 if x else math.nan for x in (bdf, adm, com, theirs))
-        gcc_text = f"{gcc:.2f}" if built else f"not built (size {compiled.rhs_size(fast.compiled_route.rhs)})"
+        size = compiled.rhs_size(fast.compiled_route.rhs, fast._outputs)  # noqa: SLF001
+        gcc_text = f"{gcc:.2f} ({compiled.optimisation(size)})" if built else f"not built (size {size})"
         print(f"| {n} | {4 * n} | {len(text.strip().splitlines())} | {t1 - t0:.3f} | {t_expand - t1:.3f} | {t2 - t_expand:.3f} "
               f"| {t3 - t2:.3f} | {t3 - t0:.3f} "
               f"| {first:.2f} | {a:.1f} | {c:.1f} | {f:.1f} | {b:.1f} | {a / b:.2f}x | {c / b:.2f}x | {f / b:.2f}x "
@@ -272,6 +299,35 @@ def accuracy(n: int, mixing: str, repeats: int) -> None:
                  if best["compiled rkck"] and best["scipy LSODA"] else "")
         print(f"| {level:.0e} | " + " | ".join("-" if s is None else f"{s * 1e3:.1f}" for s in best.values())
               + f" | {ratio} |")
+
+
+def gcc_row(n: int, mixing: str, jacobian: bool, optimise: Optional[str]) -> None:
+    """One row of --gcc: the model's compiled route built from an empty cache, past the size limit."""
+    import resource
+
+    import nimm_dsl
+    from nimm_dsl.backends import compile_ir, compiled
+
+    compiled.MAX_RHS_SIZE = 10 ** 9
+    if optimise:
+        compiled.OPTIMISED = compiled.UNOPTIMISED = optimise
+    if jacobian:
+        compiled.MAX_JACOBIAN_NNZ = 10 ** 9
+    sim = compile_ir(nimm_dsl.load_source(model_text(n, mixing)).ir, "casadi", compiled=True)
+    rhs = sim.compiled_route.rhs
+    size, tables = compiled.rhs_size(rhs, sim._outputs), compiled.table_entries(rhs)  # noqa: SLF001
+    start = time.perf_counter()
+    compiled.c_source(rhs, sim._outputs)  # noqa: SLF001  (the code generation alone)
+    generate = time.perf_counter() - start
+    start = time.perf_counter()
+    assert sim.compiled_route.solver() is not None, "not built"
+    total = time.perf_counter() - start
+    memory = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"| {mixing} | {n} | {'yes' if compiled.generates_jacobian(rhs) else 'no'} | {size} "
+          f"| {-(-tables // compiled.TABLE_ENTRIES_PER_OPERATION)} ({tables} numbers) "
+          f"| {sim._outputs.n_instructions()} | {compiled.optimisation(size)} | {generate:.2f} "  # noqa: SLF001
+          f"| {total - generate:.2f} | {memory:.0f} |",
+          flush=True)
 
 
 def one_year(n: int, mixing: str, repeats: int) -> None:

@@ -184,11 +184,11 @@ def test_a_full_jacobian_without_products_is_left_to_difference_quotients(monkey
 
 def test_the_dense_100_district_model_compiles_within_the_size_limit():
     """What the adaptive route decides on: the dense model of benchmarks/index_families.py at
-    N = 100 (26,402 scalar operations once expanded) is now small enough to compile."""
+    N = 100 (26,402 scalar operations once expanded) is now small enough to compile, at -O2."""
     sim = compile_casadi(nimm_dsl.load_source(benchmark().model_text(100)).ir)
     rhs = sim.compiled_route.rhs
     assert [(p.n_rows, p.n_cols, p.dense, p.values is not None) for p in rhs.products] == [(100, 100, True, True)]
-    assert compiled.rhs_size(rhs) <= compiled.MAX_RHS_SIZE
+    assert compiled.optimisation(compiled.rhs_size(rhs, sim._outputs)) == compiled.OPTIMISED  # noqa: SLF001
 
 
 def test_a_product_only_the_outputs_read_stays_out_of_the_right_hand_side():
@@ -351,10 +351,43 @@ def test_a_model_whose_tables_are_too_large_for_gcc_stays_interpreted(monkeypatc
     tables = compiled.table_entries(rhs)
     # force's kernel (N^2 numbers) and the consts' matrix C (an index and a factor per entry)
     assert tables == N * N + 2 * N * N
-    operations = compiled.rhs_size(rhs) - tables
+    operations = compiled.rhs_size(rhs, fast._outputs) - tables  # noqa: SLF001
     assert operations > 0
     monkeypatch.setattr(compiled, "MAX_RHS_SIZE", operations + tables // 2)
     with pytest.warns(compiled.CompiledFallback, match=f"{operations + tables} operations"):
         res = fast.simulate(TIMES, rtol=1e-11, atol=1e-10)
     assert fast.compiled_route.solver() is None
     assert close(states(res), reference())
+
+
+def test_a_model_above_the_optimised_size_is_compiled_without_optimisation(monkeypatch):
+    """gcc -O2 grows faster than the model (26 s for the mean-field model at N = 1000), -O0 about
+    linearly (2.3 s): between MAX_OPTIMISED_SIZE and MAX_RHS_SIZE the model is compiled at -O0,
+    and simulates as scipy does."""
+    flags = []
+    compile_with = compiled._compile  # noqa: SLF001
+
+    def recording(tools, optimise, *args):
+        flags.append(optimise)
+        return compile_with(tools, optimise, *args)
+
+    monkeypatch.setattr(compiled, "_compile", recording)
+    ir = nimm_dsl.load_source(model_text()).ir
+    fast = compile_casadi(ir, compiled=True)
+    size = compiled.rhs_size(fast.compiled_route.rhs, fast._outputs)  # noqa: SLF001
+    assert compiled.optimisation(size) == compiled.OPTIMISED
+    monkeypatch.setattr(compiled, "MAX_OPTIMISED_SIZE", size - 1)
+    res = fast.simulate(TIMES, rtol=1e-11, atol=1e-10)
+    assert (fast.compiled_route.solver() is not None) == TOOLCHAIN
+    assert flags == ([compiled.UNOPTIMISED] if TOOLCHAIN else [])
+    assert close(states(res), reference())
+
+
+def test_the_mean_field_model_at_1000_districts_is_within_the_size_limit():
+    """benchmarks/index_families.py --mixing mean at N = 1000 (35,010 operations with its outputs):
+    compiled at -O0 (gcc 2.3 s; -O2 would take 26 s), not left to the interpreted BDF (~20 s a run)."""
+    sim = compile_casadi(nimm_dsl.load_source(benchmark().model_text(1000, "mean")).ir)
+    rhs = sim.compiled_route.rhs
+    assert not rhs.products and not compiled.generates_jacobian(rhs)
+    size = compiled.rhs_size(rhs, sim._outputs)  # noqa: SLF001
+    assert compiled.MAX_OPTIMISED_SIZE < size <= compiled.MAX_RHS_SIZE

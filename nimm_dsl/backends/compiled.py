@@ -47,7 +47,8 @@ import numpy as np
 # by measurement at equal accuracy (benchmarks/compiled_speed.py).
 METHODS = {"adams": 1, "bdf": 2, "rkf45": 3, "rkck": 4, "rk8pd": 5}
 DEFAULT_METHOD = "rkck"
-FLAGS = ("-O2", "-shared", "-fPIC")
+OPTIMISED, UNOPTIMISED = "-O2", "-O0"  # gcc optimisation up to MAX_OPTIMISED_SIZE, then above it
+FLAGS = ("-shared", "-fPIC")
 LIBS = ("-lsundials_cvodes", "-lsundials_nvecserial", "-lgsl", "-lgslcblas", "-lm")
 COMPILER_ENV = "NIMM_CC"  # the C compiler to use; a missing one means the interpreted path
 DRIVER = Path(__file__).with_name("compiled_driver.c")
@@ -80,14 +81,17 @@ def forget_loaded() -> None:
     _warned = False
 
 
-# Right-hand-side operations (CasADi instructions, Jacobian nonzeros): gcc -O2 here took 1.9 s for
-# 1362 with a Jacobian, 1.1 s for 2203 and 5.7 s for 4403 without (the dense model of
-# benchmarks/index_families.py at N = 100 and 200, products in our C): 3-5 s at the limit (the
-# more of it Jacobian, the longer; the old limit, 2000, counted the products' N x N blocks).
-# The static tables count too, TABLE_ENTRIES_PER_OPERATION numbers as one operation: a table of
-# 10^6 hexadecimal doubles is 2.5 s and 350 MB of gcc (0.2 s for 10^5), about 2.5 us a number
-# against 1.4 ms an operation (benchmarks/README.md, "gcc time against size").
-MAX_RHS_SIZE = 3000
+# Size (`rhs_size`): the CasADi instructions of everything generated into C (right-hand side,
+# products' vectors and entries, Jacobian, outputs) and the static tables, TABLE_ENTRIES_PER_OPERATION
+# numbers as one. gcc here (2026-12-01, benchmarks/README.md "gcc time against size"), -O2:
+# 0.8-1.1 s at 3,000-3,500 (the dense and mean-field 100-district models), 2.5-2.7 s at 6,000-7,000
+# without a Jacobian, 2.6 s at 3,500 and 6.5 s at 7,100 with one, 9 s at 17,500 and 26 s and 500 MB
+# at 35,000 (mean-field, N = 1000): superlinear in one function's size; -O0 2.3 s at 35,000, and
+# its code ran that model in 80 ms against 51 ms at -O2 (the interpreted BDF: ~20 s). So -O2 up
+# to MAX_OPTIMISED_SIZE, -O0 up to MAX_RHS_SIZE, beyond that the interpreted path. A table of 10^6
+# hexadecimal doubles is 2.5 s and 350 MB of gcc (0.2 s for 10^5), about 2.5 us a number.
+MAX_OPTIMISED_SIZE = 5000
+MAX_RHS_SIZE = 40000
 TABLE_ENTRIES_PER_OPERATION = 500
 MAX_JACOBIAN_NNZ = 1000  # about 1 s of gcc: above it, difference quotients (generates_jacobian)
 DENSE_FILL = 0.25  # a product stored dense when this share of its matrix is nonzero (see _product_c)
@@ -252,13 +256,28 @@ def table_entries(rhs: CompiledRHS) -> int:
     return count
 
 
-def rhs_size(rhs: CompiledRHS) -> int:
-    """What the compile time grows with, in operations: the generated functions' CasADi
-    instructions, the Jacobian's nonzeros where one is generated, and the static tables
+def _jacobian(rhs: CompiledRHS) -> tuple[ca.Function, list]:
+    """The generated Jacobian `nimm_jac` and the place of each of its nonzeros in the dense
+    column-major matrix (the generated code writes them by compressed columns)."""
+    jacobian = ca.jacobian(rhs.ode, rhs.x)
+    pattern, n = jacobian.sparsity(), rhs.x.numel()
+    at = [c * n + r for c in range(n) for r in pattern.row()[pattern.colind()[c]:pattern.colind()[c + 1]]]
+    return ca.Function("nimm_jac", rhs.inputs, [jacobian]), at
+
+
+def rhs_size(rhs: CompiledRHS, outputs: Optional[ca.Function] = None) -> int:
+    """What the compile time grows with, in operations: the CasADi instructions of the functions
+    generated into C (with the `outputs` when given) and the static tables
     (TABLE_ENTRIES_PER_OPERATION numbers as one operation: MAX_RHS_SIZE)."""
-    jacobian = ca.jacobian_sparsity(rhs.ode, rhs.x).nnz() if generates_jacobian(rhs) else 0
+    fns = _functions(rhs) + ([_jacobian(rhs)[0]] if generates_jacobian(rhs) else [])
+    fns += [outputs] if outputs is not None else []
     tables = -(-table_entries(rhs) // TABLE_ENTRIES_PER_OPERATION)  # rounded up
-    return sum(f.n_instructions() for f in _functions(rhs)) + jacobian + tables
+    return sum(f.n_instructions() for f in fns) + tables
+
+
+def optimisation(size: int) -> str:
+    """gcc's optimisation flag for a model of `size` (MAX_OPTIMISED_SIZE)."""
+    return OPTIMISED if size <= MAX_OPTIMISED_SIZE else UNOPTIMISED
 
 
 def cache_dir() -> Path:
@@ -326,11 +345,8 @@ def c_source(rhs: CompiledRHS, outputs: ca.Function) -> str:
     fns = _functions(rhs)
     at = []
     if generates_jacobian(rhs):
-        jacobian = ca.jacobian(rhs.ode, rhs.x)
-        fns.append(ca.Function("nimm_jac", rhs.inputs, [jacobian]))
-        pattern = jacobian.sparsity()  # compressed columns, as the generated code writes them
-        n = rhs.x.numel()
-        at = [c * n + r for c in range(n) for r in pattern.row()[pattern.colind()[c]:pattern.colind()[c + 1]]]
+        jacobian, at = _jacobian(rhs)
+        fns.append(jacobian)
     symbols = outputs.sx_in()
     fns.append(ca.Function("nimm_out", symbols, outputs.call(symbols)))
     gen = ca.CodeGenerator("nimm_model.c", {"with_header": False})
@@ -375,9 +391,8 @@ class Toolchain:
     compiler: str  # absolute path
     identity: str  # its --version line: part of the cache key
 
-    @property
-    def command(self) -> tuple[str, ...]:
-        return (self.compiler, *FLAGS)
+    def command(self, optimise: str) -> tuple[str, ...]:
+        return (self.compiler, optimise, *FLAGS)
 
 
 _toolchains: dict[str, Optional[Toolchain]] = {}
@@ -466,13 +481,13 @@ def _load(so: Path, digest: Path) -> Optional[ctypes.CDLL]:
         return None
 
 
-def _compile(tools: Toolchain, source: str, so: Path, digest: Path) -> Optional[str]:
+def _compile(tools: Toolchain, optimise: str, source: str, so: Path, digest: Path) -> Optional[str]:
     """Compile `source` into `so` (atomically) and record its hash; None, else why it failed."""
     with tempfile.TemporaryDirectory(prefix="nimm-cc-") as work:
         src, out = Path(work) / "model.c", Path(work) / "model.so"
         src.write_text(source)
         try:
-            run = subprocess.run([*tools.command, "-o", str(out), str(src), *LIBS],
+            run = subprocess.run([*tools.command(optimise), "-o", str(out), str(src), *LIBS],
                                  capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.SubprocessError) as err:
             return f"the C compiler {tools.compiler} failed to run: {err}"
@@ -543,19 +558,20 @@ def build(rhs: CompiledRHS, outputs: ca.Function, compiler: Optional[str] = None
     cached_only: return None rather than compile when no valid cached object exists (the
     adaptive choice looks up the cache first and compiles only once a model has run long enough).
     None after one warning per process when it cannot be built."""
-    size = rhs_size(rhs)
+    size = rhs_size(rhs, outputs)
     if size > MAX_RHS_SIZE:
         if not cached_only:
-            _fallback(f"the right-hand side has {size} operations (its tables included), more than "
+            _fallback(f"the model has {size} operations to compile (its tables included), more than "
                       f"{MAX_RHS_SIZE}: gcc would take too long")
         return None
+    optimise = optimisation(size)
     tools = toolchain(compiler)
     if tools is None:
         if not cached_only:
             _fallback(f"no C compiler `{compiler or os.environ.get(COMPILER_ENV) or 'cc'}` found")
         return None
     source = c_source(rhs, outputs)
-    key = hashlib.sha256("\0".join([source, tools.compiler, tools.identity, *FLAGS, *LIBS]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([source, tools.compiler, tools.identity, optimise, *FLAGS, *LIBS]).encode()).hexdigest()
     if key in _loaded:
         return _loaded[key]
     directory = cache_dir()
@@ -568,7 +584,7 @@ def build(rhs: CompiledRHS, outputs: ca.Function, compiler: Optional[str] = None
     if lib is None:
         if cached_only:
             return None
-        problem = _compile(tools, source, so, digest)
+        problem = _compile(tools, optimise, source, so, digest)
         if problem:
             _fallback(problem)
             return None
@@ -582,14 +598,12 @@ def build(rhs: CompiledRHS, outputs: ca.Function, compiler: Optional[str] = None
 
 # Adaptive choice: compile once the interpreted path has spent about as long as the C compiler
 # will take, so that a model run once never waits for gcc and one run many times pays for
-# compiling at most about twice. gcc -O2 on this machine (2026-11-30): 0.24-0.5 s for SIR and
-# Hodgkin-Huxley, 0.53 s for 432 right-hand-side operations, 1.9 s for 1362, 14 s for 4722 and
-# about 500 s for 26802 (a dense 100-patch model written out term by term): superlinear, hence
-# a size limit. Without a generated Jacobian an operation costs gcc less (the dense model with
-# its product in our C: 2203 operations, 1.1 s), so there the budget below waits about 3x longer
-# than gcc takes (3.1 s of interpreted simulation).
+# compiling at most about twice. gcc on this machine (2026-12-01, see MAX_RHS_SIZE): 0.24-0.5 s
+# for SIR and Hodgkin-Huxley; per operation 2.4-3.7e-4 s at -O2 without a Jacobian and 7.3e-4 s
+# with one, about 7e-5 s at -O0.
 BUILD_BUDGET = 0.25  # seconds of interpreted simulation, at least
-BUDGET_PER_OPERATION = 1.4e-3  # seconds of gcc per right-hand-side operation, about
+BUDGET_PER_OPERATION = 5e-4  # seconds of gcc -O2 per operation, about
+BUDGET_PER_UNOPTIMISED_OPERATION = 1e-4  # at -O0
 
 
 class Route:
@@ -616,8 +630,9 @@ class Route:
 
     def _budget(self) -> float:
         if self._size is None:
-            self._size = rhs_size(self.rhs)
-        return max(BUILD_BUDGET, BUDGET_PER_OPERATION * self._size)
+            self._size = rhs_size(self.rhs, self._outputs)
+        per_operation = BUDGET_PER_OPERATION if optimisation(self._size) == OPTIMISED else BUDGET_PER_UNOPTIMISED_OPERATION
+        return max(BUILD_BUDGET, per_operation * self._size)
 
     def solver(self) -> Optional[CompiledODE]:
         if self._settled:
