@@ -26,9 +26,10 @@ generation and gcc), reported apart: issue #15 leaves it out of #14's compile ta
         (outputs at days 0 and 365 only: the compiled driver's stiffness test on a long segment)
     .venv/bin/python benchmarks/index_families.py --gcc mean:100,mean:1000,dense:100 [--jacobian]
         (what gcc takes against the compiled route's size: operations, the outputs' operations,
-        static table numbers, code generation and gcc seconds, gcc's peak memory; each model in
-        a child process, built past the size limit; --jacobian generates the Jacobian whatever
-        its nonzeros)
+        static table numbers, code generation and gcc seconds, gcc's peak memory, then the
+        median of five compiled simulations; each model in a child process, built past the size
+        limit; --jacobian generates the Jacobian whatever its nonzeros, --optimise=-O2 or -O0
+        uses that flag whatever the size)
 """
 from __future__ import annotations
 
@@ -127,8 +128,8 @@ def main() -> None:
         return
     if args.gcc:
         print("| model | N | Jacobian | operations | of which tables | of which outputs | gcc flag "
-              "| code generation (s) | gcc (s) | gcc peak memory (MB) |")
-        print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+              "| code generation (s) | gcc (s) | gcc peak memory (MB) | simulate, compiled (ms) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for item in args.gcc.split(","):  # a child each: its gcc's peak memory is its own
             subprocess.run([sys.executable, __file__, "--gcc-one", item] + ["--jacobian"] * args.jacobian
                            + ([f"--optimise={args.optimise}"] if args.optimise else []), check=True)
@@ -323,10 +324,15 @@ def gcc_row(n: int, mixing: str, jacobian: bool, optimise: Optional[str]) -> Non
     assert sim.compiled_route.solver() is not None, "not built"
     total = time.perf_counter() - start
     memory = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        sim.simulate(TIMES, rtol=1e-8, atol=1e-8)
+        runs.append(time.perf_counter() - start)
     print(f"| {mixing} | {n} | {'yes' if compiled.generates_jacobian(rhs) else 'no'} | {size} "
           f"| {-(-tables // compiled.TABLE_ENTRIES_PER_OPERATION)} ({tables} numbers) "
           f"| {sim._outputs.n_instructions()} | {compiled.optimisation(size)} | {generate:.2f} "  # noqa: SLF001
-          f"| {total - generate:.2f} | {memory:.0f} |",
+          f"| {total - generate:.2f} | {memory:.0f} | {statistics.median(runs) * 1e3:.1f} |",
           flush=True)
 
 

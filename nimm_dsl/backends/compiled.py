@@ -47,8 +47,12 @@ import numpy as np
 # by measurement at equal accuracy (benchmarks/compiled_speed.py).
 METHODS = {"adams": 1, "bdf": 2, "rkf45": 3, "rkck": 4, "rk8pd": 5}
 DEFAULT_METHOD = "rkck"
-OPTIMISED, UNOPTIMISED = "-O2", "-O0"  # gcc optimisation up to MAX_OPTIMISED_SIZE, then above it
+# gcc optimisation of the generated model code up to MAX_OPTIMISED_SIZE, then above it; the
+# driver and the products, compiled apart, always get OPTIMISED (their loops, vectorised)
+OPTIMISED, UNOPTIMISED = "-O2", "-O0"
+DRIVER_OPTIMISATION = "-O2"
 FLAGS = ("-shared", "-fPIC")
+C_TYPES = {"casadi_real": "double", "casadi_int": "long long int"}  # both parts declare them alike
 LIBS = ("-lsundials_cvodes", "-lsundials_nvecserial", "-lgsl", "-lgslcblas", "-lm")
 COMPILER_ENV = "NIMM_CC"  # the C compiler to use; a missing one means the interpreted path
 DRIVER = Path(__file__).with_name("compiled_driver.c")
@@ -338,10 +342,20 @@ def _gather_c(index: tuple, factor: tuple) -> str:
             "  return 0;\n}\n")
 
 
-def c_source(rhs: CompiledRHS, outputs: ca.Function) -> str:
+@dataclass(frozen=True)
+class CSource:
+    """The two parts of a compiled model, compiled apart and linked into one shared object:
+    `model`, CasADi's code (optimised by size: MAX_OPTIMISED_SIZE), and `driver`, ours
+    (compiled_driver.c and the products, always optimised)."""
+
+    model: str
+    driver: str
+
+
+def c_source(rhs: CompiledRHS, outputs: ca.Function) -> CSource:
     """The generated right-hand side of `rhs` (with its dense Jacobian if `generates_jacobian`)
-    and the simulator's `outputs(t, x, P, W[, I])` (lets then observes), the driver, then the
-    products' C."""
+    and the simulator's `outputs(t, x, P, W[, I])` (lets then observes); the driver, with the
+    declarations of those functions, then the products' C."""
     fns = _functions(rhs)
     at = []
     if generates_jacobian(rhs):
@@ -349,7 +363,7 @@ def c_source(rhs: CompiledRHS, outputs: ca.Function) -> str:
         fns.append(jacobian)
     symbols = outputs.sx_in()
     fns.append(ca.Function("nimm_out", symbols, outputs.call(symbols)))
-    gen = ca.CodeGenerator("nimm_model.c", {"with_header": False})
+    gen = ca.CodeGenerator("nimm_model.c", {"with_header": False, **C_TYPES})
     for f in fns:
         gen.add(f)
     sizes = {"NX": rhs.x.numel(), "NP": outputs.nnz_in(2), "NW": outputs.nnz_in(3),
@@ -364,8 +378,11 @@ def c_source(rhs: CompiledRHS, outputs: ca.Function) -> str:
     places = _c_array("long", "nimm_jac_at", map(str, at)) if at else ""
     if rhs.gather is not None:
         places += _gather_c(*rhs.gather)
-    return (_without_null_checks(gen.dump()) + "\n" + defines + places + DRIVER.read_text() + "\n"
-            + _product_c(rhs.products))
+    declarations = "".join(f"#define {k} {v}\n" for k, v in C_TYPES.items()) + "".join(
+        f"int {f.name()}(const casadi_real **arg, casadi_real **res, casadi_int *iw, casadi_real *w, int mem);\n"
+        for f in fns)
+    return CSource(_without_null_checks(gen.dump()),
+                   declarations + defines + places + DRIVER.read_text() + "\n" + _product_c(rhs.products))
 
 
 # CasADi's generated SX code reads each input element as `a=arg[i]? arg[i][j] : 0;` and writes
@@ -481,24 +498,28 @@ def _load(so: Path, digest: Path) -> Optional[ctypes.CDLL]:
         return None
 
 
-def _compile(tools: Toolchain, optimise: str, source: str, so: Path, digest: Path) -> Optional[str]:
-    """Compile `source` into `so` (atomically) and record its hash; None, else why it failed."""
+def _compile(tools: Toolchain, optimise: str, source: CSource, so: Path, digest: Path) -> Optional[str]:
+    """Compile `source` into `so` (atomically; its model part with `optimise`) and record its
+    hash; None, else why it failed."""
     with tempfile.TemporaryDirectory(prefix="nimm-cc-") as work:
-        src, out = Path(work) / "model.c", Path(work) / "model.so"
-        src.write_text(source)
-        try:
-            run = subprocess.run([*tools.command(optimise), "-o", str(out), str(src), *LIBS],
-                                 capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.SubprocessError) as err:
-            return f"the C compiler {tools.compiler} failed to run: {err}"
-        if run.returncode != 0:
-            missing = "No such file" in run.stderr or "cannot find" in run.stderr
-            if missing and "cvodes" in run.stderr:
-                return "no SUNDIALS CVODES headers or libraries (Debian: apt-get install libsundials-dev)"
-            if missing and "gsl" in run.stderr:
-                return "no GNU Scientific Library headers or libraries (Debian: apt-get install libgsl-dev)"
-            first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr[:200])
-            return f"the C compiler failed: {first.strip()}"
+        model, driver = Path(work) / "model.c", Path(work) / "driver.c"
+        obj, out = Path(work) / "model.o", Path(work) / "model.so"
+        model.write_text(source.model)
+        driver.write_text(source.driver)
+        for command in ([*tools.command(optimise), "-c", "-o", str(obj), str(model)],
+                        [*tools.command(DRIVER_OPTIMISATION), "-o", str(out), str(driver), str(obj), *LIBS]):
+            try:
+                run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.SubprocessError) as err:
+                return f"the C compiler {tools.compiler} failed to run: {err}"
+            if run.returncode != 0:
+                missing = "No such file" in run.stderr or "cannot find" in run.stderr
+                if missing and "cvodes" in run.stderr:
+                    return "no SUNDIALS CVODES headers or libraries (Debian: apt-get install libsundials-dev)"
+                if missing and "gsl" in run.stderr:
+                    return "no GNU Scientific Library headers or libraries (Debian: apt-get install libgsl-dev)"
+                first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr[:200])
+                return f"the C compiler failed: {first.strip()}"
         content = out.read_bytes()
     _write_atomic(so, content)
     _write_atomic(digest, hashlib.sha256(content).hexdigest().encode())
@@ -571,7 +592,8 @@ def build(rhs: CompiledRHS, outputs: ca.Function, compiler: Optional[str] = None
             _fallback(f"no C compiler `{compiler or os.environ.get(COMPILER_ENV) or 'cc'}` found")
         return None
     source = c_source(rhs, outputs)
-    key = hashlib.sha256("\0".join([source, tools.compiler, tools.identity, optimise, *FLAGS, *LIBS]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([source.model, source.driver, tools.compiler, tools.identity, optimise,
+                                    DRIVER_OPTIMISATION, *FLAGS, *LIBS]).encode()).hexdigest()
     if key in _loaded:
         return _loaded[key]
     directory = cache_dir()

@@ -2,7 +2,9 @@
    embedded Runge-Kutta pair of the GNU Scientific Library (the default), and CVODES (Adams or
    BDF, dense linear solver, our Jacobian where there is one) for stiff problems or on request.
 
-   It is appended to C code that CasADi generates for the model: nimm_rhs(t, x, p, u) -> dx/dt,
+   It is compiled apart from the C code that CasADi generates for the model (compiled.py: that
+   code's optimisation depends on its size, this file's does not) and linked with it, after the
+   declarations of the generated functions: nimm_rhs(t, x, p, u) -> dx/dt,
    where u holds the rows of the model's matrix products (compiler/linear_forms.py), which
    nimm_products (generated after this file) computes first: each product's vector by
    nimm_vec_<k>(t, x, p, u), then the product in the loops below, the matrix a static table or
@@ -13,6 +15,7 @@
    outputs). NIMM_NX states, NIMM_NU product rows, NIMM_NV the longest product vector, NIMM_NE
    entries and the NIMM_SZ_* work sizes are defined before this file. One call integrates one
    segment, stopping exactly at its last output time. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cvodes/cvodes.h>
