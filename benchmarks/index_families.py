@@ -26,10 +26,10 @@ generation and gcc), reported apart: issue #15 leaves it out of #14's compile ta
         (outputs at days 0 and 365 only: the compiled driver's stiffness test on a long segment)
     .venv/bin/python benchmarks/index_families.py --gcc mean:100,mean:1000,dense:100 [--jacobian]
         (what gcc takes against the compiled route's size: operations, the outputs' operations,
-        static table numbers, code generation and gcc seconds, gcc's peak memory, then the
-        median of five compiled simulations; each model in a child process, built past the size
-        limit; --jacobian generates the Jacobian whatever its nonzeros, --optimise=-O2 or -O0
-        uses that flag whatever the size)
+        static table numbers, code generation, then gcc's seconds and peak memory at -O0 and at
+        -O2 whatever the size, and one segment's integration with each object; each model in a
+        child process, built past the size limit; --jacobian generates the Jacobian whatever its
+        nonzeros)
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 
 import numpy as np
 from scipy.integrate import solve_ivp
@@ -118,21 +117,19 @@ def main() -> None:
     parser.add_argument("--gcc", metavar="MIXING:N,...", default=None,
                         help="instead: gcc time and memory against the compiled route's size")
     parser.add_argument("--jacobian", action="store_true", help="with --gcc: generate the Jacobian always")
-    parser.add_argument("--optimise", choices=["-O0", "-O2"], default=None,
-                        help="with --gcc: this gcc optimisation whatever the size")
     parser.add_argument("--gcc-one", metavar="MIXING:N", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gcc_one:
         mixing, n = args.gcc_one.split(":")
-        gcc_row(int(n), mixing, args.jacobian, args.optimise)
+        gcc_row(int(n), mixing, args.jacobian)
         return
     if args.gcc:
-        print("| model | N | Jacobian | operations | of which tables | of which outputs | gcc flag "
-              "| code generation (s) | gcc (s) | gcc peak memory (MB) | simulate, compiled (ms) |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        print("| model | N | Jacobian | operations | of which tables | of which outputs | flag chosen "
+              "| code generation (s) | gcc -O0 (s) | its peak memory (MB) | gcc -O2 (s) | its peak memory (MB) "
+              "| integrate, -O0 (ms) | integrate, -O2 (ms) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for item in args.gcc.split(","):  # a child each: its gcc's peak memory is its own
-            subprocess.run([sys.executable, __file__, "--gcc-one", item] + ["--jacobian"] * args.jacobian
-                           + ([f"--optimise={args.optimise}"] if args.optimise else []), check=True)
+            subprocess.run([sys.executable, __file__, "--gcc-one", item] + ["--jacobian"] * args.jacobian, check=True)
         return
     if args.year:
         one_year(args.year, args.mixing, args.repeats)
@@ -302,16 +299,17 @@ def accuracy(n: int, mixing: str, repeats: int) -> None:
               + f" | {ratio} |")
 
 
-def gcc_row(n: int, mixing: str, jacobian: bool, optimise: Optional[str]) -> None:
-    """One row of --gcc: the model's compiled route built from an empty cache, past the size limit."""
+def gcc_row(n: int, mixing: str, jacobian: bool) -> None:
+    """One row of --gcc: the model's compiled route built from an empty cache at -O0 and at -O2
+    whatever its size, then its integration of one segment (101 outputs, rtol = atol = 1e-8) with
+    each object, medians of 7 interleaved runs."""
     import resource
 
     import nimm_dsl
     from nimm_dsl.backends import compile_ir, compiled
+    from nimm_dsl.backends.protocol import segment_tail
 
     compiled.MAX_RHS_SIZE = 10 ** 9
-    if optimise:
-        compiled.OPTIMISED = compiled.UNOPTIMISED = optimise
     if jacobian:
         compiled.MAX_JACOBIAN_NNZ = 10 ** 9
     sim = compile_ir(nimm_dsl.load_source(model_text(n, mixing)).ir, "casadi", compiled=True)
@@ -320,20 +318,29 @@ def gcc_row(n: int, mixing: str, jacobian: bool, optimise: Optional[str]) -> Non
     start = time.perf_counter()
     compiled.c_source(rhs, sim._outputs)  # noqa: SLF001  (the code generation alone)
     generate = time.perf_counter() - start
-    start = time.perf_counter()
-    assert sim.compiled_route.solver() is not None, "not built"
-    total = time.perf_counter() - start
-    memory = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    runs = []
-    for _ in range(5):
+    solvers, cells = {}, []
+    for flag in (compiled.UNOPTIMISED, compiled.OPTIMISED):  # -O0 first: the peak memory grows
+        compiled.MAX_OPTIMISED_SIZE = 10 ** 9 if flag == compiled.OPTIMISED else -1
         start = time.perf_counter()
-        sim.simulate(TIMES, rtol=1e-8, atol=1e-8)
-        runs.append(time.perf_counter() - start)
+        solvers[flag] = compiled.build(rhs, sim._outputs)  # noqa: SLF001
+        assert solvers[flag] is not None, "not built"
+        cells += [f"{time.perf_counter() - start - generate:.2f}",
+                  f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f}"]
+    res = sim.simulate(TIMES[:2], rtol=1e-8, atol=1e-8)
+    x0 = np.array([res[s.name][0] for s in sim.ir.states])
+    (segment,) = sim.protocol(TIMES).segments
+    pw = np.concatenate((sim.param_vector(), segment_tail(segment), sim.weight_vector()))
+    runs = {flag: [] for flag in solvers}
+    for _ in range(7):
+        for flag, solver in solvers.items():
+            start = time.perf_counter()
+            assert solver.integrate(0.0, TIMES[1:], x0, pw, 1e-8, 1e-8, 100000) is not None
+            runs[flag].append(time.perf_counter() - start)
     print(f"| {mixing} | {n} | {'yes' if compiled.generates_jacobian(rhs) else 'no'} | {size} "
           f"| {-(-tables // compiled.TABLE_ENTRIES_PER_OPERATION)} ({tables} numbers) "
-          f"| {sim._outputs.n_instructions()} | {compiled.optimisation(size)} | {generate:.2f} "  # noqa: SLF001
-          f"| {total - generate:.2f} | {memory:.0f} | {statistics.median(runs) * 1e3:.1f} |",
-          flush=True)
+          f"| {sim._outputs.n_instructions()} | {compiled.optimisation(size)} | {generate:.2f} | "  # noqa: SLF001
+          + " | ".join(cells) + " | "
+          + " | ".join(f"{statistics.median(runs[flag]) * 1e3:.1f}" for flag in solvers) + " |", flush=True)
 
 
 def one_year(n: int, mixing: str, repeats: int) -> None:

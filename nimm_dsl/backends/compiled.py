@@ -3,11 +3,12 @@
 CasADi's integrator costs about a millisecond per call however small the model (its per-call
 set-up and timers), ten times what a compiled right-hand side needs. Here the model's right-hand
 side and its dense Jacobian, the SX expressions the CasADi back end already builds, are turned
-into C by CasADi's code generator (public API), joined with a small driver of our own
+into C by CasADi's code generator (public API) and linked with a small driver of our own
 (`compiled_driver.c`: an explicit Runge-Kutta pair of the GNU Scientific Library's gsl_odeiv2,
 stepping freely where its steps span several output times and to each output time elsewhere,
-handing over to CVODES BDF with our Jacobian where the problem turns out stiff) and compiled with
-the system C compiler into a shared object loaded with ctypes. The CasADi back
+handing over to CVODES BDF with our Jacobian where the problem turns out stiff), each compiled
+apart by the system C compiler (the generated part's optimisation by its size: MAX_RHS_SIZE),
+into a shared object loaded with ctypes. The CasADi back
 end calls it once per segment of the event protocol, exactly where it would call its integrator.
 
 A model whose long sums are matrix products (compiler/linear_forms.py) is split at them
@@ -504,10 +505,15 @@ def _compile(tools: Toolchain, optimise: str, source: CSource, so: Path, digest:
     with tempfile.TemporaryDirectory(prefix="nimm-cc-") as work:
         model, driver = Path(work) / "model.c", Path(work) / "driver.c"
         obj, out = Path(work) / "model.o", Path(work) / "model.so"
-        model.write_text(source.model)
-        driver.write_text(source.driver)
-        for command in ([*tools.command(optimise), "-c", "-o", str(obj), str(model)],
-                        [*tools.command(DRIVER_OPTIMISATION), "-o", str(out), str(driver), str(obj), *LIBS]):
+        if optimise == DRIVER_OPTIMISATION:  # one unit: a second gcc run costs small models 0.3 s
+            driver.write_text(source.model + "\n" + source.driver)
+            commands = [[*tools.command(optimise), "-o", str(out), str(driver), *LIBS]]
+        else:
+            model.write_text(source.model)
+            driver.write_text(source.driver)
+            commands = [[*tools.command(optimise), "-c", "-o", str(obj), str(model)],
+                        [*tools.command(DRIVER_OPTIMISATION), "-o", str(out), str(driver), str(obj), *LIBS]]
+        for command in commands:
             try:
                 run = subprocess.run(command, capture_output=True, text=True, timeout=600)
             except (OSError, subprocess.SubprocessError) as err:
