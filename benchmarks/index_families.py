@@ -30,6 +30,12 @@ generation and gcc), reported apart: issue #15 leaves it out of #14's compile ta
         -O2 whatever the size, and one segment's integration with each object; each model in a
         child process, built past the size limit; --jacobian generates the Jacobian whatever its
         nonzeros)
+    .venv/bin/python benchmarks/index_families.py --tables
+        (gcc -O2 on a static table of 10^4, 10^5 and 10^6 doubles alone, as the compiled route
+        writes a product's matrix: seconds and peak memory)
+    .venv/bin/python benchmarks/index_families.py --interpreted-bdf 1000 --mixing mean
+        (why the interpreted BDF is slow on a full Jacobian: CasADi's CVODES as the back end
+        builds it, then with GMRES and no preconditioner; construction, two runs, solver counters)
 """
 from __future__ import annotations
 
@@ -117,11 +123,20 @@ def main() -> None:
     parser.add_argument("--gcc", metavar="MIXING:N,...", default=None,
                         help="instead: gcc time and memory against the compiled route's size")
     parser.add_argument("--jacobian", action="store_true", help="with --gcc: generate the Jacobian always")
+    parser.add_argument("--tables", action="store_true", help="instead: gcc on static tables alone")
+    parser.add_argument("--interpreted-bdf", type=int, metavar="N", default=None,
+                        help="instead: the interpreted BDF's costs, direct and Krylov linear solves")
     parser.add_argument("--gcc-one", metavar="MIXING:N", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gcc_one:
         mixing, n = args.gcc_one.split(":")
         gcc_row(int(n), mixing, args.jacobian)
+        return
+    if args.tables:
+        table_timing()
+        return
+    if args.interpreted_bdf:
+        interpreted_bdf(args.interpreted_bdf, args.mixing)
         return
     if args.gcc:
         print("| model | N | Jacobian | operations | of which tables | of which outputs | flag chosen "
@@ -315,6 +330,7 @@ def gcc_row(n: int, mixing: str, jacobian: bool) -> None:
     sim = compile_ir(nimm_dsl.load_source(model_text(n, mixing)).ir, "casadi", compiled=True)
     rhs = sim.compiled_route.rhs
     size, tables = compiled.rhs_size(rhs, sim._outputs), compiled.table_entries(rhs)  # noqa: SLF001
+    chosen = compiled.optimisation(size)
     start = time.perf_counter()
     compiled.c_source(rhs, sim._outputs)  # noqa: SLF001  (the code generation alone)
     generate = time.perf_counter() - start
@@ -338,9 +354,71 @@ def gcc_row(n: int, mixing: str, jacobian: bool) -> None:
             runs[flag].append(time.perf_counter() - start)
     print(f"| {mixing} | {n} | {'yes' if compiled.generates_jacobian(rhs) else 'no'} | {size} "
           f"| {-(-tables // compiled.TABLE_ENTRIES_PER_OPERATION)} ({tables} numbers) "
-          f"| {sim._outputs.n_instructions()} | {compiled.optimisation(size)} | {generate:.2f} | "  # noqa: SLF001
+          f"| {sim._outputs.n_instructions()} | {chosen} | {generate:.2f} | "  # noqa: SLF001
           + " | ".join(cells) + " | "
           + " | ".join(f"{statistics.median(runs[flag]) * 1e3:.1f}" for flag in solvers) + " |", flush=True)
+
+
+def table_timing() -> None:
+    """gcc -O2 on one static table of n doubles (hexadecimal literals, as compiled._c_array writes
+    them) and a function reading it; the peak memory of that gcc alone (a child process each)."""
+    from nimm_dsl.backends import compiled
+
+    print("| numbers | gcc -O2 (s) | gcc peak memory (MB) |")
+    print("|---|---|---|")
+    rng = np.random.default_rng(1)
+    for n in (10 ** 4, 10 ** 5, 10 ** 6):
+        with tempfile.TemporaryDirectory() as work:
+            src = os.path.join(work, "table.c")
+            with open(src, "w") as f:
+                f.write(compiled._c_array("double", "m", map(compiled._c_double, rng.random(n))))  # noqa: SLF001
+                f.write("double get(int i) { return m[i]; }\n")
+            command = [sys.executable, "-c", "import resource, subprocess, sys, time; t = time.perf_counter(); "
+                       "subprocess.run(sys.argv[1:], check=True); "
+                       "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+                       "cc", "-O2", "-shared", "-fPIC", "-o", os.path.join(work, "t.so"), src]
+            seconds, kb = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
+        print(f"| {n} | {float(seconds):.2f} | {int(kb) / 1024:.0f} |", flush=True)
+
+
+def interpreted_bdf(n: int, mixing: str) -> None:
+    """The interpreted BDF (CasADi's CVODES with the model's ODE as the back end builds it, its
+    default direct linear solver) against GMRES without a preconditioner (Newton-Krylov on
+    Jacobian-vector products: no Jacobian is formed or factorised), one segment of 101 outputs at
+    rtol = atol = 1e-8: construction, two runs, CVODES's counters and CasADi's timers."""
+    import casadi as ca
+
+    import nimm_dsl
+    from nimm_dsl.backends import compile_ir
+    from nimm_dsl.backends.protocol import segment_tail
+
+    sim = compile_ir(nimm_dsl.load_source(model_text(n, mixing)).ir, "casadi", compiled=False)
+    t, x, P, W, ode = sim._ode  # noqa: SLF001
+    print(f"{mixing} mixing, N = {n}: Jacobian nonzeros {ca.jacobian_sparsity(ode, x).nnz()}, "
+          f"right-hand side {sim.rhs.n_instructions()} instructions")
+    (segment,) = sim.protocol(TIMES).segments
+    p = np.concatenate((sim.param_vector(), segment_tail(segment), sim.weight_vector()))
+    res = sim.simulate(TIMES[:2], rtol=1e-8, atol=1e-8)
+    x0 = np.array([res[s.name][0] for s in sim.ir.states])
+    print("| linear solves | construct (s) | first run (s) | second run (s) | steps | linear set-ups "
+          "| Newton iterations | Jacobian evaluations (s) | right-hand side (s) | largest difference |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    reference = None
+    for label, options in (("direct (default)", {}),
+                           ("GMRES, no preconditioner", {"newton_scheme": "gmres", "use_preconditioner": False})):
+        start = time.perf_counter()
+        F = ca.integrator("F", "cvodes", {"x": x, "p": ca.vertcat(P, W), "t": t, "ode": ode}, 0.0,
+                          TIMES[1:].tolist(), dict(abstol=1e-8, reltol=1e-8, show_eval_warnings=False, **options))
+        built = time.perf_counter()
+        xf = np.asarray(F(x0=x0, p=p)["xf"])
+        first = time.perf_counter()
+        F(x0=x0, p=p)
+        second = time.perf_counter()
+        reference = xf if reference is None else reference
+        st = F.stats()
+        print(f"| {label} | {built - start:.1f} | {first - built:.2f} | {second - first:.2f} | {st['nsteps']} "
+              f"| {st['nlinsetups']} | {st['nniters']} | {st.get('t_wall_jacF', 0.0):.2f} "
+              f"| {st.get('t_wall_daeF', 0.0):.3f} | {float(np.max(np.abs(xf - reference))):.2g} |", flush=True)
 
 
 def one_year(n: int, mixing: str, repeats: int) -> None:

@@ -89,15 +89,17 @@ def forget_loaded() -> None:
 # Size (`rhs_size`): the CasADi instructions of everything generated into C (right-hand side,
 # products' vectors and entries, Jacobian, outputs) and the static tables, TABLE_ENTRIES_PER_OPERATION
 # numbers as one. gcc here (2026-12-01, benchmarks/README.md "gcc time against size"), -O2:
-# 0.8-1.1 s at 3,000-3,500 (the dense and mean-field 100-district models), 2.5-2.7 s at 6,000-7,000
-# without a Jacobian, 2.6 s at 3,500 and 6.5 s at 7,100 with one, 9 s at 17,500 and 26 s and 500 MB
-# at 35,000 (mean-field, N = 1000): superlinear in one function's size; -O0 2.3 s at 35,000, and
-# its code ran that model in 80 ms against 51 ms at -O2 (the interpreted BDF: ~20 s). So -O2 up
-# to MAX_OPTIMISED_SIZE, -O0 up to MAX_RHS_SIZE, beyond that the interpreted path. A table of 10^6
-# hexadecimal doubles is 2.5 s and 350 MB of gcc (0.2 s for 10^5), about 2.5 us a number.
+# 1.5-2 s at 3,000-3,500 operations (the dense and mean-field 100-district models), 3.3-3.5 s at
+# 6,000-7,000 without a Jacobian and 4.7 s at 7,100 with one, 12 s at 17,500 and 26-37 s and
+# 500 MB at 35,000 (mean-field, N = 1000): superlinear in one function's size; -O0 0.7-1.5 s at
+# 3,000-7,000 and 1.0-3.7 s at 35,000, its code 1.2-4x slower (the interpreted BDF of that model:
+# ~20 s a run). So -O2 up to MAX_OPTIMISED_SIZE, -O0 up to MAX_RHS_SIZE, beyond that the
+# interpreted path. A static table costs gcc 2.5-4 us a number whatever the optimisation (10^6
+# hexadecimal doubles: 2.5-4 s and 350 MB), an operation at -O0 about 1e-4 s: hence 25 numbers
+# as one operation, so that the tables too stay within a few seconds at MAX_RHS_SIZE.
 MAX_OPTIMISED_SIZE = 5000
 MAX_RHS_SIZE = 40000
-TABLE_ENTRIES_PER_OPERATION = 500
+TABLE_ENTRIES_PER_OPERATION = 25
 MAX_JACOBIAN_NNZ = 1000  # about 1 s of gcc: above it, difference quotients (generates_jacobian)
 DENSE_FILL = 0.25  # a product stored dense when this share of its matrix is nonzero (see _product_c)
 
