@@ -394,3 +394,23 @@ def test_the_mean_field_model_at_1000_districts_is_within_the_size_limit():
     assert not rhs.products and not compiled.generates_jacobian(rhs)
     size = compiled.rhs_size(rhs, sim._outputs)  # noqa: SLF001
     assert compiled.MAX_OPTIMISED_SIZE < size <= compiled.MAX_RHS_SIZE
+
+
+def test_the_adaptive_route_compiles_at_once_where_the_jacobian_is_large(monkeypatch):
+    """The interpreted BDF forms and factorises the Jacobian: on the mean-field model at N = 1000
+    (2 x 10^6 nonzeros) 12 s to construct and 26 s a run against ~3 s of gcc once, so above
+    COMPILE_AT_ONCE_NNZ the adaptive route compiles before the first run; below it the first
+    run is interpreted (and no gcc waits for a model simulated once)."""
+    n = 20
+    bench = benchmark()
+    ir = nimm_dsl.load_source(bench.model_text(n, "mean")).ir
+    _, ref = bench.scipy_run(n, "mean", 1e-12, 1e-12, "DOP853", result=True)
+    for limit, at_once in ((10 ** 6, False), (4 * n, True)):  # the Jacobian: 2 N^2 + ... nonzeros
+        monkeypatch.setattr(compiled, "COMPILE_AT_ONCE_NNZ", limit)
+        compiled.forget_loaded()
+        sim = compile_casadi(ir)  # adaptive
+        assert sim.compiled_route.rhs.jacobian_nnz > 2 * n * n
+        res = sim.simulate(bench.TIMES, rtol=1e-10, atol=1e-10)
+        assert close(states(res, n, "SEIR"), ref)
+        assert (sim.compiled_route.interpreted_seconds > 0) == (not at_once or not TOOLCHAIN)
+        assert (sim.compiled_route.solver() is not None) == (at_once and TOOLCHAIN)

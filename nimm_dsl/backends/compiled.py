@@ -37,6 +37,7 @@ import subprocess
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -155,6 +156,11 @@ class CompiledRHS:
     def inputs(self) -> list:
         return [self.t, self.x, self.pw, self.u]
 
+    @cached_property
+    def jacobian_nnz(self) -> int:
+        """The structural nonzeros of d(ode)/dx (0.3 s to find at 2 x 10^6: found once)."""
+        return ca.jacobian_sparsity(self.ode, self.x).nnz()
+
 
 class ProductSplit:
     """An `Ops.matvec` (compiler/ir.py) that leaves each matrix product to the compiled driver:
@@ -248,7 +254,7 @@ def generates_jacobian(rhs: CompiledRHS) -> bool:
     more than MAX_JACOBIAN_NNZ nonzeros (a scalar that every state reads, such as a mean-field
     prevalence, fills the matrix just as well). Without it CVODES takes difference quotients,
     N evaluations of the right-hand side, where it needs a Jacobian (BDF, the stiff hand-over)."""
-    return not rhs.products and ca.jacobian_sparsity(rhs.ode, rhs.x).nnz() <= MAX_JACOBIAN_NNZ
+    return not rhs.products and rhs.jacobian_nnz <= MAX_JACOBIAN_NNZ
 
 
 def table_entries(rhs: CompiledRHS) -> int:
@@ -632,14 +638,21 @@ def build(rhs: CompiledRHS, outputs: ca.Function, compiler: Optional[str] = None
 # for SIR and Hodgkin-Huxley; per operation 2.4-3.7e-4 s at -O2 without a Jacobian and 7.3e-4 s
 # with one, about 7e-5 s at -O0.
 BUILD_BUDGET = 0.25  # seconds of interpreted simulation, at least
+# Except where the interpreted path is costlier from its first run: its BDF forms and factorises
+# the Jacobian (CasADi's sparse LU). The mean-field model (benchmarks/README.md, "gcc time against
+# size") at 2 x 10^5 nonzeros (N = 316) took 1.0 s to construct and 1.2 s a run, at 2 x 10^6
+# (N = 1000) 12 s and 26 s, against about 1 and 3 s of gcc -O0: above this many nonzeros of the
+# compiled right-hand side's Jacobian, the adaptive route compiles at once.
+COMPILE_AT_ONCE_NNZ = 200_000
 BUDGET_PER_OPERATION = 5e-4  # seconds of gcc -O2 per operation, about
 BUDGET_PER_UNOPTIMISED_OPERATION = 1e-4  # at -O0
 
 
 class Route:
     """Whether and when one simulator uses its compiled solver: always (mode True), never (False)
-    or adaptively (None: at once if the cache holds it, else once the interpreted simulations
-    took about as long as compiling will: BUILD_BUDGET, or more for a larger right-hand side)."""
+    or adaptively (None: at once if the cache holds it or the Jacobian is large
+    (COMPILE_AT_ONCE_NNZ), else once the interpreted simulations took about as long as compiling
+    will: BUILD_BUDGET, or more for a larger right-hand side)."""
 
     def __init__(self, mode: Optional[bool], rhs: Callable[[], CompiledRHS], outputs: ca.Function):
         """rhs: builds the right-hand side as compiled (on first use: a walk of the model)."""
@@ -671,9 +684,12 @@ class Route:
             self._looked_up = True
             self._solver = build(self.rhs, self._outputs, cached_only=True)
             self._settled = self._solver is not None
-        elif self.mode or self.interpreted_seconds >= self._budget():
-            self._solver = build(self.rhs, self._outputs)
-            self._settled = True
+            if self._settled or self.rhs.jacobian_nnz <= COMPILE_AT_ONCE_NNZ:
+                return self._solver
+        elif not self.mode and self.interpreted_seconds < self._budget():
+            return self._solver
+        self._solver = build(self.rhs, self._outputs)
+        self._settled = True
         return self._solver
 
     def record(self, seconds: float) -> None:
