@@ -635,17 +635,16 @@ def build(rhs: CompiledRHS, outputs: ca.Function, compiler: Optional[str] = None
 # Adaptive choice: compile once the interpreted path has spent about as long as the C compiler
 # will take, so that a model run once never waits for gcc and one run many times pays for
 # compiling at most about twice. gcc on this machine (2026-12-01, see MAX_RHS_SIZE): 0.24-0.5 s
-# for SIR and Hodgkin-Huxley; per operation 2.4-3.7e-4 s at -O2 without a Jacobian and 7.3e-4 s
-# with one, about 7e-5 s at -O0.
+# for SIR and Hodgkin-Huxley; per operation 3-6e-4 s at -O2, 0.7-1.1e-4 s at -O0.
 BUILD_BUDGET = 0.25  # seconds of interpreted simulation, at least
+BUDGET_PER_OPERATION = 5e-4  # seconds of gcc -O2 per operation, about
+BUDGET_PER_UNOPTIMISED_OPERATION = 1e-4  # at -O0
 # Except where the interpreted path is costlier from its first run: its BDF forms and factorises
 # the Jacobian (CasADi's sparse LU). The mean-field model (benchmarks/README.md, "gcc time against
 # size") at 2 x 10^5 nonzeros (N = 316) took 1.0 s to construct and 1.2 s a run, at 2 x 10^6
 # (N = 1000) 12 s and 26 s, against about 1 and 3 s of gcc -O0: above this many nonzeros of the
 # compiled right-hand side's Jacobian, the adaptive route compiles at once.
 COMPILE_AT_ONCE_NNZ = 200_000
-BUDGET_PER_OPERATION = 5e-4  # seconds of gcc -O2 per operation, about
-BUDGET_PER_UNOPTIMISED_OPERATION = 1e-4  # at -O0
 
 
 class Route:
