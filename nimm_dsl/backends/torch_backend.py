@@ -264,6 +264,13 @@ class TorchSimulator(torch.nn.Module):
         P_seg = self._segment_P(P_params, segments[0])
         ev = self._events.run([t_dev(protocol.t_start), *self._columns(P_seg)], self.nir, W)
         y = torch.stack([ev[r].expand(B) for r in self._event_out[:len(self.ir.states)]], dim=1)
+        if not bool(torch.isfinite(y).all()):  # said here, not as the solver's dt underflow
+            finite = torch.isfinite(y)
+            bad = [n for i, n in enumerate(self.state_names) if not bool(finite[:, i].all())]
+            raise SimulationError(f"state(s) {', '.join(bad)} became NaN or inf in the initial values at "
+                                  f"{self.ir.time_name} = {protocol.t_start:g}", kind="initial",
+                                  time=float(protocol.t_start), quantities=bad,
+                                  state=self._state_dict(y, int((~finite).any(1).nonzero()[0])))
 
         runs = []  # (output indices, states (T, B, n_s), runtime columns) per segment
         for seg in segments:
