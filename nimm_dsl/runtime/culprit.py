@@ -38,8 +38,7 @@ def point_at(ir: ModelIR, t: float, times=None, scenario: Optional[str] = None, 
     from ..backends.protocol import build_protocol
 
     grid = np.unique(np.r_[np.asarray(times if times is not None else [], dtype=float), t])
-    protocol = build_protocol(ir, grid, scenario=scenario, inputs=inputs, doses=doses,
-                              t_start=min(t, t_start) if t_start is not None else None)
+    protocol = build_protocol(ir, grid, scenario=scenario, inputs=inputs, doses=doses, t_start=t_start)
     seg = next((s for s in protocol.segments if s.t0 <= t < s.t1), protocol.segments[-1])
     return point(ir, t, seg, params, _plain_weights(weights))
 
