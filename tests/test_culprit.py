@@ -80,6 +80,18 @@ def test_a_nan_later_in_the_run_is_named_at_its_time(backend):
     assert abs(time_named(e) - t_star) < 2e-3
 
 
+@pytest.mark.parametrize("backend,method", [("casadi", "rk"), ("torch", "rk4")])
+def test_a_fixed_step_method_names_the_line_and_the_interval_it_failed_in(backend, method):
+    # its last good state is the output time before the NaN (t = 0): the interval holds t*
+    model = nimm_dsl.load_source(HEAD + "state x [1] = 1\nlet r [1/day] = k * sqrt(x - 0.5)\nder(x) = -r - k\n"
+                                 "observe y [1] = x\n", "m.nimm")
+    with pytest.raises(SimulationError) as caught:
+        culprit.simulate(model.compile(backend, method=method), TIMES)
+    assert located_at(caught.value) == ("E801", 5)
+    assert cause(caught.value).startswith("let `r` (line 5) becomes NaN between t = 0 and 1 day, where the solver "
+                                          "was heading: sqrt of -")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_family_names_the_element_and_the_family_line(backend):
     e = failure(family("beta * sum(k in district, exp(-abs(d - k) / 3) * I[k]) / (I[d] - 6 [person])"), backend)

@@ -384,7 +384,7 @@ class TorchSimulator(torch.nn.Module):
         bad = ~torch.isfinite(sol)
         if bad.any():
             first = int(bad.reshape(len(grid), -1).any(1).nonzero()[0])
-            last = {"t": t[max(first - 1, 0)], "y": sol[max(first - 1, 0)]}
+            last = {"t": t[max(first - 1, 0)], "y": sol[max(first - 1, 0)], "t_bad": float(grid[first])}
             raise self._failure(f"non-finite values by t = {grid[first]:g}", last, grid, rhs,
                                 bad_states=bad[first])
         return sol
@@ -428,7 +428,7 @@ class TorchSimulator(torch.nn.Module):
         return SimulationError(
             f"integration failed at {self.ir.time_name} = {t_reached:g} (segment {grid[0]:g} to "
             f"{grid[-1]:g}, method {self.method}): {why}; states involved: {states}",
-            kind=kind, time=t_reached, quantities=names, state=state, state_time=state_time)
+            kind=kind, time=last.get("t_bad", t_reached), quantities=names, state=state, state_time=state_time)
 
     def _state_dict(self, y, row: int = 0) -> dict:
         """One batch member's states {name: value} from a (B, n_states) tensor."""

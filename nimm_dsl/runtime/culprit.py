@@ -122,9 +122,12 @@ def locate(error: SimulationError, ir: ModelIR, times=None, scenario: Optional[s
     line = f" (line {c.span.line})" if c.span is not None else ""
     if c.what == "dose":
         sentence = f"the cause: dose `{c.name}`{line} at {at_time(ir, found.t)}: {c.why}"
-    elif found.ahead:
-        sentence = (f"the cause: {c.what} `{c.name}`{line} becomes {_nonfinite(c.value)} just after "
-                    f"{at_time(ir, found.t)}, where the solver was heading: {c.why}")
+    elif found.ahead:  # a fixed-step method's last good state may be an output time before the failure
+        later = error.time is not None and error.time - found.t > 1e-6 * max(1.0, abs(found.t))
+        when = (f"between {ir.time_name} = {found.t:.6g} and {at_time(ir, error.time).split(' = ', 1)[1]}"
+                if later else f"just after {at_time(ir, found.t)}")
+        sentence = (f"the cause: {c.what} `{c.name}`{line} becomes {_nonfinite(c.value)} {when}, where the "
+                    f"solver was heading: {c.why}")
     else:
         sentence = f"the cause: {c.what} `{c.name}`{line} is {_nonfinite(c.value)} at {at_time(ir, found.t)}: {c.why}"
     error.locate(sentence, c.span or ir.model_span or Span(1, 1, 1, 2), nan_hint(c), ir.file, ir.source)
