@@ -165,7 +165,8 @@ def _failure(ir: ModelIR, e, times, scenario, inputs, doses, under) -> Diagnosti
             message = f"state `{dose.state}` becomes NaN or inf after dose `{dose.name}` at {at}{under}: " + (
                 c.why if c.why.startswith("its amount") else f"its amount is {c.value:g}, {c.why}")
         else:
-            when = f"at {at}" if e.kind == "nonfinite" and not found.ahead else f"just after {at}, where the solver stalls"
+            stalls = e.kind != "nonfinite" or found.ahead
+            when = f"just after {at}, where the solver stalls" if stalls else f"at {at}"
             message = f"{c.what} `{c.name}` becomes NaN or inf {when}{under}: {c.why}"
         return Diagnostic("E801", c.span or _top(ir), message, nan_hint(c), ir.file)
     fastest = states.get(e.quantities[0]) if e.quantities else None
