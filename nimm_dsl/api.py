@@ -109,7 +109,11 @@ class Model:
         return self._simulators[backend]
 
     def simulate(self, times=None, backend: str = "casadi", **kwargs):
-        return self.compile(backend).simulate(times, **kwargs)
+        """Simulate with the shared simulator of `backend`; a run that stops on NaN or inf raises
+        a SimulationError that names the model line that caused it (`.diagnostics`)."""
+        from .runtime.culprit import simulate
+
+        return simulate(self.compile(backend), times, **kwargs)
 
     def fit(self, data, backend: str = "casadi", **kwargs):
         """Fit params (and neural weights) to a CSV file or DataFrame; returns a FitResult. The

@@ -330,6 +330,7 @@ def _torch_threads(backend: Optional[str]) -> None:
 def cmd_simulate(args) -> int:
     from .backends.protocol import default_times
     from .errors import FitError, NimmError
+    from .runtime.culprit import simulate  # names the model line of a NaN
 
     inputs = (args.model, args.fit, args.data)
     _check_writable(args.output, "--output", inputs)
@@ -411,7 +412,7 @@ def cmd_simulate(args) -> int:
             _warn(f"{which} has no fitted value of {missing} in {args.fit}: it takes the mean over the "
                   "fitted series")
         inputs = options.get("inputs")
-        result = sim.simulate(times, params={**(params or {}), **own} or None, scenario=args.scenario, **options,
+        result = simulate(sim, times, params={**(params or {}), **own} or None, scenario=args.scenario, **options,
                               weights=weights, rtol=args.rtol, atol=args.atol)
         for w in result.warnings:
             _warn(w)
@@ -449,7 +450,7 @@ def cmd_simulate(args) -> int:
             if args.scenario is None:
                 plot_runs.append(ScenarioRun(result, None, band, None, data, label if len(runs) > 1 else None))
                 continue
-            baseline = sim.simulate(times, params={**(params or {}), **own} or None, scenario=None, **options,
+            baseline = simulate(sim, times, params={**(params or {}), **own} or None, scenario=None, **options,
                                     weights=weights,
                                     rtol=args.rtol, atol=args.atol)
             base_band = None
@@ -713,11 +714,11 @@ def _warn(message: str) -> None:
 def _outcome(error: BaseException) -> tuple[int, str]:
     """The exit status and message of an exception that ended a command."""
     from .diagnostics import render_text, visible
-    from .errors import ModelError, NimmError
+    from .errors import ModelError, NimmError, SimulationError
 
     if isinstance(error, UsageError):
         return EXIT_USAGE, visible(str(error), keep_lines=True)  # may quote a file name
-    if isinstance(error, ModelError):
+    if isinstance(error, (ModelError, SimulationError)) and error.diagnostics:  # at the model line
         return EXIT_ERROR, render_text(error.diagnostics, error.source)
     if isinstance(error, NimmError):
         return EXIT_ERROR, f"nimm: error: {visible(str(error), keep_lines=True)}"  # may quote a table

@@ -126,7 +126,7 @@ CODES: dict[str, str] = {
     "W705": "a flow line repeated with the same rate for every member of an index that only one end names",
     "W706": "a sum whose terms do not use its index variable",
     "W707": "a set or dose target subscript that is no member and that nothing else on its line uses: the line acts on every member",
-    "E801": "a state, let or observe becomes NaN or infinite in a probe simulation",
+    "E801": "a state, let or observe becomes NaN or infinite in a probe simulation or a run",
     "E802": "the solver fails in a probe simulation",
     "W803": "a state leaves its declared domain in a probe simulation",
     "W804": "an observe leaves what its noise model allows in a probe simulation",

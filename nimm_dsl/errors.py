@@ -26,14 +26,29 @@ class SimulationError(NimmError):
 
     Back ends may add what a diagnostic needs to point at the model line: `kind` ("initial",
     "dose", "nonfinite" or "solver"), `time` (model time unit), `quantities` (the states or
-    doses involved) and `state` ({state: value} at the last good time)."""
+    doses involved), `state` ({state: value}: the last good state, or the first finite state
+    where the right-hand side gave NaN or inf) and `state_time` (its time; `time` when None).
+    The runtime, which can evaluate the model line by line, then `locate`s the error: the line
+    that produced the NaN as a sentence of the message and as `diagnostics` (E801) on `source`."""
 
     def __init__(self, message: str, *, kind: str | None = None, time: float | None = None,
-                 quantities=(), state: dict | None = None):
+                 quantities=(), state: dict | None = None, state_time: float | None = None):
         super().__init__(message)
         self.kind, self.time = kind, time
         self.quantities = list(quantities)
         self.state = dict(state or {})
+        self.state_time = time if state_time is None else state_time
+        self.diagnostics: list = []
+        self.source: str | None = None
+
+    def locate(self, sentence: str, span, hint: str | None, file: str, source: str | None) -> None:
+        """Add the model line that caused the failure: `sentence` ends the message, and an E801
+        diagnostic with the whole message points at `span` of `source`."""
+        from .diagnostics import Diagnostic
+
+        self.args = (f"{self.args[0]}; {sentence}",)
+        self.diagnostics = [Diagnostic("E801", span, str(self), hint, file)]
+        self.source = source
 
 
 class FitError(NimmError):

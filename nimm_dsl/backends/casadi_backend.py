@@ -684,7 +684,7 @@ class CasadiSimulator:
         raise SimulationError(f"integration failed at {ir.time_name} = {self._t(t_fail)}: {reason} "
                               f"(last good state at {self._t(t_good)}: {self._state_text(x_good)}){detail}",
                               kind=kind, time=float(t_fail), quantities=involved,
-                              state=self._state_dict(x_good))
+                              state=self._state_dict(x_good), state_time=float(t_good))
 
     def _raise_failure(self, plan, x, P, w, rtol, atol, message):
         """Report where the solver really stopped. CVODES/IDAS record the time they reached

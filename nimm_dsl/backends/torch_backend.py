@@ -264,6 +264,13 @@ class TorchSimulator(torch.nn.Module):
         P_seg = self._segment_P(P_params, segments[0])
         ev = self._events.run([t_dev(protocol.t_start), *self._columns(P_seg)], self.nir, W)
         y = torch.stack([ev[r].expand(B) for r in self._event_out[:len(self.ir.states)]], dim=1)
+        if not bool(torch.isfinite(y).all()):  # said here, not as the solver's dt underflow
+            finite = torch.isfinite(y)
+            bad = [n for i, n in enumerate(self.state_names) if not bool(finite[:, i].all())]
+            raise SimulationError(f"state(s) {', '.join(bad)} became NaN or inf in the initial values at "
+                                  f"{self.ir.time_name} = {protocol.t_start:g}", kind="initial",
+                                  time=float(protocol.t_start), quantities=bad,
+                                  state=self._state_dict(y, int((~finite).any(1).nonzero()[0])))
 
         runs = []  # (output indices, states (T, B, n_s), runtime columns) per segment
         for seg in segments:
@@ -308,12 +315,15 @@ class TorchSimulator(torch.nn.Module):
             regs = self._amounts.run([t0, *cols, *params], self.nir, W)
             amount = regs[self._amount_out[self._doses[id(e.dose)][0]]]
             k = e.state_index
+            before = cols[k]
             cols[k] = cols[k] + amount if e.dose.op == "+" else cols[k] * amount
             if not bool(torch.isfinite(cols[k]).all()):
                 name = self.state_names[k]
+                row = int((~torch.isfinite(cols[k])).nonzero()[0])
                 raise SimulationError(f"state {name} became NaN or inf after dose `{e.dose.name}` at "
                                       f"{self.ir.time_name} = {seg.t0:g}", kind="dose", time=seg.t0,
-                                      quantities=[e.dose.name, name])
+                                      quantities=[e.dose.name, name],
+                                      state=self._state_dict(torch.stack([*cols[:k], before, *cols[k + 1:]], 1), row))
         return torch.stack(cols, dim=1)
 
     def _outputs(self, Y, t_out, P_seg, W, integrals=()) -> dict[str, torch.Tensor]:
@@ -346,7 +356,7 @@ class TorchSimulator(torch.nn.Module):
             elif "nonfinite" not in last and bool(torch.isfinite(t)) and bool(torch.isfinite(y).all()):
                 # the first finite point where the model itself gives NaN/inf (log of a negative...):
                 # after it the solver only sees NaN, and its own message (dt underflow) misleads
-                last["nonfinite"] = (t.detach().clone(), ~torch.isfinite(dy))
+                last["nonfinite"] = (t.detach().clone(), ~torch.isfinite(dy), y.detach().clone())
             return dy
 
         t = self._tensor(grid)
@@ -374,7 +384,7 @@ class TorchSimulator(torch.nn.Module):
         bad = ~torch.isfinite(sol)
         if bad.any():
             first = int(bad.reshape(len(grid), -1).any(1).nonzero()[0])
-            last = {"t": t[max(first - 1, 0)], "y": sol[max(first - 1, 0)]}
+            last = {"t": t[max(first - 1, 0)], "y": sol[max(first - 1, 0)], "t_bad": float(grid[first])}
             raise self._failure(f"non-finite values by t = {grid[first]:g}", last, grid, rhs,
                                 bad_states=bad[first])
         return sol
@@ -391,14 +401,18 @@ class TorchSimulator(torch.nn.Module):
         t_reached = float(last["t"]) if "t" in last else float(grid[0])
         names = []
         kind = "nonfinite" if "nonfinite" in last or bad_states is not None else "solver"
+        state, state_time = None, None  # where the runtime can look for the model line
         if "nonfinite" in last:
-            t_bad, bad_states = last["nonfinite"]
+            t_bad, bad_states, y_bad = last["nonfinite"]
             t_reached = float(t_bad)
+            state, state_time = self._state_dict(y_bad, int(bad_states.any(1).nonzero()[0])), t_reached
             why = "the right-hand side gave NaN or inf (a log or sqrt of a negative, a division by zero?)"
         elif "max_num_steps" in why or "underflow" in why:  # torchdiffeq's words for it
             why += ("; the solution may blow up, or the model is stiff: the casadi back end (CVODES, "
                     "implicit) handles stiff models"
                     + (", or compile with a larger max_num_steps" if "max_num_steps" in why else ""))
+        if state is None and "y" in last and bool(torch.isfinite(last["y"]).all()):
+            state, state_time = self._state_dict(last["y"]), float(last["t"])
         if bad_states is not None:
             names = [n for i, n in enumerate(self.state_names) if bool(bad_states[:, i].any())]
         elif "y" in last:
@@ -414,7 +428,12 @@ class TorchSimulator(torch.nn.Module):
         return SimulationError(
             f"integration failed at {self.ir.time_name} = {t_reached:g} (segment {grid[0]:g} to "
             f"{grid[-1]:g}, method {self.method}): {why}; states involved: {states}",
-            kind=kind, time=t_reached, quantities=names)
+            kind=kind, time=last.get("t_bad", t_reached), quantities=names, state=state, state_time=state_time)
+
+    def _state_dict(self, y, row: int = 0) -> dict:
+        """One batch member's states {name: value} from a (B, n_states) tensor."""
+        values = y.detach()[row].cpu().tolist()
+        return dict(zip(self.state_names, values))
 
     def neural_penalty(self, traj: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Sum over neural terms of penalty * mean(output^2) along the trajectory: (B,)."""

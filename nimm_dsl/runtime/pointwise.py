@@ -179,7 +179,7 @@ def explain(expr, p: Point) -> str:
         if not children:
             break
         node = children[0]
-    text = sp.sstr(node)
+    text = sp.sstr(_as_written(node, p.ir))
     where = f" (in `{text}`)" if len(text) <= 60 else ""
     args = [p.value(a) for a in _operands(node, p)]
     if isinstance(node, sp.Pow):
@@ -202,6 +202,19 @@ def explain(expr, p: Point) -> str:
     if isinstance(node, sp.Symbol):
         return f"`{node}` is {p.value(node):g}"
     return f"`{text}` is {p.value(node):g}" if where else f"the value is {p.value(node):g}"
+
+
+def _as_written(e, ir: ModelIR):
+    """e as the model line spells it: a set's switch shows the name it sets, an input's
+    per-segment line `a + b*t` the input, a table dose's amount the dose (internal symbols)."""
+    shown = {s.flag: 0 for s in ir.sets}
+    for u in ir.inputs:
+        a, b = u.coef
+        shown[a], shown[b] = u.symbol, 0
+    for d in ir.doses:
+        if d.from_data:
+            shown[d.amount_symbol] = sp.Symbol(d.name, real=True)
+    return e.xreplace(shown) if shown else e
 
 
 def _operands(e, p: Point) -> tuple:

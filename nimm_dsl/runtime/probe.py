@@ -16,12 +16,12 @@ ends. Only JSON crosses the process boundary (model text is data, LANGUAGE.md §
 
 The time range is the data's (the union of its series' times, inputs from its first series)
 when a table is given, else the default grid of `nimm simulate`. A NaN is traced to its line by
-evaluating the model at the last good state with `pointwise.first_nonfinite`.
+evaluating the model at the last good state with `pointwise.first_nonfinite`
+(runtime/culprit.py, shared with `nimm simulate`).
 """
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from typing import Optional
@@ -129,7 +129,7 @@ def _runs(request: dict) -> list[Diagnostic]:
         try:
             res = sim.simulate(times, scenario=scenario, inputs=inputs or None, doses=doses or None)
         except SimulationError as e:
-            found.append(_failure(ir, e, times, scenario, inputs, under))
+            found.append(_failure(ir, e, times, scenario, inputs, doses, under))
             continue
         found += _findings(ir, res, scenario, inputs, under, judge_noise=bool(doses) or not ir.table_dose_names(),
                            observed=observed)
@@ -141,49 +141,34 @@ def _runs(request: dict) -> list[Diagnostic]:
 
 def _point_at(ir: ModelIR, t: float, scenario, inputs, times):
     """A pointwise.Point at time t with the flags and inputs in force there."""
-    from ..backends.protocol import build_protocol
-    from .pointwise import point
+    from .culprit import point_at
 
-    protocol = build_protocol(ir, np.unique(np.r_[times, t]), scenario=scenario, inputs=inputs or None)
-    seg = next((s for s in protocol.segments if s.t0 <= t < s.t1), protocol.segments[-1])
-    return point(ir, t, seg)
+    return point_at(ir, t, times, scenario, inputs or None)
 
 
 def _at(ir: ModelIR, t: float) -> str:
     return f"{ir.time_name} = {t:g}"
 
 
-def _failure(ir: ModelIR, e, times, scenario, inputs, under) -> Diagnostic:
+def _failure(ir: ModelIR, e, times, scenario, inputs, doses, under) -> Diagnostic:
     """The diagnostic of a run that stopped with a SimulationError."""
-    from .pointwise import explain, first_nonfinite
+    from .culprit import failure_culprit, nan_hint
 
     states = {s.name: s for s in ir.states}
-    t = e.time if e.time is not None else float(times[0])
-    if e.kind == "initial":
-        p = _point_at(ir, t, scenario, inputs, times)
-        s = states[e.quantities[0]]
-        p.value(s.init)
-        return Diagnostic("E801", s.span or _top(ir), f"the initial value of state `{s.name}` is NaN or inf at "
-                          f"{_at(ir, t)}{under}: {explain(s.init, p)}", None, ir.file)
-    if e.kind == "dose":
-        dose = next(d for d in ir.doses_for(scenario) if d.name == e.quantities[0])
-        message = f"state `{dose.state}` becomes NaN or inf after dose `{dose.name}` at {_at(ir, t)}{under}"
-        if e.state:
-            from .pointwise import with_states
-
-            q = with_states(_point_at(ir, t, scenario, inputs, times), [e.state[s.name] for s in ir.states])
-            amount = q.value(dose.amount)
-            message += f": its amount is {amount:g}" + (f", {explain(dose.amount, q)}" if not math.isfinite(amount) else "")
-        return Diagnostic("E801", dose.span or _top(ir), message, None, ir.file)
-    if e.state:  # a NaN at the last good state, or just ahead where the solver was going
-        p = _point_at(ir, t, scenario, inputs, times)
-        x = np.array([e.state[s.name] for s in ir.states])
-        culprit = first_nonfinite(p, x) or _nonfinite_ahead(ir, p, x)
-        if culprit is not None:
-            when = f"at {_at(ir, t)}" if e.kind == "nonfinite" else f"just after {_at(ir, t)}, where the solver stalls"
-            return Diagnostic("E801", culprit.span or _top(ir),
-                              f"{culprit.what} `{culprit.name}` becomes NaN or inf {when}{under}: "
-                              f"{culprit.why}", _nan_hint(culprit), ir.file)
+    found = failure_culprit(ir, e, times, scenario, inputs or None, doses or None)
+    if found is not None:
+        c, at = found.culprit, _at(ir, found.t)
+        if c.what == "initial value":
+            message = f"the initial value of state `{c.name}` is NaN or inf at {at}{under}: {c.why}"
+        elif c.what == "dose":
+            dose = next(d for d in ir.doses_for(scenario) if d.name == c.name)
+            message = f"state `{dose.state}` becomes NaN or inf after dose `{dose.name}` at {at}{under}: " + (
+                c.why if c.why.startswith("its amount") else f"its amount is {c.value:g}, {c.why}")
+        else:
+            stalls = e.kind != "nonfinite" or found.ahead
+            when = f"just after {at}, where the solver stalls" if stalls else f"at {at}"
+            message = f"{c.what} `{c.name}` becomes NaN or inf {when}{under}: {c.why}"
+        return Diagnostic("E801", c.span or _top(ir), message, nan_hint(c), ir.file)
     fastest = states.get(e.quantities[0]) if e.quantities else None
     span = fastest.span if fastest is not None and fastest.span else _top(ir)
     return Diagnostic("E802", span, f"the solver fails{under}: {e}",
@@ -191,38 +176,12 @@ def _failure(ir: ModelIR, e, times, scenario, inputs, under) -> Diagnostic:
                       "be very stiff", ir.file)
 
 
-def _nonfinite_ahead(ir, p, x):
-    """The culprit just ahead of the last good state, where the solver's next steps went: the
-    state moved along its derivative by growing amounts (the NaN is often one step further)."""
-    from .pointwise import first_nonfinite, with_states
-
-    q = with_states(p, x, clip=True)
-    dx = np.array([q.value(ir.derivatives[s.name]) for s in ir.states])
-    if not np.all(np.isfinite(dx)):
-        return None
-    scale = np.abs(x) + 1e-12
-    for frac in (1e-6, 1e-4, 1e-2, 0.1, 0.5, 1.0, 2.0):
-        dt = frac * np.min(scale / np.maximum(np.abs(dx), 1e-300))
-        culprit = first_nonfinite(p, x + dt * dx)
-        if culprit is not None:
-            return culprit
-    return None
-
-
-def _nan_hint(culprit) -> Optional[str]:
-    why = culprit.why
-    if why.startswith(("log of", "sqrt of")) or "to the power" in why:
-        return "a state may reach 0 or below: guard the argument (`max(x, 1e-12 [unit])`) or check the state's dynamics"
-    if why.startswith("division by zero"):
-        return "a divisor reaches 0: add a small constant, or check that the quantity cannot vanish"
-    return None
-
-
 def _findings(ir: ModelIR, res, scenario, inputs, under, judge_noise: bool = True,
               observed: Optional[dict] = None) -> list[Diagnostic]:
     """E801 for lets/observes that are NaN or inf at an output time; W803 and W804 (not when
     judge_noise is False: a run without the table's doses, whose predictions say nothing).
     observed: {observe: the data's times with a value}, where W804 judges (None: every time)."""
+    from .culprit import nan_hint
     from .pointwise import first_nonfinite
 
     out = []
@@ -238,7 +197,7 @@ def _findings(ir: ModelIR, res, scenario, inputs, under, judge_noise: bool = Tru
         if culprit is not None:
             out.append(Diagnostic("E801", culprit.span or _top(ir),
                                   f"{culprit.what} `{culprit.name}` becomes NaN or inf at {_at(ir, times[k])}{under}: "
-                                  f"{culprit.why}", _nan_hint(culprit), ir.file))
+                                  f"{culprit.why}", nan_hint(culprit), ir.file))
     for s in ir.reported_states:
         v = np.asarray(res[s.name], dtype=float)
         slack = 10 * (TOLERANCE + TOLERANCE * np.max(np.abs(v), initial=0.0))  # the solver's own error
