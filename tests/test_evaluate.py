@@ -139,6 +139,17 @@ def test_a_forecast_past_a_blow_up_is_simulate_failed(tmp_path):
     assert "t" in report.error
 
 
+def test_a_counterfactual_that_meets_a_nan_names_the_model_line(tmp_path):
+    """Halving k leaves sqrt(k * 1 day - 0.3) without a value: the report names the let's line."""
+    task, model = decay_task(tmp_path)
+    write(model, DECAY.replace("der(x) = -k * x", "let room [1] = sqrt(k * 1 [day] - 0.3)\n"
+                                                   "der(x) = -k * x * room / 0.4472135954999579"))
+    report = nimm_dsl.evaluate(task, model)
+    assert report.status == "simulate_failed"
+    assert report.error.startswith("counterfactual `slower`") and "let `room` (line 5)" in report.error
+    assert "sqrt" in report.error
+
+
 def test_static_tasks_score_independent_rows_without_skill(tmp_path):
     model = write(tmp_path / "line.nimm", "model line\ninput c [mM]\nparam a [1/mM] = 1 in [0, 10]\n"
                                           "observe y [1] = a * c\n")

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ..runtime.files import json_safe
+from ..runtime.culprit import simulate as run_located  # a NaN names its model line
 
 RESULT_MARKER = "NIMM-RESULT "  # the child's last line; anything a solver printed stays above it
 MAX_TRAJECTORY_POINTS = 120
@@ -163,10 +164,10 @@ def _with_noise(source: str, model, noise: dict) -> str:
 
 def _predict(sim, dataset, series, fitted) -> dict:
     if dataset.static:
-        res = sim.simulate(None, params=fitted.params, inputs=series.input_frame(),
+        res = run_located(sim, None, params=fitted.params, inputs=series.input_frame(),
                            weights=fitted.weights or None)
     else:
-        res = sim.simulate(series.times, params=fitted.params_for(series.label), **series.run_options(),
+        res = run_located(sim, series.times, params=fitted.params_for(series.label), **series.run_options(),
                            weights=fitted.weights or None)
     return {o: np.asarray(res[o], float) for o in dataset.observed_names}
 
@@ -176,12 +177,12 @@ def _scenario_runs(sim, dataset, fitted, scenario: str) -> dict:
     plausible set compares shapes, not every series)."""
     series = dataset.series[0]
     if dataset.static:
-        res = sim.simulate(None, params=fitted.params, scenario=scenario,
+        res = run_located(sim, None, params=fitted.params, scenario=scenario,
                            inputs=series.input_frame(), weights=fitted.weights or None)
         times = np.arange(series.n_points, dtype=float)
     else:
         times = np.linspace(series.times[0], series.times[-1], MAX_TRAJECTORY_POINTS)
-        res = sim.simulate(times, params=fitted.params_for(series.label), scenario=scenario,
+        res = run_located(sim, times, params=fitted.params_for(series.label), scenario=scenario,
                            **series.run_options(), weights=fitted.weights or None)
     return {"times": times.tolist(),
             "values": {o: np.asarray(res[o], float).tolist() for o in dataset.observed_names}}
@@ -199,7 +200,7 @@ def _let_shape(sim, dataset, fitted, entry: dict, scenarios: list) -> Optional[d
         xs, ys = [], []
         for series in dataset.series:
             times = np.linspace(series.times[0], series.times[-1], MAX_TRAJECTORY_POINTS)
-            res = sim.simulate(times, params=fitted.params_for(series.label), scenario=scenario,
+            res = run_located(sim, times, params=fitted.params_for(series.label), scenario=scenario,
                                **series.run_options(), weights=fitted.weights or None)
             try:
                 xs.append(np.asarray(res[driver], float))

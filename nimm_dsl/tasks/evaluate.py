@@ -22,6 +22,7 @@ import numpy as np
 from ..diagnostics import Diagnostic, render_text
 from ..errors import NimmError
 from .task import Task, load_task
+from ..runtime.culprit import simulate as run_located  # a NaN names its model line
 
 STATUSES = ("ok", "check_failed", "fit_failed", "simulate_failed")
 
@@ -229,9 +230,9 @@ def scored_observes(task: Task, dataset) -> list[str]:
 
 def _simulate_series(sim, dataset, series, fitted, scenario=None):
     if dataset.static:
-        return sim.simulate(None, params=fitted.params, scenario=scenario,
+        return run_located(sim, None, params=fitted.params, scenario=scenario,
                             inputs=series.input_frame(), weights=fitted.weights or None)
-    return sim.simulate(series.times, params=fitted.params_for(series.label), scenario=scenario,
+    return run_located(sim, series.times, params=fitted.params_for(series.label), scenario=scenario,
                         **series.run_options(), weights=fitted.weights or None)
 
 
@@ -306,7 +307,7 @@ def _counterfactuals(task: Task, model, fitted, report: EvaluationReport, backen
         entry: dict = {}
         try:
             if cf.truth is None:  # nothing to compare: the scenario must still run
-                sim.simulate(None if ir.is_static else _default_times(ir, task), params=fitted.params,
+                run_located(sim, None if ir.is_static else _default_times(ir, task), params=fitted.params,
                              scenario=cf.scenario, weights=fitted.weights or None)
             else:
                 truth = load_data(cf.truth, ir, require_observed=False)
