@@ -172,3 +172,13 @@ def test_a_kernel_row_prints_as_its_terms_written_out(monkeypatch):
     _without_rows(monkeypatch)
     written_out = {x.name: (str(x.expr), sp.latex(x.expr)) for x in lower(check_source(text)).lets}
     assert printed == written_out
+
+
+def test_an_integral_nested_in_a_kernel_row_is_refused_by_the_whole_check(monkeypatch):
+    nested = "integral(sum(k in district, C[d, k] * integral(gamma * I[k], 7 [day])), 7 [day])"
+    text = TEMPLATE.format(n=20, kernel="C[d, k] * I[k] / pop[k]").replace(
+        "observe cases[d in district] [person/day] = force[d] * S[d]", f"observe cases[d in district] [person] = {nested}")
+    with_rows = _whole(text)
+    assert ("E204", 16) in [d[:2] for d in with_rows]  # the inner integral, as written out
+    _without_rows(monkeypatch)
+    assert with_rows == _whole(text)

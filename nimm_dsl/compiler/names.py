@@ -86,8 +86,10 @@ class Position:
     dose: Optional[str] = None  # a table dose whose own name is the row's amount here
 
 
-def iter_expr(expr: Optional[A.Expr]) -> Iterator[A.Expr]:
-    """Every node of an expression, parents before children, left to right (no recursion)."""
+def iter_expr(expr: Optional[A.Expr], into_rows: bool = False) -> Iterator[A.Expr]:
+    """Every node of an expression, parents before children, left to right (no recursion).
+    into_rows: also the weights and entries of an A.KernelRow (its terms written out), which
+    `resolve` checks on its own, sharing the entries between rows."""
     stack = [expr] if expr is not None else []
     while stack:
         node = stack.pop()
@@ -98,6 +100,8 @@ def iter_expr(expr: Optional[A.Expr]) -> Iterator[A.Expr]:
             stack.append(node.operand)
         elif isinstance(node, A.Call):
             stack.extend(reversed(node.args))
+        elif isinstance(node, A.KernelRow) and into_rows:  # an expanded family sum: its terms, as written out
+            stack.extend(reversed([x for term in zip(node.weights, node.entries) for x in term]))
 
 
 def is_plain_number(expr: A.Expr) -> bool:
@@ -258,7 +262,7 @@ class _Checker:
         self.check_arity(node, 2, f"`{name}`")
         if len(node.args) != 2:
             return set()
-        nested = next((n for n in iter_expr(node.args[0]) if isinstance(n, A.Call) and n.func.name == name), None)
+        nested = next((n for n in iter_expr(node.args[0], into_rows=True) if isinstance(n, A.Call) and n.func.name == name), None)
         if nested is not None:
             self.report("E204", nested.func.span, f"`{name}` inside the rate of another `{name}`",
                         "integrate the rate once")
