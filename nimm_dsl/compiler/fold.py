@@ -150,6 +150,18 @@ def fold_number(expr, names: Optional[Names] = None, unit_scale: Optional[UnitSc
     return None if value is None or isinstance(value, bool) else float(value)
 
 
+def is_folded_number(e) -> bool:
+    """A value folded into the tree (compiler/families.py `_number_node`): a number literal
+    without a unit, negated, or a quotient of two with a nonzero denominator. It names nothing
+    and has a value, so it has nothing for the name and unit checks to find."""
+    if isinstance(e, A.UnaryOp) and e.op == "-":
+        e = e.operand
+    if isinstance(e, A.BinOp) and e.op == "/":
+        return (isinstance(e.left, A.Number) and e.left.unit is None and isinstance(e.right, A.Number)
+                and e.right.unit is None and e.right.value != 0)
+    return isinstance(e, A.Number) and e.unit is None
+
+
 def is_bare(expr) -> bool:
     """No model names and no unit annotations (numbers, `pi`, `inf`, operators, built-in calls):
     in a position with a declared unit such a value is a number in that unit (LANGUAGE.md §3)."""

@@ -35,7 +35,7 @@ from ..grammar import ast as A
 from ..grammar.words import BUILTIN_CONSTANTS, OBSERVE_FUNCTIONS
 from ..diagnostics import Diagnostic, did_you_mean
 from .builtins import BUILTINS
-from .fold import FoldError, Value, fold, fold_number
+from .fold import FoldError, Value, fold, fold_number, is_folded_number
 from .symbols import SymbolTable
 
 NEURAL_KINDS = ("mlp",)
@@ -237,8 +237,8 @@ class _Checker:
         entries once for all the rows that share them, unless they gave a diagnostic (then each
         row reports its own, naming its element, as the terms written out would)."""
         used: set[str] = set()
-        for weight in row.weights:
-            if not isinstance(weight, A.Number):
+        for weight in row.weights:  # a negative or fractional kernel value is a folded tree, not a Number
+            if not (isinstance(weight, A.Number) or is_folded_number(weight)):
                 used |= self.resolve(weight, pos)
         key = (id(row.entries), replace(pos, what=""))
         known = self._clean_entries.get(key)

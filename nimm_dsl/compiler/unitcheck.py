@@ -28,7 +28,7 @@ from ..diagnostics import Diagnostic
 from ..grammar.words import OBSERVE_FUNCTIONS
 from ..grammar.parser import MAX_UNIT_POWER  # beyond this a power of a unit is surely a mistake
 from .builtins import BRANCHES, BUILTINS, DIMENSIONLESS, HALVES_EXPONENTS, KEEPS_UNIT, ONE_DIMENSION
-from .fold import DeclaredValues, is_bare
+from .fold import DeclaredValues, is_bare, is_folded_number
 from .symbols import Symbol, SymbolTable
 from .units import ONE, Unit, UnitError, UnitSystem, exact
 
@@ -458,8 +458,8 @@ class _UnitChecker:
             entry = self.common_unit(row.entries)
             if len(self.diags) == before:
                 self._entry_units[id(row.entries)] = (row.entries, entry)  # holds the tuple: its id stays its own
-        if all(isinstance(w, A.Number) and w.unit is None for w in row.weights):
-            weight: Ty = ONE  # folded kernel values
+        if all(is_folded_number(w) for w in row.weights):
+            weight: Ty = ONE  # folded kernel values (negative and fractional ones too)
         else:
             weight = self.common_unit(row.weights)
         if not isinstance(weight, Unit) or not isinstance(entry, Unit):
