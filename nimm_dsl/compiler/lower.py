@@ -24,7 +24,7 @@ from .check import CheckedModel
 from .collector import collector_paused
 from .families import KERNEL_ROW_MIN
 from .linear_forms import KernelRow
-from .fold import fold, is_bare
+from .fold import fold, is_bare, is_folded_number
 from .units import ONE
 
 
@@ -43,15 +43,6 @@ def _rational(x) -> sp.Expr:
     if isinstance(x, float) and x in (float("inf"), float("-inf")):
         return sp.oo if x > 0 else -sp.oo
     return sp.Float(x) if isinstance(x, float) else sp.Integer(x)
-
-
-def _number_tree(e) -> bool:
-    """A tree of unannotated number literals only (a folded value: `-3`, `1 / 4`)."""
-    if isinstance(e, A.Number):
-        return e.unit is None
-    if isinstance(e, A.UnaryOp):
-        return e.op == "-" and _number_tree(e.operand)
-    return isinstance(e, A.BinOp) and e.op == "/" and _number_tree(e.left) and _number_tree(e.right)
 
 
 def _rescaled(value: sp.Expr, times: sp.Expr = sp.S.One, over: sp.Expr = sp.S.One) -> sp.Expr:
@@ -217,7 +208,7 @@ class _Lowerer:
                 self._plain = plain
             known = self._entries[(id(row.entries), baseline)] = (row.entries, entries)
         # a folded kernel value is one number (`_number_node` spells 1/4 as a quotient)
-        return KernelRow([go(w) if isinstance(w, A.Number) or not _number_tree(w) else self._quotient(w)
+        return KernelRow([go(w) if isinstance(w, A.Number) or not is_folded_number(w) else self._quotient(w)
                           for w in row.weights], known[1])
 
     def _quotient(self, e) -> sp.Expr:
