@@ -319,6 +319,19 @@ class ModelIR:
                 found = self.__dict__["_linear_forms"] = find_linear_forms(exprs, [p.symbol for p in self.params])
         return found
 
+    def as_written(self) -> dict:
+        """Substitutions that spell an expression as the model text does: a set's switch off
+        (its line is shown apart), an input's per-segment line `a + b*t` as the input, a table
+        dose's row amount under the dose's name (all internal symbols)."""
+        out = {s.flag: 0 for s in self.sets}
+        for u in self.inputs:
+            a, b = u.coef
+            out[a], out[b] = u.symbol, 0
+        for d in self.doses:
+            if d.from_data:
+                out[d.amount_symbol] = sp.Symbol(d.name, real=True)
+        return out
+
     def state_index(self, name: str) -> int:
         return next(i for i, s in enumerate(self.states) if s.name == name)
 

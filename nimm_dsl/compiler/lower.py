@@ -668,13 +668,7 @@ def latex_name(name: str) -> str:
 def _display_substitutions(ir: I.ModelIR) -> dict:
     """What the shown equations replace: set flags off (sets are listed as windows), and each
     input's per-segment line `a + b*t` by the input itself (the coefficients are internal)."""
-    out = {s.flag: 0 for s in ir.sets}
-    for u in ir.inputs:
-        a, b = u.coef
-        out[a], out[b] = u.symbol, 0
-    for d in ir.doses:  # a table dose's row amount is shown under the dose's name
-        if d.from_data:
-            out[d.amount_symbol] = sp.Symbol(d.name, real=True)
+    out = ir.as_written()
     # an integral as written (its accumulator state is internal and not shown)
     integral = sp.Function("integral")
     for g in ir.integrals:

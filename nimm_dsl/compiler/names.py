@@ -238,7 +238,7 @@ class _Checker:
         row reports its own, naming its element, as the terms written out would)."""
         used: set[str] = set()
         for weight in row.weights:  # a negative or fractional kernel value is a folded tree, not a Number
-            if not (isinstance(weight, A.Number) or is_folded_number(weight)):
+            if not is_folded_number(weight):
                 used |= self.resolve(weight, pos)
         key = (id(row.entries), replace(pos, what=""))
         known = self._clean_entries.get(key)

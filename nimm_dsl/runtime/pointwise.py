@@ -205,15 +205,8 @@ def explain(expr, p: Point) -> str:
 
 
 def _as_written(e, ir: ModelIR):
-    """e as the model line spells it: a set's switch shows the name it sets, an input's
-    per-segment line `a + b*t` the input, a table dose's amount the dose (internal symbols)."""
-    shown = {s.flag: 0 for s in ir.sets}
-    for u in ir.inputs:
-        a, b = u.coef
-        shown[a], shown[b] = u.symbol, 0
-    for d in ir.doses:
-        if d.from_data:
-            shown[d.amount_symbol] = sp.Symbol(d.name, real=True)
+    """e as the model line spells it (ModelIR.as_written: no internal symbols)."""
+    shown = ir.as_written()
     return e.xreplace(shown) if shown else e
 
 
